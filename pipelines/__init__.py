@@ -1,0 +1,1 @@
+"""Pipeline factory, Azure submit CLI and local runner for maap-finetune."""

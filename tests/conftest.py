@@ -1,0 +1,44 @@
+"""Fixtures shared by every test tier."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Never reach a hub from tests: everything is built locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+SAMPLE_DATA = Path(__file__).resolve().parents[1] / "data" / "sample" / "chat.jsonl"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny Phi-3-architecture model + tokenizer in Hugging Face layout, built once per session."""
+    from maap_finetune.models.tiny import build_tiny_phi3
+
+    return build_tiny_phi3(tmp_path_factory.mktemp("tiny-phi3"), seed=0)
+
+
+@pytest.fixture
+def mlflow_tracking(tmp_path, monkeypatch) -> str:
+    """Point MLflow at a fresh SQLite store under tmp_path, as the local runner does."""
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+@pytest.fixture
+def sample_data() -> Path:
+    return SAMPLE_DATA

@@ -1,0 +1,54 @@
+"""Helpers shared by the tests: call a component's entry script the way its YAML would."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COMPONENTS_DIR = REPO_ROOT / "components"
+ENTRY_SCRIPTS = {"data_prep": "data_prep.py", "finetune": "finetune.py", "evaluate": "evaluate.py", "register": "register.py"}
+
+
+def load_spec(step: str) -> dict:
+    return yaml.safe_load((COMPONENTS_DIR / step / "spec.yaml").read_text())
+
+
+def load_entry(step: str) -> ModuleType:
+    """Import a component's entry script as a module (nothing runs at import)."""
+    path = COMPONENTS_DIR / step / ENTRY_SCRIPTS[step]
+    name = f"maap_component_{step}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def argv_from_spec(step: str, **values: Any) -> list[str]:
+    """Build argv from the component YAML: its defaults, overridden by `values`.
+
+    Optional inputs are passed only when given (as Azure ML drops their `$[[...]]` block);
+    a value of None drops any flag. Outputs must be given.
+    """
+    spec = load_spec(step)
+    argv: list[str] = []
+    for name, inp in (spec.get("inputs") or {}).items():
+        value = values.pop(name, inp.get("default"))
+        if value is None:
+            continue
+        argv += [f"--{name}", str(value)]
+    for name in spec.get("outputs") or {}:
+        if name not in values:
+            raise KeyError(f"output {name!r} of {step} needs a path")
+        argv += [f"--{name}", str(values.pop(name))]
+    if values:
+        raise KeyError(f"{step} has no inputs or outputs named {sorted(values)}")
+    return argv
