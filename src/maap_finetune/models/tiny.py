@@ -40,8 +40,8 @@ TINY_CONFIG = dict(
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
-    max_position_embeddings=1024,
-    original_max_position_embeddings=1024,
+    max_position_embeddings=4096,
+    original_max_position_embeddings=4096,
     rope_theta=10000.0,
     tie_word_embeddings=False,
 )
