@@ -1,0 +1,78 @@
+"""Write a model as an MLflow transformers-flavor folder that serves chat requests.
+
+Fine-Tune calls `save_mlflow_model` on the merged model; Register imports it for models it
+packages itself. The folder is written with `mlflow.transformers.save_model` (never the logged-models
+API, which Azure ML's tracking server does not serve): `MLmodel`, `model/` (weights),
+`components/tokenizer/` (tokenizer and chat template), a signature and an input example. The task
+`llm/v1/chat` makes `mlflow.pyfunc.load_model(path).predict({"messages": [...]})` and Azure ML
+online endpoints answer OpenAI-style chat requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+CHAT_TASK = "llm/v1/chat"
+TEXT_TASK = "text-generation"
+INPUT_EXAMPLE_CHAT = {
+    "messages": [{"role": "user", "content": "What is the warranty on a new bike?"}],
+    "max_tokens": 32,
+    "temperature": 0.0,
+}
+
+
+def save_mlflow_model(
+    model: Any,
+    tokenizer: Any,
+    path: str | Path,
+    *,
+    task: str = CHAT_TASK,
+    metadata: Mapping[str, Any] | None = None,
+    input_example: Any = None,
+    pip_requirements: list[str] | None = None,
+) -> Path:
+    """Save `model` + `tokenizer` to `path` (which must be absent or empty) as an MLflow transformers model.
+
+    `tokenizer.chat_template` must be set for the chat task: it is saved with the tokenizer and used
+    by the served model to render requests. Returns `path`.
+    """
+    import mlflow.transformers
+
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} is not empty; an MLflow model folder must be written into an empty folder")
+    if path.exists():
+        path.rmdir()  # mlflow.save_model creates the folder itself
+    if task not in (CHAT_TASK, TEXT_TASK):
+        raise ValueError(f"task must be {CHAT_TASK!r} or {TEXT_TASK!r}, got {task!r}")
+    if task == CHAT_TASK and not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the tokenizer has no chat_template; the llm/v1/chat task needs one to render requests")
+    if input_example is None:
+        input_example = INPUT_EXAMPLE_CHAT if task == CHAT_TASK else "What is the warranty on a new bike?"
+    # Generation stops at the tokens the model's generation config names (Phi-3: <|end|> and EOS).
+    model_config = {"max_new_tokens": 64}
+    mlflow.transformers.save_model(
+        transformers_model={"model": model, "tokenizer": tokenizer},
+        path=str(path),
+        task=task,
+        input_example=input_example,
+        metadata=dict(metadata or {}),
+        model_config=model_config if task == TEXT_TASK else None,
+        pip_requirements=pip_requirements or _default_requirements(),
+    )
+    return path
+
+
+def _default_requirements() -> list[str]:
+    """Pin what the serving environment needs to the versions that wrote the model."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    requirements = []
+    for package in ("mlflow", "transformers", "torch", "tokenizers", "safetensors", "accelerate"):
+        try:
+            requirements.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return [r.split("+")[0] for r in requirements]  # local build tags (torch 2.x+cpu) are not on PyPI

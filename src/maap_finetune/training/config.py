@@ -1,0 +1,103 @@
+"""The Fine-Tune step's typed configuration.
+
+Built once by the entry script's `parse_args` from flags named exactly as the component's YAML
+inputs (the YAML holds every default). Single-field ranges are enforced by the parser; rules that
+involve several fields, the hardware or the model are checked together by
+`maap_finetune.training.preflight.preflight` before the model loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PEFT_METHODS = ("lora", "dora", "qlora", "qdora", "none")
+QUANTIZED_METHODS = ("qlora", "qdora")
+DORA_METHODS = ("dora", "qdora")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+INIT_LORA_WEIGHTS = ("default", "gaussian", "pissa", "olora")
+BATCHING = ("group_by_length", "padding_free", "packing", "padded")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    # data and model
+    train_data: Path
+    model_path: Path | None
+    model_name: str | None
+    trust_remote_code: bool
+    # technique
+    peft_method: str
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    target_modules: tuple[str, ...] | str  # "all-linear" or explicit names
+    use_rslora: bool
+    init_lora_weights: str
+    # DeepSpeed
+    deepspeed_stage: int | None
+    offload_optimizer: bool
+    offload_param: bool
+    deepspeed_config: Path | None
+    # compute
+    precision: str
+    attn_implementation: str
+    gradient_checkpointing: bool
+    # schedule
+    epochs: int
+    max_steps: int | None
+    learning_rate: float
+    lr_scheduler_type: str
+    warmup_ratio: float
+    weight_decay: float
+    per_device_train_batch_size: int
+    gradient_accumulation_steps: int
+    # data handling
+    max_seq_length: int
+    train_on_prompt: bool
+    batching: str
+    # bookkeeping
+    logging_steps: int
+    save_steps: int
+    save_total_limit: int
+    merge_parity_tolerance: float
+    seed: int
+    # outputs
+    adapter: Path
+    mlflow_model: Path
+    checkpoints: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.peft_method in QUANTIZED_METHODS
+
+    @property
+    def uses_adapter(self) -> bool:
+        return self.peft_method != "none"
+
+    @property
+    def uses_deepspeed(self) -> bool:
+        return self.deepspeed_stage is not None or self.deepspeed_config is not None
+
+    def as_params(self) -> dict[str, Any]:
+        """The settings worth recording as MLflow params (paths and outputs left out)."""
+        skip = {"train_data", "model_path", "adapter", "mlflow_model", "checkpoints", "extra"}
+        params = {k: v for k, v in asdict(self).items() if k not in skip and v is not None}
+        if isinstance(self.target_modules, tuple):
+            params["target_modules"] = ",".join(self.target_modules)
+        if self.deepspeed_config is not None:
+            params["deepspeed_config"] = Path(self.deepspeed_config).name
+        return params
+
+
+def parse_target_modules(value: str) -> tuple[str, ...] | str:
+    """`all-linear` stays a string (peft's shorthand); anything else is a tuple of module names."""
+    value = value.strip()
+    if value == "all-linear":
+        return value
+    names = tuple(part.strip() for part in value.split(",") if part.strip())
+    return names

@@ -1,0 +1,33 @@
+"""What the machine offers: CUDA, bf16 support, optional packages. Detected once, passed around,
+so the preflight check and the builders agree and tests can describe a GPU machine on a CPU one."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Environment:
+    cuda: bool
+    bf16_supported: bool
+    bitsandbytes: bool
+    deepspeed: bool
+    flash_attn: bool
+
+    @classmethod
+    def detect(cls) -> "Environment":
+        import torch
+
+        cuda = torch.cuda.is_available()
+        return cls(
+            cuda=cuda,
+            bf16_supported=bool(cuda and torch.cuda.is_bf16_supported()),
+            bitsandbytes=_installed("bitsandbytes"),
+            deepspeed=_installed("deepspeed"),
+            flash_attn=_installed("flash_attn"),
+        )
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None

@@ -1,0 +1,199 @@
+"""One training session: tokenizer, data, model, SFTTrainer, resume, train, evaluate, save the adapter.
+
+Every rank runs this; rank 0 alone logs to MLflow (through `maap_finetune.common.tracking`).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from maap_finetune.common import tracking
+from maap_finetune.common.errors import UserError
+from maap_finetune.training import builders
+from maap_finetune.training.checkpoints import (
+    CompleteMarkerCallback,
+    latest_complete_checkpoint,
+    remove_partial_checkpoints,
+)
+from maap_finetune.training.config import FinetuneConfig
+from maap_finetune.training.data import TokenizeStats, ensure_chat_template, tokenize_rows
+from maap_finetune.training.environment import Environment
+from maap_finetune.training.monitoring import CountingCollator, MlflowMetricsCallback, TokenCounter
+
+log = logging.getLogger(__name__)
+
+PARITY_EXAMPLES = 4
+PARITY_MAX_TOKENS = 256
+
+
+@dataclass
+class TrainResult:
+    tokenizer: Any
+    precision: str
+    world_size: int
+    train_stats: TokenizeStats
+    eval_stats: TokenizeStats
+    added_chat_template: bool
+    resumed_from: str | None
+    resumed_at_step: int
+    global_step: int
+    epoch: float
+    train_runtime_s: float
+    train_tokens: int
+    train_slots: int
+    train_loss: float | None
+    final_logged_loss: float | None
+    eval_loss: float | None
+    trainable_parameters: int
+    total_parameters: int
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    parity_inputs: list[list[int]] = field(default_factory=list)
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _sum_across_ranks(values: list[int], cuda: bool) -> list[int]:
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    tensor = torch.tensor(values, dtype=torch.long, device="cuda" if cuda else "cpu")
+    dist.all_reduce(tensor)
+    return [int(v) for v in tensor.tolist()]
+
+
+def load_tokenizer(config: FinetuneConfig, source, data_format: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.tokenizer, trust_remote_code=config.trust_remote_code)
+    added = ensure_chat_template(tokenizer) if data_format == "messages" else False
+    if added:
+        log.warning("the base model's tokenizer has no chat template; using the default one (saved with the model)")
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserError(f"the tokenizer of {source.display_name} has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+        log.info("the tokenizer has no pad token; padding with its EOS token %r", tokenizer.eos_token)
+    return tokenizer, added
+
+
+def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared) -> TrainResult:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, set_seed
+    from trl import SFTTrainer
+
+    # TrainingArguments first: it sets up the process group and, for ZeRO-3, the DeepSpeed config that
+    # makes from_pretrained shard weights as they load (zero.Init).
+    args = builders.build_sft_config(config, env, ds_config)
+    world = _world_size()
+    set_seed(config.seed)
+
+    tokenizer, added_template = load_tokenizer(config, source, prepared.format)
+    train_examples, train_stats = tokenize_rows(
+        tokenizer, prepared.rows("train"), config.max_seq_length, config.train_on_prompt, "train"
+    )
+    eval_examples, eval_stats = tokenize_rows(
+        tokenizer, prepared.rows("validation"), config.max_seq_length, config.train_on_prompt, "validation"
+    )
+    if not train_examples:
+        raise UserError("no training example kept a learnable token; raise max_seq_length")
+
+    if tracking.is_main_process():
+        remove_partial_checkpoints(config.checkpoints)
+    resume = latest_complete_checkpoint(config.checkpoints)
+    if resume is not None:
+        log.info("resuming from %s", resume)
+
+    model_kwargs = builders.build_model_kwargs(config, env, ds_config)
+    model = AutoModelForCausalLM.from_pretrained(source.model, **model_kwargs)
+    model.config.use_cache = False  # training: no KV cache (it would also hide packed-sequence boundaries)
+    if config.is_quantized and builders.zero_stage(ds_config) != 3:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=config.gradient_checkpointing,
+            gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+        )
+
+    counter = TokenCounter()
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_examples),
+        eval_dataset=Dataset.from_list(eval_examples) if eval_examples else None,
+        processing_class=tokenizer,
+        peft_config=builders.build_peft_config(config),
+        callbacks=[CompleteMarkerCallback(), MlflowMetricsCallback(counter, world)],
+    )
+    trainer.data_collator = CountingCollator(trainer.data_collator, counter)
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.model.parameters())
+
+    tracking.log_params(
+        {
+            **config.as_params(),
+            "base_model": source.display_name,
+            "resolved_precision": builders.resolve_precision(config, env),
+            "world_size": world,
+            "deepspeed_zero_stage": builders.zero_stage(ds_config),
+            "train_examples": len(train_examples),
+            "validation_examples": len(eval_examples),
+            "trainable_parameters": trainable,
+        }
+    )
+    tracking.log_metrics(
+        {
+            "train_examples_truncated": train_stats.truncated,
+            "train_examples_dropped_no_target": train_stats.dropped_no_target,
+            "validation_examples_truncated": eval_stats.truncated,
+        }
+    )
+
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    tokens, slots = _sum_across_ranks([counter.tokens, counter.slots], env.cuda)
+    eval_loss = trainer.evaluate()["eval_loss"] if eval_examples else None
+    trainer.save_model(str(config.adapter))  # every rank: ZeRO-3 gathers the shards here
+
+    history = list(trainer.state.log_history)
+    logged = [e["loss"] for e in history if "loss" in e]
+    result = TrainResult(
+        tokenizer=tokenizer,
+        precision=builders.resolve_precision(config, env),
+        world_size=world,
+        train_stats=train_stats,
+        eval_stats=eval_stats,
+        added_chat_template=added_template,
+        resumed_from=resume.name if resume else None,
+        resumed_at_step=int(resume.name.split("-")[1]) if resume else 0,
+        global_step=int(trainer.state.global_step),
+        epoch=float(trainer.state.epoch or 0.0),
+        train_runtime_s=float(output.metrics.get("train_runtime", 0.0)),
+        train_tokens=tokens,
+        train_slots=slots,
+        train_loss=output.metrics.get("train_loss"),
+        final_logged_loss=logged[-1] if logged else None,
+        eval_loss=eval_loss,
+        trainable_parameters=int(trainable),
+        total_parameters=int(total),
+        log_history=history,
+        parity_inputs=[e["input_ids"][:PARITY_MAX_TOKENS] for e in (eval_examples or train_examples)[:PARITY_EXAMPLES]],
+    )
+    del trainer, model
+    gc.collect()
+    _empty_cuda_cache(env)
+    return result
+
+
+def _empty_cuda_cache(env: Environment) -> None:
+    if env.cuda:
+        import torch
+
+        torch.cuda.empty_cache()
