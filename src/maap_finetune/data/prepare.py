@@ -1,0 +1,322 @@
+"""Data Prep's engine: read and check every row, drop duplicates, split, render, measure.
+
+Two streaming passes keep memory bounded whatever the input size:
+
+1. ingest: each input is read row by row; every row is checked by the task (problems are
+   collected with file, line, field and reason); valid rows are reduced to compact records and
+   appended to a temporary pool file on local disk. Exact duplicates are detected with 8-byte
+   BLAKE2b hashes of the records (about 70 bytes of memory per unique row).
+2. emit: a seeded permutation of the pool's row indices (exact ratios, 1 byte of memory per row
+   for the split label) assigns rows to train/validation/test; each record is rendered into the
+   contract's row format, written to its split file, and measured (characters, or tokens with the
+   base model's tokenizer), and its prompt hash is kept to report prompt overlap between splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maap_finetune.common.errors import UserError
+from maap_finetune.data.jsonfast import dumps, loads
+from maap_finetune.data.problems import Problems, RowError
+from maap_finetune.data.readers import discover, iter_rows
+from maap_finetune.data.tasks import TaskAdapter, prompt_part
+
+SPLIT_NAMES = ("train", "validation", "test")
+CHARS_PER_TOKEN = 4  # rough estimate used only when no tokenizer is given
+_TOKEN_BATCH = 512
+
+
+def content_hash(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+@dataclass
+class InputSpec:
+    name: str  # train_data, train_folder, validation_data, test_data
+    path: Path
+    pool: str  # which pool its rows go to: train, validation or test
+
+
+@dataclass
+class SplitStats:
+    rows: int = 0
+    chars: array = field(default_factory=lambda: array("I"))
+    tokens: array = field(default_factory=lambda: array("I"))
+    prompt_hashes: array = field(default_factory=lambda: array("Q"))
+
+
+@dataclass
+class PrepareResult:
+    rows_read: int
+    rows_valid: int
+    rows_rejected: int
+    duplicates: dict[str, int]
+    problems: Problems
+    inputs: dict[str, dict]
+    split_stats: dict[str, SplitStats]
+    prompt_overlap: dict[str, int]
+    label_set: list[str] | None
+    label_counts: dict[str, int] | None
+    layout: str | None
+    columns: dict[str, str]
+    ignored_columns: dict[str, int]
+    text_chunking: dict | None
+    tokenizer_used: bool
+
+
+class TextChunker:
+    """Cuts raw text into pieces of at most `max_seq_length` tokens (or an estimate in characters)."""
+
+    def __init__(self, max_seq_length: int, tokenizer: Any | None):
+        self.tokenizer = tokenizer
+        if tokenizer is not None:
+            special = tokenizer.num_special_tokens_to_add(pair=False) if hasattr(
+                tokenizer, "num_special_tokens_to_add") else 0
+            self.max_units = max(1, max_seq_length - special)
+            self.unit = "tokens"
+        else:
+            self.max_units = max_seq_length * CHARS_PER_TOKEN
+            self.unit = "characters (no tokenizer given: 4 characters per token estimated)"
+
+    def describe(self) -> dict:
+        return {"max_per_chunk": self.max_units, "unit": self.unit}
+
+    def __call__(self, text: str) -> list[str]:
+        if self.tokenizer is not None:
+            offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            if len(offsets) <= self.max_units:
+                return [text]
+            starts = [offsets[i][0] for i in range(0, len(offsets), self.max_units)]
+            bounds = [*starts[1:], len(text)]
+            pieces = [text[s:e] for s, e in zip(starts, bounds)]
+        else:
+            pieces = []
+            rest = text
+            while len(rest) > self.max_units:
+                cut = rest.rfind(" ", self.max_units // 2, self.max_units + 1)
+                cut = cut + 1 if cut > 0 else self.max_units
+                pieces.append(rest[:cut])
+                rest = rest[cut:]
+            pieces.append(rest)
+        return [p for p in pieces if p.strip()]
+
+
+class TokenCounter:
+    """Counts tokens of rendered rows in batches, as fine-tuning will see them (chat template)."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.has_template = bool(getattr(tokenizer, "chat_template", None))
+
+    def count(self, rows: list[dict]) -> list[int]:
+        tok = self.tokenizer
+        if "text" in rows[0]:
+            encoded = tok([r["text"] for r in rows], add_special_tokens=True)["input_ids"]
+        elif self.has_template:
+            texts = tok.apply_chat_template([r["messages"] for r in rows], tokenize=False)
+            encoded = tok(texts, add_special_tokens=False)["input_ids"]
+        else:
+            texts = ["\n".join(m["content"] for m in r["messages"]) for r in rows]
+            encoded = tok(texts, add_special_tokens=True)["input_ids"]
+        return [len(ids) for ids in encoded]
+
+
+def ingest(inputs: list[InputSpec], adapter: TaskAdapter, problems: Problems, workdir: Path,
+           chunker: TextChunker | None = None) -> dict[str, Any]:
+    """Pass 1: read, check and deduplicate every row of every input into per-pool files."""
+    pools: dict[str, Any] = {}
+    counts = {pool: 0 for pool in SPLIT_NAMES}
+    duplicates = {pool: 0 for pool in SPLIT_NAMES}
+    duplicates["train_rows_also_in_validation_or_test"] = 0
+    inputs_info: dict[str, dict] = {}
+    eval_hashes: set[int] = set()
+    seen: set[int] = set()
+    rows_read = rows_rejected = 0
+    # Explicit validation/test inputs first, so a train row repeating one of them is the one removed.
+    ordered = sorted(inputs, key=lambda spec: spec.pool == "train")
+    for spec in ordered:
+        files, ignored = discover(spec.path, spec.name)
+        info = {"path": str(spec.path), "files": [], "ignored_files": ignored}
+        inputs_info[spec.name] = info
+        pool_path = workdir / f"pool_{spec.pool}.jsonl"
+        handle = pools.get(spec.pool) or open(pool_path, "ab")
+        pools[spec.pool] = handle
+        input_rows = 0
+        for data_file in files:
+            file_rows = 0
+            tabular = data_file.tabular_text
+            display = data_file.display
+            for lineno, row in iter_rows(data_file, problems):
+                file_rows += 1
+                try:
+                    record = adapter.extract(row, f"{display} line {lineno}", tabular)
+                except RowError as err:
+                    problems.add_row_error(display, lineno, err)
+                    rows_rejected += 1
+                    continue
+                records = [record] if chunker is None else [{"text": c} for c in chunker(record["text"])]
+                for rec in records:
+                    data = dumps(rec)
+                    digest = content_hash(data)
+                    if spec.pool == "train" and digest in eval_hashes:
+                        duplicates["train_rows_also_in_validation_or_test"] += 1
+                        continue
+                    if digest in seen:
+                        duplicates[spec.pool] += 1
+                        continue
+                    seen.add(digest)
+                    if spec.pool != "train":
+                        eval_hashes.add(digest)
+                    handle.write(data + b"\n")
+                    counts[spec.pool] += 1
+            info["files"].append({"file": display, "format": data_file.format + (".gz" if data_file.gzipped else ""),
+                                  "rows_read": file_rows})
+            input_rows += file_rows
+        # Rows a reader could not decode were never yielded: count them from the problems.
+        info["rows"] = input_rows
+        rows_read += input_rows
+        if input_rows == 0 and not _input_had_problems(problems, files):
+            raise UserError(f"{spec.name} {spec.path}: no rows (the input is empty or holds only blank lines)")
+    for handle in pools.values():
+        handle.close()
+    undecodable = sum(problems.counts[k] for k in ("invalid_json", "not_utf8", "malformed_row"))
+    return {
+        "counts": counts,
+        "duplicates": duplicates,
+        "inputs": inputs_info,
+        "rows_read": rows_read + undecodable,
+        "rows_rejected": rows_rejected + undecodable,
+        "pool_paths": {pool: workdir / f"pool_{pool}.jsonl" for pool in pools},
+    }
+
+
+def _input_had_problems(problems: Problems, files: list) -> bool:
+    names = {f.display for f in files}
+    return any(p.file in names for examples in problems.examples.values() for p in examples)
+
+
+def split_labels(n: int, validation_ratio: float, test_ratio: float, seed: int,
+                 explicit: set[str]) -> tuple[Any, dict[str, int]]:
+    """Seeded, exact-size assignment of the train pool's rows to splits (0 train, 1 validation, 2 test)."""
+    import numpy as np
+
+    n_val = 0 if "validation" in explicit else int(round(n * validation_ratio))
+    n_test = 0 if "test" in explicit else int(round(n * test_ratio))
+    if n - n_val - n_test < 1:
+        raise UserError(
+            f"{n} valid unique rows leave no training rows with validation_ratio={validation_ratio} and "
+            f"test_ratio={test_ratio}; lower the ratios or add data"
+        )
+    labels = np.zeros(n, dtype=np.int8)
+    order = np.random.default_rng(seed).permutation(n)
+    labels[order[:n_val]] = 1
+    labels[order[n_val:n_val + n_test]] = 2
+    return labels, {"validation": n_val, "test": n_test}
+
+
+def emit(pool_paths: dict[str, Path], counts: dict[str, int], adapter: TaskAdapter, out_dir: Path,
+         labels: Any, token_counter: TokenCounter | None) -> tuple[dict[str, SplitStats], dict[str, int]]:
+    """Pass 2: render each record, write it to its split file and measure it."""
+    adapter.prepare_render()
+    stats = {name: SplitStats() for name in SPLIT_NAMES}
+    writers = {name: open(out_dir / f"{name}.jsonl", "wb") for name in SPLIT_NAMES}
+    pending: dict[str, list[dict]] = {name: [] for name in SPLIT_NAMES}
+    train_prompts: set[int] = set()
+    task = adapter.task
+
+    def flush(name: str) -> None:
+        if pending[name]:
+            stats[name].tokens.extend(token_counter.count(pending[name]))
+            pending[name].clear()
+
+    try:
+        for pool in SPLIT_NAMES:
+            path = pool_paths.get(pool)
+            if path is None:
+                continue
+            with open(path, "rb") as handle:
+                for index, line in enumerate(handle):
+                    name = SPLIT_NAMES[labels[index]] if pool == "train" else pool
+                    out = adapter.render(loads(line))
+                    writers[name].write(dumps(out) + b"\n")
+                    split = stats[name]
+                    split.rows += 1
+                    if "text" in out:
+                        split.chars.append(len(out["text"]))
+                    else:
+                        split.chars.append(sum(len(m["content"]) for m in out["messages"]))
+                    prompt = content_hash(dumps(prompt_part(task, out)))
+                    if name == "train":
+                        train_prompts.add(prompt)
+                    else:
+                        split.prompt_hashes.append(prompt)
+                    if token_counter is not None:
+                        pending[name].append(out)
+                        if len(pending[name]) >= _TOKEN_BATCH:
+                            flush(name)
+        for name in SPLIT_NAMES:
+            if token_counter is not None:
+                flush(name)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    overlap = {}
+    if task != "text":
+        for name in ("validation", "test"):
+            overlap[name] = sum(1 for h in stats[name].prompt_hashes if h in train_prompts)
+    return stats, overlap
+
+
+def prepare(inputs: list[InputSpec], adapter: TaskAdapter, out_dir: Path, *, validation_ratio: float,
+            test_ratio: float, seed: int, on_invalid: str, tokenizer: Any | None = None,
+            max_seq_length: int = 2048, on_problems: Callable[[Problems], None] | None = None) -> PrepareResult:
+    """Run both passes; raise UserError (after `on_problems`) when on_invalid is fail and rows are bad."""
+    problems = Problems()
+    chunker = TextChunker(max_seq_length, tokenizer) if adapter.task == "text" else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="maap-data-prep-") as tmp:
+        ingested = ingest(inputs, adapter, problems, Path(tmp), chunker)
+        if problems and on_invalid == "fail":
+            if on_problems is not None:
+                on_problems(problems)
+            raise UserError(
+                f"data validation failed: {problems.total} problem(s) in {ingested['rows_read']} rows read "
+                "(on_invalid=fail). Fix the rows, or set on_invalid=skip to drop them and count them in the "
+                "data report:\n" + problems.summary()
+            )
+        counts = ingested["counts"]
+        if counts["train"] == 0:
+            raise UserError(
+                f"no valid rows to train on: {ingested['rows_read']} read, {ingested['rows_rejected']} rejected, "
+                f"{sum(ingested['duplicates'].values())} duplicates"
+                + (":\n" + problems.summary() if problems else "")
+            )
+        explicit = {spec.pool for spec in inputs if spec.pool != "train"}
+        labels, _ = split_labels(counts["train"], validation_ratio, test_ratio, seed, explicit)
+        token_counter = TokenCounter(tokenizer) if tokenizer is not None else None
+        stats, overlap = emit(ingested["pool_paths"], counts, adapter, out_dir, labels, token_counter)
+    label_set = adapter.label_set()
+    return PrepareResult(
+        rows_read=ingested["rows_read"],
+        rows_valid=ingested["rows_read"] - ingested["rows_rejected"],
+        rows_rejected=ingested["rows_rejected"],
+        duplicates=ingested["duplicates"],
+        problems=problems,
+        inputs=ingested["inputs"],
+        split_stats=stats,
+        prompt_overlap=overlap,
+        label_set=label_set,
+        label_counts=dict(adapter.labels_seen) if label_set is not None else None,
+        layout=adapter.schema.name if adapter.schema else None,
+        columns=dict(adapter.columns),
+        ignored_columns=dict(adapter.ignored_columns),
+        text_chunking=chunker.describe() if chunker else None,
+        tokenizer_used=tokenizer is not None,
+    )

@@ -1,0 +1,182 @@
+"""The data report: row counts, rejections, duplicates, overlap, length statistics and a histogram."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from maap_finetune.data.prepare import CHARS_PER_TOKEN, SPLIT_NAMES, PrepareResult, SplitStats
+from maap_finetune.data.problems import KINDS, Problems
+
+REPORT_JSON = "data_report.json"
+REPORT_MD = "data_report.md"
+HISTOGRAM_PNG = "length_histogram.png"
+PROBLEMS_JSON = "problems.json"
+PERCENTILES = (50, 90, 95, 99)
+
+
+def length_summary(values, max_seq_length: int | None) -> dict[str, Any]:
+    import numpy as np
+
+    if len(values) == 0:
+        return {"count": 0}
+    data = np.frombuffer(values, dtype=np.uint32) if hasattr(values, "typecode") else np.asarray(values)
+    summary: dict[str, Any] = {
+        "count": int(data.size),
+        "total": int(data.sum(dtype=np.int64)),
+        "mean": round(float(data.mean()), 2),
+        "min": int(data.min()),
+        "max": int(data.max()),
+    }
+    for p in PERCENTILES:
+        summary[f"p{p}"] = float(np.percentile(data, p))
+    if max_seq_length is not None:
+        summary["over_max_seq_length"] = int((data > max_seq_length).sum())
+    return summary
+
+
+def build_report(result: PrepareResult, *, task: str, on_invalid: str, max_seq_length: int,
+                 tokenizer_name: str | None) -> dict[str, Any]:
+    stats: dict[str, SplitStats] = result.split_stats
+    tokens = result.tokenizer_used
+    lengths: dict[str, Any] = {
+        "unit": "tokens" if tokens else "characters",
+        "tokenizer": tokenizer_name,
+        "max_seq_length": max_seq_length,
+        "per_split": {},
+    }
+    for name in SPLIT_NAMES:
+        split = stats[name]
+        lengths["per_split"][name] = {
+            "characters": length_summary(split.chars, None),
+            "tokens": length_summary(split.tokens, max_seq_length) if tokens else None,
+        }
+    train = stats["train"]
+    if tokens:
+        per_epoch = int(sum(train.tokens))
+        method = f"sum of train-split token counts with the tokenizer of {tokenizer_name}"
+    else:
+        per_epoch = int(sum(train.chars) // CHARS_PER_TOKEN)
+        method = f"estimate: train-split characters / {CHARS_PER_TOKEN} (give model_path for exact counts)"
+    return {
+        "task": task,
+        "on_invalid": on_invalid,
+        "inputs": result.inputs,
+        "layout": result.layout,
+        "columns": result.columns,
+        "ignored_columns": result.ignored_columns,
+        "rows": {
+            "read": result.rows_read,
+            "valid": result.rows_valid,
+            "rejected": result.rows_rejected,
+            "duplicates_removed": sum(result.duplicates.values()),
+            "written": {name: stats[name].rows for name in SPLIT_NAMES},
+        },
+        "rejected_by_reason": dict(sorted(result.problems.counts.items())),
+        "problems": result.problems.as_dict(),
+        "duplicates": result.duplicates,
+        "prompt_overlap_with_train": result.prompt_overlap,
+        "label_set": result.label_set,
+        "label_counts": result.label_counts,
+        "text_chunking": result.text_chunking,
+        "lengths": lengths,
+        "estimated_training_tokens_per_epoch": {"tokens": per_epoch, "method": method},
+    }
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    rows = report["rows"]
+    lines = [
+        f"# Data report ({report['task']})",
+        "",
+        f"- Rows read: {rows['read']}; valid: {rows['valid']}; rejected: {rows['rejected']} "
+        f"(on_invalid={report['on_invalid']}); exact duplicates removed: {rows['duplicates_removed']}",
+        f"- Layout: {report['layout']} (columns: "
+        + ", ".join(f"{k}={v}" for k, v in report["columns"].items()) + ")",
+        "",
+        "| split | rows |",
+        "|---|---:|",
+        *[f"| {name} | {count} |" for name, count in rows["written"].items()],
+        "",
+    ]
+    if report["rejected_by_reason"]:
+        lines += ["## Rejected rows by reason", "", "| reason | rows | meaning |", "|---|---:|---|"]
+        lines += [f"| {k} | {v} | {KINDS[k]} |" for k, v in report["rejected_by_reason"].items()]
+        lines += ["", "First examples:", ""]
+        for kind, examples in report["problems"]["examples"].items():
+            for ex in examples[:3]:
+                where = ex["file"] + (f" line {ex['line']}" if ex["line"] is not None else "")
+                field = f" `{ex['field']}`" if ex["field"] else ""
+                lines.append(f"- {kind}: {where}{field}: {ex['reason']}")
+        lines.append("")
+    dup = report["duplicates"]
+    lines += ["## Duplicates and overlap", "",
+              f"- Exact duplicates removed: train {dup['train']}, validation {dup['validation']}, test {dup['test']}; "
+              f"train rows repeating a validation/test row (removed from train): "
+              f"{dup['train_rows_also_in_validation_or_test']}"]
+    if report["prompt_overlap_with_train"]:
+        lines.append("- Rows whose prompt also appears in train (different answer): "
+                     + ", ".join(f"{k} {v}" for k, v in report["prompt_overlap_with_train"].items()))
+    lines.append("")
+    if report["label_set"] is not None:
+        lines += ["## Label set", "", "| label | rows |", "|---|---:|"]
+        counts = report["label_counts"] or {}
+        lines += [f"| {label} | {counts.get(label, 0)} |" for label in report["label_set"]]
+        lines.append("")
+    lengths = report["lengths"]
+    unit = lengths["unit"]
+    lines += [f"## Lengths ({unit}" + (f", tokenizer {lengths['tokenizer']}" if lengths["tokenizer"] else "") + ")",
+              "", "| split | rows | mean | p50 | p90 | p95 | p99 | max | over max_seq_length |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, entry in lengths["per_split"].items():
+        s = entry["tokens"] if unit == "tokens" else entry["characters"]
+        if not s or not s.get("count"):
+            lines.append(f"| {name} | 0 | | | | | | | |")
+            continue
+        over = s.get("over_max_seq_length", "n/a (no tokenizer)")
+        lines.append(f"| {name} | {s['count']} | {s['mean']} | {s['p50']:g} | {s['p90']:g} | {s['p95']:g} | "
+                     f"{s['p99']:g} | {s['max']} | {over} |")
+    est = report["estimated_training_tokens_per_epoch"]
+    lines += ["", f"Training tokens per epoch: {est['tokens']} ({est['method']}).", "",
+              f"![length histogram]({HISTOGRAM_PNG})", ""]
+    return "\n".join(lines)
+
+
+def plot_histogram(result: PrepareResult, path: Path, max_seq_length: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    use_tokens = result.tokenizer_used
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name in SPLIT_NAMES:
+        values = result.split_stats[name].tokens if use_tokens else result.split_stats[name].chars
+        if len(values):
+            ax.hist(np.frombuffer(values, dtype=np.uint32), bins=50, alpha=0.5, label=f"{name} ({len(values)})")
+    if use_tokens:
+        ax.axvline(max_seq_length, color="red", linestyle="--", label=f"max_seq_length {max_seq_length}")
+    ax.set_xlabel("tokens per row" if use_tokens else "characters per row")
+    ax.set_ylabel("rows")
+    ax.set_title("Row lengths by split")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(report_dir: Path, report: dict[str, Any], result: PrepareResult, max_seq_length: int) -> None:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / REPORT_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (report_dir / REPORT_MD).write_text(render_markdown(report), encoding="utf-8")
+    plot_histogram(result, report_dir / HISTOGRAM_PNG, max_seq_length)
+
+
+def write_problems(report_dir: Path, problems: Problems) -> Path:
+    """On a failed validation, keep the problem summary as an artifact too."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    path = report_dir / PROBLEMS_JSON
+    path.write_text(json.dumps(problems.as_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path

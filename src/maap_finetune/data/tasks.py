@@ -1,0 +1,573 @@
+"""Tasks: how each row of a task is validated, reduced to its fields and rendered.
+
+`extract(row)` checks one source row and returns a compact record (the task's fields, or for chat
+the cleaned conversation) or raises `RowError` naming the field and reason. `render(record)` turns a
+record into an output row of the prepared-data contract: `{"messages": [...]}` whose last message is
+the assistant turn, or `{"text": ...}` for task `text`. Rendering happens after every row has been
+checked, because some prompts list the label set, which is only known then.
+
+Columns are found from the `*_key` inputs, or, when those are unset, from the usual names of each
+layout (listed in `SCHEMAS`). The first valid row fixes the layout; a later row in another layout is
+a `mixed_schema` problem.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from string import Formatter
+from typing import Any
+
+from maap_finetune.data.jsonfast import loads
+from maap_finetune.data.problems import RowError
+
+TASKS = ("chat", "instruction", "classification", "ner", "translation", "qa", "summarization", "text")
+MAX_LABELS = 10_000
+CHAT_ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "model": "assistant",
+}
+_TAG = re.compile(r"^([BI])-(.+)$")
+
+
+@dataclass(frozen=True)
+class Schema:
+    """One accepted layout of a task: each role's candidate column names, in order of preference."""
+
+    name: str
+    columns: dict[str, tuple[str, ...]]
+    optional: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+# Which `*_key` input overrides which role of a layout.
+KEY_INPUTS: dict[str, dict[str, str]] = {
+    "chat": {"messages": "messages_key"},
+    "instruction": {"instruction": "prompt_key", "input": "input_key", "output": "completion_key"},
+    "classification": {"text": "text_key", "label": "label_key"},
+    "ner": {"tokens": "token_key", "tags": "tag_key"},
+    "translation": {"source": "source_key", "target": "target_key"},
+    "qa": {"context": "context_key", "question": "question_key", "answers": "answers_key"},
+    "summarization": {"document": "document_key", "summary": "summary_key"},
+    "text": {"text": "text_key"},
+}
+
+SCHEMAS: dict[str, list[Schema]] = {
+    "chat": [
+        Schema("openai_messages", {"messages": ("messages",)}),
+        Schema("sharegpt", {"messages": ("conversations",)}),
+    ],
+    "instruction": [
+        Schema("alpaca", {"instruction": ("instruction",), "output": ("output",)}, {"input": ("input",)}),
+        Schema("prompt_completion", {"instruction": ("prompt",), "output": ("completion",)}),
+    ],
+    "classification": [Schema("text_label", {"text": ("text", "sentence"), "label": ("label",)})],
+    "ner": [Schema("tokens_tags", {"tokens": ("tokens",), "tags": ("ner_tags", "tags")})],
+    "translation": [
+        Schema("hf_translation", {"pair": ("translation",)}),
+        Schema("language_columns", {"source": ("{source_lang}",), "target": ("{target_lang}",)}),
+        Schema("source_target", {"source": ("source",), "target": ("target",)}),
+    ],
+    "qa": [
+        Schema("extractive", {"context": ("context",), "question": ("question",), "answers": ("answers",)}),
+        Schema("closed_book", {"question": ("question",), "answers": ("answer", "answers")}),
+    ],
+    "summarization": [
+        Schema("document_summary", {"document": ("document", "article", "dialogue", "text"),
+                                    "summary": ("summary", "highlights")}),
+    ],
+    "text": [Schema("text", {"text": ("text", "content")})],
+}
+
+# Placeholders each template may use, per task.
+TEMPLATE_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "instruction": {"prompt": ("instruction", "input"), "prompt_with_input": ("instruction", "input"),
+                    "completion": ("output",)},
+    "classification": {"prompt": ("text", "labels"), "completion": ("label",)},
+    "ner": {"prompt": ("text", "entity_types"), "completion": ("entities",), "entity": ("type", "text")},
+    "translation": {"prompt": ("source", "source_lang", "target_lang"), "completion": ("target",)},
+    "qa": {"prompt": ("context", "question"), "prompt_closed_book": ("question",), "completion": ("answer",)},
+    "summarization": {"prompt": ("document",), "completion": ("summary",)},
+    "chat": {},
+    "text": {},
+}
+
+
+def template_placeholders(template: str) -> set[str]:
+    """The `{name}` placeholders of a str.format template (raises ValueError on bad braces)."""
+    return {name for _, name, _, _ in Formatter().parse(template) if name is not None}
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _text(value: Any, field_name: str, tabular: bool = False) -> str:
+    """A non-empty string value."""
+    if value is None:
+        raise RowError("missing_content", field_name, "the value is null")
+    if not isinstance(value, str):
+        raise RowError("wrong_type", field_name, f"expected a string, got {_type_name(value)}")
+    if not value.strip():
+        raise RowError("missing_content", field_name, "the value is empty")
+    return value
+
+
+def _structured(value: Any, field_name: str, tabular: bool, kind: type, what: str) -> Any:
+    """A list/dict value; CSV/TSV cells may hold it JSON-encoded."""
+    if tabular and isinstance(value, str):
+        stripped = value.strip()
+        if not stripped:
+            raise RowError("missing_content", field_name, "the value is empty")
+        if stripped[0] in "[{":
+            try:
+                value = loads(stripped)
+            except ValueError as err:
+                raise RowError("wrong_type", field_name, f"the cell is not valid JSON: {err}") from None
+        elif kind is list:
+            value = stripped.split()  # whitespace-separated tokens or tags
+    if value is None:
+        raise RowError("missing_content", field_name, "the value is null")
+    if not isinstance(value, kind):
+        raise RowError("wrong_type", field_name, f"expected {what}, got {_type_name(value)}")
+    return value
+
+
+class TaskAdapter:
+    """Validates, extracts and renders the rows of one task."""
+
+    def __init__(self, task: str, keys: dict[str, str | None], templates: dict[str, Any],
+                 label_names: Sequence[str] | None = None, source_lang: str | None = None,
+                 target_lang: str | None = None, system_prompt: str | None = None):
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}")
+        self.task = task
+        self.templates = templates
+        self.label_names = list(label_names) if label_names else None
+        self._label_index = {name: i for i, name in enumerate(self.label_names or [])}
+        self.source_lang = source_lang
+        self.target_lang = target_lang
+        self.system_prompt = system_prompt
+        self.schemas = self._schemas_with_keys(keys)
+        self.schema: Schema | None = None  # fixed by the first valid row
+        self.columns: dict[str, str] = {}
+        self.first_seen: str | None = None
+        self.labels_seen: dict[str, int] = {}  # label (classification) or tag (ner) -> rows
+        self.ignored_columns: dict[str, int] = {}
+        self.chat_style: str | None = None
+        self.output_format = "text" if task == "text" else "messages"
+
+    # ----- layout detection -------------------------------------------------------------------
+    def _schemas_with_keys(self, keys: dict[str, str | None]) -> list[Schema]:
+        overrides = {role: keys[name] for role, name in KEY_INPUTS[self.task].items() if keys.get(name)}
+        result = []
+        for schema in SCHEMAS[self.task]:
+            def fill(cols: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+                out = {}
+                for role, candidates in cols.items():
+                    if role in overrides:
+                        candidates = (overrides[role],)
+                    out[role] = tuple(c.format(source_lang=self.source_lang, target_lang=self.target_lang)
+                                      for c in candidates)
+                return out
+
+            result.append(Schema(schema.name, fill(schema.columns), fill(schema.optional)))
+        if self.task == "chat" and "messages" in overrides:
+            result = [Schema("messages", {"messages": (overrides["messages"],)})]
+        return result
+
+    @staticmethod
+    def _match(schema: Schema, row: dict) -> dict[str, str] | None:
+        found = {}
+        for role, candidates in schema.columns.items():
+            column = next((c for c in candidates if c in row), None)
+            if column is None:
+                return None
+            found[role] = column
+        for role, candidates in schema.optional.items():
+            column = next((c for c in candidates if c in row), None)
+            if column is not None:
+                found[role] = column
+        return found
+
+    def _columns_for(self, row: dict) -> tuple[Schema, dict[str, str]]:
+        """The layout and columns of a row; the first valid row fixes them for the dataset."""
+        if self.schema is not None:
+            columns = self.columns
+            if all(columns[role] in row for role in self.schema.columns):
+                return self.schema, columns
+        for schema in self.schemas:
+            match = self._match(schema, row)
+            if match is None:
+                continue
+            if self.schema is not None:
+                raise RowError(
+                    "mixed_schema", None,
+                    f"the row has the {schema.name} layout (columns {', '.join(sorted(match.values()))}) but the "
+                    f"dataset's first rows ({self.first_seen}) have the {self.schema.name} layout "
+                    f"(columns {', '.join(sorted(self.columns.values()))})",
+                )
+            return schema, match
+        if self.schema is not None:
+            need = ", ".join(repr(self.columns[r]) for r in self.schema.columns if self.columns[r] not in row)
+        else:
+            need = " or ".join(
+                "{" + ", ".join("|".join(c) for c in s.columns.values()) + "}" for s in self.schemas
+            )
+        found = ", ".join(repr(c) for c in row) or "none"
+        raise RowError("missing_column", None, f"missing column(s) {need} (columns found: {found})")
+
+    # ----- extraction -------------------------------------------------------------------------
+    def extract(self, row: Any, where: str, tabular: bool = False) -> dict:
+        """Check one row; return its record or raise RowError."""
+        if not isinstance(row, dict):
+            raise RowError("wrong_type", None, f"expected a JSON object per row, got {_type_name(row)}")
+        schema, columns = self._columns_for(row)
+        record = getattr(self, f"_extract_{self.task}")(row, columns, tabular)
+        if self.schema is None:
+            self.schema = schema
+            self.columns = columns
+            self.first_seen = where
+        if len(row) > len(columns):
+            used = set(columns.values())
+            for name in row:
+                if name not in used and (name in self.ignored_columns or len(self.ignored_columns) < 100):
+                    self.ignored_columns[name] = self.ignored_columns.get(name, 0) + 1
+        return record
+
+    def _extract_chat(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
+        col = columns["messages"]
+        for tool_field in ("tools", "functions"):
+            if row.get(tool_field):
+                raise RowError("unsupported_field", tool_field,
+                               "tool definitions are not supported; remove the field or the row")
+        messages = _structured(row[col], col, tabular, list, "a list of messages")
+        if not messages:
+            raise RowError("missing_content", col, "the conversation has no messages")
+        out = []
+        has_user = has_assistant = False
+        for i, message in enumerate(messages):
+            where = f"{col}[{i}]"
+            if not isinstance(message, dict):
+                raise RowError("wrong_type", where, f"expected a message object, got {_type_name(message)}")
+            if "role" in message:
+                style = "openai"
+                role, content = message.get("role"), message.get("content")
+                role_field, content_field = "role", "content"
+                if len(message) > 2:
+                    for key in message:
+                        if key not in ("role", "content", "name"):
+                            raise RowError("unsupported_field", f"{where}.{key}",
+                                           f"message field {key!r} is not supported (allowed: role, content, name)")
+            elif "from" in message:
+                style = "sharegpt"
+                raw_role, content = message.get("from"), message.get("value")
+                role_field, content_field = "from", "value"
+                role = SHAREGPT_ROLES.get(raw_role, raw_role) if isinstance(raw_role, str) else raw_role
+                if len(message) > 2:
+                    for key in message:
+                        if key not in ("from", "value", "name", "weight"):
+                            raise RowError("unsupported_field", f"{where}.{key}",
+                                           f"message field {key!r} is not supported (allowed: from, value, name)")
+                    if "weight" in message:
+                        raise RowError("unsupported_field", f"{where}.weight",
+                                       "per-message weights are not supported; remove the field")
+            else:
+                raise RowError("missing_content", f"{where}.role",
+                               f"the message has no role (keys found: {', '.join(message) or 'none'})")
+            if self.chat_style is None:
+                self.chat_style = style
+            elif style != self.chat_style:
+                raise RowError("mixed_schema", where,
+                               f"{style} message ({role_field}/{content_field}) in a dataset of "
+                               f"{self.chat_style} messages")
+            if role not in CHAT_ROLES:
+                raise RowError("unknown_role", f"{where}.{role_field}",
+                               f"unknown role {role!r} (expected system, user or assistant)")
+            if content is None:
+                raise RowError("missing_content", f"{where}.{content_field}",
+                               f"the {role} message has no content" if content_field not in message
+                               else f"the {role} message's content is null")
+            if not isinstance(content, str):
+                content = self._content_parts(content, f"{where}.{content_field}")
+            if not content.strip():
+                raise RowError("missing_content", f"{where}.{content_field}", f"the {role} message is empty")
+            if role == "system" and i != 0:
+                raise RowError("misplaced_system", f"{where}.{role_field}",
+                               f"a system message at position {i}; only the first message may be system")
+            has_user = has_user or role == "user"
+            has_assistant = has_assistant or role == "assistant"
+            clean = {"role": role, "content": content}
+            name = message.get("name")
+            if name is not None:
+                if not isinstance(name, str):
+                    raise RowError("wrong_type", f"{where}.name", f"expected a string, got {_type_name(name)}")
+                clean["name"] = name
+            out.append(clean)
+        if not has_assistant:
+            raise RowError("no_assistant_message", col, "the conversation has no assistant message")
+        if not has_user:
+            raise RowError("no_user_message", col, "the conversation has no user message")
+        if out[-1]["role"] != "assistant":
+            raise RowError("last_not_assistant", f"{col}[{len(out) - 1}]",
+                           f"the last message is from the {out[-1]['role']}; it must be the assistant turn to learn")
+        return {"messages": out}
+
+    @staticmethod
+    def _content_parts(content: Any, where: str) -> str:
+        """OpenAI content parts: text parts are joined; other parts are not supported."""
+        if not isinstance(content, list):
+            raise RowError("wrong_type", where, f"expected a string or text parts, got {_type_name(content)}")
+        texts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else _type_name(part)
+                raise RowError("unsupported_field", f"{where}[{j}]",
+                               f"content part of type {kind!r} is not supported (text parts only)")
+            texts.append(part["text"])
+        return "".join(texts)
+
+    def _extract_instruction(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
+        record = {"instruction": _text(row[columns["instruction"]], columns["instruction"])}
+        extra = columns.get("input")
+        value = row.get(extra) if extra else None
+        if value is not None and not isinstance(value, str):
+            raise RowError("wrong_type", extra, f"expected a string, got {_type_name(value)}")
+        record["input"] = value or ""
+        record["output"] = _text(row[columns["output"]], columns["output"])
+        return record
+
+    def _label_name(self, value: Any, field_name: str) -> str:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise RowError("wrong_type", field_name, f"expected a string or integer label, got {_type_name(value)}")
+        if self.label_names is None:
+            label = str(value).strip()
+            if not label:
+                raise RowError("missing_content", field_name, "the label is empty")
+            return label
+        if isinstance(value, str) and value in self._label_index:
+            return value
+        index = value if isinstance(value, int) else (int(value) if value.strip().lstrip("-").isdigit() else None)
+        if index is not None and 0 <= index < len(self.label_names):
+            return self.label_names[index]
+        raise RowError("unknown_label", field_name,
+                       f"label {value!r} is neither one of label_names nor an id in 0..{len(self.label_names) - 1}")
+
+    def _count_label(self, label: str) -> None:
+        if label not in self.labels_seen and len(self.labels_seen) >= MAX_LABELS:
+            raise RowError("unknown_label", None,
+                           f"more than {MAX_LABELS} distinct labels; is the label column right? "
+                           "Give label_names to fix the label set")
+        self.labels_seen[label] = self.labels_seen.get(label, 0) + 1
+
+    def _extract_classification(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
+        text = _text(row[columns["text"]], columns["text"])
+        label = self._label_name(row[columns["label"]], columns["label"])
+        self._count_label(label)
+        return {"text": text, "label": label}
+
+    def _extract_ner(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
+        tcol, gcol = columns["tokens"], columns["tags"]
+        tokens = _structured(row[tcol], tcol, tabular, list, "a list of tokens")
+        tags = _structured(row[gcol], gcol, tabular, list, "a list of tags")
+        if not tokens:
+            raise RowError("missing_content", tcol, "the token list is empty")
+        for i, token in enumerate(tokens):
+            if not isinstance(token, str) or not token:
+                raise RowError("wrong_type" if not isinstance(token, str) else "missing_content", f"{tcol}[{i}]",
+                               f"expected a non-empty string token, got {token!r}")
+        if len(tokens) != len(tags):
+            raise RowError("length_mismatch", gcol, f"{len(tokens)} tokens but {len(tags)} tags")
+        names = []
+        for i, tag in enumerate(tags):
+            if tabular and isinstance(tag, str) and tag.lstrip("-").isdigit() and self.label_names is not None:
+                tag = int(tag)
+            name = self._label_name(tag, f"{gcol}[{i}]")
+            if name != "O" and not _TAG.match(name):
+                raise RowError("invalid_tag", f"{gcol}[{i}]", f"tag {name!r} is not O, B-<type> or I-<type>")
+            names.append(name)
+        for name in set(names):
+            self._count_label(name)
+        return {"tokens": tokens, "tags": names}
+
+    def _extract_translation(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
+        if "pair" in columns:
+            col = columns["pair"]
+            pair = _structured(row[col], col, tabular, dict, f"an object keyed by language code")
+            for lang in (self.source_lang, self.target_lang):
+                if lang not in pair:
+                    raise RowError("missing_column", f"{col}.{lang}",
+                                   f"no {lang!r} text (languages found: {', '.join(map(str, pair)) or 'none'})")
+            return {"source": _text(pair[self.source_lang], f"{col}.{self.source_lang}"),
+                    "target": _text(pair[self.target_lang], f"{col}.{self.target_lang}")}
+        return {"source": _text(row[columns["source"]], columns["source"]),
+                "target": _text(row[columns["target"]], columns["target"])}
+
+    def _extract_qa(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
+        question = _text(row[columns["question"]], columns["question"])
+        acol = columns["answers"]
+        answers = row[acol]
+        if "context" not in columns:  # closed book
+            if isinstance(answers, str) and not (tabular and answers.strip()[:1] in ("[", "{")):
+                return {"question": question, "answer": _text(answers, acol)}
+            if tabular and isinstance(answers, str):
+                answers = _structured(answers, acol, tabular, object, "answers")
+            texts = answers.get("text") if isinstance(answers, dict) else answers
+            if not isinstance(texts, list):
+                raise RowError("wrong_type", acol,
+                               f"expected an answer string, a list of strings or {{text: [...]}}, got "
+                               f"{_type_name(answers)}")
+            if not texts:
+                raise RowError("missing_content", acol, "no answer (unanswerable questions are not supported)")
+            return {"question": question, "answer": _text(texts[0], f"{acol}[0]")}
+        context = _text(row[columns["context"]], columns["context"])
+        if tabular and isinstance(answers, str):
+            answers = _structured(answers, acol, tabular, object, "answers")
+        if isinstance(answers, list):  # SQuAD JSON: [{"text": ..., "answer_start": ...}, ...]
+            if not all(isinstance(a, dict) for a in answers):
+                raise RowError("wrong_type", acol, "expected a list of {text, answer_start} objects")
+            texts = [a.get("text") for a in answers]
+            starts = [a.get("answer_start") for a in answers]
+        elif isinstance(answers, dict):  # Hugging Face squad: {"text": [...], "answer_start": [...]}
+            texts, starts = answers.get("text"), answers.get("answer_start")
+            if not isinstance(texts, list) or not isinstance(starts, list):
+                raise RowError("wrong_type", acol, "expected {text: [...], answer_start: [...]} lists")
+        else:
+            raise RowError("wrong_type", acol, f"expected {{text, answer_start}}, got {_type_name(answers)}")
+        if not texts:
+            raise RowError("missing_content", f"{acol}.text", "no answer (unanswerable questions are not supported)")
+        if len(texts) != len(starts):
+            raise RowError("length_mismatch", acol, f"{len(texts)} answer texts but {len(starts)} answer_start values")
+        for i, (text, start) in enumerate(zip(texts, starts)):
+            text = _text(text, f"{acol}.text[{i}]")
+            if isinstance(start, bool) or not isinstance(start, int):
+                raise RowError("wrong_type", f"{acol}.answer_start[{i}]",
+                               f"expected an integer, got {_type_name(start)}")
+            found = context[start:start + len(text)] if start >= 0 else ""
+            if found != text:
+                raise RowError("answer_span_mismatch", f"{acol}.answer_start[{i}]",
+                               f"answer {text[:60]!r} is not in the context at {start} "
+                               f"(the context there reads {found[:60]!r})")
+        return {"context": context, "question": question, "answer": texts[0]}
+
+    def _extract_summarization(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
+        return {"document": _text(row[columns["document"]], columns["document"]),
+                "summary": _text(row[columns["summary"]], columns["summary"])}
+
+    def _extract_text(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
+        return {"text": _text(row[columns["text"]], columns["text"])}
+
+    # ----- label set --------------------------------------------------------------------------
+    def label_set(self) -> list[str] | None:
+        if self.task not in ("classification", "ner"):
+            return None
+        if self.label_names is not None:
+            return list(self.label_names)
+        labels = list(self.labels_seen)
+        if all(label.lstrip("-").isdigit() for label in labels):
+            return sorted(labels, key=int)
+        if self.task == "ner":  # O first, then by entity type, B before I
+            return sorted(labels, key=lambda t: (t != "O", t[2:], t[:1]))
+        return sorted(labels)
+
+    def entity_types(self) -> list[str]:
+        types = []
+        for tag in self.label_set() or []:
+            match = _TAG.match(tag)
+            if match and match.group(2) not in types:
+                types.append(match.group(2))
+        return types
+
+    # ----- rendering --------------------------------------------------------------------------
+    def prepare_render(self) -> None:
+        """Freeze what rendering needs once every row has been read."""
+        labels = self.label_set() or []
+        self._labels_text = ", ".join(labels)
+        self._entity_types_text = ", ".join(self.entity_types())
+        system = self.templates.get("system")
+        self._system = [{"role": "system", "content": system}] if system else []
+
+    def render(self, record: dict) -> dict:
+        """The output row of the contract for one record."""
+        task, t = self.task, self.templates
+        if task == "text":
+            return record
+        if task == "chat":
+            messages = record["messages"]
+            if self.system_prompt and messages[0]["role"] != "system":
+                messages = [{"role": "system", "content": self.system_prompt}, *messages]
+            return {"messages": messages}
+        if task == "instruction":
+            key = "prompt_with_input" if record["input"] else "prompt"
+            prompt = t[key].format(instruction=record["instruction"], input=record["input"])
+            completion = t["completion"].format(output=record["output"])
+        elif task == "classification":
+            prompt = t["prompt"].format(text=record["text"], labels=self._labels_text)
+            completion = t["completion"].format(label=record["label"])
+        elif task == "ner":
+            prompt = t["prompt"].format(text=" ".join(record["tokens"]), entity_types=self._entity_types_text)
+            entities = [t["entity"].format(type=kind, text=text) for kind, text in ner_entities(record)]
+            joined = t["entity_separator"].join(entities) if entities else t["no_entities"]
+            completion = t["completion"].format(entities=joined)
+        elif task == "translation":
+            prompt = t["prompt"].format(source=record["source"], source_lang=self.source_lang,
+                                        target_lang=self.target_lang)
+            completion = t["completion"].format(target=record["target"])
+        elif task == "qa":
+            if "context" in record:
+                prompt = t["prompt"].format(context=record["context"], question=record["question"])
+            else:
+                prompt = t["prompt_closed_book"].format(question=record["question"])
+            completion = t["completion"].format(answer=record["answer"])
+        elif task == "summarization":
+            prompt = t["prompt"].format(document=record["document"])
+            completion = t["completion"].format(summary=record["summary"])
+        else:  # pragma: no cover
+            raise ValueError(task)
+        return {"messages": [*self._system, {"role": "user", "content": prompt},
+                             {"role": "assistant", "content": completion}]}
+
+
+def ner_entities(record: dict) -> list[tuple[str, str]]:
+    """(type, text) of each entity in BIO tags; an I- tag without a matching entity starts one."""
+    entities: list[tuple[str, list[str]]] = []
+    current: str | None = None
+    for token, tag in zip(record["tokens"], record["tags"]):
+        match = _TAG.match(tag)
+        if match is None:
+            current = None
+            continue
+        prefix, kind = match.groups()
+        if prefix == "I" and current == kind:
+            entities[-1][1].append(token)
+        else:
+            entities.append((kind, [token]))
+            current = kind
+    return [(kind, " ".join(tokens)) for kind, tokens in entities]
+
+
+def prompt_part(task: str, output_row: dict) -> Any:
+    """The part of an output row that is the prompt (for overlap between splits)."""
+    if task == "text":
+        return output_row["text"]
+    return output_row["messages"][:-1]
+
+
+def row_text(output_row: dict) -> str:
+    """All the text of an output row (for character statistics)."""
+    if "text" in output_row:
+        return output_row["text"]
+    return "".join(m["content"] for m in output_row["messages"])
+
+
+def iter_texts(rows: Iterable[dict]) -> Iterable[str]:
+    return (row_text(r) for r in rows)
