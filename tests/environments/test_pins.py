@@ -1,0 +1,133 @@
+"""The environments' exact pins agree with pyproject.toml's ranges and with each other (offline)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_pins():
+    if "maap_env_pins" in sys.modules:
+        return sys.modules["maap_env_pins"]
+    spec = importlib.util.spec_from_file_location("maap_env_pins", REPO_ROOT / "environments" / "pins.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["maap_env_pins"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+pins = _load_pins()
+
+
+def test_committed_pins_agree_with_pyproject_and_each_other():
+    assert pins.check_agreement() == []
+
+
+def test_every_environment_pins_the_whole_stack():
+    gpu = pins.environment_pins(pins.ENVIRONMENTS["train-gpu"])
+    cpu = pins.environment_pins(pins.ENVIRONMENTS["cpu"])
+    for name in ["torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "deepspeed",
+                 "mlflow", "azureml-mlflow", "flash-attn"]:
+        assert name in gpu, name
+    assert "deepspeed" not in cpu and "bitsandbytes" not in cpu and "flash-attn" not in cpu
+    shared = set(gpu) & set(cpu)
+    assert {n: gpu[n].version for n in shared} == {n: cpu[n].version for n in shared}
+
+
+@pytest.mark.parametrize("name", sorted(pins.ENVIRONMENTS))
+def test_environment_yaml_loads_with_explicit_version(name):
+    from azure.ai.ml import load_environment
+
+    env = load_environment(REPO_ROOT / "environments" / name / "environment.yaml")
+    assert env.name.startswith("maap-finetune-")
+    assert env.version == "0.1.0"
+    assert env.build is not None and Path(env.build.path).name == "context"
+    assert (REPO_ROOT / "environments" / name / "context" / "Dockerfile").exists()
+
+
+def test_components_reference_existing_environments():
+    import yaml
+
+    for spec_path in sorted((REPO_ROOT / "components").glob("*/spec.yaml")):
+        ref = yaml.safe_load(spec_path.read_text())["environment"]
+        assert ref.startswith("file:"), f"{spec_path}: {ref}"
+        target = (spec_path.parent / ref[len("file:"):]).resolve()
+        assert target.exists(), f"{spec_path}: environment {ref} does not exist"
+        assert target.parent.parent == REPO_ROOT / "environments"
+
+
+# --- the checker itself catches each kind of drift -------------------------------------------
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    """A copy of environments/ and pyproject.toml the checker reads instead of the real ones."""
+    import shutil
+
+    root = tmp_path / "repo"
+    shutil.copytree(REPO_ROOT / "environments", root / "environments", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO_ROOT / "pyproject.toml", root / "pyproject.toml")
+    monkeypatch.setattr(pins, "ENV_DIR", root / "environments")
+    monkeypatch.setattr(pins, "REPO_ROOT", root)
+    monkeypatch.setattr(pins, "PYPROJECT", root / "pyproject.toml")
+    assert pins.check_agreement() == []
+    return root
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, (path, old)
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_pin_outside_project_range_is_reported_with_file_and_line(sandbox):
+    req = sandbox / "environments/train-gpu/context/requirements.txt"
+    _edit(req, "peft==0.21.2", "peft==0.22.0")
+    _edit(sandbox / "environments/cpu/context/requirements.txt", "peft==0.21.2", "peft==0.22.0")
+    problems = pins.check_agreement()
+    assert any("requirements.txt:" in p and "peft==0.22.0 is outside pyproject.toml's range" in p for p in problems), problems
+
+
+def test_drift_between_environments_is_reported(sandbox):
+    _edit(sandbox / "environments/cpu/context/requirements.txt", "transformers==5.24.0", "transformers==5.23.0")
+    problems = pins.check_agreement()
+    assert any("transformers==5.23.0 disagrees with" in p for p in problems), problems
+
+
+def test_missing_project_dependency_is_reported(sandbox):
+    _edit(sandbox / "environments/cpu/context/requirements.txt", "pyyaml==6.0.4\n", "")
+    problems = pins.check_agreement()
+    assert any("environments/cpu" in p and "pins pyyaml" in p for p in problems), problems
+
+
+def test_range_or_unknown_package_is_rejected(sandbox):
+    req = sandbox / "environments/cpu/context/requirements.txt"
+    req.write_text(req.read_text() + "numpy>=1\n")
+    problems = pins.check_agreement()
+    assert any("must be an exact pin" in p for p in problems), problems
+    req.write_text(req.read_text().replace("numpy>=1\n", "numpy==2.0.0\n"))
+    problems = pins.check_agreement()
+    assert any("numpy==2.0.0 is not a project dependency" in p for p in problems), problems
+
+
+def test_tag_and_image_and_python_drift_are_reported(sandbox):
+    _edit(sandbox / "environments/train-gpu/environment.yaml", 'torch: "2.8.0"', 'torch: "2.9.0"')
+    _edit(sandbox / "environments/cpu/context/Dockerfile", "openmpi5.0-ubuntu24.04:20260715.v1", "openmpi5.0-ubuntu24.04:latest")
+    _edit(sandbox / "environments/cpu/context/Dockerfile", "python=3.11", "python=3.12")
+    _edit(sandbox / "environments/cpu/environment.yaml", 'version: "0.1.0"', "version: latest")
+    problems = pins.check_agreement()
+    assert any("tag torch=2.9.0 disagrees" in p for p in problems), problems
+    assert any("must be pinned by tag" in p for p in problems), problems
+    assert any("tag python='3.11' but the Dockerfile creates python='3.12'" in p for p in problems), problems
+    assert any("explicit semver" in p for p in problems), problems
+
+
+def test_pyproject_range_change_is_caught(sandbox):
+    _edit(sandbox / "pyproject.toml", '"torch>=2.4,<2.15"', '"torch>=2.9,<2.15"')
+    problems = pins.check_agreement()
+    assert sum("torch==2.8.0 is outside pyproject.toml's range" in p for p in problems) == 2, problems
