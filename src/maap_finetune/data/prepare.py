@@ -244,8 +244,9 @@ def emit(pool_paths: dict[str, Path], counts: dict[str, int], adapter: TaskAdapt
             with open(path, "rb") as handle:
                 for index, line in enumerate(handle):
                     name = SPLIT_NAMES[labels[index]] if pool == "train" else pool
-                    out = adapter.render(loads(line))
-                    writers[name].write(dumps(out) + b"\n")
+                    record = loads(line)
+                    out = adapter.render(record)
+                    writers[name].write(line if out is record else dumps(out) + b"\n")
                     split = stats[name]
                     split.rows += 1
                     if "text" in out:

@@ -246,72 +246,37 @@ class TaskAdapter:
 
     def _extract_chat(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
         col = columns["messages"]
-        for tool_field in ("tools", "functions"):
-            if row.get(tool_field):
-                raise RowError("unsupported_field", tool_field,
-                               "tool definitions are not supported; remove the field or the row")
-        messages = _structured(row[col], col, tabular, list, "a list of messages")
+        if "tools" in row or "functions" in row:
+            for tool_field in ("tools", "functions"):
+                if row.get(tool_field):
+                    raise RowError("unsupported_field", tool_field,
+                                   "tool definitions are not supported; remove the field or the row")
+        messages = row[col]
+        if type(messages) is not list:
+            messages = _structured(messages, col, tabular, list, "a list of messages")
         if not messages:
             raise RowError("missing_content", col, "the conversation has no messages")
         out = []
         has_user = has_assistant = False
+        style = self.chat_style
         for i, message in enumerate(messages):
-            where = f"{col}[{i}]"
-            if not isinstance(message, dict):
-                raise RowError("wrong_type", where, f"expected a message object, got {_type_name(message)}")
-            if "role" in message:
-                style = "openai"
-                role, content = message.get("role"), message.get("content")
-                role_field, content_field = "role", "content"
-                if len(message) > 2:
-                    for key in message:
-                        if key not in ("role", "content", "name"):
-                            raise RowError("unsupported_field", f"{where}.{key}",
-                                           f"message field {key!r} is not supported (allowed: role, content, name)")
-            elif "from" in message:
-                style = "sharegpt"
-                raw_role, content = message.get("from"), message.get("value")
-                role_field, content_field = "from", "value"
-                role = SHAREGPT_ROLES.get(raw_role, raw_role) if isinstance(raw_role, str) else raw_role
-                if len(message) > 2:
-                    for key in message:
-                        if key not in ("from", "value", "name", "weight"):
-                            raise RowError("unsupported_field", f"{where}.{key}",
-                                           f"message field {key!r} is not supported (allowed: from, value, name)")
-                    if "weight" in message:
-                        raise RowError("unsupported_field", f"{where}.weight",
-                                       "per-message weights are not supported; remove the field")
-            else:
-                raise RowError("missing_content", f"{where}.role",
-                               f"the message has no role (keys found: {', '.join(message) or 'none'})")
-            if self.chat_style is None:
-                self.chat_style = style
-            elif style != self.chat_style:
-                raise RowError("mixed_schema", where,
-                               f"{style} message ({role_field}/{content_field}) in a dataset of "
-                               f"{self.chat_style} messages")
-            if role not in CHAT_ROLES:
-                raise RowError("unknown_role", f"{where}.{role_field}",
-                               f"unknown role {role!r} (expected system, user or assistant)")
-            if content is None:
-                raise RowError("missing_content", f"{where}.{content_field}",
-                               f"the {role} message has no content" if content_field not in message
-                               else f"the {role} message's content is null")
-            if not isinstance(content, str):
-                content = self._content_parts(content, f"{where}.{content_field}")
-            if not content.strip():
-                raise RowError("missing_content", f"{where}.{content_field}", f"the {role} message is empty")
-            if role == "system" and i != 0:
-                raise RowError("misplaced_system", f"{where}.{role_field}",
-                               f"a system message at position {i}; only the first message may be system")
+            # The hot path: an OpenAI message {"role", "content"} of the dataset's style, plain string content.
+            if type(message) is dict and style == "openai" and len(message) == 2:
+                role = message.get("role")
+                content = message.get("content")
+                if (role == "user" or role == "assistant" or (role == "system" and i == 0)) \
+                        and type(content) is str and content and not content.isspace():
+                    if role == "user":
+                        has_user = True
+                    elif role == "assistant":
+                        has_assistant = True
+                    out.append({"role": role, "content": content})
+                    continue
+            clean = self._chat_message(message, i, col)
+            style = self.chat_style
+            role = clean["role"]
             has_user = has_user or role == "user"
             has_assistant = has_assistant or role == "assistant"
-            clean = {"role": role, "content": content}
-            name = message.get("name")
-            if name is not None:
-                if not isinstance(name, str):
-                    raise RowError("wrong_type", f"{where}.name", f"expected a string, got {_type_name(name)}")
-                clean["name"] = name
             out.append(clean)
         if not has_assistant:
             raise RowError("no_assistant_message", col, "the conversation has no assistant message")
@@ -321,6 +286,59 @@ class TaskAdapter:
             raise RowError("last_not_assistant", f"{col}[{len(out) - 1}]",
                            f"the last message is from the {out[-1]['role']}; it must be the assistant turn to learn")
         return {"messages": out}
+
+    def _chat_message(self, message: Any, i: int, col: str) -> dict:
+        """Check one message in full (the slow path) and return it cleaned, or raise RowError."""
+        where = f"{col}[{i}]"
+        if not isinstance(message, dict):
+            raise RowError("wrong_type", where, f"expected a message object, got {_type_name(message)}")
+        if "role" in message:
+            style = "openai"
+            role, content = message.get("role"), message.get("content")
+            role_field, content_field = "role", "content"
+            for key in message:
+                if key not in ("role", "content", "name"):
+                    raise RowError("unsupported_field", f"{where}.{key}",
+                                   f"message field {key!r} is not supported (allowed: role, content, name)")
+        elif "from" in message:
+            style = "sharegpt"
+            raw_role, content = message.get("from"), message.get("value")
+            role_field, content_field = "from", "value"
+            role = SHAREGPT_ROLES.get(raw_role, raw_role) if isinstance(raw_role, str) else raw_role
+            for key in message:
+                if key not in ("from", "value", "name"):
+                    raise RowError("unsupported_field", f"{where}.{key}",
+                                   f"message field {key!r} is not supported (allowed: from, value, name)")
+        else:
+            raise RowError("missing_content", f"{where}.role",
+                           f"the message has no role (keys found: {', '.join(message) or 'none'})")
+        if self.chat_style is None:
+            self.chat_style = style
+        elif style != self.chat_style:
+            raise RowError("mixed_schema", where,
+                           f"{style} message ({role_field}/{content_field}) in a dataset of "
+                           f"{self.chat_style} messages")
+        if role not in CHAT_ROLES:
+            raise RowError("unknown_role", f"{where}.{role_field}",
+                           f"unknown role {role!r} (expected system, user or assistant)")
+        if content is None:
+            raise RowError("missing_content", f"{where}.{content_field}",
+                           f"the {role} message has no content" if content_field not in message
+                           else f"the {role} message's content is null")
+        if not isinstance(content, str):
+            content = self._content_parts(content, f"{where}.{content_field}")
+        if not content.strip():
+            raise RowError("missing_content", f"{where}.{content_field}", f"the {role} message is empty")
+        if role == "system" and i != 0:
+            raise RowError("misplaced_system", f"{where}.{role_field}",
+                           f"a system message at position {i}; only the first message may be system")
+        clean = {"role": role, "content": content}
+        name = message.get("name")
+        if name is not None:
+            if not isinstance(name, str):
+                raise RowError("wrong_type", f"{where}.name", f"expected a string, got {_type_name(name)}")
+            clean["name"] = name
+        return clean
 
     @staticmethod
     def _content_parts(content: Any, where: str) -> str:
@@ -504,8 +522,8 @@ class TaskAdapter:
         if task == "chat":
             messages = record["messages"]
             if self.system_prompt and messages[0]["role"] != "system":
-                messages = [{"role": "system", "content": self.system_prompt}, *messages]
-            return {"messages": messages}
+                return {"messages": [{"role": "system", "content": self.system_prompt}, *messages]}
+            return record
         if task == "instruction":
             key = "prompt_with_input" if record["input"] else "prompt"
             prompt = t[key].format(instruction=record["instruction"], input=record["input"])
