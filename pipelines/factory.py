@@ -2,16 +2,25 @@
 
 One factory serves the submit CLI, the local runner and the tests. Component YAMLs are the
 only place defaults live: every pipeline input left unset takes the default of the component
-input it feeds.
+input(s) it feeds, and every value a user gives is converted and checked against the type,
+`enum`, `min` and `max` of those component inputs before anything is submitted.
 
-    from pipelines.factory import PipelineSettings, build_pipeline
-    job = build_pipeline(PipelineSettings(compute="gpu-cluster"))
+    from pipelines.factory import PipelineSettings, build_pipeline, pipeline_yaml
+    job = build_pipeline(PipelineSettings(compute="gpu-cluster", inputs={"model_name": "microsoft/Phi-3-mini-4k-instruct"}))
+    print(pipeline_yaml(job))
+
+Inputs come in two kinds:
+- pipeline inputs (`PIPELINE_INPUTS`, `PipelineSettings.inputs`): the knobs most runs change;
+- step inputs (`PipelineSettings.step_inputs`, `--set finetune.peft_method=dora` on the CLI): any other
+  input of any component, set on that step alone.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,25 +29,39 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS_DIR = REPO_ROOT / "components"
 SAMPLE_DATA = REPO_ROOT / "data" / "sample" / "chat.jsonl"
 STEP_NAMES = ("data_prep", "finetune", "evaluate", "register")
+GPU_STEPS = ("finetune", "evaluate")  # run on `compute`
+CPU_STEPS = ("data_prep", "register")  # run on `cpu_compute` (defaults to `compute`)
+DISTRIBUTED_STEP = "finetune"  # gets instance_count and process_count_per_instance
 
-# Pipeline input -> (component folder, component input) it feeds; its default comes from there.
-PIPELINE_INPUTS: dict[str, tuple[str, str]] = {
-    "train_data": ("data_prep", "train_data"),
-    "model_path": ("finetune", "model_path"),
-    "model_name": ("finetune", "model_name"),
-    "lora_r": ("finetune", "lora_r"),
-    "lora_alpha": ("finetune", "lora_alpha"),
-    "lora_dropout": ("finetune", "lora_dropout"),
-    "epochs": ("finetune", "epochs"),
-    "learning_rate": ("finetune", "learning_rate"),
-    "max_seq_length": ("finetune", "max_seq_length"),
-    "registered_model_name": ("register", "registered_model_name"),
+# Pipeline input -> the component inputs it feeds (step, input). Its type, bounds and default come
+# from the first; a static test proves every target agrees on type and default.
+PIPELINE_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "train_data": (("data_prep", "train_data"),),
+    "model_path": (("finetune", "model_path"), ("evaluate", "model_path")),
+    "model_name": (("finetune", "model_name"), ("evaluate", "model_name")),
+    "trust_remote_code": (("finetune", "trust_remote_code"), ("evaluate", "trust_remote_code")),
+    "lora_r": (("finetune", "lora_r"),),
+    "lora_alpha": (("finetune", "lora_alpha"),),
+    "lora_dropout": (("finetune", "lora_dropout"),),
+    "epochs": (("finetune", "epochs"),),
+    "learning_rate": (("finetune", "learning_rate"),),
+    "max_seq_length": (("finetune", "max_seq_length"), ("evaluate", "max_seq_length")),
+    "registered_model_name": (("register", "registered_model_name"),),
 }
+
+# Input types whose value is a path or URI (wrapped in `Input`); the rest are literals.
+PATH_TYPES = frozenset({"uri_file", "uri_folder", "mlflow_model", "custom_model", "triton_model", "mltable"})
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # two letters at least: `C:\...` stays a local path
 
 
 @dataclass
 class PipelineSettings:
-    """Where and how to run: compute per step and fine-tune's distribution. Inputs go in `inputs`."""
+    """Where and how to run: compute per step and fine-tune's distribution; values in `inputs`.
+
+    `inputs` holds pipeline inputs by name; `step_inputs` holds any other component input by step,
+    e.g. {"finetune": {"peft_method": "dora"}}. Values may be typed (5, True, Path) or strings as
+    typed on a command line ("5", "true"); both are converted by the component input's type.
+    """
 
     compute: str | None = None
     cpu_compute: str | None = None  # defaults to `compute`
@@ -46,11 +69,14 @@ class PipelineSettings:
     process_count_per_instance: int = 1
     experiment_name: str = "maap-finetune"
     inputs: dict[str, Any] = field(default_factory=dict)
+    step_inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # A submitted or local run needs a base model; a dry run or --validate may leave both unset.
+    require_base_model: bool = True
 
 
 @functools.lru_cache(maxsize=None)
-def load_step_component(step: str):
-    """Load one component from its YAML (cached: loading validates the schema and is slow)."""
+def load_component_file(path: Path):
+    """Load a component YAML (cached: loading validates the schema and is slow)."""
     import warnings
 
     from azure.ai.ml import load_component
@@ -59,51 +85,225 @@ def load_step_component(step: str):
         warnings.simplefilter("ignore")
         # The SDK warns that an environment's name is unused for anonymous registration; that is intended.
         logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)
-        return load_component(source=COMPONENTS_DIR / step / "spec.yaml")
+        return load_component(source=path)
+
+
+def load_step_component(step: str):
+    return load_component_file(COMPONENTS_DIR / step / "spec.yaml")
+
+
+def input_spec(step: str, name: str):
+    """The component input `name` of `step` (an `azure.ai.ml.Input`)."""
+    return load_step_component(step).inputs[name]
+
+
+def pipeline_input_spec(name: str):
+    step, component_input = PIPELINE_INPUTS[name][0]
+    return input_spec(step, component_input)
 
 
 def pipeline_input_defaults() -> dict[str, Any]:
     """Each pipeline input's default, read from the component input it feeds (None when optional)."""
-    defaults: dict[str, Any] = {}
-    for name, (step, component_input) in PIPELINE_INPUTS.items():
-        spec = load_step_component(step).inputs[component_input]
-        defaults[name] = getattr(spec, "default", None)
-    return defaults
+    return {name: getattr(pipeline_input_spec(name), "default", None) for name in PIPELINE_INPUTS}
 
 
-def _as_input(value: Any, input_type: str):
-    """Wrap a path or URI in an `Input` of the component's type; leave an `Input` alone."""
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def convert_value(label: str, spec, value: Any) -> Any:
+    """Convert `value` to the type of the component input `spec`; raise ValueError naming `label`.
+
+    Strings from a command line become int/float/bool; paths become `Input(type=..., path=...)`;
+    an empty string unsets an optional input; enum, min and max are enforced.
+    """
+    import argparse
+
     from azure.ai.ml import Input
 
-    if value is None or isinstance(value, Input):
+    from maap_finetune.common.cli import str2bool
+
+    kind = spec.type
+    if isinstance(value, str) and value == "":
+        value = None
+    if value is None:
+        if not getattr(spec, "optional", False) and getattr(spec, "default", None) is None:
+            raise ValueError(f"{label} needs a value ({kind})")
+        return None
+    if kind in PATH_TYPES:
+        if isinstance(value, Input):
+            return value
+        if not isinstance(value, (str, Path)):
+            raise ValueError(f"{label} expects a path or URI ({kind}), got {value!r}")
+        return Input(type=kind, path=str(value))
+    try:
+        if kind == "integer":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            converted: Any = int(value) if not isinstance(value, str) else int(value.strip())
+        elif kind == "number":
+            if isinstance(value, bool):
+                raise ValueError
+            converted = float(value)
+        elif kind == "boolean":
+            converted = value if isinstance(value, bool) else str2bool(str(value))
+        else:
+            converted = str(value)
+    except (ValueError, TypeError, argparse.ArgumentTypeError):
+        raise ValueError(f"{label} expects {'a ' if kind != 'integer' else 'an '}{kind}, got {value!r}") from None
+    enum = getattr(spec, "enum", None)
+    if enum and str(converted) not in [str(option) for option in enum]:
+        raise ValueError(f"{label} must be one of {', '.join(map(str, enum))}; got {converted!r}")
+    low, high = _number(getattr(spec, "min", None)), _number(getattr(spec, "max", None))
+    if kind in ("integer", "number"):
+        if low is not None and converted < low:
+            raise ValueError(f"{label} must be >= {getattr(spec, 'min')}; got {converted}")
+        if high is not None and converted > high:
+            raise ValueError(f"{label} must be <= {getattr(spec, 'max')}; got {converted}")
+    return converted
+
+
+def is_local_path(path: str) -> bool:
+    """True for a path on this machine, False for a URI (azureml:, https:, abfss:, ...)."""
+    return not _URI_SCHEME.match(path)
+
+
+def _check_local_input(label: str, value) -> Any:
+    """Make a local path absolute and prove it exists with the right kind (file or folder)."""
+    from azure.ai.ml import Input
+
+    if not isinstance(value, Input) or not value.path or not is_local_path(str(value.path)):
         return value
-    return Input(type=input_type, path=str(value))
+    path = Path(str(value.path)).expanduser()
+    if not path.exists():
+        raise ValueError(f"{label}: local path does not exist: {path}")
+    if value.type == "uri_file" and not path.is_file():
+        raise ValueError(f"{label}: expected a file (uri_file), got a folder: {path}")
+    if value.type in PATH_TYPES - {"uri_file"} and not path.is_dir():
+        raise ValueError(f"{label}: expected a folder ({value.type}), got a file: {path}")
+    return Input(type=value.type, path=str(path.resolve()))
 
 
-def resolve_inputs(overrides: dict[str, Any]) -> dict[str, Any]:
-    """Merge user values over component defaults; reject unknown names."""
-    from maap_finetune.common.errors import UserError
+def parse_set_options(items: Iterable[str]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """Split `name=value` strings into pipeline inputs and `step.name=value` step inputs (raw strings)."""
+    from maap_finetune.common.errors import ConfigErrors
 
+    inputs: dict[str, str] = {}
+    step_inputs: dict[str, dict[str, str]] = {}
+    problems: list[str] = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(f"--set {item!r}: expected name=value (or step.name=value)")
+            continue
+        if "." in key:
+            step, _, name = key.partition(".")
+            step_inputs.setdefault(step, {})[name] = value
+        else:
+            inputs[key] = value
+    if problems:
+        raise ConfigErrors(problems, header="bad --set option")
+    return inputs, step_inputs
+
+
+def resolve_inputs(overrides: Mapping[str, Any], require_base_model: bool = True) -> dict[str, Any]:
+    """Merge user values over component defaults, converting and checking each; collect all problems."""
+    from maap_finetune.common.errors import ConfigErrors
+
+    problems: list[str] = []
     unknown = sorted(set(overrides) - set(PIPELINE_INPUTS))
-    if unknown:
-        raise UserError(
-            f"unknown pipeline input(s): {', '.join(unknown)}; known inputs: {', '.join(sorted(PIPELINE_INPUTS))}"
+    for name in unknown:
+        problems.append(
+            f"unknown pipeline input {name!r}; pipeline inputs: {', '.join(PIPELINE_INPUTS)} "
+            "(set any other component input as <step>.<input>, e.g. finetune.peft_method)"
         )
     values = pipeline_input_defaults()
-    values.update({k: v for k, v in overrides.items()})
+    for name, value in overrides.items():
+        if name in unknown:
+            continue
+        try:
+            values[name] = _check_local_input(name, convert_value(name, pipeline_input_spec(name), value))
+        except ValueError as err:
+            problems.append(str(err))
     if values.get("train_data") is None:
         values["train_data"] = SAMPLE_DATA
-    for name in ("train_data", "model_path"):
-        step, component_input = PIPELINE_INPUTS[name]
-        values[name] = _as_input(values[name], load_step_component(step).inputs[component_input].type)
-    if bool(values.get("model_path")) == bool(values.get("model_name")):
-        raise UserError("set exactly one base model: model_path (a folder) or model_name (a Hugging Face id)")
+    for name, value in list(values.items()):
+        if name not in overrides and value is not None:
+            try:
+                values[name] = _check_local_input(name, convert_value(name, pipeline_input_spec(name), value))
+            except ValueError as err:
+                problems.append(str(err))
+    has_path, has_name = values.get("model_path") is not None, values.get("model_name") is not None
+    if has_path and has_name:
+        problems.append("set one base model, not both: model_path (a folder) or model_name (a Hugging Face id)")
+    elif require_base_model and not (has_path or has_name):
+        problems.append(
+            "set a base model: --set model_name=microsoft/Phi-3-mini-4k-instruct (a Hugging Face id) "
+            "or --set model_path=<folder or azureml:model:version>"
+        )
+    if problems:
+        raise ConfigErrors(problems, header="invalid pipeline inputs")
     return values
 
 
+def resolve_step_inputs(step_inputs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Check and convert step-level inputs; refuse those a pipeline input already feeds."""
+    from maap_finetune.common.errors import ConfigErrors
+
+    fed_by = {target: name for name, targets in PIPELINE_INPUTS.items() for target in targets}
+    problems: list[str] = []
+    resolved: dict[str, dict[str, Any]] = {}
+    for step, values in step_inputs.items():
+        if step not in STEP_NAMES:
+            problems.append(f"unknown step {step!r} in {step}.<input>; steps: {', '.join(STEP_NAMES)}")
+            continue
+        component_inputs = load_step_component(step).inputs
+        for name, value in values.items():
+            label = f"{step}.{name}"
+            if name not in component_inputs:
+                problems.append(f"unknown input {label!r}; {step} inputs: {', '.join(component_inputs)}")
+            elif (step, name) in fed_by:
+                problems.append(f"{label} is fed by the pipeline input {fed_by[(step, name)]!r}: set that instead")
+            else:
+                try:
+                    converted = convert_value(label, component_inputs[name], value)
+                    resolved.setdefault(step, {})[name] = _check_local_input(label, converted)
+                except ValueError as err:
+                    problems.append(str(err))
+    if problems:
+        raise ConfigErrors(problems, header="invalid step inputs")
+    return resolved
+
+
+def _check_settings(settings: PipelineSettings) -> list[str]:
+    problems = []
+    for name in ("instance_count", "process_count_per_instance"):
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"{name} must be a whole number >= 1; got {value!r}")
+    return problems
+
+
 def build_pipeline(settings: PipelineSettings):
-    """Return the `PipelineJob`, with compute and distribution set per step."""
+    """Return the `PipelineJob`, with compute and distribution set per step. Raises UserError."""
     from azure.ai.ml import dsl
+
+    from maap_finetune.common.errors import ConfigErrors, UserError
+
+    problems = _check_settings(settings)
+    values: dict[str, Any] = {}
+    step_values: dict[str, dict[str, Any]] = {}
+    try:
+        values = resolve_inputs(settings.inputs, require_base_model=settings.require_base_model)
+    except ConfigErrors as err:
+        problems += err.problems
+    try:
+        step_values = resolve_step_inputs(settings.step_inputs)
+    except ConfigErrors as err:
+        problems += err.problems
+    if problems:
+        raise ConfigErrors(problems, header="cannot build the pipeline")
 
     data_prep_component = load_step_component("data_prep")
     finetune_component = load_step_component("finetune")
@@ -114,7 +314,7 @@ def build_pipeline(settings: PipelineSettings):
 
     @dsl.pipeline(
         name="maap_finetune_pipeline",
-        display_name="Fine-tune (LoRA) and register",
+        display_name="Fine-tune, evaluate and register",
         description="Data prep -> fine-tune -> evaluate -> register, tracked with MLflow.",
         experiment_name=settings.experiment_name,
     )
@@ -122,6 +322,7 @@ def build_pipeline(settings: PipelineSettings):
         train_data,
         model_path,
         model_name,
+        trust_remote_code,
         lora_r,
         lora_alpha,
         lora_dropout,
@@ -131,12 +332,12 @@ def build_pipeline(settings: PipelineSettings):
         registered_model_name,
     ):
         data_prep = data_prep_component(train_data=train_data)
-        data_prep.compute = cpu_compute
 
         finetune = finetune_component(
             train_data=data_prep.outputs.prepared_data,
             model_path=model_path,
             model_name=model_name,
+            trust_remote_code=trust_remote_code,
             lora_r=lora_r,
             lora_alpha=lora_alpha,
             lora_dropout=lora_dropout,
@@ -144,7 +345,6 @@ def build_pipeline(settings: PipelineSettings):
             learning_rate=learning_rate,
             max_seq_length=max_seq_length,
         )
-        finetune.compute = gpu_compute
         finetune.resources = {"instance_count": settings.instance_count}
         finetune.distribution = {"type": "pytorch", "process_count_per_instance": settings.process_count_per_instance}
 
@@ -153,25 +353,90 @@ def build_pipeline(settings: PipelineSettings):
             mlflow_model=finetune.outputs.mlflow_model,
             model_path=model_path,
             model_name=model_name,
+            trust_remote_code=trust_remote_code,
             max_seq_length=max_seq_length,
         )
-        evaluate.compute = gpu_compute
 
         register = register_component(
             mlflow_model=finetune.outputs.mlflow_model,
             evaluation=evaluate.outputs.evaluation,
             registered_model_name=registered_model_name,
         )
+        # (No loop over the nodes here: the DSL names each node after the local variable holding it.)
+        data_prep.compute = cpu_compute
+        finetune.compute = gpu_compute
+        evaluate.compute = gpu_compute
         register.compute = cpu_compute
         return {
             "prepared_data": data_prep.outputs.prepared_data,
+            "adapter": finetune.outputs.adapter,
             "mlflow_model": finetune.outputs.mlflow_model,
             "evaluation": evaluate.outputs.evaluation,
             "registration": register.outputs.registration,
         }
 
-    values = resolve_inputs(settings.inputs)
     job = finetune_pipeline(**values)
+    for step, inputs in step_values.items():
+        node = job.jobs[step]
+        for name, value in inputs.items():
+            setattr(node.inputs, name, value)
     job.settings.default_compute = gpu_compute
     job.settings.continue_on_step_failure = False
+    missing = set(STEP_NAMES) - set(job.jobs)
+    if missing:  # pragma: no cover - guards edits of the function above
+        raise UserError(f"pipeline lacks steps {sorted(missing)}")
     return job
+
+
+def validate_job(job) -> list[str]:
+    """Validate the pipeline offline (schema, bindings, required inputs); return every problem."""
+    result = job._validate()
+    return [f"pipeline: {where}: {message}" for where, message in sorted(result.error_messages.items())]
+
+
+def _literal_fixes(job) -> dict[tuple[str, ...], Any]:
+    """Values the SDK's YAML dump misprints, keyed by their place in the dumped dict.
+
+    The dump prints a local path as `azureml:/abs/path` (at submission the SDK uploads it instead)
+    and a boolean as 0/1 (the REST payload says "False"/"True"); these are put back as given.
+    """
+    from azure.ai.ml import Input
+
+    def fix(value) -> Any:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, Input) and value.path and is_local_path(str(value.path)):
+            return {"path": str(value.path)}
+        return None
+
+    fixes: dict[tuple[str, ...], Any] = {}
+    for name, pipeline_input in job.inputs.items():
+        fixed = fix(pipeline_input.result())
+        if fixed is not None:
+            fixes[("inputs", name)] = fixed
+    for node_name, node in job.jobs.items():
+        for name, node_input in node.inputs.items():
+            fixed = fix(getattr(node_input, "_data", None))  # the SDK has no public accessor for a literal
+            if fixed is not None:
+                fixes[("jobs", node_name, "inputs", name)] = fixed
+    return fixes
+
+
+def pipeline_dict(job) -> dict:
+    """The pipeline as the YAML Azure ML receives, with local paths and booleans shown as given."""
+    data = job._to_dict()
+    for keys, fixed in _literal_fixes(job).items():
+        parent = data
+        for key in keys[:-1]:
+            parent = parent[key]
+        if isinstance(fixed, dict):
+            parent[keys[-1]].update(fixed)
+        else:
+            parent[keys[-1]] = fixed
+    return data
+
+
+def pipeline_yaml(job) -> str:
+    import yaml
+
+    return yaml.safe_dump(pipeline_dict(job), sort_keys=False, width=100)

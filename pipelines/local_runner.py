@@ -1,0 +1,618 @@
+"""Run a `PipelineJob` on this machine the way Azure ML runs it.
+
+For each node, in dependency order (read from the inputs that bind
+`${{parent.jobs.<node>.outputs.<port>}}`), the runner:
+1. copies the component's code folder and each `additional_includes` entry into a per-run snapshot
+   (`runs/<run-id>/<node>/snapshot`), as Azure ML uploads one;
+2. resolves the command: `$[[...]]` blocks are kept when every input they reference has a value and
+   dropped otherwise, `${{inputs.*}}` / `${{outputs.*}}` become values and paths
+   (outputs under `runs/<run-id>/<node>/outputs/<port>`);
+3. runs it in a subprocess with the snapshot as the working directory, this interpreter
+   (`sys.executable`) for `python`, `PYTHONPATH` inherited with the snapshot in front, and the
+   environment Azure ML sets: `MLFLOW_TRACKING_URI`, `MLFLOW_RUN_ID` (a child run of the pipeline's
+   run, tagged `mlflow.parentRunId`) and, for PyTorch-distributed nodes, one process per rank with
+   `MASTER_ADDR`, `MASTER_PORT`, `WORLD_SIZE`, `RANK`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `NODE_RANK`.
+
+`instance_count > 1` runs every node's processes on this machine with its NODE_RANK: the processes
+see exactly the ranks and world size they would see on a cluster, which is what the local run is for
+(the rank arithmetic and the rendezvous are exercised); only the hardware is shared.
+
+A failing process stops its step (its sibling ranks are terminated) and the run: `StepFailed` carries
+the step name, the exit code and the tail of the log.
+
+The local defaults (sample data, tiny Phi-3 model, `sqlite:///mlruns.db`, `LOCAL_PROFILE`) are applied
+by `local_settings()`; `run_pipeline()` runs any PipelineJob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from maap_finetune.common.errors import UserError
+
+# Input overrides for the local run, applied only where the user did not --set the same key, and
+# printed at the start of the run. Why each one:
+# - learning_rate: the tiny model starts from random weights; 2e-4 (the YAML default, right for a
+#   pre-trained model) would barely move it in a few dozen steps, so its loss would not visibly drop.
+# - epochs: a few passes over the ~100 sample rows so training shows a trend in seconds.
+# - max_seq_length: sample conversations are short; 256 tokens keeps every row whole and the CPU busy
+#   for less time than the YAML's 2048.
+# - evaluate.max_new_tokens / evaluate.sample_generations: generating 64 tokens per row from a random
+#   tiny model costs time and shows nothing; a few short samples prove the path works.
+LOCAL_PROFILE: dict[str, Any] = {
+    "learning_rate": 0.005,
+    "epochs": 3,
+    "max_seq_length": 256,
+    "evaluate.max_new_tokens": 16,
+    "evaluate.sample_generations": 4,
+}
+TINY_MODEL_DIR = Path(".maap") / "tiny-phi3"
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+RUNS_DIR = Path("runs")
+LOG_TAIL_LINES = 40
+HEARTBEAT_S = 30.0
+
+_BLOCK = re.compile(r"\$\[\[(.*?)\]\]", re.DOTALL)
+_REFERENCE = re.compile(r"\$\{\{\s*(inputs|outputs)\.([A-Za-z0-9_]+)\s*\}\}")
+_PARENT_INPUT = re.compile(r"^\$\{\{\s*parent\.inputs\.([A-Za-z0-9_]+)\s*\}\}$")
+_NODE_OUTPUT = re.compile(r"^\$\{\{\s*parent\.jobs\.([A-Za-z0-9_]+)\.outputs\.([A-Za-z0-9_]+)\s*\}\}$")
+_SHELL_OPERATORS = {"&&", "||", ";", "|", "&", ">", ">>", "<", "2>", "2>&1"}
+_DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK")
+_PATH_TYPES = {"uri_file", "uri_folder", "mlflow_model", "custom_model", "triton_model", "mltable"}
+
+
+class StepFailed(Exception):
+    """A step exited non-zero. The message names the step, the exit code and the log's tail."""
+
+    def __init__(self, step: str, exit_code: int, log_path: Path, tail: str, rank: int | None = None):
+        self.step, self.exit_code, self.log_path, self.tail, self.rank = step, exit_code, log_path, tail, rank
+        which = f"step {step!r}" + (f" (rank {rank})" if rank is not None else "")
+        super().__init__(f"{which} failed with exit code {exit_code}; log: {log_path}\n--- last lines of the log ---\n{tail}")
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Where a node input's value comes from: a value, another node's output, or nothing."""
+
+    kind: str  # "value" | "output" | "unset"
+    value: Any = None
+    node: str | None = None
+    port: str | None = None
+
+
+@dataclass
+class StepPlan:
+    name: str
+    display_name: str
+    command: str
+    code_dir: Path
+    includes: list[Path]
+    input_specs: dict[str, Any]
+    output_specs: dict[str, Any]
+    bindings: dict[str, Binding]
+    depends_on: list[str]
+    distribution: str | None = None  # "pytorch" or None
+    process_count: int = 1
+    instance_count: int = 1
+
+
+@dataclass
+class StepResult:
+    name: str
+    seconds: float
+    outputs: dict[str, Path]
+    log_paths: list[Path]
+    mlflow_run_id: str | None
+
+
+@dataclass
+class LocalRunResult:
+    run_id: str
+    run_dir: Path
+    tracking_uri: str
+    experiment_name: str
+    mlflow_run_id: str | None
+    steps: dict[str, StepResult] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# Planning: PipelineJob -> ordered steps
+
+
+def _node_input_value(node_input) -> Any:
+    """The literal or `Input` a node input holds (the SDK has no public accessor)."""
+    return getattr(node_input, "_data", node_input)
+
+
+def plan_pipeline(job) -> list[StepPlan]:
+    """The job's nodes as runnable steps, in dependency order (stable: declaration order on ties)."""
+    job_dict = job._to_dict()  # the same bindings Azure ML receives
+    pipeline_values = {name: pipeline_input.result() for name, pipeline_input in job.inputs.items()}
+    steps: dict[str, StepPlan] = {}
+    for node_name, node in job.jobs.items():
+        component = node.component
+        if getattr(component, "type", "command") != "command" or not getattr(component, "command", None):
+            raise UserError(f"node {node_name!r}: the local runner runs command components only")
+        base = Path(component.base_path)
+        node_inputs = (job_dict["jobs"][node_name].get("inputs")) or {}
+        bindings: dict[str, Binding] = {}
+        depends_on: list[str] = []
+        for name in component.inputs:
+            raw = node_inputs.get(name)
+            path = raw.get("path") if isinstance(raw, dict) else raw
+            parent_match = _PARENT_INPUT.match(path) if isinstance(path, str) else None
+            output_match = _NODE_OUTPUT.match(path) if isinstance(path, str) else None
+            if raw is None:
+                bindings[name] = Binding("unset")
+            elif parent_match:
+                value = pipeline_values.get(parent_match.group(1))
+                bindings[name] = Binding("value", value) if value is not None else Binding("unset")
+            elif output_match:
+                bindings[name] = Binding("output", node=output_match.group(1), port=output_match.group(2))
+                if output_match.group(1) not in depends_on:
+                    depends_on.append(output_match.group(1))
+            else:
+                bindings[name] = Binding("value", _node_input_value(node.inputs[name]))
+        distribution = node.distribution or getattr(component, "distribution", None)
+        dist_type = getattr(distribution, "type", None) if distribution is not None else None
+        if dist_type is not None and str(dist_type).lower() != "pytorch":
+            raise UserError(f"node {node_name!r}: the local runner runs PyTorch distribution only, not {dist_type!r}")
+        resources = node.resources or getattr(component, "resources", None)
+        steps[node_name] = StepPlan(
+            name=node_name,
+            display_name=getattr(component, "display_name", None) or node_name,
+            command=component.command,
+            code_dir=(base / str(component.code or ".")).resolve(),
+            includes=[(base / include).resolve() for include in (component.additional_includes or [])],
+            input_specs=dict(component.inputs),
+            output_specs=dict(component.outputs),
+            bindings=bindings,
+            depends_on=depends_on,
+            distribution="pytorch" if dist_type is not None else None,
+            process_count=int(getattr(distribution, "process_count_per_instance", None) or 1) if dist_type else 1,
+            instance_count=int(getattr(resources, "instance_count", None) or 1),
+        )
+    return topological_order(steps)
+
+
+def topological_order(steps: Mapping[str, StepPlan]) -> list[StepPlan]:
+    order: list[StepPlan] = []
+    done: set[str] = set()
+    pending = list(steps)
+    for step in steps.values():
+        for dependency in step.depends_on:
+            if dependency not in steps:
+                raise UserError(f"node {step.name!r} reads an output of {dependency!r}, which is not in the pipeline")
+    while pending:
+        ready = [name for name in pending if all(d in done for d in steps[name].depends_on)]
+        if not ready:
+            raise UserError(f"the pipeline has a dependency cycle among {', '.join(pending)}")
+        for name in ready:
+            order.append(steps[name])
+            done.add(name)
+            pending.remove(name)
+    return order
+
+
+# --------------------------------------------------------------------------------------------
+# One step: snapshot, command, environment
+
+
+def snapshot_code(step: StepPlan, dest: Path) -> Path:
+    """Copy the code folder and every additional include into `dest`, as Azure ML builds a snapshot."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".git", ".pytest_cache")
+    if not step.code_dir.is_dir():
+        raise UserError(f"step {step.name!r}: code folder {step.code_dir} does not exist")
+    shutil.copytree(step.code_dir, dest, ignore=ignore)
+    for include in step.includes:
+        target = dest / include.name
+        if not include.exists():
+            raise UserError(f"step {step.name!r}: additional include {include} does not exist")
+        if target.exists():
+            raise UserError(f"step {step.name!r}: additional include {include.name!r} clashes with {target.name!r} in the code folder")
+        if include.is_dir():
+            shutil.copytree(include, target, ignore=ignore)
+        else:
+            shutil.copy2(include, target)
+    return dest
+
+
+def format_value(value: Any) -> str:
+    """Render a value as Azure ML puts it on the command line (booleans as True/False)."""
+    from azure.ai.ml import Input
+
+    if isinstance(value, Input):
+        return str(value.path)
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    return str(value)
+
+
+def render_command(command: str, inputs: Mapping[str, str | None], outputs: Mapping[str, str], step: str = "step") -> list[str]:
+    """Resolve `$[[...]]` blocks and `${{...}}` references; return argv (values never re-split).
+
+    A block is kept when every input it references has a value, dropped otherwise (Azure ML's rule
+    for optional inputs). An input outside any block without a value is an error.
+    """
+
+    def block(match: re.Match) -> str:
+        refs = _REFERENCE.findall(match.group(1))
+        provided = all(inputs.get(name) is not None for kind, name in refs if kind == "inputs")
+        return match.group(1) if provided else " "
+
+    text = _BLOCK.sub(block, command)
+    try:
+        tokens = shlex.split(text)
+    except ValueError as err:
+        raise UserError(f"step {step!r}: cannot parse its command ({err}): {command}") from None
+    operators = [t for t in tokens if t in _SHELL_OPERATORS or t.startswith(("`", "$("))]
+    if operators:
+        raise UserError(
+            f"step {step!r}: the local runner runs one program per command, without a shell; "
+            f"found {', '.join(operators)} in: {command}"
+        )
+
+    def reference(match: re.Match) -> str:
+        kind, name = match.groups()
+        table = inputs if kind == "inputs" else outputs
+        if name not in table:
+            raise UserError(f"step {step!r}: command refers to ${{{{{kind}.{name}}}}}, which the component does not declare")
+        value = table[name]
+        if value is None:
+            raise UserError(f"step {step!r}: input {name!r} has no value and is outside a $[[...]] block")
+        return value
+
+    argv = [_REFERENCE.sub(reference, token) for token in tokens]
+    if argv and argv[0] in ("python", "python3"):
+        argv[0] = sys.executable
+    return argv
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def process_environments(process_count: int, instance_count: int, port: int) -> list[dict[str, str]]:
+    """The torch.distributed variables Azure ML sets, one dict per process (all on this machine)."""
+    world_size = process_count * instance_count
+    return [
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "WORLD_SIZE": str(world_size),
+            "RANK": str(node_rank * process_count + local_rank),
+            "LOCAL_RANK": str(local_rank),
+            "LOCAL_WORLD_SIZE": str(process_count),
+            "NODE_RANK": str(node_rank),
+            "GROUP_RANK": str(node_rank),
+        }
+        for node_rank in range(instance_count)
+        for local_rank in range(process_count)
+    ]
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+# --------------------------------------------------------------------------------------------
+# MLflow: a parent run for the pipeline, a child run per step
+
+
+class _Tracking:
+    def __init__(self, tracking_uri: str, experiment_name: str):
+        from mlflow import MlflowClient
+
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(experiment_name)
+        self.experiment_name = experiment_name
+
+    def start(self, name: str, tags: Mapping[str, str]) -> str:
+        return self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags)).info.run_id
+
+    def finish(self, run_id: str, ok: bool) -> None:
+        # The step's own `with mlflow.start_run()` normally ends its run; end it here when it did not.
+        if self.client.get_run(run_id).info.status == "RUNNING":
+            self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, format_value(v)[:6000]) for k, v in params.items() if v is not None]
+        if items:
+            self.client.log_batch(run_id, params=items)
+
+
+def absolute_tracking_uri(uri: str, base: Path) -> str:
+    """Make a relative `sqlite:///file.db` absolute: steps run in their snapshot folder, not here."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
+        return prefix + str((base / uri[len(prefix) :]).resolve())
+    return uri
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def _step_inputs(step: StepPlan, results: Mapping[str, StepResult]) -> dict[str, str | None]:
+    values: dict[str, str | None] = {}
+    for name, binding in step.bindings.items():
+        if binding.kind == "output":
+            values[name] = str(results[binding.node].outputs[binding.port])
+            continue
+        value = binding.value if binding.kind == "value" else getattr(step.input_specs[name], "default", None)
+        spec_type = getattr(step.input_specs[name], "type", None)
+        rendered = None if value is None else format_value(value)
+        if rendered is not None and spec_type in _PATH_TYPES:
+            if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", rendered):
+                raise UserError(
+                    f"step {step.name!r}: input {name!r} is {rendered}; the local runner reads local files and folders only"
+                )
+            rendered = str(Path(rendered).expanduser().resolve())
+        values[name] = rendered
+    return values
+
+
+def _step_outputs(step: StepPlan, step_dir: Path) -> dict[str, Path]:
+    outputs: dict[str, Path] = {}
+    for name, spec in step.output_specs.items():
+        path = step_dir / "outputs" / name
+        if getattr(spec, "type", None) == "uri_file":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+        outputs[name] = path.resolve()
+    return outputs
+
+
+def _base_environment(snapshot: Path, tracking: _Tracking | None, run_id: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in _DIST_VARS:
+        env.pop(name, None)
+    env["PYTHONPATH"] = os.pathsep.join([str(snapshot)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["PYTHONUNBUFFERED"] = "1"
+    if tracking is not None and run_id is not None:
+        env["MLFLOW_TRACKING_URI"] = tracking.uri
+        env["MLFLOW_RUN_ID"] = run_id
+        env["MLFLOW_EXPERIMENT_ID"] = tracking.experiment_id
+        env["MLFLOW_EXPERIMENT_NAME"] = tracking.experiment_name
+    return env
+
+
+def _terminate(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + 10
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_step(
+    step: StepPlan,
+    step_dir: Path,
+    results: Mapping[str, StepResult],
+    *,
+    tracking: _Tracking | None = None,
+    parent_run_id: str | None = None,
+    out: TextIO = sys.stdout,
+    stream: bool = False,
+    label: str = "",
+) -> StepResult:
+    """Snapshot, resolve and run one step; raise StepFailed when any of its processes fails."""
+    start = time.monotonic()
+    snapshot = snapshot_code(step, step_dir / "snapshot")
+    outputs = _step_outputs(step, step_dir)
+    argv = render_command(step.command, _step_inputs(step, results), {k: str(v) for k, v in outputs.items()}, step.name)
+    (step_dir / "command.json").write_text(json.dumps({"argv": argv, "cwd": str(snapshot)}, indent=2) + "\n")
+    logs_dir = step_dir / "logs"
+    logs_dir.mkdir(parents=True, exist_ok=True)
+
+    mlflow_run_id = None
+    if tracking is not None:
+        tags = {"mlflow.parentRunId": parent_run_id or "", "maap.step": step.name, "maap.display_name": step.display_name}
+        mlflow_run_id = tracking.start(step.name, {k: v for k, v in tags.items() if v})
+    env = _base_environment(snapshot, tracking, mlflow_run_id)
+    if step.distribution == "pytorch":
+        per_process = process_environments(step.process_count, step.instance_count, free_port())
+    else:
+        per_process = [{}]
+    world = len(per_process)
+    if world > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // world))  # as torchrun does
+    log_paths = [logs_dir / ("std_log.txt" if world == 1 else f"std_log_process_{rank}.txt") for rank in range(world)]
+    where = log_paths[0] if world == 1 else logs_dir
+    nodes_note = f", {step.instance_count} nodes simulated on this machine" if step.instance_count > 1 else ""
+    print(f"{label}{step.name}: running ({world} process{'es' if world > 1 else ''}{nodes_note}); log: {where}", file=out, flush=True)
+
+    processes: list[subprocess.Popen] = []
+    handles = []
+    ok = False
+    try:
+        for extra, log_path in zip(per_process, log_paths):
+            handle = open(log_path, "wb")
+            handles.append(handle)
+            processes.append(
+                subprocess.Popen(argv, cwd=snapshot, env={**env, **extra}, stdout=handle, stderr=subprocess.STDOUT)
+            )
+        failed = _wait(processes, log_paths[0], start, step.name, out, stream)
+        if failed is not None:
+            rank, code = failed
+            raise StepFailed(step.name, code, log_paths[rank], tail(log_paths[rank]), rank if world > 1 else None)
+        ok = True
+    finally:
+        _terminate(processes)
+        for handle in handles:
+            handle.close()
+        if tracking is not None and mlflow_run_id is not None:
+            tracking.finish(mlflow_run_id, ok)
+    seconds = time.monotonic() - start
+    print(f"{label}{step.name}: done in {seconds:.1f} s", file=out, flush=True)
+    return StepResult(step.name, seconds, outputs, log_paths, mlflow_run_id)
+
+
+def _wait(processes, first_log: Path, start: float, name: str, out: TextIO, stream: bool) -> tuple[int, int] | None:
+    """Wait for every process; on the first non-zero exit return (rank, code) and leave the rest to be killed."""
+    last_beat = time.monotonic()
+    offset = 0
+    while True:
+        codes = [process.poll() for process in processes]
+        for rank, code in enumerate(codes):
+            if code not in (None, 0):
+                return rank, code
+        if stream:
+            offset = _echo_new(first_log, offset, out)
+        if all(code == 0 for code in codes):
+            return None
+        if time.monotonic() - last_beat >= HEARTBEAT_S:
+            last_beat = time.monotonic()
+            print(f"  {name}: still running, {last_beat - start:.0f} s", file=out, flush=True)
+        try:
+            processes[[c is None for c in codes].index(True)].wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _echo_new(path: Path, offset: int, out: TextIO) -> int:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+    except OSError:
+        return offset
+    if data:
+        out.write(data.decode("utf-8", errors="replace"))
+        out.flush()
+    return offset + len(data)
+
+
+def run_pipeline(
+    job,
+    *,
+    workdir: Path | str = ".",
+    tracking_uri: str | None = DEFAULT_TRACKING_URI,
+    experiment_name: str | None = None,
+    run_id: str | None = None,
+    out: TextIO = sys.stdout,
+    stream: bool = False,
+) -> LocalRunResult:
+    """Run every node of `job` on this machine; outputs under `<workdir>/runs/<run-id>/<node>/`.
+
+    `tracking_uri=None` runs without MLflow (the steps then get no MLFLOW_* variables).
+    """
+    workdir = Path(workdir).resolve()
+    steps = plan_pipeline(job)
+    run_id = run_id or new_run_id()
+    run_dir = workdir / RUNS_DIR / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    experiment_name = experiment_name or job.experiment_name or "maap-finetune"
+    tracking = _Tracking(absolute_tracking_uri(tracking_uri, workdir), experiment_name) if tracking_uri else None
+    result = LocalRunResult(run_id, run_dir, tracking.uri if tracking else "", experiment_name, None)
+    if tracking is not None:
+        result.mlflow_run_id = tracking.start(
+            job.display_name or job.name or "pipeline", {"maap.local_run_id": run_id, "maap.run_dir": str(run_dir)}
+        )
+        tracking.log_params(result.mlflow_run_id, {n: i.result() for n, i in job.inputs.items()})
+    start = time.monotonic()
+    ok = False
+    try:
+        for index, step in enumerate(steps, 1):
+            result.steps[step.name] = run_step(
+                step,
+                run_dir / step.name,
+                result.steps,
+                tracking=tracking,
+                parent_run_id=result.mlflow_run_id,
+                out=out,
+                stream=stream,
+                label=f"[{index}/{len(steps)}] ",
+            )
+        ok = True
+    finally:
+        result.seconds = time.monotonic() - start
+        if tracking is not None and result.mlflow_run_id:
+            tracking.finish(result.mlflow_run_id, ok)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Local defaults: tiny model, LOCAL_PROFILE
+
+
+def _tiny_fingerprint(seed: int) -> str:
+    from maap_finetune.models import tiny
+
+    digest = hashlib.sha256(Path(tiny.__file__).read_bytes())
+    digest.update(tiny.SAMPLE_DATA.read_bytes())
+    digest.update(str(seed).encode())
+    return digest.hexdigest()
+
+
+def ensure_tiny_model(cache_dir: Path | str = TINY_MODEL_DIR, seed: int = 0, out: TextIO = sys.stdout) -> Path:
+    """Build the tiny Phi-3 model into `cache_dir` once; rebuild when its builder or corpus changed."""
+    from maap_finetune.models.tiny import build_tiny_phi3
+
+    cache_dir = Path(cache_dir).resolve()
+    stamp = cache_dir / "maap_build.json"
+    fingerprint = _tiny_fingerprint(seed)
+    if stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint:
+        return cache_dir
+    print(f"building the tiny Phi-3 model into {cache_dir} (once)", file=out, flush=True)
+    staging = cache_dir.with_name(f"{cache_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    build_tiny_phi3(staging, seed=seed)
+    (staging / "maap_build.json").write_text(json.dumps({"fingerprint": fingerprint, "seed": seed}) + "\n")
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    staging.rename(cache_dir)
+    return cache_dir
+
+
+def apply_local_profile(
+    inputs: Mapping[str, Any], step_inputs: Mapping[str, Mapping[str, Any]], profile: Mapping[str, Any] = LOCAL_PROFILE
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:
+    """Fill in `profile` values the user did not set; return (inputs, step_inputs, what was applied)."""
+    merged = dict(inputs)
+    merged_steps = {step: dict(values) for step, values in step_inputs.items()}
+    applied: dict[str, Any] = {}
+    for key, value in profile.items():
+        if "." in key:
+            step, _, name = key.partition(".")
+            if name not in merged_steps.get(step, {}):
+                merged_steps.setdefault(step, {})[name] = value
+                applied[key] = value
+        elif key not in merged:
+            merged[key] = value
+            applied[key] = value
+    return merged, merged_steps, applied

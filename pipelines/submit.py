@@ -1,0 +1,372 @@
+"""Submit the fine-tuning pipeline to Azure ML, or run it on this machine.
+
+    python pipelines/submit.py --compute gpu-cluster --set model_name=microsoft/Phi-3-mini-4k-instruct
+    python pipelines/submit.py --compute gpu-cluster --cpu-compute cpu-cluster \\
+        --instance-count 2 --process-count-per-instance 4 --set train_data=data/my_chat.jsonl \\
+        --set model_name=microsoft/Phi-3-mini-4k-instruct --set finetune.peft_method=dora --stream
+    python pipelines/submit.py --dry-run --set model_name=...   # print the pipeline YAML, no network
+    python pipelines/submit.py --validate                       # every component + the pipeline, offline
+    python pipelines/submit.py --local                          # same pipeline here: tiny model, sample data
+
+Workspace: --subscription/--resource-group/--workspace, else the environment variables
+AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP and AZUREML_WORKSPACE_NAME (AZURE_WORKSPACE_NAME and the
+AZUREML_ARM_* variables Azure ML sets inside jobs also work), else config.json (this folder or a parent,
+or --config). Credentials: DefaultAzureCredential (az login, managed identity, AZURE_CLIENT_ID/...).
+
+--set name=value sets a pipeline input (train_data, model_path, model_name, lora_r, ...);
+--set step.name=value sets any input of one step (finetune.peft_method=dora). Values are converted
+and checked against the component input's type, enum, min and max. Local paths are uploaded by the SDK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `pipelines` and the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DEFAULT_EXPERIMENT = "maap-finetune"
+# First variable set wins, per field.
+WORKSPACE_ENV = {
+    "subscription": ("AZURE_SUBSCRIPTION_ID", "AZUREML_ARM_SUBSCRIPTION"),
+    "resource_group": ("AZURE_RESOURCE_GROUP", "AZUREML_ARM_RESOURCEGROUP"),
+    "workspace": ("AZUREML_WORKSPACE_NAME", "AZURE_WORKSPACE_NAME", "AZUREML_ARM_WORKSPACE_NAME"),
+}
+WORKSPACE_HELP = (
+    "download config.json from the workspace's overview page in Azure ML studio into this folder (or pass --config), "
+    "or pass --subscription, --resource-group and --workspace, "
+    "or set AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP and AZUREML_WORKSPACE_NAME"
+)
+AUTH_HELP = (
+    "run `az login` (or `az login --use-device-code`), or set AZURE_CLIENT_ID, AZURE_TENANT_ID and "
+    "AZURE_CLIENT_SECRET for a service principal, or run where a managed identity is available"
+)
+EXIT_USER_ERROR = 2
+EXIT_RUN_FAILED = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="submit.py",
+        description="Submit the maap-finetune pipeline to Azure ML, or run it locally.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+        allow_abbrev=False,
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--local", action="store_true", help="run the pipeline on this machine (tiny model and sample data by default)")
+    mode.add_argument("--dry-run", action="store_true", help="print the complete pipeline YAML and exit; touches no network")
+    mode.add_argument("--validate", action="store_true", help="validate every component and the pipeline offline; list all problems")
+
+    where = parser.add_argument_group("compute")
+    where.add_argument("--compute", help="compute cluster for the GPU steps (fine-tune, evaluate); required to submit")
+    where.add_argument("--cpu-compute", help="compute cluster for the CPU steps (data prep, register); default: --compute")
+    where.add_argument("--instance-count", "--nodes", type=int, default=1, metavar="N", help="nodes for fine-tune (default 1)")
+    where.add_argument(
+        "--process-count-per-instance", "--processes-per-node", type=int, default=1, metavar="N",
+        help="fine-tune processes per node, usually the GPUs per node (default 1)",
+    )
+
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE",
+        help="set a pipeline input (lora_r=8) or a step input (finetune.peft_method=dora); repeatable",
+    )
+    inputs.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"experiment name (default {DEFAULT_EXPERIMENT})")
+
+    azure = parser.add_argument_group("workspace")
+    azure.add_argument("--subscription", help="Azure subscription id")
+    azure.add_argument("--resource-group", help="resource group of the workspace")
+    azure.add_argument("--workspace", help="Azure ML workspace name")
+    azure.add_argument("--config", help="path to the workspace config.json (default: search this folder and its parents)")
+    parser.add_argument("--stream", action="store_true", help="wait for the job and stream its logs (with --local: echo step logs)")
+
+    local = parser.add_argument_group("local run")
+    local.add_argument(
+        "--tracking-uri", default=None,
+        help="MLflow tracking URI for --local (default sqlite:///mlruns.db in this folder)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code (0 ok, 1 a run failed, 2 a problem the user can fix)."""
+    args = build_parser().parse_args(argv)
+    from maap_finetune.common.errors import UserError
+
+    from pipelines.local_runner import StepFailed
+
+    try:
+        if args.validate:
+            return validate(args)
+        if args.local:
+            return run_local(args)
+        return submit(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except StepFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+
+
+def settings_from_args(args: argparse.Namespace, *, require_base_model: bool = True):
+    from pipelines.factory import PipelineSettings, parse_set_options
+
+    inputs, step_inputs = parse_set_options(args.set)
+    return PipelineSettings(
+        compute=args.compute,
+        cpu_compute=args.cpu_compute,
+        instance_count=args.instance_count,
+        process_count_per_instance=args.process_count_per_instance,
+        experiment_name=args.experiment,
+        inputs=inputs,
+        step_inputs=step_inputs,
+        require_base_model=require_base_model,
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# --validate and --dry-run: offline
+
+
+def validate(args: argparse.Namespace) -> int:
+    from pipelines.validate import component_files, validate_repo
+
+    problems = validate_repo(settings_from_args(args, require_base_model=False))
+    if problems:
+        print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''}:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    print(f"ok: {len(component_files())} components and the pipeline are valid")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# Azure ML
+
+
+def workspace_from_args(args: argparse.Namespace, environ=os.environ) -> tuple[str, str, str] | None:
+    """(subscription, resource group, workspace) from flags, then environment; None to use config.json."""
+    values = {}
+    for name, variables in WORKSPACE_ENV.items():
+        values[name] = getattr(args, name) or next((environ[v] for v in variables if environ.get(v)), None)
+    if all(values.values()):
+        return values["subscription"], values["resource_group"], values["workspace"]
+    if any(values.values()):
+        from maap_finetune.common.errors import UserError
+
+        missing = [name.replace("_", "-") for name, value in values.items() if not value]
+        raise UserError(
+            f"incomplete workspace: missing {', '.join('--' + m for m in missing)} "
+            f"(or {', '.join(WORKSPACE_ENV[m.replace('-', '_')][0] for m in missing)})"
+        )
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(getattr(err, "message", None) or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+@contextlib.contextmanager
+def azure_errors(action: str) -> Iterator[None]:
+    """Turn Azure's authentication, network and HTTP errors into one clear UserError."""
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+
+    from maap_finetune.common.errors import UserError
+
+    try:
+        yield
+    except ClientAuthenticationError as err:
+        raise UserError(f"could not authenticate to Azure while {action}: {AUTH_HELP}. ({_first_line(err)})") from None
+    except ServiceRequestError as err:
+        raise UserError(f"could not reach Azure while {action}: {_first_line(err)}") from None
+    except HttpResponseError as err:
+        status = f" (HTTP {err.status_code})" if getattr(err, "status_code", None) else ""
+        raise UserError(f"Azure ML refused {action}{status}: {_first_line(err)}") from None
+
+
+def connect(args: argparse.Namespace):
+    """An MLClient for the workspace named by flags, environment or config.json."""
+    from azure.ai.ml import MLClient
+    from azure.ai.ml.exceptions import MlException
+    from azure.identity import DefaultAzureCredential
+
+    from maap_finetune.common.errors import UserError
+
+    credential = DefaultAzureCredential()
+    workspace = workspace_from_args(args)
+    if workspace is not None:
+        subscription, resource_group, name = workspace
+        return MLClient(credential, subscription_id=subscription, resource_group_name=resource_group, workspace_name=name)
+    try:
+        return MLClient.from_config(credential, path=args.config)
+    except (MlException, OSError, ValueError) as err:
+        raise UserError(f"no Azure ML workspace configured ({_first_line(err)}): {WORKSPACE_HELP}") from None
+
+
+def _compute_listing(ml_client, clusters_only: bool = False) -> str:
+    computes = list(ml_client.compute.list())
+    shown = [c for c in computes if not clusters_only or str(c.type).lower() == "amlcompute"]
+    if not shown:
+        kind = "compute clusters" if clusters_only else "computes"
+        return f"the workspace has no {kind}; create one with `az ml compute create --type amlcompute ...`"
+    label = "compute clusters" if clusters_only else "computes"
+    return f"available {label}: " + ", ".join(f"{c.name} ({c.type})" for c in sorted(shown, key=lambda c: c.name))
+
+
+def check_computes(ml_client, settings) -> None:
+    """Each compute the pipeline uses exists and is a cluster (AmlCompute) big enough for fine-tune."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from maap_finetune.common.errors import UserError
+
+    names = [settings.compute] + ([settings.cpu_compute] if settings.cpu_compute and settings.cpu_compute != settings.compute else [])
+    for name in names:
+        flag = "--compute" if name == settings.compute else "--cpu-compute"
+        try:
+            compute = ml_client.compute.get(name)
+        except ResourceNotFoundError:
+            raise UserError(f"{flag} {name!r}: no such compute in the workspace; {_compute_listing(ml_client)}") from None
+        kind = str(getattr(compute, "type", "")).lower()
+        if kind != "amlcompute":
+            raise UserError(
+                f"{flag} {name!r} is a {kind or 'compute of unknown type'}, not a compute cluster (AmlCompute); "
+                f"{_compute_listing(ml_client, clusters_only=True)}"
+            )
+        max_instances = getattr(compute, "max_instances", None)
+        if name == settings.compute and max_instances and settings.instance_count > max_instances:
+            raise UserError(
+                f"--instance-count {settings.instance_count} exceeds {name!r}'s max_instances ({max_instances})"
+            )
+
+
+def submit(args: argparse.Namespace) -> int:
+    from maap_finetune.common.errors import ConfigErrors, UserError
+
+    from pipelines.factory import build_pipeline, pipeline_yaml, validate_job
+
+    if args.dry_run:
+        settings = settings_from_args(args, require_base_model=False)
+        job = build_pipeline(settings)
+        print(pipeline_yaml(job), end="")
+        if not (settings.inputs.get("model_path") or settings.inputs.get("model_name")):
+            print("note: no base model set; submitting needs --set model_name=... or --set model_path=...", file=sys.stderr)
+        return 0
+    if not args.compute:
+        raise UserError("--compute is required to submit to Azure ML (or use --local, --dry-run or --validate)")
+    settings = settings_from_args(args)
+    job = build_pipeline(settings)  # offline: bad inputs fail here, before any network call
+    problems = validate_job(job)
+    if problems:
+        raise ConfigErrors(problems, header="the pipeline does not validate")
+
+    ml_client = connect(args)
+    with azure_errors("checking the compute"):
+        check_computes(ml_client, settings)
+    with azure_errors("submitting the pipeline"):
+        created = ml_client.jobs.create_or_update(job, experiment_name=args.experiment)
+    print(f"submitted pipeline job {created.name} to experiment {args.experiment!r}")
+    print(f"studio_url: {created.studio_url}", flush=True)
+    if args.stream:
+        from azure.ai.ml.exceptions import JobException
+
+        try:
+            with azure_errors("streaming the job's logs"):
+                ml_client.jobs.stream(created.name)
+        except JobException as err:
+            print(f"error: pipeline job {created.name} did not complete: {_first_line(err)}", file=sys.stderr)
+            return EXIT_RUN_FAILED
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# --local
+
+
+def run_local(args: argparse.Namespace) -> int:
+    from pipelines import local_runner
+    from pipelines.factory import PipelineSettings, build_pipeline, parse_set_options, resolve_inputs, resolve_step_inputs
+
+    workdir = Path.cwd()
+    inputs, step_inputs = parse_set_options(args.set)
+    inputs, step_inputs, applied = local_runner.apply_local_profile(inputs, step_inputs)
+    # Check the user's values before spending time on the tiny model.
+    resolve_inputs(inputs, require_base_model=False)
+    resolve_step_inputs(step_inputs)
+    if args.compute or args.cpu_compute:
+        print("note: --compute/--cpu-compute are ignored by --local")
+    if applied:
+        profile = ", ".join(f"{k}={v}" for k, v in applied.items())
+        print(f"local profile (LOCAL_PROFILE in pipelines/local_runner.py; --set overrides): {profile}")
+    if not inputs.get("model_path") and not inputs.get("model_name"):
+        inputs["model_path"] = str(local_runner.ensure_tiny_model(workdir / local_runner.TINY_MODEL_DIR))
+        print(f"base model: tiny Phi-3 at {inputs['model_path']}")
+    settings = PipelineSettings(
+        instance_count=args.instance_count,
+        process_count_per_instance=args.process_count_per_instance,
+        experiment_name=args.experiment,
+        inputs=inputs,
+        step_inputs=step_inputs,
+    )
+    job = build_pipeline(settings)
+    result = local_runner.run_pipeline(
+        job,
+        workdir=workdir,
+        tracking_uri=args.tracking_uri or local_runner.DEFAULT_TRACKING_URI,
+        experiment_name=args.experiment,
+        stream=args.stream,
+    )
+    print_summary(result)
+    return 0
+
+
+def model_info_lines(model_info_path: Path) -> list[str]:
+    """`model_uri: ...` from the register step's model_info.json, or why nothing was registered."""
+    from maap_finetune.common.errors import UserError
+
+    try:
+        info = json.loads(model_info_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"the register step's {model_info_path} is missing or not JSON: {err}") from None
+    if not isinstance(info, dict) or "registered" not in info:
+        raise UserError(f"{model_info_path}: expected an object with 'registered', 'name', 'version', 'uri', 'reason'")
+    if info["registered"]:
+        uri = info.get("uri") or f"models:/{info.get('name')}/{info.get('version')}"
+        return [f"model_uri: {uri}"]
+    reason = " ".join(str(info.get("reason") or "no reason given").split())
+    return [f"model not registered: {reason}"]
+
+
+def print_summary(result) -> None:
+    print(f"\nlocal run {result.run_id} finished in {result.seconds:.1f} s")
+    width = max(len(name) for name in result.steps) if result.steps else 0
+    for name, step in result.steps.items():
+        print(f"  {name:<{width}}  {step.seconds:6.1f} s")
+    print(f"run_dir: {result.run_dir}")
+    print(f"tracking_uri: {result.tracking_uri}")
+    print(f"mlflow_run_id: {result.mlflow_run_id}")
+    register = result.steps.get("register")
+    if register is not None and "registration" in register.outputs:
+        lines = model_info_lines(register.outputs["registration"] / "model_info.json")
+        for line in lines:
+            print(line)
+        if lines[0].startswith("model_uri:"):
+            uri = lines[0].split(": ", 1)[1]
+            print(
+                f"load it: MLFLOW_TRACKING_URI={result.tracking_uri} python -c "
+                f"\"import mlflow; print(mlflow.pyfunc.load_model('{uri}'))\""
+            )
+    print(f"browse: mlflow ui --backend-store-uri {result.tracking_uri}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""The local runner on fake components (plain scripts in tmp_path): real subprocesses, real MLflow."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines import local_runner
+from pipelines.local_runner import (
+    Binding,
+    StepFailed,
+    StepPlan,
+    plan_pipeline,
+    process_environments,
+    render_command,
+    run_pipeline,
+    topological_order,
+)
+from maap_finetune.common.errors import UserError
+from tests.pipelines import fakes
+
+
+@pytest.fixture(scope="module")
+def fake_repo(tmp_path_factory) -> Path:
+    return fakes.write_fake_repo(tmp_path_factory.mktemp("fake-repo"))
+
+
+def make_consume_job(root: Path, *, suffix=None, note=None, processes=2, nodes=1):
+    from azure.ai.ml import dsl
+
+    make, consume = fakes.load(root, "make"), fakes.load(root, "consume")
+
+    @dsl.pipeline(name="fake_pipeline", experiment_name="fake-exp")
+    def pipeline(text, suffix):
+        produced = make(text=text, suffix=suffix)
+        consumed = consume(data=produced.outputs.data, note=note)
+        consumed.distribution = {"type": "pytorch", "process_count_per_instance": processes}
+        consumed.resources = {"instance_count": nodes}
+        return {"result": consumed.outputs.result}
+
+    return pipeline(text="ab cd", suffix=suffix)
+
+
+def seen(folder: Path, rank: int = 0) -> dict:
+    return json.loads((folder / f"seen_{rank}.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure functions
+
+
+def test_render_command_keeps_blocks_with_values_and_drops_the_rest():
+    command = (
+        "python x.py --a ${{inputs.a}} $[[--b ${{inputs.b}}]] $[[--c ${{inputs.a}} --d ${{inputs.d}}]] "
+        "$[[--e ${{inputs.a}}]] --out ${{outputs.o}}"
+    )
+    argv = render_command(command, {"a": "one two", "b": None, "d": None}, {"o": "/tmp/o"})
+    # The value with a space stays one argument; python is this interpreter.
+    assert argv == [sys.executable, "x.py", "--a", "one two", "--e", "one two", "--out", "/tmp/o"]
+    argv = render_command(command, {"a": "1", "b": "2", "d": "4"}, {"o": "/o"})
+    assert argv[2:] == ["--a", "1", "--b", "2", "--c", "1", "--d", "4", "--e", "1", "--out", "/o"]
+
+
+def test_render_command_rejects_missing_values_undeclared_references_and_shell_operators():
+    with pytest.raises(UserError, match="input 'a' has no value and is outside"):
+        render_command("python x.py --a ${{inputs.a}}", {"a": None}, {})
+    with pytest.raises(UserError, match=r"inputs\.zz.*does not declare"):
+        render_command("python x.py --a ${{inputs.zz}}", {"a": "1"}, {})
+    with pytest.raises(UserError, match="without a shell; found &&"):
+        render_command("python x.py && rm -rf /", {}, {})
+
+
+def test_process_environments_match_what_azure_ml_sets_per_rank():
+    envs = process_environments(process_count=2, instance_count=2, port=29511)
+    assert [(e["RANK"], e["LOCAL_RANK"], e["NODE_RANK"]) for e in envs] == [
+        ("0", "0", "0"), ("1", "1", "0"), ("2", "0", "1"), ("3", "1", "1"),
+    ]
+    assert {e["WORLD_SIZE"] for e in envs} == {"4"}
+    assert {e["LOCAL_WORLD_SIZE"] for e in envs} == {"2"}
+    assert {(e["MASTER_ADDR"], e["MASTER_PORT"]) for e in envs} == {("127.0.0.1", "29511")}
+
+
+def _plan(name, *depends):
+    return StepPlan(name, name, "python x.py", Path("."), [], {}, {}, {}, list(depends))
+
+
+def test_topological_order_follows_dependencies_not_declaration_order():
+    steps = {s.name: s for s in [_plan("register", "evaluate", "finetune"), _plan("evaluate", "finetune", "prep"),
+                                 _plan("finetune", "prep"), _plan("prep"), _plan("side")]}
+    order = [s.name for s in topological_order(steps)]
+    assert order == ["prep", "side", "finetune", "evaluate", "register"]
+    with pytest.raises(UserError, match="cycle"):
+        topological_order({"a": _plan("a", "b"), "b": _plan("b", "a")})
+    with pytest.raises(UserError, match="not in the pipeline"):
+        topological_order({"a": _plan("a", "ghost")})
+
+
+def test_plan_reads_bindings_defaults_and_distribution_from_the_job(fake_repo):
+    steps = plan_pipeline(make_consume_job(fake_repo, processes=3, nodes=2))
+    assert [s.name for s in steps] == ["produced", "consumed"]
+    produced, consumed = steps
+    assert produced.bindings["text"] == Binding("value", "ab cd")
+    assert produced.bindings["suffix"].kind == "unset"  # optional pipeline input given as None
+    assert produced.bindings["count"].kind == "unset"  # not bound: the component default applies
+    assert consumed.bindings["data"] == Binding("output", node="produced", port="data")
+    assert consumed.depends_on == ["produced"]
+    assert (consumed.distribution, consumed.process_count, consumed.instance_count) == ("pytorch", 3, 2)
+    assert (produced.distribution, produced.process_count) == (None, 1)
+    assert produced.includes == [(fake_repo / "lib" / "fakelib").resolve()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Real runs
+
+
+def test_run_resolves_inputs_snapshots_includes_and_runs_n_ranks(fake_repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    out = io.StringIO()
+    job = make_consume_job(fake_repo, suffix="!", processes=2)
+    result = run_pipeline(job, workdir=tmp_path, tracking_uri=None, run_id="r1", out=out)
+
+    run_dir = tmp_path / "runs" / "r1"
+    assert result.run_dir == run_dir
+    produced_out = run_dir / "produced" / "outputs" / "data"
+    assert result.steps["produced"].outputs["data"] == produced_out
+    # ${{inputs.*}} resolved (a value with a space stays one argument; count from the YAML default;
+    # a boolean as Azure ML renders it), the optional block kept because suffix was given.
+    assert (produced_out / "value.txt").read_text() == "ab cdab cd!"
+    first = seen(produced_out)
+    assert first["argv"] == ["--text", "ab cd", "--count", "2", "--flag", "False", "--suffix", "!", "--data", str(produced_out)]
+    # Snapshot: the code folder plus the additional include, as the working directory.
+    snapshot = run_dir / "produced" / "snapshot"
+    assert first["cwd"] == str(snapshot)
+    assert (snapshot / "make.py").is_file() and (snapshot / "spec.yaml").is_file()
+    assert first["fakelib"] == str(snapshot / "fakelib" / "__init__.py")
+    assert first["executable"] == sys.executable
+    assert first["env"]["PYTHONPATH"].split(":") == [str(snapshot), "/somewhere/else"]
+    assert first["env"]["RANK"] is None  # not a distributed step
+    assert first["env"]["MLFLOW_RUN_ID"] is None  # tracking off
+
+    # The consumer read the producer's output; its optional --note block was dropped.
+    result_dir = run_dir / "consumed" / "outputs" / "result"
+    assert (result_dir / "copy.txt").read_text() == "ab cdab cd!"
+    ranks = [seen(result_dir, rank) for rank in (0, 1)]
+    assert ranks[0]["argv"] == ["--data", str(produced_out), "--result", str(result_dir)]
+    envs = [r["env"] for r in ranks]
+    assert [(e["RANK"], e["LOCAL_RANK"], e["NODE_RANK"]) for e in envs] == [("0", "0", "0"), ("1", "1", "0")]
+    assert {(e["WORLD_SIZE"], e["LOCAL_WORLD_SIZE"], e["MASTER_ADDR"]) for e in envs} == {("2", "2", "127.0.0.1")}
+    assert envs[0]["MASTER_PORT"] == envs[1]["MASTER_PORT"] and int(envs[0]["MASTER_PORT"]) > 0
+    assert sorted(p.name for p in (run_dir / "consumed" / "logs").iterdir()) == ["std_log_process_0.txt", "std_log_process_1.txt"]
+
+    progress = out.getvalue()
+    assert "[1/2] produced: running (1 process); log: " + str(run_dir / "produced" / "logs" / "std_log.txt") in progress
+    assert "[2/2] consumed: running (2 processes)" in progress
+    assert "consumed: done in" in progress
+
+
+def test_two_nodes_run_on_this_machine_with_node_rank(fake_repo, tmp_path):
+    job = make_consume_job(fake_repo, processes=1, nodes=2, note="hi")
+    result = run_pipeline(job, workdir=tmp_path, tracking_uri=None, run_id="r2", out=io.StringIO())
+    result_dir = result.steps["consumed"].outputs["result"]
+    envs = [seen(result_dir, rank)["env"] for rank in (0, 1)]
+    assert [(e["RANK"], e["LOCAL_RANK"], e["NODE_RANK"], e["WORLD_SIZE"], e["LOCAL_WORLD_SIZE"]) for e in envs] == [
+        ("0", "0", "0", "2", "1"), ("1", "0", "1", "2", "1"),
+    ]
+    assert seen(result_dir)["argv"][2:4] == ["--note", "hi"]  # the block is kept when note has a value
+
+
+def test_mlflow_parent_and_child_runs_in_sqlite(fake_repo, tmp_path, monkeypatch):
+    from azure.ai.ml import dsl
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    make, tracked = fakes.load(fake_repo, "make"), fakes.load(fake_repo, "tracked")
+
+    @dsl.pipeline(name="tracked_pipeline", display_name="Tracked pipeline", experiment_name="fake-exp")
+    def pipeline(text):
+        produced = make(text=text)
+        tracked_step = tracked(data=produced.outputs.data)  # noqa: F841 (the DSL names the node after it)
+
+    result = run_pipeline(pipeline(text="x"), workdir=tmp_path, out=io.StringIO())  # default sqlite:///mlruns.db
+    db = tmp_path / "mlruns.db"
+    assert result.tracking_uri == f"sqlite:///{db}" and db.is_file()
+
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    parent = client.get_run(result.mlflow_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_name == "Tracked pipeline"
+    assert parent.data.params["text"] == "x"
+    experiment = client.get_experiment(parent.info.experiment_id)
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    by_name = {run.info.run_name: run for run in children}
+    assert set(by_name) == {"produced", "tracked_step"}
+    assert all(run.info.status == "FINISHED" for run in children)
+    assert experiment.name == "fake-exp"
+
+    # The step resumed its own child run from MLFLOW_RUN_ID and logged into it.
+    tracked_seen = seen(result.steps["tracked_step"].outputs["result"])
+    child = by_name["tracked_step"]
+    assert tracked_seen["active_run_id"] == child.info.run_id == result.steps["tracked_step"].mlflow_run_id
+    assert tracked_seen["env"]["MLFLOW_TRACKING_URI"] == result.tracking_uri
+    assert child.data.metrics["answer"] == 42
+    assert child.data.tags["maap.step"] == "tracked_step"
+
+
+def test_a_failing_step_stops_the_run_with_name_code_and_log_tail(fake_repo, tmp_path):
+    from azure.ai.ml import dsl
+    from mlflow import MlflowClient
+
+    make, fail, consume = (fakes.load(fake_repo, n) for n in ("make", "fail", "consume"))
+
+    @dsl.pipeline(name="failing", experiment_name="fake-exp")
+    def pipeline(text):
+        produced = make(text=text)
+        broken = fail(data=produced.outputs.data)
+        consume(data=broken.outputs.result)
+
+    uri = f"sqlite:///{tmp_path / 'track.db'}"
+    with pytest.raises(StepFailed) as caught:
+        run_pipeline(pipeline(text="x"), workdir=tmp_path, tracking_uri=uri, run_id="r3", out=io.StringIO())
+    err = caught.value
+    assert (err.step, err.exit_code, err.rank) == ("broken", 3, None)
+    assert err.log_path == tmp_path / "runs" / "r3" / "broken" / "logs" / "std_log.txt"
+    assert "something went wrong: bad row 7" in err.tail
+    assert "step 'broken' failed with exit code 3" in str(err) and "bad row 7" in str(err)
+    assert not (tmp_path / "runs" / "r3" / "consume").exists()  # the next step never started
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("fake-exp").experiment_id])
+    status = {run.info.run_name: run.info.status for run in runs}
+    assert status == {"failing": "FAILED", "produced": "FINISHED", "broken": "FAILED"}
+
+
+def test_a_failing_rank_stops_its_siblings(fake_repo, tmp_path):
+    from azure.ai.ml import dsl
+
+    make, rank_fail = fakes.load(fake_repo, "make"), fakes.load(fake_repo, "rank_fail")
+
+    @dsl.pipeline(name="rank_failing")
+    def pipeline(text):
+        produced = make(text=text)
+        node = rank_fail(data=produced.outputs.data)
+        node.distribution = {"type": "pytorch", "process_count_per_instance": 2}
+
+    with pytest.raises(StepFailed) as caught:
+        run_pipeline(pipeline(text="x"), workdir=tmp_path, tracking_uri=None, run_id="r4", out=io.StringIO())
+    assert (caught.value.step, caught.value.exit_code, caught.value.rank) == ("node", 5, 1)
+    assert "rank 1 gives up" in caught.value.tail
+    rank0_log = tmp_path / "runs" / "r4" / "node" / "logs" / "std_log_process_0.txt"
+    assert "rank 0 finished" not in rank0_log.read_text()  # terminated, not waited for
+
+
+def test_snapshot_refuses_an_include_that_clashes_or_is_missing(tmp_path):
+    code = tmp_path / "comp"
+    (code / "lib").mkdir(parents=True)
+    other = tmp_path / "elsewhere" / "lib"
+    other.mkdir(parents=True)
+    step = StepPlan("s", "S", "python x.py", code, [other], {}, {}, {}, [])
+    with pytest.raises(UserError, match="clashes"):
+        local_runner.snapshot_code(step, tmp_path / "snap1")
+    step.includes = [tmp_path / "missing"]
+    with pytest.raises(UserError, match="does not exist"):
+        local_runner.snapshot_code(step, tmp_path / "snap2")
+
+
+def test_local_paths_only(fake_repo, tmp_path):
+    from azure.ai.ml import Input, dsl
+
+    consume = fakes.load(fake_repo, "consume")
+
+    @dsl.pipeline(name="remote_input")
+    def pipeline(data):
+        consume(data=data)
+
+    job = pipeline(data=Input(type="uri_folder", path="azureml://datastores/workspaceblobstore/paths/x"))
+    with pytest.raises(UserError, match="local files and folders only"):
+        run_pipeline(job, workdir=tmp_path, tracking_uri=None, out=io.StringIO())
+
+
+def test_absolute_tracking_uri():
+    base = Path("/work/here")
+    assert local_runner.absolute_tracking_uri("sqlite:///mlruns.db", base) == "sqlite:////work/here/mlruns.db"
+    assert local_runner.absolute_tracking_uri("sqlite:////abs/x.db", base) == "sqlite:////abs/x.db"
+    assert local_runner.absolute_tracking_uri("http://mlflow:5000", base) == "http://mlflow:5000"
+
+
+def test_apply_local_profile_fills_only_what_the_user_left_unset():
+    inputs, steps, applied = local_runner.apply_local_profile(
+        {"learning_rate": "0.1"}, {"evaluate": {"max_new_tokens": "8"}},
+        {"learning_rate": 0.005, "epochs": 3, "evaluate.max_new_tokens": 16, "evaluate.sample_generations": 4},
+    )
+    assert inputs == {"learning_rate": "0.1", "epochs": 3}
+    assert steps == {"evaluate": {"max_new_tokens": "8", "sample_generations": 4}}
+    assert applied == {"epochs": 3, "evaluate.sample_generations": 4}
+
+
+def test_ensure_tiny_model_builds_once_and_reuses(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_build(path, seed=0):
+        calls.append(Path(path))
+        Path(path).mkdir(parents=True)
+        (Path(path) / "config.json").write_text("{}")
+        return Path(path)
+
+    monkeypatch.setattr("maap_finetune.models.tiny.build_tiny_phi3", fake_build)
+    first = local_runner.ensure_tiny_model(tmp_path / "cache" / "tiny", out=io.StringIO())
+    second = local_runner.ensure_tiny_model(tmp_path / "cache" / "tiny", out=io.StringIO())
+    assert first == second == (tmp_path / "cache" / "tiny").resolve()
+    assert len(calls) == 1 and (first / "config.json").is_file()
+    # A different seed is a different model: rebuilt.
+    local_runner.ensure_tiny_model(tmp_path / "cache" / "tiny", seed=1, out=io.StringIO())
+    assert len(calls) == 2
