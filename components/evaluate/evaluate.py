@@ -1,0 +1,242 @@
+"""Evaluate: the base and the fine-tuned model side by side on the test split, and the quality gate.
+
+    python evaluate.py --test_data prepared/ --mlflow_model mlflow_model/ --model_path base/ \
+        --trust_remote_code False --max_eval_samples 200 --max_new_tokens 64 --max_seq_length 2048 \
+        --eval_batch_size 8 --sample_generations 8 --gate_metric loss --gate_min_improvement 0 \
+        --evaluation out/
+
+Writes to --evaluation: metrics.json ({"task", "base", "finetuned", "deltas", "lineage", ...}),
+decision.json ({"passed", "metric", "values", "reason"}), generations.jsonl, report.md,
+report.html and charts/*.png; logs metrics, the gate and the folder to the step's MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from maap_finetune.common.cli import StrictParser, bounded, str2bool
+from maap_finetune.common.errors import ConfigErrors, UserError, exit_on_user_error
+
+
+@dataclass(frozen=True)
+class Config:
+    test_data: Path
+    mlflow_model: Path
+    model_path: Path | None
+    model_name: str | None
+    trust_remote_code: bool
+    max_eval_samples: int
+    max_new_tokens: int
+    max_seq_length: int
+    eval_batch_size: int
+    sample_generations: int
+    gate_metric: str
+    gate_threshold: float | None
+    gate_min_improvement: float | None
+    evaluation: Path
+
+
+def build_parser() -> StrictParser:
+    from maap_finetune.evaluation.gate import GATE_OFF
+    from maap_finetune.evaluation.metrics import METRICS
+
+    parser = StrictParser(description="Evaluate the base and the fine-tuned model on the test split.")
+    parser.add_argument("--test_data", type=Path, required=True)
+    parser.add_argument("--mlflow_model", type=Path, required=True)
+    parser.add_argument("--model_path", type=Path, default=None)
+    parser.add_argument("--model_name", type=str, default=None)
+    parser.add_argument("--trust_remote_code", type=str2bool, required=True)
+    parser.add_argument("--max_eval_samples", type=bounded(int, 1), required=True)
+    parser.add_argument("--max_new_tokens", type=bounded(int, 1, 4096), required=True)
+    parser.add_argument("--max_seq_length", type=bounded(int, 16), required=True)
+    parser.add_argument("--eval_batch_size", type=bounded(int, 1, 1024), required=True)
+    parser.add_argument("--sample_generations", type=bounded(int, 0, 1000), required=True)
+    parser.add_argument("--gate_metric", choices=[*METRICS, GATE_OFF], required=True)
+    parser.add_argument("--gate_threshold", type=float, default=None)
+    parser.add_argument("--gate_min_improvement", type=float, default=None)
+    parser.add_argument("--evaluation", type=Path, required=True)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Config:
+    args = build_parser().parse_args(argv)
+    config = Config(**vars(args))
+    problems = []
+    if not config.test_data.is_dir():
+        problems.append(f"--test_data {config.test_data} is not a folder (give Data Prep's output)")
+    if not (config.mlflow_model / "MLmodel").is_file():
+        problems.append(f"--mlflow_model {config.mlflow_model} is not an MLflow model folder (MLmodel is missing)")
+    if bool(config.model_path) == bool(config.model_name):
+        problems.append("give exactly one base model: --model_path (a folder) or --model_name (a Hugging Face id)")
+    if config.max_new_tokens >= config.max_seq_length:
+        problems.append(
+            f"--max_new_tokens {config.max_new_tokens} leaves no room for the prompt within --max_seq_length "
+            f"{config.max_seq_length}; lower it or raise max_seq_length"
+        )
+    if problems:
+        raise ConfigErrors(problems, header="evaluate: invalid inputs")
+    return config
+
+
+def evaluate_model(label: str, model_dir: str, tokenizer_dir: str, examples, generate_rows, config, prepared) -> dict:
+    """Loss, generations and task metrics of one model; the model is freed before returning."""
+    import gc
+
+    import torch
+
+    from maap_finetune.evaluation import generation, metrics
+
+    print(f"[evaluate] {label}: loading {model_dir}", flush=True)
+    loaded = generation.load_model(model_dir, tokenizer_dir, config.trust_remote_code)
+    loss = generation.compute_loss(loaded, examples, config.max_seq_length, config.eval_batch_size)
+    chosen = [examples[i] for i in generate_rows]
+    outputs, references = generation.generate(
+        loaded, chosen, config.max_new_tokens, config.max_seq_length, config.eval_batch_size
+    )
+    values = {"loss": loss.loss, "perplexity": loss.perplexity}
+    values.update(
+        metrics.generation_metrics(prepared.task, outputs, references, prepared.label_set, prepared.templates)
+    )
+    prompts = [generation.prompt_text(ex, loaded.tokenizer) for ex in chosen]
+    del loaded
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    print(f"[evaluate] {label}: " + ", ".join(f"{k}={v:.4f}" for k, v in values.items()), flush=True)
+    return {
+        "metrics": values,
+        "loss_details": {
+            "scored_tokens": loss.scored_tokens,
+            "truncated_examples": loss.truncated_examples,
+            "skipped_examples": loss.skipped_examples,
+        },
+        "per_example_loss": loss.per_example_loss,
+        "outputs": outputs,
+        "references": references,
+        "prompts": prompts,
+    }
+
+
+def run(config: Config) -> dict:
+    from maap_finetune.common import tracking
+    from maap_finetune.data.prepared import load_prepared
+    from maap_finetune.evaluation import gate, generation, lineage, metrics, report
+    from maap_finetune.models.source import resolve_model_source
+
+    prepared = load_prepared(config.test_data)
+    if prepared.task not in metrics.TASKS:
+        raise UserError(f"{prepared.root / 'metadata.json'}: task {prepared.task!r} is not one of {', '.join(metrics.TASKS)}")
+    quality_gate = gate.Gate(config.gate_metric, config.gate_threshold, config.gate_min_improvement)
+    problems = gate.gate_problems(quality_gate, prepared.task)
+    if problems:
+        raise ConfigErrors(problems, header="evaluate: invalid quality gate")
+    base_source = resolve_model_source(config.model_path, config.model_name)
+    tuned_source = resolve_model_source(config.mlflow_model, None)
+    examples = generation.read_examples(prepared.split_path("test"), prepared.format, config.max_eval_samples)
+    if not examples:
+        raise UserError(
+            f"{prepared.split_path('test')}: the test split is empty; give Data Prep a test_ratio above 0 "
+            "(or more rows) so there is something to evaluate"
+        )
+    if metrics.TASK_GENERATION_METRICS[prepared.task]:
+        generate_rows = list(range(len(examples)))
+    else:
+        generate_rows = list(range(min(config.sample_generations, len(examples))))
+
+    results = {
+        "base": evaluate_model("base", base_source.model, base_source.tokenizer, examples, generate_rows, config, prepared),
+        "finetuned": evaluate_model(
+            "fine-tuned", tuned_source.model, tuned_source.tokenizer, examples, generate_rows, config, prepared
+        ),
+    }
+    base_values, tuned_values = results["base"]["metrics"], results["finetuned"]["metrics"]
+    summary = {
+        "task": prepared.task,
+        "rows_in_test_split": prepared.split_rows["test"],
+        "rows_evaluated": len(examples),
+        "rows_generated": len(generate_rows),
+        "max_new_tokens": config.max_new_tokens,
+        "base": base_values,
+        "finetuned": tuned_values,
+        "deltas": {k: tuned_values[k] - v for k, v in base_values.items() if k in tuned_values},
+        "higher_is_better": {k: metrics.METRICS[k].higher_is_better for k in base_values if k in metrics.METRICS},
+        "loss_details": {side: results[side]["loss_details"] for side in results},
+        "lineage": {
+            "base_model": base_source.display_name,
+            "task": prepared.task,
+            "dataset_sha256": lineage.dataset_sha256(prepared),
+            **{k: v for k, v in lineage.model_metadata(config.mlflow_model).items() if k in ("peft_method", "merged")},
+        },
+    }
+    decision = gate.decide(quality_gate, base_values, tuned_values)
+    samples = [
+        {
+            "line": examples[i].line,
+            "prompt": results["base"]["prompts"][n],
+            "reference": results["base"]["references"][n],
+            "base_output": results["base"]["outputs"][n],
+            "finetuned_output": results["finetuned"]["outputs"][n],
+        }
+        for n, i in enumerate(generate_rows)
+    ]
+    out = config.evaluation
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n", encoding="utf-8")
+    gate.write_decision(out, _json_safe(decision))
+    with open(out / "generations.jsonl", "w", encoding="utf-8") as handle:
+        for sample in samples:
+            handle.write(json.dumps(sample, ensure_ascii=False) + "\n")
+    shown = samples[: config.sample_generations]
+    report.write_charts(
+        out / "charts", summary, {side: results[side]["per_example_loss"] for side in results}
+    )
+    report.write_markdown(out / "report.md", summary, decision, shown)
+    report.write_html(out / "report.html", summary, decision, shown)
+
+    with tracking.step_run():
+        tracking.log_params(
+            {
+                "task": prepared.task,
+                "rows_evaluated": len(examples),
+                "base_model": base_source.display_name,
+                "gate_metric": config.gate_metric,
+                "gate_threshold": config.gate_threshold,
+                "gate_min_improvement": config.gate_min_improvement,
+                "max_new_tokens": config.max_new_tokens,
+            }
+        )
+        flat = {f"base_{k}": v for k, v in base_values.items()}
+        flat.update({f"finetuned_{k}": v for k, v in tuned_values.items()})
+        flat.update({f"delta_{k}": v for k, v in summary["deltas"].items()})
+        flat["quality_gate_passed"] = 1.0 if decision["passed"] else 0.0
+        tracking.log_metrics({k: v for k, v in flat.items() if math.isfinite(v)})
+        if tracking.is_main_process():
+            import mlflow
+
+            mlflow.set_tag("quality_gate", decision["reason"][:5000])
+        tracking.log_artifacts(out, artifact_path="evaluation")
+    print(f"[evaluate] {decision['reason']}", flush=True)
+    return summary
+
+
+def _json_safe(value):
+    """NaN/inf are not JSON: write them as strings ("nan", "inf") rather than invalid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

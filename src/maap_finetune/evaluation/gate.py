@@ -1,0 +1,130 @@
+"""The quality gate: may this fine-tuned model be registered?
+
+Evaluate decides and writes `decision.json`; Register reads it and registers nothing when it failed.
+
+Rules, on `metric` (its direction is known: lower is better for loss and perplexity, higher for
+every other metric):
+- `min_improvement` (when set): the fine-tuned model must beat the base by MORE than this, in the
+  metric's own units (0 means "strictly better than the base"; a negative value tolerates a bounded
+  regression).
+- `threshold` (when set): the fine-tuned value must be at most (lower-is-better) or at least
+  (higher-is-better) this.
+- Both set: both must hold. `metric` "none" turns the gate off (it passes and says so).
+A value that is not a finite number (no tokens scored, a diverged model) fails the gate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from maap_finetune.evaluation.metrics import METRICS, higher_is_better, task_metrics
+
+GATE_OFF = "none"
+DECISION_FILE = "decision.json"
+
+
+@dataclass(frozen=True)
+class Gate:
+    metric: str
+    threshold: float | None = None
+    min_improvement: float | None = None
+
+
+def gate_problems(gate: Gate, task: str) -> list[str]:
+    """What is wrong with `gate` for `task` (empty when it can be applied)."""
+    if gate.metric == GATE_OFF:
+        return []
+    problems = []
+    if gate.metric not in METRICS:
+        problems.append(f"gate_metric {gate.metric!r} is not a metric; choose one of {', '.join(METRICS)} or none")
+    elif gate.metric not in task_metrics(task):
+        problems.append(
+            f"gate_metric {gate.metric!r} is not measured for task {task!r}; "
+            f"choose one of {', '.join(task_metrics(task))} or none"
+        )
+    if gate.threshold is None and gate.min_improvement is None:
+        problems.append(
+            "the gate on %r has no rule: set gate_threshold and/or gate_min_improvement, or gate_metric none" % gate.metric
+        )
+    for name, value in (("gate_threshold", gate.threshold), ("gate_min_improvement", gate.min_improvement)):
+        if value is not None and not math.isfinite(value):
+            problems.append(f"{name} must be a finite number, got {value}")
+    return problems
+
+
+def decide(gate: Gate, base: dict[str, float], finetuned: dict[str, float]) -> dict[str, Any]:
+    """The decision record: passed, metric, values, rule and a one-line reason."""
+    if gate.metric == GATE_OFF:
+        return {
+            "passed": True,
+            "metric": None,
+            "values": {},
+            "rule": {},
+            "reason": "quality gate off (gate_metric none): registered without a check",
+        }
+    metric = gate.metric
+    up = higher_is_better(metric)
+    base_value, tuned_value = base.get(metric), finetuned.get(metric)
+    improvement = None
+    if _finite(base_value) and _finite(tuned_value):
+        improvement = tuned_value - base_value if up else base_value - tuned_value
+    record: dict[str, Any] = {
+        "metric": metric,
+        "higher_is_better": up,
+        "values": {"base": base_value, "finetuned": tuned_value, "improvement": improvement},
+        "rule": {"threshold": gate.threshold, "min_improvement": gate.min_improvement},
+    }
+    failures: list[str] = []
+    checks: list[str] = []
+    if not _finite(tuned_value):
+        failures.append(f"fine-tuned {metric} is {tuned_value} (not a finite number)")
+    else:
+        if gate.threshold is not None:
+            ok = tuned_value >= gate.threshold if up else tuned_value <= gate.threshold
+            text = f"fine-tuned {metric} {_fmt(tuned_value)} {'>=' if up else '<='} threshold {_fmt(gate.threshold)}"
+            if ok:
+                checks.append(text)
+            else:
+                failures.append(
+                    f"fine-tuned {metric} {_fmt(tuned_value)} is {'below' if up else 'above'} the threshold "
+                    f"{_fmt(gate.threshold)}"
+                )
+        if gate.min_improvement is not None:
+            if improvement is None:
+                failures.append(f"base {metric} is {base_value} (not a finite number), so no improvement can be measured")
+            elif improvement > gate.min_improvement:
+                checks.append(
+                    f"{metric} improved by {_fmt(improvement)} over the base ({_fmt(base_value)} -> "
+                    f"{_fmt(tuned_value)}), more than {_fmt(gate.min_improvement)}"
+                )
+            else:
+                failures.append(
+                    f"{metric} {'rose' if up else 'fell'} by {_fmt(improvement)} from the base ({_fmt(base_value)} -> "
+                    f"{_fmt(tuned_value)}); the gate needs more than {_fmt(gate.min_improvement)}"
+                    if improvement >= 0
+                    else f"{metric} got worse than the base ({_fmt(base_value)} -> {_fmt(tuned_value)}); the gate "
+                    f"needs an improvement of more than {_fmt(gate.min_improvement)}"
+                )
+    record["passed"] = not failures
+    record["reason"] = (
+        "quality gate passed: " + "; ".join(checks) if not failures else "quality gate failed: " + "; ".join(failures)
+    )
+    return record
+
+
+def write_decision(folder: str | Path, decision: dict[str, Any]) -> Path:
+    path = Path(folder) / DECISION_FILE
+    path.write_text(json.dumps(decision, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"

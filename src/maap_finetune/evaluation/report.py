@@ -1,0 +1,149 @@
+"""The evaluation report: Markdown and HTML side by side, plus PNG charts (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from maap_finetune.evaluation.metrics import METRICS
+
+CELL_LIMIT = 400  # characters of a prompt or output shown in a table cell
+
+
+def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, float, float, float, str]]:
+    """(metric, base, fine-tuned, delta, verdict) for every metric measured on both models."""
+    rows = []
+    for name, base in metrics["base"].items():
+        tuned = metrics["finetuned"].get(name)
+        delta = metrics["deltas"].get(name)
+        verdict = ""
+        if name in METRICS and isinstance(delta, float) and math.isfinite(delta) and delta != 0:
+            better = (delta > 0) == METRICS[name].higher_is_better
+            verdict = "better" if better else "worse"
+        elif delta == 0:
+            verdict = "same"
+        rows.append((name, base, tuned, delta, verdict))
+    return rows
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def _clip(text: str) -> str:
+    text = text if len(text) <= CELL_LIMIT else text[:CELL_LIMIT] + "…"
+    return text
+
+
+def _md_cell(text: str) -> str:
+    return _clip(text).replace("|", "\\|").replace("\r", "").replace("\n", "<br>") or " "
+
+
+def write_markdown(path: Path, metrics: dict[str, Any], decision: dict[str, Any], samples: Sequence[dict]) -> Path:
+    lines = [
+        "# Evaluation report",
+        "",
+        f"- Task: `{metrics['task']}`; test rows evaluated: {metrics['rows_evaluated']} of {metrics['rows_in_test_split']}",
+        f"- Base model: `{metrics['lineage']['base_model']}`",
+        f"- Quality gate: **{'passed' if decision['passed'] else 'failed'}** — {decision['reason']}",
+        "",
+        "## Metrics",
+        "",
+        "| metric | base | fine-tuned | delta | |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, base, tuned, delta, verdict in metric_rows(metrics):
+        lines.append(f"| {name} | {_num(base)} | {_num(tuned)} | {_num(delta)} | {verdict} |")
+    lines += ["", "![metrics](charts/metrics.png)", "", "![per-example loss](charts/per_example_loss.png)", ""]
+    lines += ["## Generations", "", "| # | prompt | reference | base output | fine-tuned output |", "|---|---|---|---|---|"]
+    for sample in samples:
+        lines.append(
+            f"| {sample['line']} | {_md_cell(sample['prompt'])} | {_md_cell(sample['reference'])} | "
+            f"{_md_cell(sample['base_output'])} | {_md_cell(sample['finetuned_output'])} |"
+        )
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_html(path: Path, metrics: dict[str, Any], decision: dict[str, Any], samples: Sequence[dict]) -> Path:
+    esc = html.escape
+    metric_html = "".join(
+        f"<tr><td>{esc(name)}</td><td>{_num(base)}</td><td>{_num(tuned)}</td><td>{_num(delta)}</td>"
+        f"<td class='{verdict}'>{verdict}</td></tr>"
+        for name, base, tuned, delta, verdict in metric_rows(metrics)
+    )
+    sample_html = "".join(
+        "<tr>" + "".join(
+            f"<td>{esc(_clip(str(sample[key])))}</td>"
+            for key in ("line", "prompt", "reference", "base_output", "finetuned_output")
+        ) + "</tr>"
+        for sample in samples
+    )
+    verdict = "passed" if decision["passed"] else "failed"
+    document = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Evaluation report</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }} table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
+td, th {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; white-space: pre-wrap; }}
+.better {{ color: #1a7f37; }} .worse {{ color: #cf222e; }} .passed {{ color: #1a7f37; }} .failed {{ color: #cf222e; }}
+</style></head><body>
+<h1>Evaluation report</h1>
+<p>Task <code>{esc(metrics['task'])}</code>; test rows evaluated: {metrics['rows_evaluated']} of
+{metrics['rows_in_test_split']}; base model <code>{esc(str(metrics['lineage']['base_model']))}</code>.</p>
+<p>Quality gate: <b class="{verdict}">{verdict}</b> — {esc(decision['reason'])}</p>
+<h2>Metrics</h2>
+<table><tr><th>metric</th><th>base</th><th>fine-tuned</th><th>delta</th><th></th></tr>{metric_html}</table>
+<img src="charts/metrics.png" alt="metrics"> <img src="charts/per_example_loss.png" alt="per-example loss">
+<h2>Generations</h2>
+<table><tr><th>#</th><th>prompt</th><th>reference</th><th>base output</th><th>fine-tuned output</th></tr>{sample_html}</table>
+</body></html>
+"""
+    path.write_text(document, encoding="utf-8")
+    return path
+
+
+def write_charts(folder: Path, metrics: dict[str, Any], per_example: dict[str, Sequence[float | None]]) -> list[Path]:
+    """charts/metrics.png (base vs fine-tuned per metric) and charts/per_example_loss.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [n for n in metrics["base"] if n in METRICS and _plottable(metrics["base"][n], metrics["finetuned"].get(n))]
+    paths = []
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(2.6 * max(1, len(names)), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        values = [metrics["base"][name], metrics["finetuned"][name]]
+        ax.bar(["base", "fine-tuned"], values, color=["#8c959f", "#0969da"])
+        arrow = "↑" if METRICS[name].higher_is_better else "↓"
+        ax.set_title(f"{name} ({arrow} better)", fontsize=9)
+        ax.tick_params(labelsize=8)
+    fig.suptitle(f"{metrics['task']}: base vs fine-tuned", fontsize=10)
+    fig.tight_layout()
+    paths.append(folder / "metrics.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for label, color in (("base", "#8c959f"), ("finetuned", "#0969da")):
+        values = [v for v in per_example.get(label, []) if v is not None and math.isfinite(v)]
+        if values:
+            ax.hist(values, bins=min(20, max(5, len(values))), alpha=0.6, label=label, color=color)
+    ax.set_xlabel("loss per test example (nats/token)")
+    ax.set_ylabel("examples")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(folder / "per_example_loss.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def _plottable(*values: Any) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
