@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -202,6 +203,9 @@ def connect(args: argparse.Namespace):
 
     from maap_finetune.common.errors import UserError
 
+    # On failure DefaultAzureCredential logs a page about every credential it tried; our message says
+    # what to do in one line instead (and carries the first line of the SDK's).
+    logging.getLogger("azure.identity").setLevel(logging.ERROR)
     credential = DefaultAzureCredential()
     workspace = workspace_from_args(args)
     if workspace is not None:

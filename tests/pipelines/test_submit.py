@@ -1,0 +1,362 @@
+"""The submit CLI against a mocked MLClient (no network): the job it submits and every error path."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import pytest
+import yaml
+
+from pipelines import submit
+from pipelines.factory import SAMPLE_DATA
+
+PHI3 = "model_name=microsoft/Phi-3-mini-4k-instruct"
+
+
+def _cluster(name, max_instances=4):
+    from azure.ai.ml.entities import AmlCompute
+
+    return AmlCompute(name=name, size="Standard_NC24ads_A100_v4", max_instances=max_instances)
+
+
+def _instance(name):
+    from azure.ai.ml.entities import ComputeInstance
+
+    return ComputeInstance(name=name, size="Standard_DS3_v2")
+
+
+@pytest.fixture
+def azure(monkeypatch):
+    """Patch MLClient and DefaultAzureCredential where submit.py imports them; return the client mock."""
+    computes = {"gpu-cluster": _cluster("gpu-cluster"), "cpu-cluster": _cluster("cpu-cluster"), "my-ci": _instance("my-ci")}
+
+    def get(name):
+        from azure.core.exceptions import ResourceNotFoundError
+
+        if name not in computes:
+            raise ResourceNotFoundError(f"Compute {name} not found")
+        return computes[name]
+
+    client = mock.MagicMock(name="MLClient()")
+    client.compute.get.side_effect = get
+    client.compute.list.side_effect = lambda: list(computes.values())
+    client.jobs.create_or_update.return_value = SimpleNamespace(
+        name="witty_pipeline_42", studio_url="https://ml.azure.com/runs/witty_pipeline_42?wsid=..."
+    )
+    ml_client_class = mock.MagicMock(name="MLClient", return_value=client)
+    ml_client_class.from_config.return_value = client
+    credential_class = mock.MagicMock(name="DefaultAzureCredential")
+    monkeypatch.setattr("azure.ai.ml.MLClient", ml_client_class)
+    monkeypatch.setattr("azure.identity.DefaultAzureCredential", credential_class)
+    for variables in submit.WORKSPACE_ENV.values():
+        for variable in variables:
+            monkeypatch.delenv(variable, raising=False)
+    return SimpleNamespace(client=client, cls=ml_client_class, credential=credential_class, computes=computes)
+
+
+def submitted_job(azure):
+    assert azure.client.jobs.create_or_update.call_count == 1
+    return azure.client.jobs.create_or_update.call_args.args[0]
+
+
+def assert_one_clear_error(capsys, rc, *fragments, code=2):
+    captured = capsys.readouterr()
+    assert rc == code
+    assert "Traceback" not in captured.err + captured.out
+    error_lines = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, captured.err
+    for fragment in fragments:
+        assert fragment in captured.err, captured.err
+    return captured
+
+
+def test_submit_sends_the_pipeline_with_compute_distribution_and_inputs(azure, capsys):
+    rc = submit.main([
+        "--compute", "gpu-cluster", "--cpu-compute", "cpu-cluster",
+        "--instance-count", "2", "--process-count-per-instance", "4",
+        "--set", PHI3, "--set", "lora_r=8", "--set", "learning_rate=1e-4", "--set", "trust_remote_code=true",
+        "--set", "finetune.peft_method=dora", "--set", "evaluate.max_eval_samples=50",
+        "--experiment", "my-exp",
+    ])
+    out = capsys.readouterr().out
+    assert rc == 0
+    job = submitted_job(azure)
+    assert azure.client.jobs.create_or_update.call_args.kwargs["experiment_name"] == "my-exp"
+    assert {name: node.compute for name, node in job.jobs.items()} == {
+        "data_prep": "cpu-cluster", "finetune": "gpu-cluster", "evaluate": "gpu-cluster", "register": "cpu-cluster",
+    }
+    finetune = job.jobs["finetune"]
+    assert finetune.distribution.type == "pytorch"
+    assert finetune.distribution.process_count_per_instance == 4
+    assert finetune.resources.instance_count == 2
+    inputs = {name: value.result() for name, value in job.inputs.items()}
+    assert inputs["lora_r"] == 8 and isinstance(inputs["lora_r"], int)
+    assert inputs["learning_rate"] == 1e-4 and inputs["trust_remote_code"] is True
+    assert inputs["model_name"] == "microsoft/Phi-3-mini-4k-instruct" and "model_path" not in inputs
+    assert inputs["train_data"].type == "uri_file" and Path(inputs["train_data"].path) == SAMPLE_DATA  # uploaded by the SDK
+    rest = job._to_rest_object().properties.jobs
+    assert rest["finetune"]["inputs"]["peft_method"]["value"] == "dora"
+    assert rest["evaluate"]["inputs"]["max_eval_samples"]["value"] == "50"
+    # The compute was checked before submitting; the studio URL is printed.
+    assert [c.args[0] for c in azure.client.compute.get.call_args_list] == ["gpu-cluster", "cpu-cluster"]
+    assert "studio_url: https://ml.azure.com/runs/witty_pipeline_42" in out
+    azure.client.jobs.stream.assert_not_called()
+    azure.cls.from_config.assert_called_once()  # no flags, no env: config.json
+
+
+def test_cpu_steps_default_to_the_gpu_compute_and_stream_waits(azure, capsys):
+    assert submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--stream"]) == 0
+    job = submitted_job(azure)
+    assert {node.compute for node in job.jobs.values()} == {"gpu-cluster"}
+    assert job.jobs["finetune"].distribution.process_count_per_instance == 1
+    azure.client.jobs.stream.assert_called_once_with("witty_pipeline_42")
+
+
+def test_stream_reports_a_failed_job(azure, capsys):
+    from azure.ai.ml.exceptions import ErrorCategory, ErrorTarget, JobException
+
+    azure.client.jobs.stream.side_effect = JobException(
+        message="Exception: Job failed\nlots of detail", no_personal_data_message="x",
+        target=ErrorTarget.JOB, error_category=ErrorCategory.USER_ERROR,
+    )
+    rc = submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--stream"])
+    assert_one_clear_error(capsys, rc, "witty_pipeline_42 did not complete", code=1)
+
+
+def test_workspace_from_flags_or_environment(azure, monkeypatch, capsys):
+    submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--subscription", "sub", "--resource-group", "rg", "--workspace", "ws"])
+    kwargs = azure.cls.call_args.kwargs
+    assert (kwargs["subscription_id"], kwargs["resource_group_name"], kwargs["workspace_name"]) == ("sub", "rg", "ws")
+    assert azure.cls.call_args.args[0] is azure.credential.return_value  # DefaultAzureCredential
+
+    monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", "env-sub")
+    monkeypatch.setenv("AZURE_RESOURCE_GROUP", "env-rg")
+    monkeypatch.setenv("AZUREML_WORKSPACE_NAME", "env-ws")
+    submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--workspace", "flag-ws"])
+    kwargs = azure.cls.call_args.kwargs
+    assert (kwargs["subscription_id"], kwargs["resource_group_name"], kwargs["workspace_name"]) == ("env-sub", "env-rg", "flag-ws")
+    azure.cls.from_config.assert_not_called()
+
+
+def test_incomplete_workspace_is_one_clear_error(azure, capsys):
+    rc = submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--subscription", "sub"])
+    assert_one_clear_error(capsys, rc, "missing --resource-group, --workspace", "AZURE_RESOURCE_GROUP")
+
+
+def test_missing_config_json(monkeypatch, tmp_path, capsys):
+    """The real MLClient.from_config, in a folder without config.json: one clear message."""
+    monkeypatch.setattr("azure.identity.DefaultAzureCredential", mock.MagicMock())
+    for variables in submit.WORKSPACE_ENV.values():
+        for variable in variables:
+            monkeypatch.delenv(variable, raising=False)
+    monkeypatch.chdir(tmp_path)
+    rc = submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--config", str(tmp_path / "config.json")])
+    assert_one_clear_error(capsys, rc, "no Azure ML workspace configured", "config.json", "--subscription")
+
+
+def test_failed_credentials(azure, capsys, caplog):
+    import logging
+
+    from azure.core.exceptions import ClientAuthenticationError
+
+    def fail(name):
+        # What the real DefaultAzureCredential does: log an essay, then raise.
+        logging.getLogger("azure.identity._credentials.chained").warning("Attempted credentials: an essay")
+        raise ClientAuthenticationError(
+            "DefaultAzureCredential failed to retrieve a token from the included credentials.\nAttempted credentials:\n\tEnvironmentCredential: ..."
+        )
+
+    azure.client.compute.get.side_effect = fail
+    caplog.set_level(logging.WARNING)
+    logging.getLogger("azure.identity").setLevel(logging.NOTSET)
+    rc = submit.main(["--compute", "gpu-cluster", "--set", PHI3])
+    assert "essay" not in caplog.text
+    captured = assert_one_clear_error(capsys, rc, "could not authenticate to Azure", "az login", "DefaultAzureCredential failed")
+    assert "Attempted credentials" not in captured.err  # one line of the SDK's message, not its essay
+    azure.client.jobs.create_or_update.assert_not_called()
+
+
+def test_unknown_compute_lists_the_available_ones(azure, capsys):
+    rc = submit.main(["--compute", "gpu-clustr", "--set", PHI3])
+    assert_one_clear_error(
+        capsys, rc, "--compute 'gpu-clustr': no such compute",
+        "cpu-cluster (amlcompute)", "gpu-cluster (amlcompute)", "my-ci (computeinstance)",
+    )
+    azure.client.jobs.create_or_update.assert_not_called()
+
+
+def test_compute_that_is_not_a_cluster(azure, capsys):
+    rc = submit.main(["--compute", "gpu-cluster", "--cpu-compute", "my-ci", "--set", PHI3])
+    captured = assert_one_clear_error(
+        capsys, rc, "--cpu-compute 'my-ci' is a computeinstance, not a compute cluster (AmlCompute)",
+        "available compute clusters: cpu-cluster (amlcompute), gpu-cluster (amlcompute)",
+    )
+    assert "my-ci (computeinstance)" not in captured.err
+    azure.client.jobs.create_or_update.assert_not_called()
+
+
+def test_more_nodes_than_the_cluster_has(azure, capsys):
+    rc = submit.main(["--compute", "gpu-cluster", "--instance-count", "8", "--set", PHI3])
+    assert_one_clear_error(capsys, rc, "--instance-count 8 exceeds 'gpu-cluster''s max_instances (4)")
+
+
+def test_unknown_set_key_fails_before_any_azure_call(azure, capsys):
+    rc = submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--set", "lora_rank=8", "--set", "finetune.lr=1"])
+    captured = assert_one_clear_error(capsys, rc, "unknown pipeline input 'lora_rank'", "lora_r", "unknown input 'finetune.lr'")
+    assert "learning_rate" in captured.err  # the known inputs are listed
+    azure.credential.assert_not_called()
+    azure.cls.assert_not_called()
+    azure.cls.from_config.assert_not_called()
+
+
+def test_bad_values_are_all_reported_at_once(azure, capsys):
+    rc = submit.main([
+        "--compute", "gpu-cluster", "--set", PHI3, "--set", "lora_r=eight", "--set", "lora_dropout=2",
+        "--set", "finetune.peft_method=magic", "--set", "train_data=/no/such/file.jsonl", "--set", "oops",
+    ])
+    assert_one_clear_error(capsys, rc, "bad --set option", "'oops'")
+    rc = submit.main([
+        "--compute", "gpu-cluster", "--set", PHI3, "--set", "lora_r=eight", "--set", "lora_dropout=2",
+        "--set", "finetune.peft_method=magic", "--set", "train_data=/no/such/file.jsonl",
+    ])
+    assert_one_clear_error(
+        capsys, rc, "(4 problems)", "lora_r expects an integer, got 'eight'", "lora_dropout must be <= 0.9",
+        "finetune.peft_method must be one of", "local path does not exist: /no/such/file.jsonl",
+    )
+
+
+def test_base_model_is_required_to_submit(azure, capsys):
+    rc = submit.main(["--compute", "gpu-cluster"])
+    assert_one_clear_error(capsys, rc, "set a base model", "--set model_name=")
+    rc = submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--set", "model_path=" + str(SAMPLE_DATA.parent)])
+    assert_one_clear_error(capsys, rc, "set one base model, not both")
+
+
+def test_compute_is_required_to_submit(azure, capsys):
+    rc = submit.main(["--set", PHI3])
+    assert_one_clear_error(capsys, rc, "--compute is required")
+    azure.cls.assert_not_called()
+
+
+def test_dry_run_prints_the_complete_yaml_without_network(azure, capsys):
+    rc = submit.main(["--dry-run", "--compute", "gpu-cluster", "--set", PHI3, "--set", "finetune.use_rslora=true"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    pipeline = yaml.safe_load(out)
+    assert set(pipeline["jobs"]) == {"data_prep", "finetune", "evaluate", "register"}
+    assert pipeline["inputs"]["train_data"]["path"] == str(SAMPLE_DATA)  # the local path, not azureml:...
+    assert pipeline["inputs"]["trust_remote_code"] is False
+    assert pipeline["jobs"]["finetune"]["inputs"]["use_rslora"] is True
+    assert pipeline["jobs"]["finetune"]["distribution"] == {"type": "pytorch", "process_count_per_instance": 1}
+    assert "command" in pipeline["jobs"]["finetune"]["component"]  # components inline: the complete YAML
+    azure.credential.assert_not_called()
+    azure.cls.assert_not_called()
+    azure.cls.from_config.assert_not_called()
+
+
+def test_validate_lists_every_problem(monkeypatch, capsys):
+    monkeypatch.setattr("pipelines.validate.validate_repo", lambda settings: ["a.yaml:3: inputs.x: missing description", "pipeline: jobs.y: bad"])
+    assert submit.main(["--validate"]) == 1
+    err = capsys.readouterr().err
+    assert "2 problems:" in err and "a.yaml:3: inputs.x: missing description" in err and "pipeline: jobs.y: bad" in err
+    monkeypatch.setattr("pipelines.validate.validate_repo", lambda settings: [])
+    assert submit.main(["--validate"]) == 0
+    assert "ok:" in capsys.readouterr().out
+
+
+def test_help_is_instant_because_nothing_heavy_is_imported():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, runpy; sys.argv = ['submit.py', '--help']\n"
+        "try:\n    runpy.run_path('pipelines/submit.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('azure.ai.ml', 'mlflow', 'torch', 'transformers') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    root = Path(submit.__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert "--compute" in out and "HEAVY []" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# --local wiring (the runner itself is tested in test_local_runner.py; here it is replaced)
+
+
+def test_local_applies_the_profile_the_tiny_model_and_prints_the_summary(monkeypatch, tmp_path, capsys):
+    from pipelines import local_runner
+
+    monkeypatch.chdir(tmp_path)
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    monkeypatch.setattr(local_runner, "ensure_tiny_model", lambda cache_dir, **kw: tiny)
+    captured_job = {}
+
+    def fake_run(job, **kwargs):
+        captured_job["job"], captured_job["kwargs"] = job, kwargs
+        registration = tmp_path / "registration"
+        registration.mkdir()
+        (registration / "model_info.json").write_text(json.dumps(
+            {"registered": True, "name": "maap-finetuned", "version": "3", "uri": "models:/maap-finetuned/3", "reason": "gate passed"}
+        ))
+        step = local_runner.StepResult("register", 1.0, {"registration": registration}, [], "child")
+        return local_runner.LocalRunResult("rid", tmp_path / "runs" / "rid", "sqlite:////x/mlruns.db", "maap-finetune", "parent", {"register": step}, 2.0)
+
+    monkeypatch.setattr(local_runner, "run_pipeline", fake_run)
+    rc = submit.main(["--local", "--set", "learning_rate=0.01", "--process-count-per-instance", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    job = captured_job["job"]
+    inputs = {name: value.result() for name, value in job.inputs.items()}
+    assert inputs["learning_rate"] == 0.01  # the user's --set wins over LOCAL_PROFILE
+    for key, value in local_runner.LOCAL_PROFILE.items():
+        if key == "learning_rate":
+            continue
+        if "." in key:
+            step, name = key.split(".")
+            assert getattr(job.jobs[step].inputs, name)._data == value
+            assert f"{key}={value}" in out
+        else:
+            assert inputs[key] == value
+            assert f"{key}={value}" in out
+    assert "learning_rate=" not in out.split("local profile", 1)[1].splitlines()[0]
+    assert inputs["model_path"].path == str(tiny) and "model_name" not in inputs
+    assert inputs["train_data"].path == str(SAMPLE_DATA)
+    assert job.jobs["finetune"].distribution.process_count_per_instance == 2
+    assert captured_job["kwargs"]["tracking_uri"] == "sqlite:///mlruns.db"
+    assert captured_job["kwargs"]["workdir"] == tmp_path
+    lines = out.splitlines()
+    assert "tracking_uri: sqlite:////x/mlruns.db" in lines
+    assert "model_uri: models:/maap-finetuned/3" in lines
+
+
+def test_model_info_lines(tmp_path):
+    path = tmp_path / "model_info.json"
+    path.write_text(json.dumps({"registered": False, "name": "m", "version": None, "uri": None,
+                                "reason": "quality gate failed:\nloss 3.2 >= base 3.1"}))
+    assert submit.model_info_lines(path) == ["model not registered: quality gate failed: loss 3.2 >= base 3.1"]
+    path.write_text(json.dumps({"registered": True, "name": "m", "version": "2", "uri": "models:/m/2", "reason": ""}))
+    assert submit.model_info_lines(path) == ["model_uri: models:/m/2"]
+    from maap_finetune.common.errors import UserError
+
+    with pytest.raises(UserError, match="missing or not JSON"):
+        submit.model_info_lines(tmp_path / "absent.json")
+
+
+def test_local_step_failure_exits_1_with_the_step_and_log_tail(monkeypatch, tmp_path, capsys):
+    from pipelines import local_runner
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(local_runner, "ensure_tiny_model", lambda cache_dir, **kw: tmp_path)
+
+    def failing_run(job, **kwargs):
+        raise local_runner.StepFailed("finetune", 7, tmp_path / "std_log.txt", "CUDA? no.\nValueError: boom")
+
+    monkeypatch.setattr(local_runner, "run_pipeline", failing_run)
+    rc = submit.main(["--local"])
+    captured = assert_one_clear_error(capsys, rc, "step 'finetune' failed with exit code 7", "ValueError: boom", code=1)
+    assert str(tmp_path / "std_log.txt") in captured.err
