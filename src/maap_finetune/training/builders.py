@@ -187,7 +187,9 @@ def build_sft_config(
         report_to="none",
         disable_tqdm=True,
         deepspeed=ds_config,
-        max_length=config.max_seq_length,
+        # Examples arrive truncated to max_seq_length (and counted) by training.data; TRL refuses a
+        # max_length with padding-free batches, and packing uses it as the row length.
+        max_length=None if config.batching == "padding_free" else config.max_seq_length,
         packing=config.batching == "packing",
         packing_strategy="bfd",
         padding_free=config.batching == "padding_free",

@@ -1,0 +1,148 @@
+"""Fine-Tune end to end on the tiny Phi-3: real training, real merge, real MLflow (SQLite)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.finetune.conftest import outputs
+from tests.helpers import argv_from_spec, load_entry
+
+
+def _test_loss(model_dir: Path, prepared: Path) -> float:
+    """Mean loss on the assistant tokens of the test split (the quality the gate compares)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from maap_finetune.data.prepared import load_prepared
+    from maap_finetune.models.source import resolve_model_source
+    from maap_finetune.training.data import tokenize_rows
+
+    source = resolve_model_source(model_dir, None)
+    tokenizer = AutoTokenizer.from_pretrained(source.tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(source.model).eval()
+    examples, _ = tokenize_rows(tokenizer, load_prepared(prepared).rows("test"), 2048, False, "test")
+    total = count = 0.0
+    with torch.no_grad():
+        for e in examples:
+            out = model(input_ids=torch.tensor([e["input_ids"]]), labels=torch.tensor([e["labels"]]))
+            n = sum(label != -100 for label in e["labels"][1:])
+            total += out.loss.item() * n
+            count += n
+    return total / count
+
+
+def test_lora_end_to_end(tmp_path, tiny_model_dir, prepared_chat, mlflow_tracking, monkeypatch):
+    import mlflow
+    import mlflow.pyfunc
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.create_experiment("finetune-test")
+    run_id = client.create_run(experiment).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)  # as Azure ML and the local runner set it
+
+    finetune = load_entry("finetune")
+    summary = finetune.main(
+        argv_from_spec(
+            "finetune", train_data=prepared_chat, model_path=tiny_model_dir, learning_rate=0.005, **outputs(tmp_path)
+        )
+    )
+    adapter = tmp_path / "adapter"
+    assert (adapter / "adapter_model.safetensors").stat().st_size > 0
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 16 and adapter_config["lora_alpha"] == 32
+    adapted = {name.rsplit(".", 1)[-1] for name in adapter_config["target_modules"]}
+    assert adapted == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}  # all-linear: every linear but lm_head
+    assert (adapter / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    written = json.loads((adapter / "training_summary.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    assert summary["steps"] == 25 and summary["resumed_from_checkpoint"] is None
+    assert summary["tokens"] > 5000 and summary["tokens_per_second"] > 0
+    assert 0.0 <= summary["padding_ratio"] < 0.2  # group_by_length keeps padding low
+    assert summary["peak_rss_bytes"] > 0
+    assert summary["eval_loss"] < 6.5  # the untrained tiny model sits near ln(vocab) = 6.65
+    parity = summary["merge_parity"]
+    assert parity["applicable"] and parity["passed"] and parity["max_relative_logit_diff"] < 1e-4
+
+    # The merged MLflow model: loads as pyfunc and answers a chat request; its test loss beats the base.
+    model_dir = tmp_path / "mlflow_model"
+    assert (model_dir / "MLmodel").is_file() and (model_dir / "components" / "tokenizer").is_dir()
+    assert "llm/v1/chat" in (model_dir / "MLmodel").read_text()
+    tokenizer_config = model_dir / "components" / "tokenizer"
+    assert (tokenizer_config / "chat_template.jinja").is_file() or "chat_template" in (
+        tokenizer_config / "tokenizer_config.json"
+    ).read_text()
+    served = mlflow.pyfunc.load_model(str(model_dir))
+    reply = served.predict({"messages": [{"role": "user", "content": "Do you repair bikes?"}], "max_tokens": 8})
+    assert reply[0]["choices"][0]["message"]["role"] == "assistant"
+    assert reply[0]["usage"]["completion_tokens"] >= 1
+    base_loss, tuned_loss = _test_loss(tiny_model_dir, prepared_chat), _test_loss(model_dir, prepared_chat)
+    assert tuned_loss < base_loss - 0.2, (base_loss, tuned_loss)
+
+    # Everything went to the step's own run (resumed from MLFLOW_RUN_ID), not a new one.
+    run = client.get_run(run_id)
+    assert run.data.params["peft_method"] == "lora" and run.data.params["learning_rate"] == "0.005"
+    for metric in ("train_loss", "learning_rate", "tokens_per_second", "final_eval_loss", "padding_ratio",
+                   "train_examples_truncated"):
+        assert metric in run.data.metrics, metric
+    history = client.get_metric_history(run_id, "train_loss")
+    assert len(history) >= 5
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"adapter", "mlflow_model"} <= artifacts
+    assert len(mlflow.search_runs([experiment])) == 1
+
+
+@pytest.mark.parametrize("method", ["dora", "none"])
+def test_other_methods_train(method, tmp_path, tiny_model_dir, prepared_chat, mlflow_tracking):
+    finetune = load_entry("finetune")
+    summary = finetune.main(
+        argv_from_spec(
+            "finetune", train_data=prepared_chat, model_path=tiny_model_dir, peft_method=method, max_steps=3,
+            learning_rate=0.005, **outputs(tmp_path)
+        )
+    )
+    assert summary["steps"] == 3
+    assert (tmp_path / "mlflow_model" / "MLmodel").is_file()
+    if method == "dora":
+        config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+        assert config["use_dora"] is True
+        assert summary["merge_parity"]["passed"]
+        assert summary["trainable_parameters"] < summary["total_parameters"] / 2
+    else:
+        assert (tmp_path / "adapter" / "model.safetensors").is_file()
+        assert not (tmp_path / "adapter" / "adapter_config.json").exists()
+        assert summary["merge_parity"]["applicable"] is False
+        assert summary["trainable_parameters"] == summary["total_parameters"]
+
+
+def test_padding_free_and_packing_train(tmp_path, tiny_model_dir, prepared_chat, mlflow_tracking):
+    finetune = load_entry("finetune")
+    for batching in ("padding_free", "packing"):
+        out = tmp_path / batching
+        summary = finetune.main(
+            argv_from_spec(
+                "finetune", train_data=prepared_chat, model_path=tiny_model_dir, batching=batching, max_steps=2,
+                max_seq_length=512, **outputs(out)
+            )
+        )
+        assert summary["steps"] == 2 and summary["batching"] == batching
+        assert summary["padding_ratio"] < 0.05  # one flattened row per batch: no padding
+
+
+def test_hf_layout_mlflow_input_model(tmp_path, tiny_model_dir, prepared_chat, mlflow_tracking):
+    """An Azure ML registry MLflow folder (weights under data/model) works as the base model."""
+    import shutil
+
+    registry_model = tmp_path / "registry_model"
+    shutil.copytree(tiny_model_dir, registry_model / "data" / "model")
+    (registry_model / "MLmodel").write_text("flavors: {}\n")
+    finetune = load_entry("finetune")
+    summary = finetune.main(
+        argv_from_spec(
+            "finetune", train_data=prepared_chat, model_path=registry_model, max_steps=1, **outputs(tmp_path / "o")
+        )
+    )
+    assert summary["steps"] == 1
