@@ -393,8 +393,10 @@ def _step_outputs(step: StepPlan, step_dir: Path) -> dict[str, Path]:
     return outputs
 
 
-def _base_environment(snapshot: Path, tracking: _Tracking | None, run_id: str | None) -> dict[str, str]:
-    env = dict(os.environ)
+def _base_environment(
+    snapshot: Path, tracking: _Tracking | None, run_id: str | None, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    env = {**os.environ, **(extra or {})}
     for name in _DIST_VARS:
         env.pop(name, None)
     env["PYTHONPATH"] = os.pathsep.join([str(snapshot)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
@@ -430,6 +432,7 @@ def run_step(
     out: TextIO = sys.stdout,
     stream: bool = False,
     label: str = "",
+    env: Mapping[str, str] | None = None,
 ) -> StepResult:
     """Snapshot, resolve and run one step; raise StepFailed when any of its processes fails."""
     start = time.monotonic()
@@ -444,7 +447,7 @@ def run_step(
     if tracking is not None:
         tags = {"mlflow.parentRunId": parent_run_id or "", "maap.step": step.name, "maap.display_name": step.display_name}
         mlflow_run_id = tracking.start(step.name, {k: v for k, v in tags.items() if v})
-    env = _base_environment(snapshot, tracking, mlflow_run_id)
+    env = _base_environment(snapshot, tracking, mlflow_run_id, env)
     if step.distribution == "pytorch":
         per_process = process_environments(step.process_count, step.instance_count, free_port())
     else:
@@ -527,10 +530,12 @@ def run_pipeline(
     run_id: str | None = None,
     out: TextIO = sys.stdout,
     stream: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> LocalRunResult:
     """Run every node of `job` on this machine; outputs under `<workdir>/runs/<run-id>/<node>/`.
 
     `tracking_uri=None` runs without MLflow (the steps then get no MLFLOW_* variables).
+    `env` adds environment variables to every step (after this process's own, before the runner's).
     """
     workdir = Path(workdir).resolve()
     steps = plan_pipeline(job)
@@ -558,6 +563,7 @@ def run_pipeline(
                 out=out,
                 stream=stream,
                 label=f"[{index}/{len(steps)}] ",
+                env=env,
             )
         ok = True
     finally:

@@ -314,6 +314,12 @@ def run_local(args: argparse.Namespace) -> int:
     if not inputs.get("model_path") and not inputs.get("model_name"):
         inputs["model_path"] = str(local_runner.ensure_tiny_model(workdir / local_runner.TINY_MODEL_DIR))
         print(f"base model: tiny Phi-3 at {inputs['model_path']}")
+    step_env = {}
+    if not inputs.get("model_name") and "HF_HUB_OFFLINE" not in os.environ:
+        # The base model is a local folder: nothing needs the Hugging Face Hub, and libraries that look
+        # things up there anyway (model cards, licenses) would wait through retries without network.
+        step_env["HF_HUB_OFFLINE"] = "1"
+        print("HF_HUB_OFFLINE=1 for the steps (the base model is a local folder)")
     settings = PipelineSettings(
         instance_count=args.instance_count,
         process_count_per_instance=args.process_count_per_instance,
@@ -328,6 +334,7 @@ def run_local(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri or local_runner.DEFAULT_TRACKING_URI,
         experiment_name=args.experiment,
         stream=args.stream,
+        env=step_env,
     )
     print_summary(result)
     return 0

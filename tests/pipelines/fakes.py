@@ -20,7 +20,7 @@ import json, os, sys
 from pathlib import Path
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT",
-            "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "PYTHONPATH")
+            "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "PYTHONPATH", "EXTRA_FOR_STEPS")
 
 
 def record(folder, **extra):

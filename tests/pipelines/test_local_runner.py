@@ -121,7 +121,7 @@ def test_run_resolves_inputs_snapshots_includes_and_runs_n_ranks(fake_repo, tmp_
     monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
     out = io.StringIO()
     job = make_consume_job(fake_repo, suffix="!", processes=2)
-    result = run_pipeline(job, workdir=tmp_path, tracking_uri=None, run_id="r1", out=out)
+    result = run_pipeline(job, workdir=tmp_path, tracking_uri=None, run_id="r1", out=out, env={"EXTRA_FOR_STEPS": "yes"})
 
     run_dir = tmp_path / "runs" / "r1"
     assert result.run_dir == run_dir
@@ -141,6 +141,7 @@ def test_run_resolves_inputs_snapshots_includes_and_runs_n_ranks(fake_repo, tmp_
     assert first["env"]["PYTHONPATH"].split(":") == [str(snapshot), "/somewhere/else"]
     assert first["env"]["RANK"] is None  # not a distributed step
     assert first["env"]["MLFLOW_RUN_ID"] is None  # tracking off
+    assert first["env"]["EXTRA_FOR_STEPS"] == "yes"
 
     # The consumer read the producer's output; its optional --note block was dropped.
     result_dir = run_dir / "consumed" / "outputs" / "result"
