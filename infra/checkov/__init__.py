@@ -1,0 +1,1 @@
+"""maap-finetune custom checkov checks (loaded by infra/scan.py)."""

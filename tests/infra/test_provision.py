@@ -1,0 +1,175 @@
+"""infra/provision.py against a fake workspace (MLClient mocked; the compute store is a dict)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load():
+    name = "maap_infra_provision"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "infra" / "provision.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+provision = _load()
+WORKSPACE_FLAGS = ["--subscription", "sub-1", "--resource-group", "rg-1", "--workspace", "ws-1"]
+
+
+class FakeComputes:
+    """ml_client.compute backed by a dict, so tests assert on the workspace's state."""
+
+    def __init__(self):
+        self.store: dict[str, object] = {}
+        self.creates = 0
+        self.updates = 0
+
+    def get(self, name):
+        from azure.core.exceptions import ResourceNotFoundError
+
+        if name not in self.store:
+            raise ResourceNotFoundError(f"Compute {name} not found")
+        return copy.deepcopy(self.store[name])
+
+    def _poller(self, compute):
+        self.store[compute.name] = copy.deepcopy(compute)
+        return SimpleNamespace(result=lambda: compute)
+
+    def begin_create_or_update(self, compute):
+        self.creates += 1
+        return self._poller(compute)
+
+    def begin_update(self, compute):
+        self.updates += 1
+        return self._poller(compute)
+
+
+@pytest.fixture
+def workspace(monkeypatch):
+    computes = FakeComputes()
+    client = mock.MagicMock(name="MLClient()")
+    client.compute = computes
+    cls = mock.MagicMock(name="MLClient", return_value=client)
+    cls.from_config.return_value = client
+    monkeypatch.setattr("azure.ai.ml.MLClient", cls)
+    monkeypatch.setattr("azure.identity.DefaultAzureCredential", mock.MagicMock(name="DefaultAzureCredential"))
+    for var in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME", "AZURE_WORKSPACE_NAME",
+                "AZUREML_ARM_SUBSCRIPTION", "AZUREML_ARM_RESOURCEGROUP", "AZUREML_ARM_WORKSPACE_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    return SimpleNamespace(computes=computes, cls=cls)
+
+
+def one_error(capsys, rc, *fragments):
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert "Traceback" not in captured.err
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, captured.err
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+
+
+def test_creates_both_clusters_as_defined_in_the_yaml(workspace, capsys):
+    assert provision.main(WORKSPACE_FLAGS) == 0
+    store = workspace.computes.store
+    assert sorted(store) == ["cpu-cluster", "gpu-cluster"]
+    gpu = store["gpu-cluster"]
+    assert gpu.size == "Standard_NC24ads_A100_v4" and gpu.min_instances == 0 and gpu.max_instances == 2
+    assert gpu.ssh_public_access_enabled is False and gpu.identity.type == "system_assigned"
+    assert gpu.idle_time_before_scale_down == 1800 and gpu.tier == "dedicated"
+    assert workspace.cls.call_args.kwargs == {"subscription_id": "sub-1", "resource_group_name": "rg-1", "workspace_name": "ws-1"}
+    out = capsys.readouterr().out
+    assert "gpu-cluster: created" in out and "cpu-cluster: created" in out
+
+
+def test_second_run_changes_nothing(workspace, capsys):
+    assert provision.main(WORKSPACE_FLAGS) == 0
+    before = copy.deepcopy(workspace.computes.store)
+    capsys.readouterr()
+    assert provision.main(WORKSPACE_FLAGS) == 0
+    assert workspace.computes.creates == 2 and workspace.computes.updates == 0
+    assert {n: c._to_dict() for n, c in workspace.computes.store.items()} == {n: c._to_dict() for n, c in before.items()}
+    out = capsys.readouterr().out
+    assert "gpu-cluster: unchanged" in out and "cpu-cluster: unchanged" in out
+
+
+def test_scale_settings_are_updated_in_place(workspace, capsys):
+    provision.main(WORKSPACE_FLAGS)
+    capsys.readouterr()
+    assert provision.main([*WORKSPACE_FLAGS, "--gpu-max-instances", "4", "--idle-seconds", "600"]) == 0
+    gpu = workspace.computes.store["gpu-cluster"]
+    assert gpu.max_instances == 4 and gpu.idle_time_before_scale_down == 600
+    assert workspace.computes.updates == 2  # both clusters take the idle time
+    out = capsys.readouterr().out
+    assert "gpu-cluster: updated (max_instances 2 -> 4, idle_time_before_scale_down 1800 -> 600)" in out
+
+
+def test_low_priority_tier_and_only_one_cluster(workspace):
+    assert provision.main([*WORKSPACE_FLAGS, "--only", "gpu", "--tier", "low_priority"]) == 0
+    assert list(workspace.computes.store) == ["gpu-cluster"]
+    assert workspace.computes.store["gpu-cluster"].tier == "low_priority"
+
+
+def test_size_change_on_existing_cluster_is_refused_without_changes(workspace, capsys):
+    provision.main(WORKSPACE_FLAGS)
+    capsys.readouterr()
+    rc = provision.main([*WORKSPACE_FLAGS, "--gpu-size", "Standard_NC40ads_H100_v5", "--gpu-max-instances", "8"])
+    one_error(capsys, rc, "'gpu-cluster'", "size is standard_nc24ads_a100_v4, wanted standard_nc40ads_h100_v5", "az ml compute delete")
+    assert workspace.computes.store["gpu-cluster"].max_instances == 2
+    assert workspace.computes.updates == 0
+
+
+def test_name_taken_by_a_compute_instance_is_refused(workspace, capsys):
+    from azure.ai.ml.entities import ComputeInstance
+
+    workspace.computes.store["gpu-cluster"] = ComputeInstance(name="gpu-cluster", size="Standard_DS3_v2")
+    rc = provision.main([*WORKSPACE_FLAGS, "--only", "gpu"])
+    one_error(capsys, rc, "'gpu-cluster' already exists", "computeinstance", "--gpu-name")
+
+
+def test_dry_run_changes_nothing(workspace, capsys):
+    assert provision.main([*WORKSPACE_FLAGS, "--dry-run"]) == 0
+    assert workspace.computes.store == {} and workspace.computes.creates == 0
+    out = capsys.readouterr().out
+    assert "gpu-cluster: would create (Standard_NC24ads_A100_v4, dedicated, 0-2 nodes" in out
+
+
+def test_authentication_failure_is_one_clear_message(workspace, capsys):
+    from azure.core.exceptions import ClientAuthenticationError
+
+    def refuse(name):
+        raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token\nlong details")
+
+    workspace.computes.get = refuse
+    rc = provision.main(WORKSPACE_FLAGS)
+    one_error(capsys, rc, "could not authenticate to Azure", "az login", "gpu-cluster")
+
+
+def test_no_workspace_configured_is_one_clear_message(workspace, capsys, tmp_path):
+    from azure.ai.ml.exceptions import ValidationException
+
+    workspace.cls.from_config.side_effect = ValidationException(
+        message="No config.json", no_personal_data_message="No config.json"
+    )
+    rc = provision.main(["--config", str(tmp_path / "config.json")])
+    one_error(capsys, rc, "no Azure ML workspace configured", "config.json")
+
+
+def test_bad_flag_value_is_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exc:
+        provision.main(["--gpu-max-instances", "0"])
+    assert exc.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
