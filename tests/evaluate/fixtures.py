@@ -13,6 +13,14 @@ from pathlib import Path
 from maap_finetune.data.prepared import write_metadata
 
 SAMPLE_DATA = Path(__file__).resolve().parents[2] / "data" / "sample" / "chat.jsonl"
+_SESSION: dict[str, object] = {}
+
+
+def session_cached(key: str, build):
+    """Build once per test session, even when several conftests expose the same fixture."""
+    if key not in _SESSION:
+        _SESSION[key] = build()
+    return _SESSION[key]
 
 
 def write_prepared(folder: Path, rows: list[dict] | None = None, task: str = "chat", test_rows: int = 12,

@@ -1,0 +1,145 @@
+"""Register: the fine-tuned MLflow model, with lineage and metrics as tags, if the quality gate passed.
+
+    python register.py --mlflow_model mlflow_model/ --evaluation evaluation/ \
+        --registered_model_name maap-finetuned --registration out/
+
+Reads Evaluate's decision.json: when the gate failed nothing is registered and model_info.json says
+why ({"registered": false, "reason": ...}). Otherwise registers in Azure ML when inside an Azure ML
+job (`maap_finetune.registry.target.running_in_azure_ml`), else in the local MLflow registry, and
+writes model_info.json (registered, name, version, uri, reason). A second run for the same pipeline
+run finds the version tagged with its pipeline run id and registers nothing new.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from maap_finetune.common.cli import StrictParser
+from maap_finetune.common.errors import ConfigErrors, UserError, exit_on_user_error
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+REGISTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,32}$")
+
+
+@dataclass(frozen=True)
+class Config:
+    mlflow_model: Path
+    evaluation: Path
+    registered_model_name: str
+    registry_name: str | None
+    model_description: str | None
+    registration: Path
+
+
+def build_parser() -> StrictParser:
+    parser = StrictParser(description="Register the fine-tuned MLflow model if the quality gate passed.")
+    parser.add_argument("--mlflow_model", type=Path, required=True)
+    parser.add_argument("--evaluation", type=Path, required=True)
+    parser.add_argument("--registered_model_name", type=str, required=True)
+    parser.add_argument("--registry_name", type=str, default=None)
+    parser.add_argument("--model_description", type=str, default=None)
+    parser.add_argument("--registration", type=Path, required=True)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Config:
+    config = Config(**vars(build_parser().parse_args(argv)))
+    problems = []
+    if not MODEL_NAME.match(config.registered_model_name):
+        problems.append(
+            f"--registered_model_name {config.registered_model_name!r}: use letters, digits, '-', '_' and '.', "
+            "starting with a letter or digit, at most 255 characters"
+        )
+    if config.registry_name is not None and not REGISTRY_NAME.match(config.registry_name):
+        problems.append(f"--registry_name {config.registry_name!r}: 3-33 letters, digits, '-' or '_'")
+    for name in ("decision.json", "metrics.json"):
+        if not (config.evaluation / name).is_file():
+            problems.append(f"--evaluation {config.evaluation}: {name} is missing (give Evaluate's output)")
+    if problems:
+        raise ConfigErrors(problems, header="register: invalid inputs")
+    return config
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise UserError(f"{path}: invalid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return data
+
+
+def check_deployable(folder: Path) -> dict:
+    """The MLmodel of a folder Azure ML can deploy without a scoring script; a UserError naming what lacks."""
+    from maap_finetune.evaluation.lineage import read_mlmodel
+
+    mlmodel = read_mlmodel(folder)
+    missing = []
+    if "transformers" not in (mlmodel.get("flavors") or {}):
+        missing.append("the transformers flavor")
+    if not mlmodel.get("signature"):
+        missing.append("a signature")
+    if not mlmodel.get("saved_input_example_info"):
+        missing.append("an input example")
+    if missing:
+        raise UserError(f"{folder / 'MLmodel'}: the model lacks {', '.join(missing)}; save it with "
+                        "maap_finetune.registry.mlflow_model.save_mlflow_model")
+    return mlmodel
+
+
+def run(config: Config):
+    from maap_finetune.common import tracking
+    from maap_finetune.registry import target
+    from maap_finetune.registry.model_info import ModelInfo
+    from maap_finetune.registry.tags import build_description, build_tags
+
+    decision = read_json(config.evaluation / "decision.json")
+    metrics = read_json(config.evaluation / "metrics.json")
+    if not isinstance(decision.get("passed"), bool):
+        raise UserError(f"{config.evaluation / 'decision.json'}: field 'passed' must be true or false")
+    in_azure = target.running_in_azure_ml()
+    if config.registry_name and not in_azure:
+        raise UserError("--registry_name names an Azure ML registry, which only an Azure ML job can write to; "
+                        "leave it out for local runs (they register in the local MLflow registry)")
+    metadata = check_deployable(config.mlflow_model).get("metadata") or {}
+
+    with tracking.step_run() as run_:
+        step_run_id = run_.info.run_id if run_ is not None else None
+        parent = run_.data.tags.get("mlflow.parentRunId") if run_ is not None else None
+        pipeline_run_id = target.pipeline_run_id(step_run_id, parent)
+        if not decision["passed"]:
+            info = ModelInfo(registered=False, reason=str(decision.get("reason") or "the quality gate failed"),
+                             name=config.registered_model_name, pipeline_run_id=pipeline_run_id)
+        else:
+            tags = build_tags(metrics, decision, metadata, pipeline_run_id, step_run_id)
+            description = build_description(tags, config.model_description)
+            if in_azure:
+                from maap_finetune.registry.azure import register_azure
+
+                info = register_azure(config.mlflow_model, config.registered_model_name, tags, description,
+                                      config.registry_name)
+            else:
+                from maap_finetune.registry.local import register_local
+
+                info = register_local(config.mlflow_model, config.registered_model_name, tags, description, run_)
+        path = info.write(config.registration)
+        if run_ is not None:
+            import mlflow
+
+            mlflow.set_tags({"registered": str(info.registered).lower(), "registration": info.summary()[:5000]})
+            tracking.log_artifact(path, artifact_path="registration")
+    print(f"[register] {info.summary()}", flush=True)
+    return info
+
+
+def main(argv: Sequence[str] | None = None):
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

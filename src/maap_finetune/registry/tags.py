@@ -1,0 +1,58 @@
+"""Tags and description of a registered model version: lineage, metrics, gate and pipeline run.
+
+The same tags go to the local MLflow registry and to Azure ML (whose tag values are strings).
+Lineage comes from the MLmodel `metadata` Fine-Tune writes (base_model, peft_method) and from
+Evaluate's metrics.json (task, dataset hash; base model as Evaluate saw it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+PIPELINE_RUN_TAG = "pipeline_run_id"
+NOT_RECORDED = "not recorded"
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def build_tags(
+    metrics: Mapping[str, Any],
+    decision: Mapping[str, Any],
+    model_metadata: Mapping[str, Any],
+    pipeline_run_id: str | None,
+    step_run_id: str | None,
+) -> dict[str, str]:
+    lineage = metrics.get("lineage") or {}
+    tags = {
+        "base_model": str(model_metadata.get("base_model") or lineage.get("base_model") or NOT_RECORDED),
+        "peft_method": str(model_metadata.get("peft_method") or lineage.get("peft_method") or NOT_RECORDED),
+        "task": str(lineage.get("task") or metrics.get("task") or NOT_RECORDED),
+        "dataset_sha256": str(lineage.get("dataset_sha256") or NOT_RECORDED),
+        PIPELINE_RUN_TAG: str(pipeline_run_id or NOT_RECORDED),
+        "register_run_id": str(step_run_id or NOT_RECORDED),
+        "quality_gate": "passed" if decision.get("passed") else "failed",
+        "quality_gate_metric": str(decision.get("metric") or "none"),
+        "test_rows_evaluated": str(metrics.get("rows_evaluated", NOT_RECORDED)),
+    }
+    for name, value in (metrics.get("finetuned") or {}).items():
+        tags[f"test_{name}"] = _number(value)
+        if name in (metrics.get("base") or {}):
+            tags[f"test_{name}_base"] = _number(metrics["base"][name])
+        if name in (metrics.get("deltas") or {}):
+            tags[f"test_{name}_delta"] = _number(metrics["deltas"][name])
+    return tags
+
+
+def build_description(tags: Mapping[str, str], user_description: str | None) -> str:
+    generated = (
+        f"{tags['base_model']} fine-tuned with {tags['peft_method']} on {tags['task']} data "
+        f"(dataset sha256 {tags['dataset_sha256'][:12]}); test loss {tags.get('test_loss', NOT_RECORDED)} "
+        f"(base {tags.get('test_loss_base', NOT_RECORDED)}); pipeline run {tags[PIPELINE_RUN_TAG]}."
+    )
+    return f"{user_description.strip()}\n\n{generated}" if user_description else generated

@@ -1,0 +1,69 @@
+"""Where Register runs, and which pipeline run a step belongs to.
+
+The rule (one function, `running_in_azure_ml`): Register is inside an Azure ML job when
+`MLFLOW_TRACKING_URI` starts with `azureml://`, or when both `AZUREML_RUN_ID` and
+`AZUREML_ARM_SUBSCRIPTION` are set (Azure ML sets all three in every job). Anything else, such as
+the local runner's `sqlite:///...` tracking URI, is a local run and registers in the MLflow registry
+the tracking URI points at.
+
+The pipeline run id (the key that makes registration idempotent): in Azure ML `AZUREML_ROOT_RUN_ID`
+(the pipeline job); otherwise the `mlflow.parentRunId` tag of the step's MLflow run (the local
+runner's pipeline run); a step run without a parent is its own pipeline run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from maap_finetune.common.errors import UserError
+
+AZUREML_URI = re.compile(
+    r"^azureml://[^/]+/mlflow/v[0-9.]+/subscriptions/(?P<subscription>[^/]+)/resourceGroups/(?P<resource_group>[^/]+)"
+    r"/providers/Microsoft\.MachineLearningServices/workspaces/(?P<workspace>[^/?]+)",
+    re.IGNORECASE,
+)
+WORKSPACE_ENV = {
+    "subscription": "AZUREML_ARM_SUBSCRIPTION",
+    "resource_group": "AZUREML_ARM_RESOURCEGROUP",
+    "workspace": "AZUREML_ARM_WORKSPACE_NAME",
+}
+
+
+def running_in_azure_ml(environ: Mapping[str, str] = os.environ) -> bool:
+    """True inside an Azure ML job (see the module docstring for the rule)."""
+    if environ.get("MLFLOW_TRACKING_URI", "").lower().startswith("azureml://"):
+        return True
+    return bool(environ.get("AZUREML_RUN_ID")) and bool(environ.get("AZUREML_ARM_SUBSCRIPTION"))
+
+
+@dataclass(frozen=True)
+class Workspace:
+    subscription: str
+    resource_group: str
+    workspace: str
+
+
+def job_workspace(environ: Mapping[str, str] = os.environ) -> Workspace:
+    """The job's workspace from AZUREML_ARM_* variables, else from the azureml:// tracking URI."""
+    values = {field: environ.get(var) for field, var in WORKSPACE_ENV.items()}
+    if not all(values.values()):
+        match = AZUREML_URI.match(environ.get("MLFLOW_TRACKING_URI", ""))
+        if match:
+            values = {k: values[k] or match.group(k) for k in values}
+    missing = [WORKSPACE_ENV[k] for k, v in values.items() if not v]
+    if missing:
+        raise UserError(
+            f"inside an Azure ML job but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set and the "
+            "tracking URI names no workspace; Register needs the job's workspace to register the model"
+        )
+    return Workspace(**values)
+
+
+def pipeline_run_id(step_run_id: str | None, parent_run_id: str | None,
+                    environ: Mapping[str, str] = os.environ) -> str | None:
+    if running_in_azure_ml(environ) and environ.get("AZUREML_ROOT_RUN_ID"):
+        return environ["AZUREML_ROOT_RUN_ID"]
+    return parent_run_id or step_run_id

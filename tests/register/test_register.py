@@ -1,0 +1,190 @@
+"""Register on a real local MLflow registry; the Azure path against a fake MLClient; the gate blocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from maap_finetune.common.errors import UserError
+from tests.helpers import argv_from_spec, load_entry
+
+
+def step_run_in_pipeline(monkeypatch, parent_id: str | None = None) -> tuple[str, str]:
+    """A pipeline run and a child step run, with MLFLOW_RUN_ID set as the local runner sets it."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("maap-finetune") or client.get_experiment(
+        client.create_experiment("maap-finetune"))
+    if parent_id is None:
+        parent_id = client.create_run(experiment.experiment_id, run_name="pipeline").info.run_id
+    child = client.create_run(experiment.experiment_id, run_name="register", tags={"mlflow.parentRunId": parent_id})
+    monkeypatch.setenv("MLFLOW_RUN_ID", child.info.run_id)
+    return parent_id, child.info.run_id
+
+
+def register(tmp_path, mlflow_model, evaluation, out="registration", **values):
+    argv = argv_from_spec("register", mlflow_model=mlflow_model, evaluation=evaluation,
+                          registration=tmp_path / out, **values)
+    info = load_entry("register").main(argv)
+    written = json.loads((tmp_path / out / "model_info.json").read_text())
+    assert written["registered"] == info.registered and written["reason"] == info.reason
+    return written
+
+
+def end_active_run():
+    import mlflow
+
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def test_failing_gate_registers_nothing(tmp_path, mlflow_tracking, monkeypatch, capsys, untrained_mlflow_model,
+                                        evaluation_failed):
+    from mlflow import MlflowClient
+
+    step_run_in_pipeline(monkeypatch)
+    info = register(tmp_path, untrained_mlflow_model, evaluation_failed)
+    decision = json.loads((evaluation_failed / "decision.json").read_text())
+    assert info["registered"] is False and info["version"] is None and info["uri"] is None
+    assert info["reason"] == decision["reason"] and info["reason"].startswith("quality gate failed: loss")
+    assert MlflowClient().search_registered_models() == []
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[register]")]
+    assert lines == [f"[register] model not registered: {decision['reason']}"]
+
+
+def test_passing_gate_registers_once_per_pipeline_run_and_the_model_answers(
+    tmp_path, mlflow_tracking, monkeypatch, finetuned_mlflow_model, evaluation_passed
+):
+    import mlflow
+    from mlflow import MlflowClient
+
+    parent_id, step_id = step_run_in_pipeline(monkeypatch)
+    info = register(tmp_path, finetuned_mlflow_model, evaluation_passed)
+    end_active_run()
+    assert info["registered"] is True and info["created"] is True
+    assert (info["name"], info["version"], info["uri"]) == ("maap-finetuned", "1", "models:/maap-finetuned/1")
+    assert info["target"] == "mlflow" and info["pipeline_run_id"] == parent_id
+
+    client = MlflowClient()
+    version = client.get_model_version("maap-finetuned", "1")
+    metrics = json.loads((evaluation_passed / "metrics.json").read_text())
+    assert version.run_id == step_id
+    assert version.source.endswith(f"{step_id}/artifacts/mlflow_model")
+    assert version.tags["pipeline_run_id"] == parent_id
+    assert version.tags["base_model"] == "tiny-phi3" and version.tags["peft_method"] == "none"
+    assert version.tags["dataset_sha256"] == metrics["lineage"]["dataset_sha256"]
+    assert float(version.tags["test_loss"]) == pytest.approx(metrics["finetuned"]["loss"], rel=1e-5)
+    assert version.tags["quality_gate"] == "passed"
+    assert "fine-tuned with none on chat data" in version.description
+
+    chat = mlflow.pyfunc.load_model("models:/maap-finetuned/1")
+    answer = chat.predict({"messages": [{"role": "user", "content": "How many gears does the Pebble Kids have?"}],
+                           "max_tokens": 12})
+    assert answer[0]["choices"][0]["message"]["role"] == "assistant"
+    assert answer[0]["choices"][0]["message"]["content"].strip()
+
+    # A retry of the step in the same pipeline run registers nothing new.
+    step_run_in_pipeline(monkeypatch, parent_id=parent_id)
+    again = register(tmp_path, finetuned_mlflow_model, evaluation_passed, out="again")
+    end_active_run()
+    assert again["registered"] is True and again["created"] is False and again["version"] == "1"
+    assert "no new version created" in again["reason"]
+    assert len(client.search_model_versions("name = 'maap-finetuned'")) == 1
+
+    # Another pipeline run is another version.
+    step_run_in_pipeline(monkeypatch)
+    other = register(tmp_path, finetuned_mlflow_model, evaluation_passed, out="other")
+    end_active_run()
+    assert other["version"] == "2" and other["created"] is True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_registered_model_serves_chat_over_http(tmp_path, mlflow_tracking, monkeypatch, finetuned_mlflow_model,
+                                                 evaluation_passed):
+    step_run_in_pipeline(monkeypatch)
+    info = register(tmp_path, finetuned_mlflow_model, evaluation_passed)
+    end_active_run()
+    mlflow_cli = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_tracking}
+    env.pop("MLFLOW_RUN_ID", None)
+    log = open(tmp_path / "serve.log", "wb")
+    server = subprocess.Popen(
+        [mlflow_cli, "models", "serve", "-m", info["uri"], "--env-manager", "local", "-h", "127.0.0.1",
+         "-p", str(port), "-w", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping within 120 s"
+            time.sleep(0.5)
+        body = json.dumps({"messages": [{"role": "user", "content": "What is the warranty on a new bike?"}],
+                           "max_tokens": 8}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.status == 200
+            payload = json.loads(response.read())
+        completion = payload[0] if isinstance(payload, list) else payload
+        assert completion["object"] == "chat.completion"
+        assert completion["choices"][0]["message"]["content"].strip()
+    finally:
+        os.killpg(server.pid, 15)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 9)
+            server.wait(timeout=15)
+        log.close()
+
+
+def test_registry_name_is_refused_locally(tmp_path, mlflow_tracking, finetuned_mlflow_model, evaluation_passed):
+    with pytest.raises(UserError, match="only an Azure ML job can write to"):
+        register(tmp_path, finetuned_mlflow_model, evaluation_passed, registry_name="shared-models")
+
+
+def test_bad_inputs_are_reported_together(tmp_path, finetuned_mlflow_model):
+    argv = argv_from_spec("register", mlflow_model=finetuned_mlflow_model, evaluation=tmp_path,
+                          registration=tmp_path / "r", registered_model_name="bad name!", registry_name="x")
+    with pytest.raises(UserError) as err:
+        load_entry("register").parse_args(argv)
+    message = str(err.value)
+    for fragment in ("--registered_model_name 'bad name!'", "--registry_name 'x'", "decision.json is missing",
+                     "metrics.json is missing"):
+        assert fragment in message
+
+
+def test_model_without_signature_is_refused(tmp_path, mlflow_tracking, finetuned_mlflow_model, evaluation_passed):
+    import yaml
+
+    copy = tmp_path / "model"
+    shutil.copytree(finetuned_mlflow_model, copy)
+    mlmodel = yaml.safe_load((copy / "MLmodel").read_text())
+    mlmodel.pop("signature")
+    (copy / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    with pytest.raises(UserError, match="lacks a signature"):
+        register(tmp_path, copy, evaluation_passed)
