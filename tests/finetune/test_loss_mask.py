@@ -1,0 +1,101 @@
+"""The loss mask on real tokenized examples: prompt tokens are -100; every assistant token and the
+end-of-turn / EOS tokens are learned. Checked with the tiny model's template (which has
+{% generation %} markers) and with Phi-3's released template (which has none)."""
+
+from __future__ import annotations
+
+import pytest
+
+from maap_finetune.training.data import DEFAULT_CHAT_TEMPLATE, IGNORE_INDEX, tokenize_messages, tokenize_rows
+
+CONVERSATION = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "Do you sell helmets?"},
+    {"role": "assistant", "content": "Yes, from 39 dollars."},
+    {"role": "user", "content": "In red?"},
+    {"role": "assistant", "content": "Red and black."},
+]
+
+
+@pytest.fixture
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def _learned_text(tokenizer, ids, labels) -> str:
+    return "".join(tokenizer.decode([i]) for i, label in zip(ids, labels) if label != IGNORE_INDEX)
+
+
+def _prompt_text(tokenizer, ids, labels) -> str:
+    return "".join(tokenizer.decode([i]) for i, label in zip(ids, labels) if label == IGNORE_INDEX)
+
+
+def test_phi3_template_without_generation_markers(tokenizer):
+    from trl.chat_template_utils import phi3_chat_template  # Phi-3-mini's released template
+
+    assert "{% generation %}" not in phi3_chat_template
+    tokenizer.chat_template = phi3_chat_template
+    ids, labels = tokenize_messages(tokenizer, CONVERSATION, train_on_prompt=False)
+    assert len(ids) == len(labels)
+    learned = _learned_text(tokenizer, ids, labels)
+    assert learned == "Yes, from 39 dollars.<|end|>\nRed and black.<|end|>\n<|endoftext|>"
+    prompt = _prompt_text(tokenizer, ids, labels)
+    for text in ("Answer briefly.", "Do you sell helmets?", "In red?", "<|user|>", "<|assistant|>", "<|system|>"):
+        assert text in prompt
+    # Labels equal the input ids wherever they are learned.
+    assert all(label in (IGNORE_INDEX, i) for i, label in zip(ids, labels))
+    end_id = tokenizer.convert_tokens_to_ids("<|end|>")
+    assert [label for label in labels if label == end_id] == [end_id, end_id]  # both assistant turns' end-of-turn
+    assert labels[-1] == tokenizer.eos_token_id  # the EOS the template appends is learned
+
+
+def test_tiny_template_agrees_with_generation_markers(tokenizer):
+    """Where a template has {% generation %} markers, our mask equals transformers' assistant mask,
+    plus the newline the template prints after each <|end|>."""
+    ids, labels = tokenize_messages(tokenizer, CONVERSATION, train_on_prompt=False)
+    reference = tokenizer.apply_chat_template(CONVERSATION, return_assistant_tokens_mask=True, return_dict=True)
+    assert reference["input_ids"] == ids
+    ours = [int(label != IGNORE_INDEX) for label in labels]
+    differing = [tokenizer.decode([ids[k]]) for k in range(len(ids)) if ours[k] != reference["assistant_masks"][k]]
+    assert differing == ["\n", "\n"]
+    assert _learned_text(tokenizer, ids, labels) == "Yes, from 39 dollars.<|end|>\nRed and black.<|end|>\n"
+
+
+def test_train_on_prompt_and_default_template(tokenizer):
+    ids, labels = tokenize_messages(tokenizer, CONVERSATION, train_on_prompt=True)
+    assert labels == ids
+    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    ids, labels = tokenize_messages(tokenizer, CONVERSATION, train_on_prompt=False)
+    assert _learned_text(tokenizer, ids, labels) == "Yes, from 39 dollars.<|endoftext|>\nRed and black.<|endoftext|>\n"
+
+
+def test_truncation_is_counted_and_prompt_only_rows_reported(tokenizer, caplog):
+    long_answer = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "word " * 200}]}
+    long_prompt = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}
+    text_row = {"text": "Plain text to continue."}
+    examples, stats = tokenize_rows(tokenizer, [long_answer, long_prompt, text_row], 64, False, "train")
+    assert stats.rows == 3 and stats.truncated == 2 and stats.dropped_no_target == 1 and stats.dropped_rows == [2]
+    assert len(examples) == 2 and all(len(e["input_ids"]) <= 64 for e in examples)
+    assert examples[1]["labels"] == examples[1]["input_ids"] and examples[1]["input_ids"][-1] == tokenizer.eos_token_id
+    assert "truncated" in caplog.text and "rows 2" in caplog.text
+
+
+def test_padding_free_rows_do_not_attend_to_each_other(tiny_model_dir):
+    """Padding-free batches on CPU (sdpa): one flattened row with restarting position_ids gives the
+    same logits as each example alone, so examples never see each other."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()
+    model.config.use_cache = False
+    a, b = torch.arange(5, 17), torch.arange(40, 49)
+    with torch.no_grad():
+        alone = torch.cat([model(input_ids=a[None]).logits[0], model(input_ids=b[None]).logits[0]])
+        flat = torch.cat([a, b])[None]
+        positions = torch.cat([torch.arange(len(a)), torch.arange(len(b))])[None]
+        packed = model(input_ids=flat, position_ids=positions, use_cache=False).logits[0]
+        leaky = model(input_ids=flat, use_cache=False).logits[0]
+    assert torch.allclose(alone, packed, atol=1e-5)
+    assert not torch.allclose(alone[len(a):], leaky[len(a):], atol=1e-3)  # without the boundaries they would mix
