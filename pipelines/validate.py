@@ -81,8 +81,11 @@ def entry_script_path(spec_path: Path, spec: dict) -> Path | None:
     return (spec_path.parent / str(spec.get("code") or ".") / match.group(1)).resolve()
 
 
-def lint_component(path: Path) -> list[str]:
-    """Every problem with one component YAML, each prefixed with `file:line: field`."""
+def lint_component(path: Path, root: Path = REPO_ROOT) -> list[str]:
+    """Every problem with one component YAML, each prefixed with `file:line: field`.
+
+    `root` is the repository whose `environments/` folder holds the environments.
+    """
     import yaml
 
     where = _display(path)
@@ -126,16 +129,16 @@ def lint_component(path: Path) -> list[str]:
             if not isinstance(port_spec, dict) or not str(port_spec.get("description") or "").strip():
                 problems.append(f"{at(kind, port)}: missing description")
 
-    problems += _lint_environment(path, spec, at)
+    problems += _lint_environment(path, spec, at, root)
     problems += _lint_code_and_includes(path, spec, at)
     problems += _lint_command(spec, at)
     problems += _sdk_problems(path, where)
     return problems
 
 
-def _lint_environment(path: Path, spec: dict, at) -> list[str]:
+def _lint_environment(path: Path, spec: dict, at, root: Path) -> list[str]:
     environment = spec.get("environment")
-    environments_dir = (REPO_ROOT / "environments").resolve()
+    environments_dir = (root / "environments").resolve()
     if not isinstance(environment, str) or not environment.startswith("file:"):
         return [f"{at('environment')}: must be file:<path to environments/<name>/environment.yaml>; got {environment!r}"]
     target = (path.parent / environment[len("file:") :]).resolve()
@@ -204,10 +207,29 @@ def _sdk_problems(path: Path, where: str) -> list[str]:
             logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)
             component = load_component(source=path)
     except Exception as err:  # the SDK raises several types for schema errors; report them all as problems
-        message = " ".join(str(err).split())
-        return [f"{where}: Azure ML cannot load the component: {message}"]
+        return [f"{where}: Azure ML cannot load the component: {problem}" for problem in _sdk_error_lines(err)]
     result = component._validate()
     return [f"{where}: {field_name}: {message}" for field_name, message in sorted(result.error_messages.items())]
+
+
+def _sdk_error_lines(err: Exception) -> list[str]:
+    """The SDK's schema errors, one line each (`field: message (line N)`), out of its JSON report."""
+    import json
+
+    text = str(err)
+    start, end = text.find("{"), text.rfind("}")
+    try:
+        report = json.loads(text[start : end + 1])
+        errors = report["errors"]
+    except (ValueError, KeyError, TypeError):
+        return [" ".join(text.split())]
+    lines = []
+    for error in errors:
+        message = str(error.get("message", "")).splitlines()[0].strip() if error.get("message") else "invalid"
+        location = str(error.get("location", ""))
+        line = location.rsplit("#line ", 1)[1] if "#line " in location else None
+        lines.append(f"{error.get('path', '?')}: {message}" + (f" (line {line})" if line else ""))
+    return lines or [" ".join(text.split())]
 
 
 def import_entry_script(path: Path) -> ModuleType:
@@ -297,7 +319,7 @@ def validate_repo(settings=None, root: Path = REPO_ROOT) -> list[str]:
     if not files:
         problems.append(f"no components found under {root / 'components'}")
     for path in files:
-        problems += lint_component(path)
+        problems += lint_component(path, root)
         problems += lint_entry_script(path)
     if settings is None:
         settings = PipelineSettings(require_base_model=False)
