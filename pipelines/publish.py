@@ -105,8 +105,7 @@ def _files(paths: Iterable[Path]) -> list[tuple[str, Path]]:
         for path in candidates:
             if IGNORED_PARTS.intersection(path.parts) or path.suffix in IGNORED_SUFFIXES:
                 continue
-            base = root.parent if root.is_dir() else root.parent
-            found[path.relative_to(base).as_posix()] = path
+            found[path.relative_to(root.parent).as_posix()] = path
     return sorted(found.items())
 
 

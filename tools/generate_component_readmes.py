@@ -3,7 +3,8 @@
     python tools/generate_component_readmes.py          # (re)write every README
     python tools/generate_component_readmes.py --check  # exit 1 and name each stale README
 
-The README is derived from the YAML only (plus the list of other Markdown files in the folder),
+The README is derived from the YAML only (plus the environment YAML it references and the list of
+other Markdown files in the folder),
 so it cannot drift from the component: tests/static/test_component_readmes.py fails when a
 committed README differs from what this script generates from the current spec.
 """
@@ -80,6 +81,18 @@ def _python_example(name: str, spec: dict) -> str:
     return f'"<{name}>"'
 
 
+def _environment(folder: Path, reference: str) -> str:
+    """The environment reference, and the name it is published under when it is a local file."""
+    if not reference.startswith("file:"):
+        return f"`{reference}`"
+    env_yaml = (folder / reference[len("file:"):]).resolve()
+    if not env_yaml.exists():
+        return f"`{reference}`"
+    env = yaml.safe_load(env_yaml.read_text())
+    rel = env_yaml.relative_to(REPO_ROOT).as_posix() if env_yaml.is_relative_to(REPO_ROOT) else reference
+    return f"`{env['name']}:{env['version']}` from [{rel}](../../{rel}) (published as `azureml:{env['name']}:{env['version']}`)"
+
+
 def inputs_table(inputs: dict[str, dict]) -> list[str]:
     if not inputs:
         return ["This component has no inputs."]
@@ -122,7 +135,7 @@ def render(folder: Path) -> str:
         f"- **Name:** `{name}`",
         f"- **Version:** `{version}`",
         f"- **Type:** {spec.get('type', 'command')} component",
-        f"- **Environment:** `{spec.get('environment', '')}` (published as `azureml:<environment-name>:<version>`)",
+        f"- **Environment:** {_environment(folder, str(spec.get('environment', '')))}",
     ]
     if spec.get("distribution"):
         facts.append(f"- **Distribution:** {spec['distribution'].get('type', '')} (set nodes and processes per node when you use it)")
