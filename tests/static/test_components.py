@@ -116,3 +116,16 @@ def test_environment_must_live_under_environments(tmp_path):
     pinned = GOOD.replace("file:../../environments/cpu/environment.yaml", "azureml:some-env@latest")
     problems = lint_component(write_component(tmp_path, pinned, name="pinned"), root=tmp_path)
     assert any("environment: must be file:" in p for p in problems), problems
+
+
+def test_validate_repo_lists_every_problem_of_every_component(tmp_path):
+    """What `submit.py --validate` runs: all problems at once, not the first one."""
+    from pipelines.validate import validate_repo
+
+    write_component(tmp_path, GOOD.replace("    description: The data.\n", ""), name="first")
+    write_component(tmp_path, GOOD.replace("version: 1.0.0", "version: 1"), name="second")
+    problems = validate_repo(root=tmp_path)
+    text = "\n".join(problems)
+    assert "first/spec.yaml:12: inputs.data: missing description" in text
+    assert "second/spec.yaml:5: version: must be a quoted semver" in text
+    assert text.count("good.py does not exist") == 2  # the entry scripts were never written
