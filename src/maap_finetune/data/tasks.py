@@ -231,8 +231,12 @@ class TaskAdapter:
     # ----- extraction -------------------------------------------------------------------------
     def extract(self, row: Any, where: str, tabular: bool = False) -> dict:
         """Check one row; return its record or raise RowError."""
-        if not isinstance(row, dict):
+        if type(row) is not dict:
             raise RowError("wrong_type", None, f"expected a JSON object per row, got {_type_name(row)}")
+        if self.task == "chat" and self.schema is not None and self.columns["messages"] in row:
+            if len(row) > 1:
+                self._count_ignored(row, self.columns)
+            return self._extract_chat(row, self.columns, tabular)  # the hot path
         schema, columns = self._columns_for(row)
         record = getattr(self, f"_extract_{self.task}")(row, columns, tabular)
         if self.schema is None:
@@ -240,11 +244,15 @@ class TaskAdapter:
             self.columns = columns
             self.first_seen = where
         if len(row) > len(columns):
-            used = set(columns.values())
-            for name in row:
-                if name not in used and (name in self.ignored_columns or len(self.ignored_columns) < 100):
-                    self.ignored_columns[name] = self.ignored_columns.get(name, 0) + 1
+            self._count_ignored(row, columns)
         return record
+
+    def _count_ignored(self, row: dict, columns: dict[str, str]) -> None:
+        """Columns the task does not read are dropped, and counted in the report (up to 100 names)."""
+        used = columns.values()
+        for name in row:
+            if name not in used and (name in self.ignored_columns or len(self.ignored_columns) < 100):
+                self.ignored_columns[name] = self.ignored_columns.get(name, 0) + 1
 
     def _extract_chat(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
         col = columns["messages"]
