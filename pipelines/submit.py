@@ -16,6 +16,8 @@ or --config). Credentials: DefaultAzureCredential (az login, managed identity, A
 --set name=value sets a pipeline input (train_data, model_path, model_name, lora_r, ...);
 --set step.name=value sets any input of one step (finetune.peft_method=dora). Values are converted
 and checked against the component input's type, enum, min and max. Local paths are uploaded by the SDK.
+train_data defaults to the sample data (data/sample/chat.jsonl); --local defaults the base model to a
+tiny Phi-3 built on this machine and applies LOCAL_PROFILE (pipelines/local_runner.py) where --set does not.
 """
 
 from __future__ import annotations
@@ -311,15 +313,18 @@ def run_local(args: argparse.Namespace) -> int:
     if applied:
         profile = ", ".join(f"{k}={v}" for k, v in applied.items())
         print(f"local profile (LOCAL_PROFILE in pipelines/local_runner.py; --set overrides): {profile}")
+    step_env: dict[str, str] = {}
     if not inputs.get("model_path") and not inputs.get("model_name"):
         inputs["model_path"] = str(local_runner.ensure_tiny_model(workdir / local_runner.TINY_MODEL_DIR))
         print(f"base model: tiny Phi-3 at {inputs['model_path']}")
-    step_env = {}
-    if not inputs.get("model_name") and "HF_HUB_OFFLINE" not in os.environ:
+        step_env.update(local_runner.TINY_MODEL_ENV)
+    if not inputs.get("model_name"):
         # The base model is a local folder: nothing needs the Hugging Face Hub, and libraries that look
         # things up there anyway (model cards, licenses) would wait through retries without network.
         step_env["HF_HUB_OFFLINE"] = "1"
-        print("HF_HUB_OFFLINE=1 for the steps (the base model is a local folder)")
+    step_env = {k: v for k, v in step_env.items() if k not in os.environ}
+    if step_env:
+        print("step environment: " + ", ".join(f"{k}={v}" for k, v in step_env.items()))
     settings = PipelineSettings(
         instance_count=args.instance_count,
         process_count_per_instance=args.process_count_per_instance,

@@ -308,6 +308,7 @@ def test_local_applies_the_profile_the_tiny_model_and_prints_the_summary(monkeyp
 
     monkeypatch.setattr(local_runner, "run_pipeline", fake_run)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     rc = submit.main(["--local", "--set", "learning_rate=0.01", "--process-count-per-instance", "2"])
     out = capsys.readouterr().out
     assert rc == 0
@@ -330,7 +331,9 @@ def test_local_applies_the_profile_the_tiny_model_and_prints_the_summary(monkeyp
     assert job.jobs["finetune"].distribution.process_count_per_instance == 2
     assert captured_job["kwargs"]["tracking_uri"] == "sqlite:///mlruns.db"
     assert captured_job["kwargs"]["workdir"] == tmp_path
-    assert captured_job["kwargs"]["env"] == {"HF_HUB_OFFLINE": "1"}  # a local base model needs no hub
+    # A local base model needs no hub; the tiny model runs single-threaded.
+    assert captured_job["kwargs"]["env"] == {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    assert "step environment: OMP_NUM_THREADS=1, HF_HUB_OFFLINE=1" in out
     lines = out.splitlines()
     assert "tracking_uri: sqlite:////x/mlruns.db" in lines
     assert "model_uri: models:/maap-finetuned/3" in lines
