@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,10 @@ REGISTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,32}$")
 class Config:
     mlflow_model: Path
     evaluation: Path
+    model_format: str
+    adapter: Path | None
+    model_path: Path | None
+    model_name: str | None
     registered_model_name: str
     registry_name: str | None
     model_description: str | None
@@ -39,6 +44,10 @@ def build_parser() -> StrictParser:
     parser = StrictParser(description="Register the fine-tuned MLflow model if the quality gate passed.")
     parser.add_argument("--mlflow_model", type=Path, required=True)
     parser.add_argument("--evaluation", type=Path, required=True)
+    parser.add_argument("--model_format", choices=["merged", "adapter"], required=True)
+    parser.add_argument("--adapter", type=Path, default=None)
+    parser.add_argument("--model_path", type=Path, default=None)
+    parser.add_argument("--model_name", type=str, default=None)
     parser.add_argument("--registered_model_name", type=str, required=True)
     parser.add_argument("--registry_name", type=str, default=None)
     parser.add_argument("--model_description", type=str, default=None)
@@ -56,6 +65,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         )
     if config.registry_name is not None and not REGISTRY_NAME.match(config.registry_name):
         problems.append(f"--registry_name {config.registry_name!r}: 3-33 letters, digits, '-' or '_'")
+    if config.model_format == "adapter":
+        if config.adapter is None:
+            problems.append("--model_format adapter needs --adapter (Fine-Tune's adapter output)")
+        if bool(config.model_path) == bool(config.model_name):
+            problems.append("--model_format adapter needs exactly one base model: --model_name (a Hugging Face id) "
+                            "or --model_path (a folder; local runs only)")
     for name in ("decision.json", "metrics.json"):
         if not (config.evaluation / name).is_file():
             problems.append(f"--evaluation {config.evaluation}: {name} is missing (give Evaluate's output)")
@@ -92,6 +107,23 @@ def check_deployable(folder: Path) -> dict:
     return mlmodel
 
 
+def package_adapter(config: Config, metadata: dict, path: Path) -> tuple[Path, dict]:
+    """The adapter-only MLflow model (see maap_finetune.registry.adapter_model) and its metadata."""
+    from maap_finetune.models.source import resolve_model_source
+    from maap_finetune.registry.adapter_model import adapter_base, save_adapter_model
+
+    adapter_base(config.adapter)  # checks it is an adapter folder
+    base = resolve_model_source(config.model_path, config.model_name)
+    metadata = {**metadata, "model_format": "adapter", "base_model": metadata.get("base_model") or base.display_name}
+    tokenizer_dir = config.mlflow_model / "components" / "tokenizer"
+    save_adapter_model(config.adapter, tokenizer_dir if tokenizer_dir.is_dir() else config.adapter, base.model,
+                       base.is_local, path, metadata)
+    print(f"[register] packaged the adapter alone; base model {base.model} "
+          f"({'local folder, loads on this machine only' if base.is_local else 'fetched from the Hugging Face Hub at load'})",
+          flush=True)
+    return path, metadata
+
+
 def run(config: Config):
     from maap_finetune.common import tracking
     from maap_finetune.registry import target
@@ -107,8 +139,12 @@ def run(config: Config):
         raise UserError("--registry_name names an Azure ML registry, which only an Azure ML job can write to; "
                         "leave it out for local runs (they register in the local MLflow registry)")
     metadata = check_deployable(config.mlflow_model).get("metadata") or {}
+    if config.model_format == "adapter" and in_azure and not config.model_name:
+        raise UserError("--model_format adapter inside Azure ML needs the base model as --model_name (a Hugging Face "
+                        "id): a model_path folder exists only while its job runs, so the registered model could "
+                        "never load its base; register merged instead, or give model_name")
 
-    with tracking.step_run() as run_:
+    with tracking.step_run() as run_, tempfile.TemporaryDirectory(prefix="maap-register-") as scratch:
         step_run_id = run_.info.run_id if run_ is not None else None
         parent = run_.data.tags.get("mlflow.parentRunId") if run_ is not None else None
         pipeline_run_id = target.pipeline_run_id(step_run_id, parent)
@@ -116,17 +152,20 @@ def run(config: Config):
             info = ModelInfo(registered=False, reason=str(decision.get("reason") or "the quality gate failed"),
                              name=config.registered_model_name, pipeline_run_id=pipeline_run_id)
         else:
+            model_dir = config.mlflow_model
+            if config.model_format == "adapter":
+                model_dir, metadata = package_adapter(config, metadata, Path(scratch) / "mlflow_model")
             tags = build_tags(metrics, decision, metadata, pipeline_run_id, step_run_id)
+            tags["model_format"] = config.model_format
             description = build_description(tags, config.model_description)
             if in_azure:
                 from maap_finetune.registry.azure import register_azure
 
-                info = register_azure(config.mlflow_model, config.registered_model_name, tags, description,
-                                      config.registry_name)
+                info = register_azure(model_dir, config.registered_model_name, tags, description, config.registry_name)
             else:
                 from maap_finetune.registry.local import register_local
 
-                info = register_local(config.mlflow_model, config.registered_model_name, tags, description, run_)
+                info = register_local(model_dir, config.registered_model_name, tags, description, run_)
         path = info.write(config.registration)
         if run_ is not None:
             import mlflow

@@ -188,3 +188,61 @@ def test_model_without_signature_is_refused(tmp_path, mlflow_tracking, finetuned
     (copy / "MLmodel").write_text(yaml.safe_dump(mlmodel))
     with pytest.raises(UserError, match="lacks a signature"):
         register(tmp_path, copy, evaluation_passed)
+
+
+@pytest.fixture(scope="module")
+def lora_adapter(tmp_path_factory, tiny_model_dir):
+    """A LoRA adapter on the tiny base, as Fine-Tune writes it; B is random so the adapter changes the outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["qkv_proj", "o_proj"]))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.2)
+    folder = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    return folder
+
+
+def test_adapter_format_registers_the_adapter_alone_and_loads_right(
+    tmp_path, mlflow_tracking, monkeypatch, tiny_model_dir, lora_adapter, finetuned_mlflow_model, evaluation_passed
+):
+    import mlflow
+    import torch
+    from mlflow import MlflowClient
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    step_run_in_pipeline(monkeypatch)
+    info = register(tmp_path, finetuned_mlflow_model, evaluation_passed, model_format="adapter",
+                    adapter=lora_adapter, model_path=tiny_model_dir)
+    end_active_run()
+    assert info["registered"] is True and info["tags"]["model_format"] == "adapter"
+    version = MlflowClient().get_model_version(info["name"], info["version"])
+    local = mlflow.artifacts.download_artifacts(version.source, dst_path=str(tmp_path / "downloaded"))
+    files = {p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file()}
+    assert "peft/adapter_model.safetensors" in files
+    assert not any(f.startswith("model/") for f in files)  # no base weights stored
+
+    loaded = mlflow.transformers.load_model(info["uri"], return_type="components")["model"]
+    expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(lora_adapter))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.tensor([[1, 4, 50, 60, 70, 6, 5]])
+    with torch.no_grad():
+        got, want, plain = (m.eval()(input_ids=ids).logits for m in (loaded, expected, base))
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, plain, atol=1e-3)  # the adapter is applied, not dropped
+
+
+def test_adapter_format_needs_its_inputs(tmp_path, finetuned_mlflow_model, evaluation_passed):
+    argv = argv_from_spec("register", mlflow_model=finetuned_mlflow_model, evaluation=evaluation_passed,
+                          registration=tmp_path / "r", model_format="adapter")
+    with pytest.raises(UserError) as err:
+        load_entry("register").parse_args(argv)
+    assert "needs --adapter" in str(err.value) and "exactly one base model" in str(err.value)

@@ -160,3 +160,13 @@ def test_job_credential_choice():
     assert isinstance(azure.job_credential({"DEFAULT_IDENTITY_CLIENT_ID": "cid"}), ManagedIdentityCredential)
     assert isinstance(azure.job_credential({"OBO_ENDPOINT": "http://127.0.0.1:1/obo"}), AzureMLOnBehalfOfCredential)
     assert isinstance(azure.job_credential({}), DefaultAzureCredential)
+
+
+def test_adapter_format_in_azure_needs_a_hub_base(tmp_path, mlflow_tracking, azure_job, tiny_model_dir,
+                                                  finetuned_mlflow_model, evaluation_passed):
+    from maap_finetune.common.errors import UserError
+
+    with pytest.raises(UserError, match="inside Azure ML needs the base model as --model_name"):
+        run_register(tmp_path, finetuned_mlflow_model, evaluation_passed, model_format="adapter",
+                     adapter=tmp_path, model_path=tiny_model_dir)
+    assert azure_job.instances == []
