@@ -37,8 +37,8 @@ DISTRIBUTED_STEP = "finetune"  # gets instance_count and process_count_per_insta
 # from the first; a static test proves every target agrees on type and default.
 PIPELINE_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "train_data": (("data_prep", "train_data"),),
-    "model_path": (("finetune", "model_path"), ("evaluate", "model_path")),
-    "model_name": (("finetune", "model_name"), ("evaluate", "model_name")),
+    "model_path": (("finetune", "model_path"), ("evaluate", "model_path"), ("register", "model_path")),
+    "model_name": (("finetune", "model_name"), ("evaluate", "model_name"), ("register", "model_name")),
     "trust_remote_code": (("finetune", "trust_remote_code"), ("evaluate", "trust_remote_code")),
     "lora_r": (("finetune", "lora_r"),),
     "lora_alpha": (("finetune", "lora_alpha"),),
@@ -359,6 +359,9 @@ def build_pipeline(settings: PipelineSettings):
 
         register = register_component(
             mlflow_model=finetune.outputs.mlflow_model,
+            adapter=finetune.outputs.adapter,  # used with register.model_format=adapter
+            model_path=model_path,
+            model_name=model_name,
             evaluation=evaluate.outputs.evaluation,
             registered_model_name=registered_model_name,
         )
