@@ -51,6 +51,7 @@ parser.add_argument("--suffix", default=None)
 parser.add_argument("--data", required=True)
 args = parser.parse_args()
 out = Path(args.data)
+print("made", args.text, flush=True)
 (out / "value.txt").write_text(args.text * args.count + (args.suffix or ""))
 fakelib.record(out, text=args.text, suffix=args.suffix, flag=args.flag)
 '''

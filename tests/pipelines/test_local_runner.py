@@ -121,7 +121,9 @@ def test_run_resolves_inputs_snapshots_includes_and_runs_n_ranks(fake_repo, tmp_
     monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
     out = io.StringIO()
     job = make_consume_job(fake_repo, suffix="!", processes=2)
-    result = run_pipeline(job, workdir=tmp_path, tracking_uri=None, run_id="r1", out=out, env={"EXTRA_FOR_STEPS": "yes"})
+    result = run_pipeline(
+        job, workdir=tmp_path, tracking_uri=None, run_id="r1", out=out, env={"EXTRA_FOR_STEPS": "yes"}, stream=True
+    )
 
     run_dir = tmp_path / "runs" / "r1"
     assert result.run_dir == run_dir
@@ -158,11 +160,14 @@ def test_run_resolves_inputs_snapshots_includes_and_runs_n_ranks(fake_repo, tmp_
     assert "[1/2] produced: running (1 process); log: " + str(run_dir / "produced" / "logs" / "std_log.txt") in progress
     assert "[2/2] consumed: running (2 processes)" in progress
     assert "consumed: done in" in progress
+    assert "made ab cd\n" in progress  # stream=True echoes the step's log
 
 
 def test_two_nodes_run_on_this_machine_with_node_rank(fake_repo, tmp_path):
     job = make_consume_job(fake_repo, processes=1, nodes=2, note="hi")
-    result = run_pipeline(job, workdir=tmp_path, tracking_uri=None, run_id="r2", out=io.StringIO())
+    out = io.StringIO()
+    result = run_pipeline(job, workdir=tmp_path, tracking_uri=None, run_id="r2", out=out)
+    assert "made" not in out.getvalue()  # logs stay in their files unless streamed
     result_dir = result.steps["consumed"].outputs["result"]
     envs = [seen(result_dir, rank)["env"] for rank in (0, 1)]
     assert [(e["RANK"], e["LOCAL_RANK"], e["NODE_RANK"], e["WORLD_SIZE"], e["LOCAL_WORLD_SIZE"]) for e in envs] == [
