@@ -300,14 +300,23 @@ def submit(args: argparse.Namespace) -> int:
 
 def run_local(args: argparse.Namespace) -> int:
     from pipelines import local_runner
-    from pipelines.factory import PipelineSettings, build_pipeline, parse_set_options, resolve_inputs, resolve_step_inputs
+    from pipelines.factory import PipelineSettings, build_pipeline, parse_set_options
 
     workdir = Path.cwd()
     inputs, step_inputs = parse_set_options(args.set)
     inputs, step_inputs, applied = local_runner.apply_local_profile(inputs, step_inputs)
-    # Check the user's values before spending time on the tiny model.
-    resolve_inputs(inputs, require_base_model=False)
-    resolve_step_inputs(step_inputs)
+
+    def settings(require_base_model: bool) -> PipelineSettings:
+        return PipelineSettings(
+            instance_count=args.instance_count,
+            process_count_per_instance=args.process_count_per_instance,
+            experiment_name=args.experiment,
+            inputs=inputs,
+            step_inputs=step_inputs,
+            require_base_model=require_base_model,
+        )
+
+    build_pipeline(settings(require_base_model=False))  # every problem in the user's values, before the tiny model
     if args.compute or args.cpu_compute:
         print("note: --compute/--cpu-compute are ignored by --local")
     if applied:
@@ -325,14 +334,7 @@ def run_local(args: argparse.Namespace) -> int:
     step_env = {k: v for k, v in step_env.items() if k not in os.environ}
     if step_env:
         print("step environment: " + ", ".join(f"{k}={v}" for k, v in step_env.items()))
-    settings = PipelineSettings(
-        instance_count=args.instance_count,
-        process_count_per_instance=args.process_count_per_instance,
-        experiment_name=args.experiment,
-        inputs=inputs,
-        step_inputs=step_inputs,
-    )
-    job = build_pipeline(settings)
+    job = build_pipeline(settings(require_base_model=True))
     result = local_runner.run_pipeline(
         job,
         workdir=workdir,

@@ -365,3 +365,16 @@ def test_local_step_failure_exits_1_with_the_step_and_log_tail(monkeypatch, tmp_
     rc = submit.main(["--local"])
     captured = assert_one_clear_error(capsys, rc, "step 'finetune' failed with exit code 7", "ValueError: boom", code=1)
     assert str(tmp_path / "std_log.txt") in captured.err
+
+
+def test_local_reports_every_bad_value_before_building_anything(monkeypatch, tmp_path, capsys):
+    from pipelines import local_runner
+
+    monkeypatch.chdir(tmp_path)
+    built = []
+    monkeypatch.setattr(local_runner, "ensure_tiny_model", lambda *a, **k: built.append(1))
+    monkeypatch.setattr(local_runner, "run_pipeline", lambda *a, **k: built.append(2))
+    rc = submit.main(["--local", "--instance-count", "0", "--set", "lora_r=0", "--set", "finetune.peft_method=x", "--set", "epoch=2"])
+    assert_one_clear_error(capsys, rc, "(4 problems)", "instance_count must be", "lora_r must be >= 1",
+                           "finetune.peft_method must be one of", "unknown pipeline input 'epoch'")
+    assert built == []
