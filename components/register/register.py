@@ -101,6 +101,9 @@ def check_deployable(folder: Path) -> dict:
         missing.append("a signature")
     if not mlmodel.get("saved_input_example_info"):
         missing.append("an input example")
+    flavor = (mlmodel.get("flavors") or {}).get("transformers") or {}
+    if flavor.get("inference_task") == "llm/v1/chat" and not _has_chat_template(folder / "components" / "tokenizer"):
+        missing.append("a chat template in components/tokenizer (the llm/v1/chat task renders requests with it)")
     if missing:
         raise UserError(f"{folder / 'MLmodel'}: the model lacks {', '.join(missing)}; save it with "
                         "maap_finetune.registry.mlflow_model.save_mlflow_model")
@@ -122,6 +125,13 @@ def package_adapter(config: Config, metadata: dict, path: Path) -> tuple[Path, d
           f"({'local folder, loads on this machine only' if base.is_local else 'fetched from the Hugging Face Hub at load'})",
           flush=True)
     return path, metadata
+
+
+def _has_chat_template(tokenizer_dir: Path) -> bool:
+    if (tokenizer_dir / "chat_template.jinja").is_file() or (tokenizer_dir / "chat_template.json").is_file():
+        return True
+    config = tokenizer_dir / "tokenizer_config.json"
+    return config.is_file() and bool(read_json(config).get("chat_template"))
 
 
 def run(config: Config):
@@ -146,8 +156,9 @@ def run(config: Config):
 
     with tracking.step_run() as run_, tempfile.TemporaryDirectory(prefix="maap-register-") as scratch:
         step_run_id = run_.info.run_id if run_ is not None else None
-        parent = run_.data.tags.get("mlflow.parentRunId") if run_ is not None else None
-        pipeline_run_id = target.pipeline_run_id(step_run_id, parent)
+        tags_now = run_.data.tags if run_ is not None else {}
+        pipeline_run_id = target.pipeline_run_id(step_run_id, tags_now.get("mlflow.parentRunId"),
+                                                 root_run_id=tags_now.get("mlflow.rootRunId"))
         if not decision["passed"]:
             info = ModelInfo(registered=False, reason=str(decision.get("reason") or "the quality gate failed"),
                              name=config.registered_model_name, pipeline_run_id=pipeline_run_id)

@@ -178,6 +178,19 @@ def test_bad_inputs_are_reported_together(tmp_path, finetuned_mlflow_model):
         assert fragment in message
 
 
+def test_chat_model_without_chat_template_is_refused(tmp_path, mlflow_tracking, finetuned_mlflow_model,
+                                                    evaluation_passed):
+    copy = tmp_path / "model"
+    shutil.copytree(finetuned_mlflow_model, copy)
+    tokenizer_dir = copy / "components" / "tokenizer"
+    (tokenizer_dir / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (tokenizer_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="lacks a chat template in components/tokenizer"):
+        register(tmp_path, copy, evaluation_passed)
+
+
 def test_model_without_signature_is_refused(tmp_path, mlflow_tracking, finetuned_mlflow_model, evaluation_passed):
     import yaml
 

@@ -151,6 +151,10 @@ def test_pipeline_run_id_rule():
     assert target.pipeline_run_id("step", "parent", {}) == "parent"
     assert target.pipeline_run_id("step", None, {}) == "step"
     assert target.pipeline_run_id("step", "parent", AZURE_ENV) == "pipeline_job_7"
+    in_job = {k: v for k, v in AZURE_ENV.items() if k != "AZUREML_ROOT_RUN_ID"}
+    assert target.pipeline_run_id("step", "parent", in_job, root_run_id="root") == "root"
+    assert target.pipeline_run_id("step", "parent", in_job, root_run_id=None) == "parent"
+    assert target.pipeline_run_id("step", "parent", {}, root_run_id="root") == "parent"  # local: the parent
 
 
 def test_job_credential_choice():

@@ -7,8 +7,9 @@ the local runner's `sqlite:///...` tracking URI, is a local run and registers in
 the tracking URI points at.
 
 The pipeline run id (the key that makes registration idempotent): in Azure ML `AZUREML_ROOT_RUN_ID`
-(the pipeline job); otherwise the `mlflow.parentRunId` tag of the step's MLflow run (the local
-runner's pipeline run); a step run without a parent is its own pipeline run.
+(the pipeline job) or else the step run's `mlflow.rootRunId` tag; otherwise (and as the last
+fallback in Azure ML) the `mlflow.parentRunId` tag of the step's MLflow run (the local runner's
+pipeline run); a step run without a parent is its own pipeline run.
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ def job_workspace(environ: Mapping[str, str] = os.environ) -> Workspace:
 
 
 def pipeline_run_id(step_run_id: str | None, parent_run_id: str | None,
-                    environ: Mapping[str, str] = os.environ) -> str | None:
-    if running_in_azure_ml(environ) and environ.get("AZUREML_ROOT_RUN_ID"):
-        return environ["AZUREML_ROOT_RUN_ID"]
+                    environ: Mapping[str, str] = os.environ, root_run_id: str | None = None) -> str | None:
+    if running_in_azure_ml(environ):
+        if environ.get("AZUREML_ROOT_RUN_ID"):
+            return environ["AZUREML_ROOT_RUN_ID"]
+        if root_run_id and root_run_id != step_run_id:
+            return root_run_id
     return parent_run_id or step_run_id
