@@ -37,7 +37,14 @@ DISTRIBUTED_STEP = "finetune"  # gets instance_count and process_count_per_insta
 # from the first; a static test proves every target agrees on type and default.
 PIPELINE_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "train_data": (("data_prep", "train_data"),),
-    "model_path": (("finetune", "model_path"), ("evaluate", "model_path"), ("register", "model_path")),
+    "train_folder": (("data_prep", "train_folder"),),
+    "task": (("data_prep", "task"),),
+    "model_path": (
+        ("data_prep", "model_path"),  # counts lengths in the base model's tokens
+        ("finetune", "model_path"),
+        ("evaluate", "model_path"),
+        ("register", "model_path"),
+    ),
     "model_name": (("finetune", "model_name"), ("evaluate", "model_name"), ("register", "model_name")),
     "trust_remote_code": (("finetune", "trust_remote_code"), ("evaluate", "trust_remote_code")),
     "lora_r": (("finetune", "lora_r"),),
@@ -45,7 +52,7 @@ PIPELINE_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "lora_dropout": (("finetune", "lora_dropout"),),
     "epochs": (("finetune", "epochs"),),
     "learning_rate": (("finetune", "learning_rate"),),
-    "max_seq_length": (("finetune", "max_seq_length"), ("evaluate", "max_seq_length")),
+    "max_seq_length": (("data_prep", "max_seq_length"), ("finetune", "max_seq_length"), ("evaluate", "max_seq_length")),
     "registered_model_name": (("register", "registered_model_name"),),
 }
 
@@ -115,9 +122,10 @@ def convert_value(label: str, spec, value: Any) -> Any:
     """Convert `value` to the type of the component input `spec`; raise ValueError naming `label`.
 
     Strings from a command line become int/float/bool; paths become `Input(type=..., path=...)`;
-    an empty string unsets an optional input; enum, min and max are enforced.
+    an empty string unsets the input (its YAML default, if any, applies); enum, min and max are enforced.
     """
     import argparse
+    import math
 
     from azure.ai.ml import Input
 
@@ -145,6 +153,8 @@ def convert_value(label: str, spec, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             converted = float(value)
+            if not math.isfinite(converted):
+                raise ValueError
         elif kind == "boolean":
             converted = value if isinstance(value, bool) else str2bool(str(value))
         else:
@@ -226,7 +236,7 @@ def resolve_inputs(overrides: Mapping[str, Any], require_base_model: bool = True
             values[name] = _check_local_input(name, convert_value(name, pipeline_input_spec(name), value))
         except ValueError as err:
             problems.append(str(err))
-    if values.get("train_data") is None:
+    if values.get("train_data") is None and values.get("train_folder") is None:
         values["train_data"] = SAMPLE_DATA
     for name, value in list(values.items()):
         if name not in overrides and value is not None:
@@ -320,6 +330,8 @@ def build_pipeline(settings: PipelineSettings):
     )
     def finetune_pipeline(
         train_data,
+        train_folder,
+        task,
         model_path,
         model_name,
         trust_remote_code,
@@ -331,7 +343,13 @@ def build_pipeline(settings: PipelineSettings):
         max_seq_length,
         registered_model_name,
     ):
-        data_prep = data_prep_component(train_data=train_data)
+        data_prep = data_prep_component(
+            train_data=train_data,
+            train_folder=train_folder,
+            task=task,
+            model_path=model_path,
+            max_seq_length=max_seq_length,
+        )
 
         finetune = finetune_component(
             train_data=data_prep.outputs.prepared_data,
