@@ -130,3 +130,27 @@ def test_gate_problems():
     assert "not measured for task 'chat'" in gate.gate_problems(gate.Gate("bleu", threshold=1.0), "chat")[0]
     assert "has no rule" in gate.gate_problems(gate.Gate("loss"), "chat")[0]
     assert gate.gate_problems(gate.Gate("bleu", threshold=10.0), "translation") == []
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_loss_and_generation_agree_with_cpu(finetuned_mlflow_model, prepared_chat):
+    from maap_finetune.evaluation import generation
+
+    examples = generation.read_examples(prepared_chat / "test.jsonl", "messages", 12)
+    model_dir = str(finetuned_mlflow_model / "model")
+    tokenizer_dir = str(finetuned_mlflow_model / "components" / "tokenizer")
+    cpu = generation.load_model(model_dir, tokenizer_dir, False, device="cpu")
+    gpu = generation.load_model(model_dir, tokenizer_dir, False)
+    assert gpu.device.type == "cuda"
+    cpu_loss = generation.compute_loss(cpu, examples, 2048, 4).loss
+    gpu_loss = generation.compute_loss(gpu, examples, 2048, 4).loss
+    assert gpu_loss == pytest.approx(cpu_loss, rel=0.02)  # bf16 weights and activations
+    outputs, _ = generation.generate(gpu, examples, 16, 2048, 8)
+    assert sum(bool(o) for o in outputs) >= len(outputs) // 2

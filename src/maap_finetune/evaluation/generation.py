@@ -90,17 +90,21 @@ class LoadedModel:
     device: Any
 
 
-def load_model(model_dir: str, tokenizer_dir: str, trust_remote_code: bool) -> LoadedModel:
-    """Load a causal LM for inference: bf16 on a GPU that supports it, float32 otherwise."""
+def load_model(model_dir: str, tokenizer_dir: str, trust_remote_code: bool, device: str | None = None) -> LoadedModel:
+    """Load a causal LM for inference: bf16 on a GPU that supports it, float32 on the CPU.
+
+    `device` None picks CUDA when present.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if torch.cuda.is_available():
+    if device == "cpu" or (device is None and not torch.cuda.is_available()):
+        device, dtype = torch.device("cpu"), torch.float32
+    elif torch.cuda.is_available():
         device = torch.device("cuda")
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     else:
-        device = torch.device("cpu")
-        dtype = torch.float32
+        raise UserError(f"device {device!r} asked for but CUDA is not available")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -205,15 +209,18 @@ def compute_loss(loaded: LoadedModel, examples: Sequence[Example], max_seq_lengt
             labels[row, start : len(ids)] = torch.tensor(ids[start:])
         input_ids, attention, labels = (t.to(loaded.device) for t in (input_ids, attention, labels))
         with torch.no_grad():
-            logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
-        shift_logits = logits[:, :-1, :]
-        shift_labels = labels[:, 1:]
-        nll = torch.nn.functional.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="none"
-        ).view(shift_labels.shape)
-        mask = shift_labels != -100
-        row_nll = (nll * mask).sum(dim=1)
-        row_tokens = mask.sum(dim=1)
+            logits = model(input_ids=input_ids, attention_mask=attention).logits
+            shift_labels = labels[:, 1:]
+            # One row at a time in float32: a batch of large-vocabulary logits upcast at once would
+            # double the peak memory of the forward pass.
+            row_nll = torch.stack([
+                torch.nn.functional.cross_entropy(
+                    logits[row, :-1, :].float(), shift_labels[row], ignore_index=-100, reduction="sum"
+                )
+                for row in range(len(batch))
+            ])
+            row_tokens = (shift_labels != -100).sum(dim=1)
+            del logits
         for row, i in enumerate(batch):
             per_example[i] = float(row_nll[row] / row_tokens[row])
         total_nll += float(row_nll.sum())
