@@ -46,6 +46,10 @@ CACHE_DIR = REPO_ROOT / ".maap"
 SOURCE_ONLY = frozenset({"deepspeed", "flash-attn"})
 # Environment variables that let their setup scripts emit metadata on a machine without CUDA.
 SOURCE_BUILD_ENV = {"FLASH_ATTENTION_SKIP_CUDA_BUILD": "TRUE", "DS_BUILD_OPS": "0", "DS_SKIP_CUDA_CHECK": "1"}
+# Where the index serves no PEP 658 metadata files (some mirrors), pip would download every
+# wheel whole (torch's CUDA wheel is ~900 MB) to read its dependencies; fast-deps reads only the
+# wheel's metadata with HTTP range requests. On PyPI itself pip uses the metadata files.
+FAST_DEPS = "--use-feature=fast-deps"
 # Newest glibc the base images carry (Ubuntu 22.04: 2.35); wheels needing a newer one are refused.
 MAX_GLIBC_MINOR = 35
 
@@ -268,6 +272,9 @@ def pip_environment() -> dict[str, str]:
 def run_pip(args: list[str], env: dict[str, str]) -> None:
     cmd = [sys.executable, "-m", "pip", *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0 and FAST_DEPS in cmd and "fast-deps" in proc.stderr and "invalid choice" in proc.stderr:
+        cmd.remove(FAST_DEPS)  # a pip without the feature: fall back to its default
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
         raise PinError(f"pip failed ({proc.returncode}): {' '.join(cmd[3:8])} ...\n{tail}")
@@ -348,8 +355,8 @@ def resolve(env_name: str) -> Resolution:
         req_file.write_text("\n".join(requirements) + "\n")
         report = Path(tmp) / "report.json"
         run_pip(
-            ["install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
-             "--cache-dir", str(CACHE_DIR / "pip-cache"), *target_pip_args(python), "-r", str(req_file)],
+            ["install", "--dry-run", "--ignore-installed", "--quiet", FAST_DEPS, "--report", str(report),
+             *target_pip_args(python), "-r", str(req_file)],
             pip_environment(),
         )
         data = json.loads(report.read_text())

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.environments.pins_loader import load_pins
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_pins():
-    if "maap_env_pins" in sys.modules:
-        return sys.modules["maap_env_pins"]
-    spec = importlib.util.spec_from_file_location("maap_env_pins", REPO_ROOT / "environments" / "pins.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["maap_env_pins"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pins = _load_pins()
+pins = load_pins()
 
 
 def test_committed_pins_agree_with_pyproject_and_each_other():

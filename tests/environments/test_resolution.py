@@ -15,7 +15,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.environments.test_pins import pins
+from tests.environments.pins_loader import load_pins
+
+pins = load_pins()
 
 pytestmark = pytest.mark.network
 
