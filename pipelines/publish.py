@@ -362,10 +362,12 @@ def connect(args: argparse.Namespace):
     from azure.identity import DefaultAzureCredential
 
     logging.getLogger("azure.identity").setLevel(logging.ERROR)
-    return MLClient(
-        DefaultAzureCredential(), subscription_id=args.subscription, resource_group_name=args.resource_group,
-        registry_name=args.registry,
-    )
+    # Constructing a registry client already calls Azure (it looks up the registry's region).
+    with submit.azure_errors(f"connecting to registry {args.registry!r}"):
+        return MLClient(
+            DefaultAzureCredential(), subscription_id=args.subscription, resource_group_name=args.resource_group,
+            registry_name=args.registry,
+        )
 
 
 def _where(args: argparse.Namespace) -> str:

@@ -228,3 +228,11 @@ def test_no_workspace_is_one_clear_message(azure, capsys, tmp_path):
 def test_registry_and_workspace_together_are_refused(azure, capsys):
     rc = publish.main(["--registry", "r", *WORKSPACE])
     one_error(capsys, rc, "--registry or --workspace")
+
+
+def test_registry_lookup_failure_is_one_clear_message(azure, capsys):
+    from azure.core.exceptions import ClientAuthenticationError
+
+    azure.cls.side_effect = ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token\nmore")
+    rc = publish.main(["--registry", "shared-reg", "--dry-run"])
+    one_error(capsys, rc, "could not authenticate to Azure while connecting to registry 'shared-reg'", "az login")
