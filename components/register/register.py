@@ -65,6 +65,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         )
     if config.registry_name is not None and not REGISTRY_NAME.match(config.registry_name):
         problems.append(f"--registry_name {config.registry_name!r}: 3-33 letters, digits, '-' or '_'")
+    if not (config.mlflow_model / "MLmodel").is_file():
+        problems.append(f"--mlflow_model {config.mlflow_model}: MLmodel is missing (give Fine-Tune's mlflow_model output)")
     if config.model_format == "adapter":
         if config.adapter is None:
             problems.append("--model_format adapter needs --adapter (Fine-Tune's adapter output)")
