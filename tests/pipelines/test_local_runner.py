@@ -29,6 +29,16 @@ def fake_repo(tmp_path_factory) -> Path:
     return fakes.write_fake_repo(tmp_path_factory.mktemp("fake-repo"))
 
 
+@pytest.fixture(scope="module")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its tables created once (creating them takes seconds); copy it per test."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-db") / "empty.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 def make_consume_job(root: Path, *, suffix=None, note=None, processes=2, nodes=1):
     from azure.ai.ml import dsl
 
@@ -176,11 +186,14 @@ def test_two_nodes_run_on_this_machine_with_node_rank(fake_repo, tmp_path):
     assert seen(result_dir)["argv"][2:4] == ["--note", "hi"]  # the block is kept when note has a value
 
 
-def test_mlflow_parent_and_child_runs_in_sqlite(fake_repo, tmp_path, monkeypatch):
+def test_mlflow_parent_and_child_runs_in_sqlite(fake_repo, tmp_path, monkeypatch, empty_mlflow_db):
+    import shutil
+
     from azure.ai.ml import dsl
     from mlflow import MlflowClient
 
     monkeypatch.chdir(tmp_path)
+    shutil.copy(empty_mlflow_db, tmp_path / "mlruns.db")
     make, tracked = fakes.load(fake_repo, "make"), fakes.load(fake_repo, "tracked")
 
     @dsl.pipeline(name="tracked_pipeline", display_name="Tracked pipeline", experiment_name="fake-exp")
@@ -213,7 +226,9 @@ def test_mlflow_parent_and_child_runs_in_sqlite(fake_repo, tmp_path, monkeypatch
     assert child.data.tags["maap.step"] == "tracked_step"
 
 
-def test_a_failing_step_stops_the_run_with_name_code_and_log_tail(fake_repo, tmp_path):
+def test_a_failing_step_stops_the_run_with_name_code_and_log_tail(fake_repo, tmp_path, empty_mlflow_db):
+    import shutil
+
     from azure.ai.ml import dsl
     from mlflow import MlflowClient
 
@@ -225,6 +240,7 @@ def test_a_failing_step_stops_the_run_with_name_code_and_log_tail(fake_repo, tmp
         broken = fail(data=produced.outputs.data)
         consume(data=broken.outputs.result)
 
+    shutil.copy(empty_mlflow_db, tmp_path / "track.db")
     uri = f"sqlite:///{tmp_path / 'track.db'}"
     with pytest.raises(StepFailed) as caught:
         run_pipeline(pipeline(text="x"), workdir=tmp_path, tracking_uri=uri, run_id="r3", out=io.StringIO())
