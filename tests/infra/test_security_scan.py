@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
+import os
 import sys
 from pathlib import Path
 
@@ -30,7 +30,10 @@ def checkov_ready():
     try:
         scan.ensure_checkov()  # first use installs checkov into .maap/checkov-venv (needs the index once)
     except scan.ScanError as err:
-        pytest.fail(str(err))
+        # Offline without checkov installed: only CI must never skip the scan.
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail(str(err))
+        pytest.skip(f"checkov not installed and not installable here: {err}")
 
 
 @pytest.fixture(scope="module")
