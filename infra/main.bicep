@@ -136,8 +136,8 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-01-01' = {
 }
 
 resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
-  // checkov:skip=CKV_AZURE_189: public network access stays on: without private endpoints the workspace and its compute reach the vault over its public endpoint; access is by Azure RBAC only.
-  // checkov:skip=CKV_AZURE_109: the firewall's default action stays Allow for the same reason as CKV_AZURE_189; access is by Azure RBAC only (no access policies).
+  // checkov:skip=CKV_AZURE_189: public network access stays on: without private endpoints the workspace and its compute reach the vault over its public endpoint; only the workspace identity has an access policy.
+  // checkov:skip=CKV_AZURE_109: the firewall's default action stays Allow for the same reason as CKV_AZURE_189; only the workspace identity has an access policy.
   name: keyVaultName
   location: location
   tags: tags
@@ -147,7 +147,10 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
       family: 'A'
       name: 'standard'
     }
-    enableRbacAuthorization: true
+    // Access policies, as Azure ML expects: the service adds one for the workspace's identity when
+    // it creates the workspace; nothing else gets access here.
+    enableRbacAuthorization: false
+    accessPolicies: []
     enableSoftDelete: true
     softDeleteRetentionInDays: 90
     enablePurgeProtection: true
