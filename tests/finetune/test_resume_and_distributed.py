@@ -40,7 +40,7 @@ def _complete(checkpoints: Path) -> list[str]:
 
 def test_sigkill_then_rerun_resumes_from_latest_complete_checkpoint(tmp_path, tiny_model_dir, prepared_chat):
     out = outputs(tmp_path)
-    argv = argv_from_spec("finetune", train_data=prepared_chat, model_path=tiny_model_dir, max_steps=16,
+    argv = argv_from_spec("finetune", train_data=prepared_chat, model_path=tiny_model_dir, max_steps=12,
                           save_steps=2, save_total_limit=2, logging_steps=1, **out)
     command = [sys.executable, str(SCRIPT), *argv]
     env = _env(tmp_path)
@@ -59,7 +59,7 @@ def test_sigkill_then_rerun_resumes_from_latest_complete_checkpoint(tmp_path, ti
     assert not (Path(out["mlflow_model"]) / "MLmodel").exists()  # killed before the end
 
     # A save interrupted halfway: a newer checkpoint folder without its COMPLETE marker.
-    partial = checkpoints / "checkpoint-15"
+    partial = checkpoints / "checkpoint-11"
     shutil.copytree(checkpoints / latest, partial)
     (partial / "COMPLETE").unlink()
     (partial / "trainer_state.json").unlink()
@@ -67,9 +67,9 @@ def test_sigkill_then_rerun_resumes_from_latest_complete_checkpoint(tmp_path, ti
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     summary = json.loads((Path(out["adapter"]) / "training_summary.json").read_text())
-    assert summary["resumed_from_checkpoint"] == latest  # the partial checkpoint-15 was skipped
+    assert summary["resumed_from_checkpoint"] == latest  # the partial checkpoint-11 was skipped
     assert summary["resumed_at_step"] == int(latest.split("-")[1]) > 0
-    assert summary["steps"] == 16 and summary["steps_this_run"] == 16 - summary["resumed_at_step"]
+    assert summary["steps"] == 12 and summary["steps_this_run"] == 12 - summary["resumed_at_step"]
     assert "removed partial checkpoint" in second.stderr and not partial.exists()
     assert (Path(out["mlflow_model"]) / "MLmodel").is_file()
     assert len(_complete(checkpoints)) == 2  # save_total_limit

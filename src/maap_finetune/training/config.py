@@ -8,7 +8,7 @@ involve several fields, the hardware or the model are checked together by
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 INIT_LORA_WEIGHTS = ("default", "gaussian", "pissa", "olora")
-BATCHING = ("group_by_length", "padding_free", "packing", "padded")
+BATCHING = ("padding_free", "group_by_length", "packing", "padded")
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,6 @@ class FinetuneConfig:
     adapter: Path
     mlflow_model: Path
     checkpoints: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_quantized(self) -> bool:
@@ -85,7 +84,7 @@ class FinetuneConfig:
 
     def as_params(self) -> dict[str, Any]:
         """The settings worth recording as MLflow params (paths and outputs left out)."""
-        skip = {"train_data", "model_path", "adapter", "mlflow_model", "checkpoints", "extra"}
+        skip = {"train_data", "model_path", "adapter", "mlflow_model", "checkpoints"}
         params = {k: v for k, v in asdict(self).items() if k not in skip and v is not None}
         if isinstance(self.target_modules, tuple):
             params["target_modules"] = ",".join(self.target_modules)

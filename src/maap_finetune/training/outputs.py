@@ -66,7 +66,7 @@ def build_merged_model(config: FinetuneConfig, env: Environment, source, result)
 
 
 def write_outputs(config: FinetuneConfig, env: Environment, source, result) -> dict[str, Any]:
-    from maap_finetune.registry.mlflow_model import save_mlflow_model
+    from maap_finetune.registry.mlflow_model import CHAT_TASK, TEXT_TASK, save_mlflow_model
 
     adapter_dir = Path(config.adapter)
     result.tokenizer.save_pretrained(adapter_dir)
@@ -120,6 +120,8 @@ def write_outputs(config: FinetuneConfig, env: Environment, source, result) -> d
         merged,
         result.tokenizer,
         mlflow_dir,
+        # Text-format data on a base model without a chat template: serve plain text generation.
+        task=CHAT_TASK if getattr(result.tokenizer, "chat_template", None) else TEXT_TASK,
         metadata={"base_model": source.display_name, "peft_method": config.peft_method},
     )
 

@@ -44,7 +44,10 @@ def read_model_facts(model_config: Any, trust_remote_code: bool) -> ModelFacts:
         }
     )
     context = getattr(model_config, "max_position_embeddings", None)
-    native = model_config.model_type in CONFIG_MAPPING and not getattr(model_config, "auto_map", None)
+    # Remote code runs only with trust_remote_code; otherwise transformers' own class is used (Phi-3's
+    # config.json still carries an auto_map from before Phi-3 joined transformers).
+    remote = trust_remote_code and "AutoModelForCausalLM" in (getattr(model_config, "auto_map", None) or {})
+    native = model_config.model_type in CONFIG_MAPPING and not remote
     return ModelFacts(
         model_type=model_config.model_type,
         context_length=int(context) if context else None,
@@ -182,8 +185,6 @@ def preflight(
             f"max_seq_length {config.max_seq_length} is above the model's context of {model.context_length} tokens; "
             f"set max_seq_length to {model.context_length} or less"
         )
-    if config.batching == "padding_free" and config.per_device_train_batch_size == 1:
-        add("batching padding_free with per_device_train_batch_size 1 pads nothing away; use 2 or more, or group_by_length")
 
     if problems:
         raise ConfigErrors(problems, header="fine-tune preflight found problems; nothing was loaded")
