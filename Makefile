@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: local test install clean
+.PHONY: local test install scan clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,13 +17,21 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# checkov lives in its own venv (its pins clash with the project's); only the tests need it.
+$(VENV)/.scanner: $(VENV)/.installed infra/requirements-scan.txt
+	$(BIN)/python infra/scan.py --install
+	touch $@
+
 install: $(VENV)/.installed
 
 local: install
 	$(BIN)/python pipelines/submit.py --local $(ARGS)
 
-test: install
+test: install $(VENV)/.scanner
 	$(BIN)/python -m pytest $(ARGS)
+
+scan: install $(VENV)/.scanner
+	$(BIN)/python infra/scan.py
 
 clean:
 	rm -rf $(VENV) .maap mlruns.db runs

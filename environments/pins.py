@@ -43,7 +43,7 @@ PYPROJECT = REPO_ROOT / "pyproject.toml"
 CACHE_DIR = REPO_ROOT / ".maap"
 
 # Packages published only as source distributions (no wheels on the index).
-SOURCE_ONLY = frozenset({"deepspeed", "flash-attn"})
+SOURCE_ONLY = frozenset({"deepspeed", "flash-attn", "rouge-score"})
 # Environment variables that let their setup scripts emit metadata on a machine without CUDA.
 SOURCE_BUILD_ENV = {"FLASH_ATTENTION_SKIP_CUDA_BUILD": "TRUE", "DS_BUILD_OPS": "0", "DS_SKIP_CUDA_CHECK": "1"}
 # Where the index serves no PEP 658 metadata files (some mirrors), pip would download every

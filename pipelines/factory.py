@@ -53,7 +53,14 @@ PIPELINE_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "epochs": (("finetune", "epochs"),),
     "learning_rate": (("finetune", "learning_rate"),),
     "max_seq_length": (("data_prep", "max_seq_length"), ("finetune", "max_seq_length"), ("evaluate", "max_seq_length")),
+    "max_eval_samples": (("evaluate", "max_eval_samples"),),
+    "max_new_tokens": (("evaluate", "max_new_tokens"),),
+    "gate_metric": (("evaluate", "gate_metric"),),
+    "gate_threshold": (("evaluate", "gate_threshold"),),
+    "gate_min_improvement": (("evaluate", "gate_min_improvement"),),
     "registered_model_name": (("register", "registered_model_name"),),
+    "model_format": (("register", "model_format"),),
+    "registry_name": (("register", "registry_name"),),
 }
 
 # Input types whose value is a path or URI (wrapped in `Input`); the rest are literals.
@@ -341,7 +348,14 @@ def build_pipeline(settings: PipelineSettings):
         epochs,
         learning_rate,
         max_seq_length,
+        max_eval_samples,
+        max_new_tokens,
+        gate_metric,
+        gate_threshold,
+        gate_min_improvement,
         registered_model_name,
+        model_format,
+        registry_name,
     ):
         data_prep = data_prep_component(
             train_data=train_data,
@@ -373,15 +387,22 @@ def build_pipeline(settings: PipelineSettings):
             model_name=model_name,
             trust_remote_code=trust_remote_code,
             max_seq_length=max_seq_length,
+            max_eval_samples=max_eval_samples,
+            max_new_tokens=max_new_tokens,
+            gate_metric=gate_metric,
+            gate_threshold=gate_threshold,
+            gate_min_improvement=gate_min_improvement,
         )
 
         register = register_component(
             mlflow_model=finetune.outputs.mlflow_model,
-            adapter=finetune.outputs.adapter,  # used with register.model_format=adapter
+            adapter=finetune.outputs.adapter,  # used with model_format=adapter
             model_path=model_path,
             model_name=model_name,
             evaluation=evaluate.outputs.evaluation,
             registered_model_name=registered_model_name,
+            model_format=model_format,
+            registry_name=registry_name,
         )
         # (No loop over the nodes here: the DSL names each node after the local variable holding it.)
         data_prep.compute = cpu_compute

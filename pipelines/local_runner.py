@@ -51,13 +51,13 @@ from maap_finetune.common.errors import UserError
 # - epochs: a few passes over the ~100 sample rows so training shows a trend in seconds.
 # - max_seq_length: sample conversations are short; 256 tokens keeps every row whole and the CPU busy
 #   for less time than the YAML's 2048.
-# - evaluate.max_new_tokens / evaluate.sample_generations: generating 64 tokens per row from a random
+# - max_new_tokens / evaluate.sample_generations: generating 64 tokens per row from a random
 #   tiny model costs time and shows nothing; a few short samples prove the path works.
 LOCAL_PROFILE: dict[str, Any] = {
     "learning_rate": 0.005,
     "epochs": 3,
     "max_seq_length": 256,
-    "evaluate.max_new_tokens": 16,
+    "max_new_tokens": 16,
     "evaluate.sample_generations": 4,
 }
 # Environment for every step when the base model is the tiny model (a variable set in the user's shell

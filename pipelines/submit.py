@@ -54,6 +54,11 @@ EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
 
 
+
+# Submitted without a base model, the pipeline fine-tunes Phi-3-mini (pulled from the Hugging Face Hub
+# by the job). The local run defaults to the tiny Phi-3 built on this machine instead.
+DEFAULT_AZURE_BASE_MODEL = "microsoft/Phi-3-mini-4k-instruct"
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="submit.py",
@@ -270,6 +275,9 @@ def submit(args: argparse.Namespace) -> int:
     if not args.compute:
         raise UserError("--compute is required to submit to Azure ML (or use --local, --dry-run or --validate)")
     settings = settings_from_args(args)
+    if not (settings.inputs.get("model_path") or settings.inputs.get("model_name")):
+        settings.inputs["model_name"] = DEFAULT_AZURE_BASE_MODEL
+        print(f"base model: {DEFAULT_AZURE_BASE_MODEL} (the default; --set model_name=... or model_path=... to change)")
     job = build_pipeline(settings)  # offline: bad inputs fail here, before any network call
     problems = validate_job(job)
     if problems:
