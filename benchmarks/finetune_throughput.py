@@ -12,7 +12,7 @@ of `trainer.train()`, which other processes on shared cores do not distort. Eval
 tokens of a held-out split.
 
     python benchmarks/finetune_throughput.py              # 1 round, defaults vs baseline
-    python benchmarks/finetune_throughput.py --rounds 2 --variants padding_free
+    python benchmarks/finetune_throughput.py --rounds 2 --variants group_by_length
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def main() -> None:
     parser.add_argument("--train_rows", type=int, default=96)
     parser.add_argument("--eval_rows", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=1, help="A/B rounds; results are per-round and averaged")
-    parser.add_argument("--variants", nargs="*", default=[], choices=["padding_free", "packing", "padded"],
+    parser.add_argument("--variants", nargs="*", default=[], choices=["group_by_length", "padding_free", "packing", "padded"],
                         help="also run the component with these batching values")
     args = parser.parse_args()
 

@@ -95,18 +95,27 @@ def test_lora_end_to_end(tmp_path, tiny_model_dir, prepared_chat, mlflow_trackin
     assert len(mlflow.search_runs([experiment])) == 1
 
 
-@pytest.mark.parametrize("method", ["dora", "none"])
+@pytest.mark.parametrize("method", ["dora", "none", "lora-pissa"])
 def test_other_methods_train(method, tmp_path, tiny_model_dir, prepared_chat, mlflow_tracking):
     finetune = load_entry("finetune")
+    method, _, init = method.partition("-")
     summary = finetune.main(
         argv_from_spec(
             "finetune", train_data=prepared_chat, model_path=tiny_model_dir, peft_method=method, max_steps=3,
-            learning_rate=0.005, **outputs(tmp_path)
+            learning_rate=0.005, init_lora_weights=init or "default", **outputs(tmp_path)
         )
     )
     assert summary["steps"] == 3
     assert (tmp_path / "mlflow_model" / "MLmodel").is_file()
-    if method == "dora":
+    if init == "pissa":
+        # PiSSA moves the base's principal directions into the adapter; the saved adapter is converted
+        # so that it applies to the original base, which the parity check against the trained model proves.
+        assert (tmp_path / "checkpoints" / "initial_adapter" / "adapter_config.json").is_file()
+        assert summary["merge_parity"]["passed"]
+        assert summary["merge_parity"]["max_relative_logit_diff_vs_trained"] < 1e-4
+        config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+        assert config["r"] == 32  # converted PiSSA -> LoRA doubles the rank (peft's conversion)
+    elif method == "dora":
         config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
         assert config["use_dora"] is True
         assert summary["merge_parity"]["passed"]

@@ -1,7 +1,7 @@
 """Merge the adapter into the base weights, and prove the merge changed nothing.
 
-The merge starts from a fresh copy of the base in full precision (fp32 on CPU, the training dtype
-on GPU); a 4-bit base is dequantized to bf16 first (`model.dequantize()`), so nothing is merged into
+The merge starts from a fresh copy of the base in full precision (fp32; the caller casts for
+saving); a 4-bit base is dequantized to bf16 first (`model.dequantize()`), so nothing is merged into
 4-bit weights. The parity check compares the merged model's logits with base + adapter (the model as
 trained) on held-out examples.
 """
@@ -11,51 +11,56 @@ from __future__ import annotations
 from typing import Any
 
 
-def merge_adapter(
+def logits_of(model, examples: list[list[int]]):
+    import torch
+
+    with torch.no_grad():
+        return [model(input_ids=torch.tensor([ids]).to(model.device)).logits.float().cpu() for ids in examples]
+
+
+def merge_with_parity(
     base_source: str,
     adapter_dir: str,
     model_kwargs: dict[str, Any],
     quantized: bool,
+    examples: list[list[int]],
+    tolerance: float,
+    trained_logits: list | None = None,
 ):
-    """Return (merged_model, reference_model): reference is base + adapter, unmerged, for parity."""
+    """Return (merged_model, parity). The reference is base + saved adapter, unmerged; when given,
+    `trained_logits` (the model in memory at the end of training) are a second reference, which also
+    proves the saved adapter reproduces what was trained.
+
+    Unquantized: one base load; reference logits first, then merge in place. Quantized: the reference
+    runs on the 4-bit base; the merge uses a second copy, dequantized to bf16 and upcast to fp32."""
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    import torch
-
-    kwargs = dict(model_kwargs)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_source, **model_kwargs), adapter_dir)
+    model.eval()
+    reference = logits_of(model, examples)
     if quantized:
-        reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_source, **kwargs), adapter_dir)
-        base = AutoModelForCausalLM.from_pretrained(base_source, **kwargs)
-        base = base.dequantize()  # 4-bit NF4 -> bf16 weights
-        base = base.to(torch.bfloat16)
-    else:
-        kwargs.pop("quantization_config", None)
-        kwargs.pop("device_map", None)
-        base = AutoModelForCausalLM.from_pretrained(base_source, **kwargs)
-        reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_source, **kwargs), adapter_dir)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    reference.eval()
-    merged.eval()
-    return merged, reference
+        del model
+        base = AutoModelForCausalLM.from_pretrained(base_source, **model_kwargs).dequantize().to(torch.float32)
+        model = PeftModel.from_pretrained(base, adapter_dir)
+    merged = model.merge_and_unload().eval()
+    merged_logits = logits_of(merged, examples)
+    parity = parity_report(reference, merged_logits, tolerance)
+    if trained_logits is not None:
+        versus_trained = parity_report(trained_logits, merged_logits, tolerance)
+        parity["max_relative_logit_diff_vs_trained"] = versus_trained["max_relative_logit_diff"]
+        parity["passed"] = parity["passed"] and versus_trained["passed"]
+    return merged, parity
 
 
-def logits_parity(merged, reference, examples: list[list[int]], tolerance: float) -> dict[str, Any]:
-    """Largest |merged - reference| logit difference, relative to the largest |logit|, over `examples`."""
-    import torch
-
-    worst_abs = 0.0
-    scale = 0.0
-    with torch.no_grad():
-        for ids in examples:
-            inputs = torch.tensor([ids])
-            a = merged(input_ids=inputs.to(merged.device)).logits.float().cpu()
-            b = reference(input_ids=inputs.to(reference.device)).logits.float().cpu()
-            worst_abs = max(worst_abs, float((a - b).abs().max()))
-            scale = max(scale, float(b.abs().max()))
+def parity_report(reference, candidate, tolerance: float) -> dict[str, Any]:
+    """Largest |candidate - reference| logit difference, relative to the largest |reference logit|."""
+    worst_abs = max((float((a - b).abs().max()) for a, b in zip(candidate, reference)), default=0.0)
+    scale = max((float(b.abs().max()) for b in reference), default=0.0)
     relative = worst_abs / scale if scale else worst_abs
     return {
-        "examples": len(examples),
+        "examples": len(reference),
         "max_abs_logit_diff": worst_abs,
         "max_relative_logit_diff": relative,
         "tolerance": tolerance,

@@ -49,18 +49,18 @@ def build_merged_model(config: FinetuneConfig, env: Environment, source, result)
     from transformers import AutoModelForCausalLM
 
     from maap_finetune.training import builders
-    from maap_finetune.training.merge import logits_parity, merge_adapter
+    from maap_finetune.training.merge import merge_with_parity
 
     if not config.uses_adapter:
         model = AutoModelForCausalLM.from_pretrained(str(config.adapter), **_merge_kwargs(config, env))
         return model, {"applicable": False, "reason": "peft_method none trains every weight; there is no adapter"}
-    kwargs = _merge_kwargs(config, env)
-    if config.is_quantized:
-        kwargs = builders.build_model_kwargs(config, env, None)
-    merged, reference = merge_adapter(source.model, str(config.adapter), kwargs, config.is_quantized)
-    parity = logits_parity(merged, reference, result.parity_inputs, config.merge_parity_tolerance)
+    # A 4-bit reference must load exactly as it trained (quantized, bf16 compute).
+    kwargs = builders.build_model_kwargs(config, env, None) if config.is_quantized else _merge_kwargs(config, env)
+    merged, parity = merge_with_parity(
+        source.model, str(config.adapter), kwargs, config.is_quantized, result.parity_inputs,
+        config.merge_parity_tolerance, result.trained_logits,
+    )
     parity["applicable"] = True
-    del reference
     merged = merged.to(torch.float32 if result.precision == "fp32" else builders.torch_dtype(result.precision))
     return merged, parity
 

@@ -149,6 +149,11 @@ def preflight(
                     f"{source}: fp16 is enabled, but a 4-bit base under ZeRO-3 stores its weights in bf16; set "
                     'fp16.enabled to false or "auto" and bf16.enabled to true or "auto"'
                 )
+        if stage == 3 and config.init_lora_weights in ("pissa", "olora"):
+            add(
+                f"init_lora_weights {config.init_lora_weights} converts the adapter against full base weights at "
+                "save time, which ZeRO-3 shards; use deepspeed_stage 2 or init_lora_weights default"
+            )
         if stage is not None and stage not in (0, 1, 2, 3):
             add(f"{source}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage}")
     if config.deepspeed_config is None:

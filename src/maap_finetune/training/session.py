@@ -52,6 +52,7 @@ class TrainResult:
     total_parameters: int
     log_history: list[dict[str, Any]] = field(default_factory=list)
     parity_inputs: list[list[int]] = field(default_factory=list)
+    trained_logits: list | None = None
 
 
 def _world_size() -> int:
@@ -134,6 +135,7 @@ def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared)
         callbacks=[CompleteMarkerCallback(), MlflowMetricsCallback(counter, world)],
     )
     trainer.data_collator = CountingCollator(trainer.data_collator, counter)
+    initial_adapter = save_initial_adapter(config, trainer.model)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
 
@@ -160,7 +162,22 @@ def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared)
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     tokens, slots = _sum_across_ranks([counter.tokens, counter.slots], env.cuda)
     eval_loss = trainer.evaluate()["eval_loss"] if eval_examples else None
-    trainer.save_model(str(config.adapter))  # every rank: ZeRO-3 gathers the shards here
+    if initial_adapter is None:
+        trainer.save_model(str(config.adapter))  # every rank: ZeRO-3 gathers the shards here
+    elif tracking.is_main_process():
+        # PiSSA / OLoRA moved the principal directions out of the base weights; convert the adapter so it
+        # applies to the original base (peft's path_initial_model_for_weight_conversion).
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
+            str(config.adapter), path_initial_model_for_weight_conversion=str(initial_adapter)
+        )
+
+    parity_inputs = [e["input_ids"][:PARITY_MAX_TOKENS] for e in (eval_examples or train_examples)[:PARITY_EXAMPLES]]
+    trained_logits = None
+    if tracking.is_main_process() and builders.zero_stage(ds_config) != 3:  # ZeRO-3 shards: no lone forward
+        from maap_finetune.training.merge import logits_of
+
+        trained = trainer.accelerator.unwrap_model(trainer.model).eval()
+        trained_logits = logits_of(trained, parity_inputs)
 
     history = list(trainer.state.log_history)
     logged = [e["loss"] for e in history if "loss" in e]
@@ -184,12 +201,31 @@ def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared)
         trainable_parameters=int(trainable),
         total_parameters=int(total),
         log_history=history,
-        parity_inputs=[e["input_ids"][:PARITY_MAX_TOKENS] for e in (eval_examples or train_examples)[:PARITY_EXAMPLES]],
+        parity_inputs=parity_inputs,
+        trained_logits=trained_logits,
     )
     del trainer, model
     gc.collect()
     _empty_cuda_cache(env)
     return result
+
+
+def save_initial_adapter(config: FinetuneConfig, peft_model):
+    """For PiSSA / OLoRA, keep the adapter as initialized (once, beside the checkpoints, so a resumed
+    run converts against the same one); None for other initializations."""
+    if config.init_lora_weights not in ("pissa", "olora"):
+        return None
+    from pathlib import Path
+
+    folder = Path(config.checkpoints) / "initial_adapter"
+    if tracking.is_main_process() and not (folder / "adapter_config.json").is_file():
+        peft_config = peft_model.peft_config["default"]
+        peft_config.init_lora_weights = True  # peft's recipe: saved as a plain LoRA initialization
+        try:
+            peft_model.save_pretrained(str(folder))
+        finally:
+            peft_config.init_lora_weights = config.init_lora_weights
+    return folder
 
 
 def _empty_cuda_cache(env: Environment) -> None:
