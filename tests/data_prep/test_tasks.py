@@ -197,3 +197,26 @@ def test_text_is_chunked_by_tokens_with_tokenizer(prep, tmp_path, tiny_model_dir
     limit = 32 - tokenizer.num_special_tokens_to_add(pair=False)
     # Re-tokenizing a piece may merge across its edges: allow one token of slack.
     assert max(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in chunks) <= limit + 1
+
+
+def test_ner_completions_parse_back_into_entities(prep, all_rows_train):
+    """Evaluate reads entities back with the recorded templates: rendering and parsing are inverse."""
+    from maap_finetune.data.prepared import parse_entities, prompt_and_reference
+    from maap_finetune.data.tasks import ner_entities
+
+    prep(SAMPLES / "ner.jsonl", task="ner", **all_rows_train)
+    data = load_prepared(prep.prepared)
+    by_text = {}
+    for line in (SAMPLES / "ner.jsonl").read_text(encoding="utf-8").splitlines():
+        source = json.loads(line)
+        by_text[" ".join(source["tokens"])] = ner_entities({"tokens": source["tokens"], "tags": source["ner_tags"]})
+    checked = 0
+    for row in data.rows("train"):
+        prompt, reference = prompt_and_reference(row)
+        text = prompt[-1]["content"].split("Text: ", 1)[1]
+        assert parse_entities(reference, data.templates) == by_text[text]
+        checked += 1
+    assert checked == data.split_rows["train"] > 0
+    custom = {"entity": "{text} ({type})", "entity_separator": "; ", "no_entities": "-"}
+    assert parse_entities("Tom (PER); Oslo (LOC)", custom) == [("PER", "Tom"), ("LOC", "Oslo")]
+    assert parse_entities("-", custom) == []

@@ -238,3 +238,10 @@ def test_command_line_exits_2_with_one_message_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert f"{path} line 2: field 'messages': expected a list of messages, got integer" in proc.stderr
+
+
+def test_corrupt_parquet_is_reported(prep, tmp_path):
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"PAR1 this is not really parquet PAR1")
+    with pytest.raises(UserError, match=r"(?s)unreadable_file: 1 .*broken.parquet: cannot read the Parquet file"):
+        prep(path)

@@ -70,3 +70,36 @@ def write_metadata(folder: str | Path, **fields: Any) -> Path:
     path = Path(folder) / METADATA_FILE
     path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
+
+
+def prompt_and_reference(row: dict) -> tuple[list[dict], str]:
+    """Split a `messages` row into the prompt (every message before the last) and the reference answer."""
+    messages = row["messages"]
+    if not messages or messages[-1].get("role") != "assistant":
+        raise ValueError("a prepared row's last message must be the assistant turn")
+    return messages[:-1], messages[-1]["content"]
+
+
+def parse_entities(completion: str, templates: dict[str, Any]) -> list[tuple[str, str]]:
+    """Read an NER completion back into (type, text) pairs with the templates recorded in metadata.
+
+    The inverse of how Data Prep renders entities (`entity`, `entity_separator`, `no_entities`), so
+    Evaluate can score generated answers entity by entity. Lines that do not fit the template are
+    skipped (a model's malformed output is a wrong answer, not an error).
+    """
+    import re
+
+    entity = templates.get("entity", "{type}: {text}")
+    separator = templates.get("entity_separator", "\n")
+    none = templates.get("no_entities", "none")
+    text = completion.strip()
+    if not text or text == none:
+        return []
+    pattern = re.escape(entity).replace(r"\{type\}", r"(?P<type>.+?)").replace(r"\{text\}", r"(?P<text>.+)")
+    matcher = re.compile(f"^{pattern}$", re.DOTALL)
+    entities = []
+    for part in text.split(separator):
+        match = matcher.match(part.strip())
+        if match:
+            entities.append((match.group("type").strip(), match.group("text").strip()))
+    return entities

@@ -29,8 +29,8 @@ KINDS: dict[str, str] = {
     "length_mismatch": "tokens and tags have different lengths",
     "answer_span_mismatch": "an answer's text is not found in the context at its answer_start",
     "unreadable_file": "a file that cannot be read at all",
-    "empty_input": "a file or input with no rows",
 }
+# An input with no rows at all is not a row problem: Data Prep stops with a UserError naming it.
 
 
 class RowError(Exception):
