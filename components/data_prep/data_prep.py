@@ -45,6 +45,7 @@ class Config:
     validation_data: Path | None = None
     test_data: Path | None = None
     model_path: Path | None = None
+    templates_file: Path | None = None
     keys: dict[str, str | None] = field(default_factory=dict)
     label_names: list[str] | None = None
     source_lang: str | None = None
@@ -57,7 +58,7 @@ class Config:
 
 def build_parser() -> StrictParser:
     parser = StrictParser(description="Check a dataset and write train/validation/test splits.")
-    for name in ("train_data", "train_folder", "validation_data", "test_data", "model_path"):
+    for name in ("train_data", "train_folder", "validation_data", "test_data", "model_path", "templates_file"):
         parser.add_argument(f"--{name}", type=Path, default=None)
     parser.add_argument("--task", choices=TASKS, required=True)
     parser.add_argument("--on_invalid", choices=("fail", "skip"), required=True)
@@ -104,14 +105,47 @@ def _parse_label_names(value: str | None, problems: list[str]) -> list[str] | No
     return names
 
 
+def _templates_file(path: Path, task: str, defaults: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """Template overrides from a YAML file: the task's keys at the top level or under the task's name."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        problems.append(f"templates_file {path}: cannot read it as YAML ({err})")
+        return {}
+    if isinstance(loaded, dict) and isinstance(loaded.get(task), dict):
+        loaded = loaded[task]
+    if not isinstance(loaded, dict):
+        problems.append(f"templates_file {path}: expected a mapping of template names to strings")
+        return {}
+    allowed = set(defaults) | {"system"}
+    unknown = sorted(set(loaded) - allowed)
+    if unknown:
+        problems.append(f"templates_file {path}: unknown template(s) {', '.join(unknown)} for task {task}; "
+                        f"known: {', '.join(sorted(allowed))}")
+    bad = sorted(k for k, v in loaded.items() if k in allowed and v is not None and not isinstance(v, str))
+    if bad:
+        problems.append(f"templates_file {path}: {', '.join(bad)} must be strings")
+    return {k: v for k, v in loaded.items() if k in allowed and k not in bad}
+
+
 def _task_templates(task: str, system_prompt: str | None, prompt_template: str | None,
-                    completion_template: str | None, problems: list[str]) -> dict[str, Any]:
+                    completion_template: str | None, problems: list[str],
+                    templates_file: Path | None = None) -> dict[str, Any]:
     import yaml
 
     from maap_finetune.data.tasks import TEMPLATE_FIELDS, template_placeholders
 
     defaults = yaml.safe_load(TEMPLATES_FILE.read_text(encoding="utf-8")) or {}
     templates = dict(defaults.get(task) or {})
+    if templates_file is not None and templates_file.is_file():
+        if task == "text":
+            problems.append("templates_file does not apply to task text (raw text has no templates); remove it")
+        else:
+            templates.update(_templates_file(templates_file, task, templates, problems))
+            if task == "chat":
+                system_prompt = system_prompt if system_prompt is not None else templates.get("system")
     if task in ("chat", "text"):
         if prompt_template is not None or completion_template is not None:
             problems.append(f"prompt_template and completion_template do not apply to task {task} "
@@ -155,10 +189,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     problems: list[str] = []
     if (args.train_data is None) == (args.train_folder is None):
         problems.append("give exactly one of train_data (a file) or train_folder (a folder of shards)")
-    for name in ("train_data", "train_folder", "validation_data", "test_data", "model_path"):
+    for name in ("train_data", "train_folder", "validation_data", "test_data", "model_path", "templates_file"):
         path = getattr(args, name)
         if path is not None and not path.exists():
             problems.append(f"{name} {path}: no such file or folder")
+    if args.templates_file is not None and args.templates_file.exists() and not args.templates_file.is_file():
+        problems.append(f"templates_file {args.templates_file} must be a file")
     if args.model_path is not None and args.model_path.exists() and not args.model_path.is_dir():
         problems.append(f"model_path {args.model_path} must be a folder")
     explicit = {"validation": args.validation_data is not None, "test": args.test_data is not None}
@@ -191,7 +227,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
             if getattr(args, name) is not None:
                 problems.append(f"{name} is for task translation, not {args.task}; remove it")
     templates = _task_templates(args.task, _unescape(args.system_prompt), _unescape(args.prompt_template),
-                                _unescape(args.completion_template), problems)
+                                _unescape(args.completion_template), problems, args.templates_file)
     if problems:
         raise ConfigErrors(problems, header="invalid Data Prep inputs")
     return Config(
@@ -199,7 +235,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         test_ratio=args.test_ratio, seed=args.seed, max_seq_length=args.max_seq_length,
         prepared_data=args.prepared_data, data_report=args.data_report, train_data=args.train_data,
         train_folder=args.train_folder, validation_data=args.validation_data, test_data=args.test_data,
-        model_path=args.model_path, keys=keys, label_names=label_names, source_lang=args.source_lang,
+        model_path=args.model_path, templates_file=args.templates_file, keys=keys, label_names=label_names, source_lang=args.source_lang,
         target_lang=args.target_lang, system_prompt=_unescape(args.system_prompt),
         prompt_template=_unescape(args.prompt_template), completion_template=_unescape(args.completion_template),
         templates=templates,
@@ -237,7 +273,7 @@ def run(config: Config) -> dict[str, Any]:
     tokenizer = load_tokenizer(config.model_path) if config.model_path is not None else None
     adapter = TaskAdapter(config.task, config.keys, config.templates, label_names=config.label_names,
                           source_lang=config.source_lang, target_lang=config.target_lang,
-                          system_prompt=config.system_prompt if config.task == "chat" else None)
+                          system_prompt=config.templates.get("system") if config.task == "chat" else None)
     with tracking.step_run():
         tracking.log_params({"task": config.task, "on_invalid": config.on_invalid,
                              "validation_ratio": config.validation_ratio, "test_ratio": config.test_ratio,

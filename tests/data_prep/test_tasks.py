@@ -220,3 +220,37 @@ def test_ner_completions_parse_back_into_entities(prep, all_rows_train):
     custom = {"entity": "{text} ({type})", "entity_separator": "; ", "no_entities": "-"}
     assert parse_entities("Tom (PER); Oslo (LOC)", custom) == [("PER", "Tom"), ("LOC", "Oslo")]
     assert parse_entities("-", custom) == []
+
+
+def test_templates_file_overrides_and_inputs_override_it(prep, tmp_path, all_rows_train):
+    templates = tmp_path / "templates.yaml"
+    templates.write_text(
+        "classification:\n"
+        "  system: \"You're a support triage bot; it's $5 'quoted'.\"\n"
+        "  prompt: \"Which of {labels} fits?\\n{text}\"\n"
+        "  completion: \"Label: {label}\"\n", encoding="utf-8")
+    prep(SAMPLES / "classification.csv", task="classification", templates_file=templates,
+         completion_template="{label}", **all_rows_train)
+    system, user, assistant = prep.rows()[0]["messages"]
+    assert system == {"role": "system", "content": "You're a support triage bot; it's $5 'quoted'."}
+    assert user["content"].startswith("Which of billing, repair, sales fits?\n")
+    assert assistant["content"] in ("billing", "repair", "sales")  # the input beats the file
+    assert prep.metadata()["templates"]["prompt"] == "Which of {labels} fits?\n{text}"
+
+
+def test_templates_file_for_chat_sets_the_system_prompt(prep, tmp_path, all_rows_train):
+    templates = tmp_path / "t.yaml"
+    templates.write_text("system: \"Don't guess.\"\n", encoding="utf-8")
+    prep(write_jsonl(tmp_path / "c.jsonl", [{"messages": [{"role": "user", "content": "Hi"},
+                                                         {"role": "assistant", "content": "Yo"}]}]),
+         templates_file=templates, **all_rows_train)
+    assert prep.rows()[0]["messages"][0] == {"role": "system", "content": "Don't guess."}
+
+
+def test_templates_file_with_unknown_keys_is_a_config_error(prep, tmp_path):
+    from maap_finetune.common.errors import UserError
+
+    templates = tmp_path / "t.yaml"
+    templates.write_text("promt: \"{text}\"\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"unknown template\(s\) promt for task classification"):
+        prep(SAMPLES / "classification.csv", task="classification", templates_file=templates)
