@@ -68,7 +68,7 @@ class MlflowMetricsCallback(TrainerCallback):
                           ("eval_loss", "eval_loss")):
             if key in logs:
                 metrics[name] = logs[key]
-        if self._start is not None:
+        if self._start is not None and "loss" in logs:  # training logs only (eval batches are counted too)
             elapsed = time.perf_counter() - self._start
             if elapsed > 0:
                 # Each rank counts its own batches; ranks see equally many batches.
