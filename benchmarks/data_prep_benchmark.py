@@ -5,7 +5,9 @@ so peak RSS is that run's alone:
   1. baseline: read every line and json-parse it (the floor any validator pays);
   2. data prep: the Data Prep entry script (validation + normalization + split + report, MLflow on SQLite);
   3. data prep with token statistics: the same with the tiny Phi-3 tokenizer (model_path).
-Prints rows/s, peak RSS and the ratio of data prep to the baseline, measured side by side in one run.
+  4. orjson versus the standard json module inside Data Prep's two passes (in one process, alternating),
+     on the first --compare_rows rows: the case for the orjson dependency.
+Prints rows/s, peak RSS and the ratios, measured side by side in one run.
 
     python benchmarks/data_prep_benchmark.py                 # 1M rows, all three runs
     python benchmarks/data_prep_benchmark.py --rows 200000 --token_rows 100000
@@ -82,14 +84,38 @@ def run_measured(code: str, args: list[str], env: dict) -> dict:
     result = json.loads(stdout.decode().strip().splitlines()[-1])
     result["wall_seconds"] = round(time.perf_counter() - start, 2)
     result["peak_rss_mib"] = round(usage.ru_maxrss / 1024, 1)  # Linux reports KiB
-    result["rows_per_second"] = round(result["rows"] / result["seconds"])
+    if result.get("seconds"):
+        result["rows_per_second"] = round(result["rows"] / result["seconds"])
     return result
+
+
+COMPARE = """
+import json, sys, time
+from pathlib import Path
+import orjson
+from maap_finetune.data import prepare as P, readers as R, tasks as T
+encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+backends = {"orjson": (orjson.loads, orjson.dumps), "json": (json.loads, lambda o: encoder.encode(o).encode())}
+source, rows, out = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+best = {}
+for name in ["orjson", "json", "orjson", "json"]:
+    P.loads = R.loads = T.loads = backends[name][0]
+    P.dumps = backends[name][1]
+    adapter = T.TaskAdapter("chat", {}, {})
+    t = time.perf_counter()
+    P.prepare([P.InputSpec("train_data", source, "train")], adapter, out, validation_ratio=0.1, test_ratio=0.1,
+              seed=1, on_invalid="fail")
+    best[name] = max(best.get(name, 0), rows / (time.perf_counter() - t))
+print(json.dumps({"rows": rows, "orjson_rows_per_s": round(best["orjson"]),
+                  "json_rows_per_s": round(best["json"]), "ratio": round(best["orjson"] / best["json"], 2)}))
+"""
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--token_rows", type=int, default=1_000_000, help="rows for the token-statistics run (0: skip)")
+    parser.add_argument("--compare_rows", type=int, default=100_000, help="rows for orjson vs json (0: skip)")
     args = parser.parse_args(argv)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "true", "PYTHONPATH": str(REPO)}
     results: dict = {"cpus": os.cpu_count(), "rows": args.rows}
@@ -123,6 +149,13 @@ def main(argv: list[str] | None = None) -> dict:
                 generate(token_data, args.token_rows)
             results["data_prep_with_token_stats"] = run_measured(
                 DATA_PREP, [str(REPO), json.dumps(prep_argv(token_data, "tokens", model_path=model))], env)
+        if args.compare_rows:
+            sample = tmp_path / "compare.jsonl"
+            with open(data, "rb") as src, open(sample, "wb") as dst:
+                for _, line in zip(range(args.compare_rows), src):
+                    dst.write(line)
+            results["json_backends"] = run_measured(COMPARE, [str(sample), str(args.compare_rows),
+                                                              str(tmp_path / "compare_out")], env)
     print(json.dumps(results, indent=2))
     plain = results["data_prep"]
     print(f"\ndata prep: {plain['rows_per_second']} rows/s (goal >= 20000), peak RSS {plain['peak_rss_mib']} MiB "
@@ -132,6 +165,10 @@ def main(argv: list[str] | None = None) -> dict:
         tok = results["data_prep_with_token_stats"]
         print(f"with token statistics: {tok['rows_per_second']} rows/s, peak RSS {tok['peak_rss_mib']} MiB "
               f"at {args.token_rows} rows")
+    if "json_backends" in results:
+        cmp = results["json_backends"]
+        print(f"orjson {cmp['orjson_rows_per_s']} rows/s vs json {cmp['json_rows_per_s']} rows/s inside Data Prep's "
+              f"passes: {cmp['ratio']}x")
     return results
 
 
