@@ -146,6 +146,21 @@ def test_peft_and_quantization_configs(tmp_path):
     assert kwargs["dtype"] == torch.bfloat16 and kwargs["device_map"] == {"": 0} and "quantization_config" in kwargs
 
 
+def test_attention_auto(tmp_path):
+    config = make_config(tmp_path)
+    assert config.attn_implementation == "auto"
+    assert builders.resolve_attention(config, CPU) == "sdpa"
+    assert builders.resolve_attention(config, GPU) == "flash_attention_2"
+    assert builders.resolve_attention(config, replace(GPU, flash_attn=False)) == "sdpa"
+    assert builders.resolve_attention(make_config(tmp_path, precision="fp32"), GPU) == "sdpa"
+    assert builders.resolve_attention(make_config(tmp_path, attn_implementation="eager"), GPU) == "eager"
+    assert builders.build_model_kwargs(config, GPU, None)["attn_implementation"] == "flash_attention_2"
+    # Padding-free on a remote-code model is fine where auto resolves to flash attention's varlen kernel.
+    remote = replace(PHI3, native=False)
+    assert problems_of(config, env=GPU, model=remote) == []
+    assert "attend to each other" in "\n".join(problems_of(config, env=replace(GPU, flash_attn=False), model=remote))
+
+
 def test_precision_auto(tmp_path):
     config = make_config(tmp_path)
     assert builders.resolve_precision(config, CPU) == "fp32"

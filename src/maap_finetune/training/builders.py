@@ -24,6 +24,15 @@ def resolve_precision(config: FinetuneConfig, env: Environment) -> str:
     return "fp32"
 
 
+def resolve_attention(config: FinetuneConfig, env: Environment) -> str:
+    """`auto` is flash_attention_2 where it can run (CUDA, flash-attn installed, bf16/fp16), else sdpa."""
+    if config.attn_implementation != "auto":
+        return config.attn_implementation
+    if env.cuda and env.flash_attn and resolve_precision(config, env) in ("bf16", "fp16"):
+        return "flash_attention_2"
+    return "sdpa"
+
+
 def torch_dtype(precision: str):
     import torch
 
@@ -134,7 +143,7 @@ def build_model_kwargs(config: FinetuneConfig, env: Environment, ds_config: dict
     precision = resolve_precision(config, env)
     kwargs: dict[str, Any] = dict(
         dtype=torch_dtype(precision),
-        attn_implementation=config.attn_implementation,
+        attn_implementation=resolve_attention(config, env),
         trust_remote_code=config.trust_remote_code,
     )
     quantization = build_quantization_config(config, ds_config)

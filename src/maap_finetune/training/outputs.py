@@ -28,7 +28,8 @@ def _merge_kwargs(config: FinetuneConfig, env: Environment) -> dict[str, Any]:
 
     kwargs: dict[str, Any] = dict(
         dtype=torch.float32,  # merge and compare in full precision; cast for saving afterwards
-        attn_implementation="sdpa" if config.attn_implementation == "flash_attention_2" else config.attn_implementation,
+        # fp32 merge: flash attention runs in half precision only
+        attn_implementation="eager" if config.attn_implementation == "eager" else "sdpa",
         trust_remote_code=config.trust_remote_code,
     )
     if env.cuda:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from maap_finetune.common.errors import ConfigErrors
-from maap_finetune.training.builders import resolve_precision, zero_stage
+from maap_finetune.training.builders import resolve_attention, resolve_precision, zero_stage
 from maap_finetune.training.config import FinetuneConfig
 from maap_finetune.training.environment import Environment
 
@@ -174,12 +174,13 @@ def preflight(
             add("attn_implementation flash_attention_2 needs a CUDA GPU; use sdpa on CPU")
         if resolve_precision(config, env) == "fp32":
             add("attn_implementation flash_attention_2 runs in bf16/fp16 only; set precision bf16, fp16 or auto")
+    attention = resolve_attention(config, env)
     if config.batching in ("padding_free", "packing"):
         # transformers builds a per-example (block-diagonal) mask from position_ids for sdpa and eager in
         # the models it implements; flash-attention's varlen kernel does the same for any model.
-        if config.attn_implementation != "flash_attention_2" and not model.native:
+        if attention != "flash_attention_2" and not model.native:
             add(
-                f"batching {config.batching} with {config.attn_implementation} attention would let examples attend to "
+                f"batching {config.batching} with {attention} attention would let examples attend to "
                 f"each other in this remote-code {model.model_type} model; use attn_implementation flash_attention_2 "
                 "or batching group_by_length"
             )

@@ -144,6 +144,7 @@ def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared)
             **config.as_params(),
             "base_model": source.display_name,
             "resolved_precision": builders.resolve_precision(config, env),
+            "resolved_attn_implementation": builders.resolve_attention(config, env),
             "world_size": world,
             "deepspeed_zero_stage": builders.zero_stage(ds_config),
             "train_examples": len(train_examples),
