@@ -90,7 +90,11 @@ def test_classification_label_set_and_prompt(prep):
         user, assistant = row["messages"]
         assert "billing, repair, sales" in user["content"]
         assert assistant["content"] in data.label_set
-    assert prep.report["label_counts"] == {"billing": 12, "repair": 12, "sales": 12}
+    counts = prep.report["label_counts"]
+    assert {label: sum(counts[s][label] for s in counts) for label in data.label_set} == \
+        {"billing": 12, "repair": 12, "sales": 12}
+    assert {s: sum(c.values()) for s, c in counts.items()} == data.split_rows
+    assert "| billing | " in (prep.report_dir / "data_report.md").read_text()
 
 
 def test_classification_integer_ids_with_label_names(prep, tmp_path, all_rows_train):

@@ -55,6 +55,7 @@ class SplitStats:
     chars: array = field(default_factory=lambda: array("I"))
     tokens: array = field(default_factory=lambda: array("I"))
     prompt_hashes: array = field(default_factory=lambda: array("q"))
+    label_counts: dict[str, int] = field(default_factory=dict)  # classification labels / NER tags written
 
 
 @dataclass
@@ -68,7 +69,7 @@ class PrepareResult:
     split_stats: dict[str, SplitStats]
     prompt_overlap: dict[str, int]
     label_set: list[str] | None
-    label_counts: dict[str, int] | None
+    label_counts: dict[str, dict[str, int]] | None  # per split: rows per label, or tag occurrences (ner)
     layout: str | None
     columns: dict[str, str]
     ignored_columns: dict[str, int]
@@ -236,6 +237,7 @@ def emit(pool_paths: dict[str, Path], counts: dict[str, int], adapter: TaskAdapt
     train_prompts: set[int] = set()
     task = adapter.task
     is_text = task == "text"
+    count_labels = task in ("classification", "ner")
 
     def flush(name: str) -> None:
         if pending[name]:
@@ -255,6 +257,10 @@ def emit(pool_paths: dict[str, Path], counts: dict[str, int], adapter: TaskAdapt
                     writers[name].write(line if out is record else dumps(out) + b"\n")
                     split = stats[name]
                     split.rows += 1
+                    if count_labels:
+                        counts = split.label_counts
+                        for label in ([record["label"]] if task == "classification" else record["tags"]):
+                            counts[label] = counts.get(label, 0) + 1
                     if is_text:
                         split.chars.append(len(out["text"]))
                     else:
@@ -321,7 +327,8 @@ def prepare(inputs: list[InputSpec], adapter: TaskAdapter, out_dir: Path, *, val
         split_stats=stats,
         prompt_overlap=overlap,
         label_set=label_set,
-        label_counts=dict(adapter.labels_seen) if label_set is not None else None,
+        label_counts={name: {label: stats[name].label_counts.get(label, 0) for label in label_set}
+                      for name in SPLIT_NAMES} if label_set is not None else None,
         layout=adapter.schema.name if adapter.schema else None,
         columns=dict(adapter.columns),
         ignored_columns=dict(adapter.ignored_columns),

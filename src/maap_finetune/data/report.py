@@ -120,9 +120,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                      + ", ".join(f"{k} {v}" for k, v in report["prompt_overlap_with_train"].items()))
     lines.append("")
     if report["label_set"] is not None:
-        lines += ["## Label set", "", "| label | rows |", "|---|---:|"]
+        unit = "rows" if report["task"] == "classification" else "tag occurrences"
+        lines += [f"## Label set ({unit} per split)", "", "| label | train | validation | test |", "|---|---:|---:|---:|"]
         counts = report["label_counts"] or {}
-        lines += [f"| {label} | {counts.get(label, 0)} |" for label in report["label_set"]]
+        lines += [f"| {label} | " + " | ".join(str(counts.get(s, {}).get(label, 0)) for s in SPLIT_NAMES) + " |"
+                  for label in report["label_set"]]
         lines.append("")
     lengths = report["lengths"]
     unit = lengths["unit"]
