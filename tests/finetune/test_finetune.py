@@ -102,7 +102,9 @@ def test_other_methods_train(method, tmp_path, tiny_model_dir, prepared_chat, ml
     summary = finetune.main(
         argv_from_spec(
             "finetune", train_data=prepared_chat, model_path=tiny_model_dir, peft_method=method, max_steps=3,
-            learning_rate=0.005, init_lora_weights=init or "default", **outputs(tmp_path)
+            learning_rate=0.005, init_lora_weights=init or "default", **outputs(tmp_path),
+            # exercise the other switches on the way: checkpointing (full FT), loss on the prompt (DoRA)
+            gradient_checkpointing=method == "none", train_on_prompt=method == "dora",
         )
     )
     assert summary["steps"] == 3
@@ -120,6 +122,15 @@ def test_other_methods_train(method, tmp_path, tiny_model_dir, prepared_chat, ml
         assert config["use_dora"] is True
         assert summary["merge_parity"]["passed"]
         assert summary["trainable_parameters"] < summary["total_parameters"] / 2
+        # train_on_prompt: every token of every training example is a target.
+        from transformers import AutoTokenizer
+
+        from maap_finetune.data.prepared import load_prepared
+        from maap_finetune.training.data import tokenize_rows
+
+        examples, _ = tokenize_rows(AutoTokenizer.from_pretrained(tiny_model_dir),
+                                    load_prepared(prepared_chat).rows("train"), 2048, True, "train")
+        assert summary["train_target_tokens"] == sum(len(e["input_ids"]) for e in examples)
     else:
         assert (tmp_path / "adapter" / "model.safetensors").is_file()
         assert not (tmp_path / "adapter" / "adapter_config.json").exists()

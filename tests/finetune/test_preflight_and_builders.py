@@ -146,6 +146,27 @@ def test_peft_and_quantization_configs(tmp_path):
     assert kwargs["dtype"] == torch.bfloat16 and kwargs["device_map"] == {"": 0} and "quantization_config" in kwargs
 
 
+def test_sft_config_carries_every_training_input(tmp_path):
+    config = make_config(
+        tmp_path, max_steps=7, learning_rate=0.003, lr_scheduler_type="linear", warmup_ratio=0.1, weight_decay=0.01,
+        gradient_accumulation_steps=3, per_device_train_batch_size=5, seed=7, save_steps=11, save_total_limit=3,
+        gradient_checkpointing=True, batching="group_by_length", logging_steps=2,
+    )
+    args = builders.build_sft_config(config, CPU, None)
+    assert (args.max_steps, args.learning_rate, args.lr_scheduler_type.value) == (7, 0.003, "linear")
+    assert (args.warmup_steps, args.weight_decay, args.gradient_accumulation_steps) == (0.1, 0.01, 3)
+    assert (args.per_device_train_batch_size, args.seed, args.data_seed) == (5, 7, 7)
+    assert (args.save_steps, args.save_total_limit, args.output_dir) == (11, 3, str(tmp_path / "c"))
+    assert args.gradient_checkpointing and args.logging_steps == 2 and args.report_to == []
+    assert args.train_sampling_strategy == "group_by_length" and not args.padding_free and not args.packing
+    assert args.max_length == config.max_seq_length and not args.bf16 and not args.fp16
+    free = builders.build_sft_config(make_config(tmp_path), CPU, None)
+    assert free.padding_free and free.max_length is None  # examples arrive truncated by training.data
+    assert free.train_sampling_strategy == "random" and not free.gradient_checkpointing
+    packed = builders.build_sft_config(make_config(tmp_path, batching="packing"), CPU, None)
+    assert packed.packing and packed.packing_strategy == "bfd" and packed.max_length == config.max_seq_length
+
+
 def test_attention_auto(tmp_path):
     config = make_config(tmp_path)
     assert config.attn_implementation == "auto"
