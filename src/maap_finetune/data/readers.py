@@ -14,6 +14,7 @@ import csv
 import gzip
 import io
 import json
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from maap_finetune.data.problems import Problems
 FORMATS = ("jsonl", "json", "csv", "tsv", "parquet")
 _MAX_JSON_ITEM_CHARS = 64 * 1024 * 1024
 _CHUNK_CHARS = 1 << 20
+_NON_SPACE = re.compile(r"[^ \t\n\r]")  # JSON's whitespace
 
 
 @dataclass(frozen=True)
@@ -170,11 +172,11 @@ def _iter_json(data_file: DataFile, problems: Problems) -> Iterator[tuple[int, o
         def next_char() -> str:
             """Skip whitespace; return the next character ('' at the end of the file)."""
             while True:
-                buf, pos = state["buf"], state["pos"]
-                stripped = len(buf) - len(buf[pos:].lstrip())
-                if stripped < len(buf):
-                    advance(stripped)
-                    return buf[stripped]
+                buf = state["buf"]
+                found = _NON_SPACE.search(buf, state["pos"])
+                if found is not None:
+                    advance(found.start())
+                    return buf[found.start()]
                 advance(len(buf))
                 if not fill():
                     return ""
