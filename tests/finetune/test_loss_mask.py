@@ -99,3 +99,15 @@ def test_padding_free_rows_do_not_attend_to_each_other(tiny_model_dir):
         leaky = model(input_ids=flat, use_cache=False).logits[0]
     assert torch.allclose(alone, packed, atol=1e-5)
     assert not torch.allclose(alone[len(a):], leaky[len(a):], atol=1e-3)  # without the boundaries they would mix
+
+
+def test_merge_parity_report_catches_a_wrong_merge():
+    import torch
+
+    from maap_finetune.training.merge import parity_report
+
+    reference = [torch.tensor([[1.0, -4.0, 2.0]]), torch.tensor([[0.5, 3.0, -1.0]])]
+    same = parity_report(reference, [r.clone() for r in reference], tolerance=0.01)
+    assert same["passed"] and same["max_abs_logit_diff"] == 0.0 and same["examples"] == 2
+    off = parity_report(reference, [reference[0], reference[1] + torch.tensor([[0.0, 0.2, 0.0]])], tolerance=0.01)
+    assert not off["passed"] and abs(off["max_relative_logit_diff"] - 0.05) < 1e-6  # 0.2 / max |logit| 4

@@ -26,10 +26,12 @@ def merge_with_parity(
     examples: list[list[int]],
     tolerance: float,
     trained_logits: list | None = None,
+    trained_in_fp32: bool = True,
 ):
     """Return (merged_model, parity). The reference is base + saved adapter, unmerged; when given,
     `trained_logits` (the model in memory at the end of training) are a second reference, which also
-    proves the saved adapter reproduces what was trained.
+    proves the saved adapter reproduces what was trained; it decides pass/fail only when training ran
+    in fp32 (bf16/fp16 logits carry about 1% rounding noise) and is recorded either way.
 
     Unquantized: one base load; reference logits first, then merge in place. Quantized: the reference
     runs on the 4-bit base; the merge uses a second copy, dequantized to bf16 and upcast to fp32."""
@@ -50,7 +52,9 @@ def merge_with_parity(
     if trained_logits is not None:
         versus_trained = parity_report(trained_logits, merged_logits, tolerance)
         parity["max_relative_logit_diff_vs_trained"] = versus_trained["max_relative_logit_diff"]
-        parity["passed"] = parity["passed"] and versus_trained["passed"]
+        parity["vs_trained_checked"] = trained_in_fp32
+        if trained_in_fp32:
+            parity["passed"] = parity["passed"] and versus_trained["passed"]
     return merged, parity
 
 

@@ -59,7 +59,7 @@ def build_merged_model(config: FinetuneConfig, env: Environment, source, result)
     kwargs = builders.build_model_kwargs(config, env, None) if config.is_quantized else _merge_kwargs(config, env)
     merged, parity = merge_with_parity(
         source.model, str(config.adapter), kwargs, config.is_quantized, result.parity_inputs,
-        config.merge_parity_tolerance, result.trained_logits,
+        config.merge_parity_tolerance, result.trained_logits, trained_in_fp32=result.precision == "fp32",
     )
     parity["applicable"] = True
     merged = merged.to(torch.float32 if result.precision == "fp32" else builders.torch_dtype(result.precision))
