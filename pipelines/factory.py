@@ -38,7 +38,12 @@ DISTRIBUTED_STEP = "finetune"  # gets instance_count and process_count_per_insta
 PIPELINE_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "train_data": (("data_prep", "train_data"),),
     "train_folder": (("data_prep", "train_folder"),),
+    "validation_data": (("data_prep", "validation_data"),),
+    "test_data": (("data_prep", "test_data"),),
     "task": (("data_prep", "task"),),
+    "on_invalid": (("data_prep", "on_invalid"),),
+    "validation_ratio": (("data_prep", "validation_ratio"),),
+    "test_ratio": (("data_prep", "test_ratio"),),
     "model_path": (
         ("data_prep", "model_path"),  # counts lengths in the base model's tokens
         ("finetune", "model_path"),
@@ -338,7 +343,12 @@ def build_pipeline(settings: PipelineSettings):
     def finetune_pipeline(
         train_data,
         train_folder,
+        validation_data,
+        test_data,
         task,
+        on_invalid,
+        validation_ratio,
+        test_ratio,
         model_path,
         model_name,
         trust_remote_code,
@@ -360,7 +370,12 @@ def build_pipeline(settings: PipelineSettings):
         data_prep = data_prep_component(
             train_data=train_data,
             train_folder=train_folder,
+            validation_data=validation_data,
+            test_data=test_data,
             task=task,
+            on_invalid=on_invalid,
+            validation_ratio=validation_ratio,
+            test_ratio=test_ratio,
             model_path=model_path,
             max_seq_length=max_seq_length,
         )

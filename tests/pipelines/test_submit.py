@@ -78,7 +78,7 @@ def test_submit_sends_the_pipeline_with_compute_distribution_and_inputs(azure, c
         "--compute", "gpu-cluster", "--cpu-compute", "cpu-cluster",
         "--instance-count", "2", "--process-count-per-instance", "4",
         "--set", PHI3, "--set", "lora_r=8", "--set", "learning_rate=1e-4", "--set", "trust_remote_code=true",
-        "--set", "finetune.peft_method=dora", "--set", "evaluate.max_eval_samples=50",
+        "--set", "finetune.peft_method=dora", "--set", "evaluate.sample_generations=2",
         "--experiment", "my-exp",
     ])
     out = capsys.readouterr().out
@@ -99,7 +99,7 @@ def test_submit_sends_the_pipeline_with_compute_distribution_and_inputs(azure, c
     assert inputs["train_data"].type == "uri_file" and Path(inputs["train_data"].path) == SAMPLE_DATA  # uploaded by the SDK
     rest = job._to_rest_object().properties.jobs
     assert rest["finetune"]["inputs"]["peft_method"]["value"] == "dora"
-    assert rest["evaluate"]["inputs"]["max_eval_samples"]["value"] == "50"
+    assert rest["evaluate"]["inputs"]["sample_generations"]["value"] == "2"
     # The compute was checked before submitting; the studio URL is printed.
     assert [c.args[0] for c in azure.client.compute.get.call_args_list] == ["gpu-cluster", "cpu-cluster"]
     assert "studio_url: https://ml.azure.com/runs/witty_pipeline_42" in out
@@ -228,9 +228,15 @@ def test_bad_values_are_all_reported_at_once(azure, capsys):
     )
 
 
-def test_base_model_is_required_to_submit(azure, capsys):
+def test_submit_without_a_base_model_fine_tunes_phi3_mini(azure, capsys):
     rc = submit.main(["--compute", "gpu-cluster"])
-    assert_one_clear_error(capsys, rc, "set a base model", "--set model_name=")
+    assert rc == 0
+    assert "base model: microsoft/Phi-3-mini-4k-instruct (the default" in capsys.readouterr().out
+    job = submitted_job(azure)
+    assert job.inputs["model_name"].result() == "microsoft/Phi-3-mini-4k-instruct"
+
+
+def test_two_base_models_are_refused(azure, capsys):
     rc = submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--set", "model_path=" + str(SAMPLE_DATA.parent)])
     assert_one_clear_error(capsys, rc, "set one base model, not both")
 
