@@ -54,11 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     clusters.add_argument(
         "--idle-seconds", type=_positive_int, metavar="S", help="seconds an idle node waits before it is released (both clusters)"
     )
-    azure = parser.add_argument_group("workspace")
-    azure.add_argument("--subscription", help="Azure subscription id")
-    azure.add_argument("--resource-group", help="resource group of the workspace")
-    azure.add_argument("--workspace", help="Azure ML workspace name")
-    azure.add_argument("--config", help="path to the workspace config.json (default: search this folder and its parents)")
+    from pipelines.submit import add_workspace_arguments
+
+    add_workspace_arguments(parser.add_argument_group("workspace"))
     return parser
 
 

@@ -55,11 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--registry", help="the model is in this Azure ML registry instead of the workspace")
     parser.add_argument("--request-timeout-ms", type=int, default=90000,
                         help="scoring request timeout in ms (default 90000; generation is slow)")
-    azure = parser.add_argument_group("workspace")
-    azure.add_argument("--subscription", help="Azure subscription id")
-    azure.add_argument("--resource-group", help="resource group of the workspace")
-    azure.add_argument("--workspace", help="Azure ML workspace name")
-    azure.add_argument("--config", help="path to the workspace config.json (default: search this folder and its parents)")
+    from pipelines.submit import add_workspace_arguments
+
+    add_workspace_arguments(parser.add_argument_group("workspace"))
     return parser
 
 

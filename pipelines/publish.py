@@ -67,10 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target = parser.add_argument_group("where to publish (a workspace, or a registry with --registry)")
     target.add_argument("--registry", help="name of an Azure ML registry to publish to instead of a workspace")
-    target.add_argument("--subscription", help="Azure subscription id")
-    target.add_argument("--resource-group", help="resource group of the workspace")
-    target.add_argument("--workspace", help="Azure ML workspace name")
-    target.add_argument("--config", help="path to the workspace config.json (default: search this folder and its parents)")
+    from pipelines.submit import add_workspace_arguments
+
+    add_workspace_arguments(target)
     return parser
 
 

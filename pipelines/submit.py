@@ -59,6 +59,14 @@ EXIT_RUN_FAILED = 1
 # by the job). The local run defaults to the tiny Phi-3 built on this machine instead.
 DEFAULT_AZURE_BASE_MODEL = "microsoft/Phi-3-mini-4k-instruct"
 
+def add_workspace_arguments(group) -> None:
+    """The workspace flags every Azure CLI of this repo takes (submit, deploy, publish, provision)."""
+    group.add_argument("--subscription", help="Azure subscription id")
+    group.add_argument("--resource-group", help="resource group of the workspace")
+    group.add_argument("--workspace", help="Azure ML workspace name")
+    group.add_argument("--config", help="path to the workspace config.json (default: search this folder and its parents)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="submit.py",
@@ -88,11 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inputs.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"experiment name (default {DEFAULT_EXPERIMENT})")
 
-    azure = parser.add_argument_group("workspace")
-    azure.add_argument("--subscription", help="Azure subscription id")
-    azure.add_argument("--resource-group", help="resource group of the workspace")
-    azure.add_argument("--workspace", help="Azure ML workspace name")
-    azure.add_argument("--config", help="path to the workspace config.json (default: search this folder and its parents)")
+    add_workspace_arguments(parser.add_argument_group("workspace"))
     parser.add_argument("--stream", action="store_true", help="wait for the job and stream its logs (with --local: echo step logs)")
 
     local = parser.add_argument_group("local run")
