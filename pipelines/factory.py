@@ -11,7 +11,7 @@ input(s) it feeds, and every value a user gives is converted and checked against
 
 Inputs come in two kinds:
 - pipeline inputs (`PIPELINE_INPUTS`, `PipelineSettings.inputs`): the knobs most runs change;
-- step inputs (`PipelineSettings.step_inputs`, `--set finetune.peft_method=dora` on the CLI): any other
+- step inputs (`PipelineSettings.step_inputs`, `--set finetune.gradient_checkpointing=true` on the CLI): any other
   input of any component, set on that step alone.
 """
 
@@ -52,11 +52,15 @@ PIPELINE_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "model_name": (("finetune", "model_name"), ("evaluate", "model_name"), ("register", "model_name")),
     "trust_remote_code": (("finetune", "trust_remote_code"), ("evaluate", "trust_remote_code")),
+    "peft_method": (("finetune", "peft_method"),),
     "lora_r": (("finetune", "lora_r"),),
     "lora_alpha": (("finetune", "lora_alpha"),),
     "lora_dropout": (("finetune", "lora_dropout"),),
     "epochs": (("finetune", "epochs"),),
     "learning_rate": (("finetune", "learning_rate"),),
+    "per_device_train_batch_size": (("finetune", "per_device_train_batch_size"),),
+    "precision": (("finetune", "precision"),),
+    "deepspeed_stage": (("finetune", "deepspeed_stage"),),
     "max_seq_length": (("data_prep", "max_seq_length"), ("finetune", "max_seq_length"), ("evaluate", "max_seq_length")),
     "max_eval_samples": (("evaluate", "max_eval_samples"),),
     "max_new_tokens": (("evaluate", "max_new_tokens"),),
@@ -78,7 +82,7 @@ class PipelineSettings:
     """Where and how to run: compute per step and fine-tune's distribution; values in `inputs`.
 
     `inputs` holds pipeline inputs by name; `step_inputs` holds any other component input by step,
-    e.g. {"finetune": {"peft_method": "dora"}}. Values may be typed (5, True, Path) or strings as
+    e.g. {"finetune": {"gradient_checkpointing": True}}. Values may be typed (5, True, Path) or strings as
     typed on a command line ("5", "true"); both are converted by the component input's type.
     """
 
@@ -238,7 +242,7 @@ def resolve_inputs(overrides: Mapping[str, Any], require_base_model: bool = True
     for name in unknown:
         problems.append(
             f"unknown pipeline input {name!r}; pipeline inputs: {', '.join(PIPELINE_INPUTS)} "
-            "(set any other component input as <step>.<input>, e.g. finetune.peft_method)"
+            "(set any other component input as <step>.<input>, e.g. finetune.gradient_checkpointing)"
         )
     values = pipeline_input_defaults()
     for name, value in overrides.items():
@@ -352,11 +356,15 @@ def build_pipeline(settings: PipelineSettings):
         model_path,
         model_name,
         trust_remote_code,
+        peft_method,
         lora_r,
         lora_alpha,
         lora_dropout,
         epochs,
         learning_rate,
+        per_device_train_batch_size,
+        precision,
+        deepspeed_stage,
         max_seq_length,
         max_eval_samples,
         max_new_tokens,
@@ -385,11 +393,15 @@ def build_pipeline(settings: PipelineSettings):
             model_path=model_path,
             model_name=model_name,
             trust_remote_code=trust_remote_code,
+            peft_method=peft_method,
             lora_r=lora_r,
             lora_alpha=lora_alpha,
             lora_dropout=lora_dropout,
             epochs=epochs,
             learning_rate=learning_rate,
+            per_device_train_batch_size=per_device_train_batch_size,
+            precision=precision,
+            deepspeed_stage=deepspeed_stage,
             max_seq_length=max_seq_length,
         )
         finetune.resources = {"instance_count": settings.instance_count}

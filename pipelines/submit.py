@@ -3,7 +3,7 @@
     python pipelines/submit.py --compute gpu-cluster --set model_name=microsoft/Phi-3-mini-4k-instruct
     python pipelines/submit.py --compute gpu-cluster --cpu-compute cpu-cluster \\
         --instance-count 2 --process-count-per-instance 4 --set train_data=data/my_chat.jsonl \\
-        --set model_name=microsoft/Phi-3-mini-4k-instruct --set finetune.peft_method=dora --stream
+        --set model_name=microsoft/Phi-3-mini-4k-instruct --set peft_method=dora --set finetune.gradient_checkpointing=true --stream
     python pipelines/submit.py --dry-run --set model_name=...   # print the pipeline YAML, no network
     python pipelines/submit.py --validate                       # every component + the pipeline, offline
     python pipelines/submit.py --local                          # same pipeline here: tiny model, sample data
@@ -14,7 +14,7 @@ AZUREML_ARM_* variables Azure ML sets inside jobs also work), else config.json (
 or --config). Credentials: DefaultAzureCredential (az login, managed identity, AZURE_CLIENT_ID/...).
 
 --set name=value sets a pipeline input (train_data, model_path, model_name, lora_r, ...);
---set step.name=value sets any input of one step (finetune.peft_method=dora). Values are converted
+--set step.name=value sets any input of one step (finetune.gradient_checkpointing=true). Values are converted
 and checked against the component input's type, enum, min and max. Local paths are uploaded by the SDK.
 train_data defaults to the sample data (data/sample/chat.jsonl); --local defaults the base model to a
 tiny Phi-3 built on this machine and applies LOCAL_PROFILE (pipelines/local_runner.py) where --set does not.
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument(
         "--set", action="append", default=[], metavar="NAME=VALUE",
-        help="set a pipeline input (lora_r=8) or a step input (finetune.peft_method=dora); repeatable",
+        help="set a pipeline input (lora_r=8) or a step input (finetune.gradient_checkpointing=true); repeatable",
     )
     inputs.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"experiment name (default {DEFAULT_EXPERIMENT})")
 

@@ -63,8 +63,8 @@ def render_table() -> str:
         )
     lines.append("")
     lines.append(
-        "Any other component input is set on its step alone: `--set finetune.peft_method=dora`, "
-        "`--set data_prep.on_invalid=skip` (see each `components/<step>/README.md`)."
+        "Any other component input is set on its step alone: `--set finetune.gradient_checkpointing=true`, "
+        "`--set data_prep.source_lang=de` (see each `components/<step>/README.md`)."
     )
     return "\n".join(lines)
 

@@ -78,7 +78,7 @@ def test_submit_sends_the_pipeline_with_compute_distribution_and_inputs(azure, c
         "--compute", "gpu-cluster", "--cpu-compute", "cpu-cluster",
         "--instance-count", "2", "--process-count-per-instance", "4",
         "--set", PHI3, "--set", "lora_r=8", "--set", "learning_rate=1e-4", "--set", "trust_remote_code=true",
-        "--set", "finetune.peft_method=dora", "--set", "evaluate.sample_generations=2",
+        "--set", "finetune.batching=packing", "--set", "evaluate.sample_generations=2",
         "--experiment", "my-exp",
     ])
     out = capsys.readouterr().out
@@ -98,7 +98,7 @@ def test_submit_sends_the_pipeline_with_compute_distribution_and_inputs(azure, c
     assert inputs["model_name"] == "microsoft/Phi-3-mini-4k-instruct" and "model_path" not in inputs
     assert inputs["train_data"].type == "uri_file" and Path(inputs["train_data"].path) == SAMPLE_DATA  # uploaded by the SDK
     rest = job._to_rest_object().properties.jobs
-    assert rest["finetune"]["inputs"]["peft_method"]["value"] == "dora"
+    assert rest["finetune"]["inputs"]["batching"]["value"] == "packing"
     assert rest["evaluate"]["inputs"]["sample_generations"]["value"] == "2"
     # The compute was checked before submitting; the studio URL is printed.
     assert [c.args[0] for c in azure.client.compute.get.call_args_list] == ["gpu-cluster", "cpu-cluster"]
@@ -215,16 +215,16 @@ def test_unknown_set_key_fails_before_any_azure_call(azure, capsys):
 def test_bad_values_are_all_reported_at_once(azure, capsys):
     rc = submit.main([
         "--compute", "gpu-cluster", "--set", PHI3, "--set", "lora_r=eight", "--set", "lora_dropout=2",
-        "--set", "finetune.peft_method=magic", "--set", "train_data=/no/such/file.jsonl", "--set", "oops",
+        "--set", "finetune.batching=magic", "--set", "train_data=/no/such/file.jsonl", "--set", "oops",
     ])
     assert_one_clear_error(capsys, rc, "bad --set option", "'oops'")
     rc = submit.main([
         "--compute", "gpu-cluster", "--set", PHI3, "--set", "lora_r=eight", "--set", "lora_dropout=2",
-        "--set", "finetune.peft_method=magic", "--set", "train_data=/no/such/file.jsonl",
+        "--set", "finetune.batching=magic", "--set", "train_data=/no/such/file.jsonl",
     ])
     assert_one_clear_error(
         capsys, rc, "(4 problems)", "lora_r expects an integer, got 'eight'", "lora_dropout must be <= 0.9",
-        "finetune.peft_method must be one of", "local path does not exist: /no/such/file.jsonl",
+        "finetune.batching must be one of", "local path does not exist: /no/such/file.jsonl",
     )
 
 
@@ -379,7 +379,7 @@ def test_local_reports_every_bad_value_before_building_anything(monkeypatch, tmp
     built = []
     monkeypatch.setattr(local_runner, "ensure_tiny_model", lambda *a, **k: built.append(1))
     monkeypatch.setattr(local_runner, "run_pipeline", lambda *a, **k: built.append(2))
-    rc = submit.main(["--local", "--instance-count", "0", "--set", "lora_r=0", "--set", "finetune.peft_method=x", "--set", "epoch=2"])
+    rc = submit.main(["--local", "--instance-count", "0", "--set", "lora_r=0", "--set", "finetune.batching=x", "--set", "epoch=2"])
     assert_one_clear_error(capsys, rc, "(4 problems)", "instance_count must be", "lora_r must be >= 1",
-                           "finetune.peft_method must be one of", "unknown pipeline input 'epoch'")
+                           "finetune.batching must be one of", "unknown pipeline input 'epoch'")
     assert built == []
