@@ -264,24 +264,27 @@ def check_computes(ml_client, settings) -> None:
             )
 
 
+def with_default_base_model(settings, out):
+    """Fill in Phi-3-mini when no base model is set, and say so (dry run and submit alike)."""
+    if not (settings.inputs.get("model_path") or settings.inputs.get("model_name")):
+        settings.inputs["model_name"] = DEFAULT_AZURE_BASE_MODEL
+        print(f"base model: {DEFAULT_AZURE_BASE_MODEL} (the default; --set model_name=... or model_path=... to change)", file=out)
+    return settings
+
+
 def submit(args: argparse.Namespace) -> int:
     from maap_finetune.common.errors import ConfigErrors, UserError
 
     from pipelines.factory import build_pipeline, pipeline_yaml, validate_job
 
     if args.dry_run:
-        settings = settings_from_args(args, require_base_model=False)
+        settings = with_default_base_model(settings_from_args(args), sys.stderr)
         job = build_pipeline(settings)
         print(pipeline_yaml(job), end="")
-        if not (settings.inputs.get("model_path") or settings.inputs.get("model_name")):
-            print("note: no base model set; submitting needs --set model_name=... or --set model_path=...", file=sys.stderr)
         return 0
     if not args.compute:
         raise UserError("--compute is required to submit to Azure ML (or use --local, --dry-run or --validate)")
-    settings = settings_from_args(args)
-    if not (settings.inputs.get("model_path") or settings.inputs.get("model_name")):
-        settings.inputs["model_name"] = DEFAULT_AZURE_BASE_MODEL
-        print(f"base model: {DEFAULT_AZURE_BASE_MODEL} (the default; --set model_name=... or model_path=... to change)")
+    settings = with_default_base_model(settings_from_args(args), sys.stdout)
     job = build_pipeline(settings)  # offline: bad inputs fail here, before any network call
     problems = validate_job(job)
     if problems:
