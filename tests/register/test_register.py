@@ -122,7 +122,10 @@ def test_registered_model_serves_chat_over_http(tmp_path, mlflow_tracking, monke
     end_active_run()
     mlflow_cli = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_tracking}
+    # `mlflow models serve` execs `uvicorn` through bash: the venv's bin must be on PATH even when the
+    # tests run as `.venv/bin/python -m pytest` without an activated venv (as `make test` does).
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_tracking, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("MLFLOW_RUN_ID", None)
     log = open(tmp_path / "serve.log", "wb")
     server = subprocess.Popen(
@@ -153,13 +156,23 @@ def test_registered_model_serves_chat_over_http(tmp_path, mlflow_tracking, monke
         assert completion["object"] == "chat.completion"
         assert completion["choices"][0]["message"]["content"].strip()
     finally:
-        os.killpg(server.pid, 15)
+        _stop_process_group(server)
+        log.close()
+
+
+def _stop_process_group(server: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, SIGKILL it after 15 s; a group already gone is fine."""
+    for signal_number in (15, 9):
+        try:
+            os.killpg(server.pid, signal_number)
+        except ProcessLookupError:
+            break
         try:
             server.wait(timeout=15)
+            break
         except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
-            server.wait(timeout=15)
-        log.close()
+            continue
+    server.wait(timeout=15)
 
 
 def test_registry_name_is_refused_locally(tmp_path, mlflow_tracking, finetuned_mlflow_model, evaluation_passed):
