@@ -19,10 +19,8 @@ def load_spec(step: str) -> dict:
     return yaml.safe_load((COMPONENTS_DIR / step / "spec.yaml").read_text())
 
 
-def load_entry(step: str) -> ModuleType:
-    """Import a component's entry script as a module (nothing runs at import)."""
-    path = COMPONENTS_DIR / step / ENTRY_SCRIPTS[step]
-    name = f"maap_component_{step}"
+def load_script(name: str, path: Path) -> ModuleType:
+    """Import a script that lives outside any package (components, tools, infra) once, by path."""
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
@@ -30,6 +28,28 @@ def load_entry(step: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_entry(step: str) -> ModuleType:
+    """Import a component's entry script as a module (nothing runs at import)."""
+    return load_script(f"maap_component_{step}", COMPONENTS_DIR / step / ENTRY_SCRIPTS[step])
+
+
+def assert_one_error(capsys, rc: int, *fragments: str, code: int = 2, on_error_line: bool = False):
+    """A CLI failed the way users are promised: exit `code`, no traceback, one `error:` line.
+
+    Each fragment must appear on stderr, or on the error line itself with `on_error_line`.
+    Returns the captured output.
+    """
+    captured = capsys.readouterr()
+    assert rc == code
+    assert "Traceback" not in captured.err + captured.out
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, captured.err
+    where = errors[0] if on_error_line else captured.err
+    for fragment in fragments:
+        assert fragment in where, (fragment, where)
+    return captured
 
 
 def argv_from_spec(step: str, **values: Any) -> list[str]:

@@ -11,21 +11,10 @@ from unittest import mock
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO_ROOT, assert_one_error, load_script
 
 
-def _load():
-    name = "maap_infra_provision"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "infra" / "provision.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-provision = _load()
+provision = load_script("maap_infra_provision", REPO_ROOT / "infra" / "provision.py")
 WORKSPACE_FLAGS = ["--subscription", "sub-1", "--resource-group", "rg-1", "--workspace", "ws-1"]
 
 
@@ -70,16 +59,6 @@ def workspace(monkeypatch):
                 "AZUREML_ARM_SUBSCRIPTION", "AZUREML_ARM_RESOURCEGROUP", "AZUREML_ARM_WORKSPACE_NAME"):
         monkeypatch.delenv(var, raising=False)
     return SimpleNamespace(computes=computes, cls=cls)
-
-
-def one_error(capsys, rc, *fragments):
-    captured = capsys.readouterr()
-    assert rc == 2
-    assert "Traceback" not in captured.err
-    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, captured.err
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
 
 
 def test_creates_both_clusters_as_defined_in_the_yaml(workspace, capsys):
@@ -127,7 +106,7 @@ def test_size_change_on_existing_cluster_is_refused_without_changes(workspace, c
     provision.main(WORKSPACE_FLAGS)
     capsys.readouterr()
     rc = provision.main([*WORKSPACE_FLAGS, "--gpu-size", "Standard_NC40ads_H100_v5", "--gpu-max-instances", "8"])
-    one_error(capsys, rc, "'gpu-cluster'", "size is standard_nc24ads_a100_v4, wanted standard_nc40ads_h100_v5", "az ml compute delete")
+    assert_one_error(capsys, rc, "'gpu-cluster'", "size is standard_nc24ads_a100_v4, wanted standard_nc40ads_h100_v5", "az ml compute delete", on_error_line=True)
     assert workspace.computes.store["gpu-cluster"].max_instances == 2
     assert workspace.computes.updates == 0
 
@@ -137,7 +116,7 @@ def test_name_taken_by_a_compute_instance_is_refused(workspace, capsys):
 
     workspace.computes.store["gpu-cluster"] = ComputeInstance(name="gpu-cluster", size="Standard_DS3_v2")
     rc = provision.main([*WORKSPACE_FLAGS, "--only", "gpu"])
-    one_error(capsys, rc, "'gpu-cluster' already exists", "computeinstance", "--gpu-name")
+    assert_one_error(capsys, rc, "'gpu-cluster' already exists", "computeinstance", "--gpu-name", on_error_line=True)
 
 
 def test_dry_run_changes_nothing(workspace, capsys):
@@ -155,7 +134,7 @@ def test_authentication_failure_is_one_clear_message(workspace, capsys):
 
     workspace.computes.get = refuse
     rc = provision.main(WORKSPACE_FLAGS)
-    one_error(capsys, rc, "could not authenticate to Azure", "az login", "gpu-cluster")
+    assert_one_error(capsys, rc, "could not authenticate to Azure", "az login", "gpu-cluster", on_error_line=True)
 
 
 def test_no_workspace_configured_is_one_clear_message(workspace, capsys, tmp_path):
@@ -165,7 +144,7 @@ def test_no_workspace_configured_is_one_clear_message(workspace, capsys, tmp_pat
         message="No config.json", no_personal_data_message="No config.json"
     )
     rc = provision.main(["--config", str(tmp_path / "config.json")])
-    one_error(capsys, rc, "no Azure ML workspace configured", "config.json")
+    assert_one_error(capsys, rc, "no Azure ML workspace configured", "config.json", on_error_line=True)
 
 
 def test_bad_flag_value_is_rejected_by_the_parser(capsys):

@@ -9,20 +9,10 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO_ROOT, load_script
 
 
-def _load(name: str, path: Path):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-scan = _load("maap_infra_scan", REPO_ROOT / "infra" / "scan.py")
+scan = load_script("maap_infra_scan", REPO_ROOT / "infra" / "scan.py")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import yaml
 
 from pipelines import submit
 from pipelines.factory import SAMPLE_DATA
+from tests.helpers import assert_one_error
 
 PHI3 = "model_name=microsoft/Phi-3-mini-4k-instruct"
 
@@ -60,17 +61,6 @@ def azure(monkeypatch):
 def submitted_job(azure):
     assert azure.client.jobs.create_or_update.call_count == 1
     return azure.client.jobs.create_or_update.call_args.args[0]
-
-
-def assert_one_clear_error(capsys, rc, *fragments, code=2):
-    captured = capsys.readouterr()
-    assert rc == code
-    assert "Traceback" not in captured.err + captured.out
-    error_lines = [line for line in captured.err.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1, captured.err
-    for fragment in fragments:
-        assert fragment in captured.err, captured.err
-    return captured
 
 
 def test_submit_sends_the_pipeline_with_compute_distribution_and_inputs(azure, capsys):
@@ -123,7 +113,7 @@ def test_stream_reports_a_failed_job(azure, capsys):
         target=ErrorTarget.JOB, error_category=ErrorCategory.USER_ERROR,
     )
     rc = submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--stream"])
-    assert_one_clear_error(capsys, rc, "witty_pipeline_42 did not complete", code=1)
+    assert_one_error(capsys, rc, "witty_pipeline_42 did not complete", code=1)
 
 
 def test_workspace_from_flags_or_environment(azure, monkeypatch, capsys):
@@ -143,7 +133,7 @@ def test_workspace_from_flags_or_environment(azure, monkeypatch, capsys):
 
 def test_incomplete_workspace_is_one_clear_error(azure, capsys):
     rc = submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--subscription", "sub"])
-    assert_one_clear_error(capsys, rc, "missing --resource-group, --workspace", "AZURE_RESOURCE_GROUP")
+    assert_one_error(capsys, rc, "missing --resource-group, --workspace", "AZURE_RESOURCE_GROUP")
 
 
 def test_missing_config_json(monkeypatch, tmp_path, capsys):
@@ -154,7 +144,7 @@ def test_missing_config_json(monkeypatch, tmp_path, capsys):
             monkeypatch.delenv(variable, raising=False)
     monkeypatch.chdir(tmp_path)
     rc = submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--config", str(tmp_path / "config.json")])
-    assert_one_clear_error(capsys, rc, "no Azure ML workspace configured", "config.json", "--subscription")
+    assert_one_error(capsys, rc, "no Azure ML workspace configured", "config.json", "--subscription")
 
 
 def test_failed_credentials(azure, capsys, caplog):
@@ -174,14 +164,14 @@ def test_failed_credentials(azure, capsys, caplog):
     logging.getLogger("azure.identity").setLevel(logging.NOTSET)
     rc = submit.main(["--compute", "gpu-cluster", "--set", PHI3])
     assert "essay" not in caplog.text
-    captured = assert_one_clear_error(capsys, rc, "could not authenticate to Azure", "az login", "DefaultAzureCredential failed")
+    captured = assert_one_error(capsys, rc, "could not authenticate to Azure", "az login", "DefaultAzureCredential failed")
     assert "Attempted credentials" not in captured.err  # one line of the SDK's message, not its essay
     azure.client.jobs.create_or_update.assert_not_called()
 
 
 def test_unknown_compute_lists_the_available_ones(azure, capsys):
     rc = submit.main(["--compute", "gpu-clustr", "--set", PHI3])
-    assert_one_clear_error(
+    assert_one_error(
         capsys, rc, "--compute 'gpu-clustr': no such compute",
         "cpu-cluster (amlcompute)", "gpu-cluster (amlcompute)", "my-ci (computeinstance)",
     )
@@ -190,7 +180,7 @@ def test_unknown_compute_lists_the_available_ones(azure, capsys):
 
 def test_compute_that_is_not_a_cluster(azure, capsys):
     rc = submit.main(["--compute", "gpu-cluster", "--cpu-compute", "my-ci", "--set", PHI3])
-    captured = assert_one_clear_error(
+    captured = assert_one_error(
         capsys, rc, "--cpu-compute 'my-ci' is a computeinstance, not a compute cluster (AmlCompute)",
         "available compute clusters: cpu-cluster (amlcompute), gpu-cluster (amlcompute)",
     )
@@ -200,12 +190,12 @@ def test_compute_that_is_not_a_cluster(azure, capsys):
 
 def test_more_nodes_than_the_cluster_has(azure, capsys):
     rc = submit.main(["--compute", "gpu-cluster", "--instance-count", "8", "--set", PHI3])
-    assert_one_clear_error(capsys, rc, "--instance-count 8 exceeds 'gpu-cluster''s max_instances (4)")
+    assert_one_error(capsys, rc, "--instance-count 8 exceeds 'gpu-cluster''s max_instances (4)")
 
 
 def test_unknown_set_key_fails_before_any_azure_call(azure, capsys):
     rc = submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--set", "lora_rank=8", "--set", "finetune.lr=1"])
-    captured = assert_one_clear_error(capsys, rc, "unknown pipeline input 'lora_rank'", "lora_r", "unknown input 'finetune.lr'")
+    captured = assert_one_error(capsys, rc, "unknown pipeline input 'lora_rank'", "lora_r", "unknown input 'finetune.lr'")
     assert "learning_rate" in captured.err  # the known inputs are listed
     azure.credential.assert_not_called()
     azure.cls.assert_not_called()
@@ -217,12 +207,12 @@ def test_bad_values_are_all_reported_at_once(azure, capsys):
         "--compute", "gpu-cluster", "--set", PHI3, "--set", "lora_r=eight", "--set", "lora_dropout=2",
         "--set", "finetune.batching=magic", "--set", "train_data=/no/such/file.jsonl", "--set", "oops",
     ])
-    assert_one_clear_error(capsys, rc, "bad --set option", "'oops'")
+    assert_one_error(capsys, rc, "bad --set option", "'oops'")
     rc = submit.main([
         "--compute", "gpu-cluster", "--set", PHI3, "--set", "lora_r=eight", "--set", "lora_dropout=2",
         "--set", "finetune.batching=magic", "--set", "train_data=/no/such/file.jsonl",
     ])
-    assert_one_clear_error(
+    assert_one_error(
         capsys, rc, "(4 problems)", "lora_r expects an integer, got 'eight'", "lora_dropout must be <= 0.9",
         "finetune.batching must be one of", "local path does not exist: /no/such/file.jsonl",
     )
@@ -238,12 +228,12 @@ def test_submit_without_a_base_model_fine_tunes_phi3_mini(azure, capsys):
 
 def test_two_base_models_are_refused(azure, capsys):
     rc = submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--set", "model_path=" + str(SAMPLE_DATA.parent)])
-    assert_one_clear_error(capsys, rc, "set one base model, not both")
+    assert_one_error(capsys, rc, "set one base model, not both")
 
 
 def test_compute_is_required_to_submit(azure, capsys):
     rc = submit.main(["--set", PHI3])
-    assert_one_clear_error(capsys, rc, "--compute is required")
+    assert_one_error(capsys, rc, "--compute is required")
     azure.cls.assert_not_called()
 
 
@@ -368,7 +358,7 @@ def test_local_step_failure_exits_1_with_the_step_and_log_tail(monkeypatch, tmp_
 
     monkeypatch.setattr(local_runner, "run_pipeline", failing_run)
     rc = submit.main(["--local"])
-    captured = assert_one_clear_error(capsys, rc, "step 'finetune' failed with exit code 7", "ValueError: boom", code=1)
+    captured = assert_one_error(capsys, rc, "step 'finetune' failed with exit code 7", "ValueError: boom", code=1)
     assert str(tmp_path / "std_log.txt") in captured.err
 
 
@@ -380,6 +370,6 @@ def test_local_reports_every_bad_value_before_building_anything(monkeypatch, tmp
     monkeypatch.setattr(local_runner, "ensure_tiny_model", lambda *a, **k: built.append(1))
     monkeypatch.setattr(local_runner, "run_pipeline", lambda *a, **k: built.append(2))
     rc = submit.main(["--local", "--instance-count", "0", "--set", "lora_r=0", "--set", "finetune.batching=x", "--set", "epoch=2"])
-    assert_one_clear_error(capsys, rc, "(4 problems)", "instance_count must be", "lora_r must be >= 1",
+    assert_one_error(capsys, rc, "(4 problems)", "instance_count must be", "lora_r must be >= 1",
                            "finetune.batching must be one of", "unknown pipeline input 'epoch'")
     assert built == []

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from pipelines import publish
+from tests.helpers import assert_one_error
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKSPACE = ["--subscription", "sub-1", "--resource-group", "rg-1", "--workspace", "ws-1"]
@@ -55,17 +56,6 @@ def azure(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(REPO_ROOT / "tests")  # no config.json here or above
     return SimpleNamespace(client=client, cls=cls, environments=client.environments, components=client.components)
-
-
-def one_error(capsys, rc, *fragments):
-    captured = capsys.readouterr()
-    assert rc == 2
-    assert "Traceback" not in captured.err
-    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, captured.err
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
-    return errors[0]
 
 
 def spec(step: str) -> dict:
@@ -136,8 +126,8 @@ def test_changed_content_under_a_published_version_is_refused_before_anything_is
     new_env = ("maap-finetune-train-gpu", "9.9.9")
     before = len(azure.components.created)
     rc = publish.main([*WORKSPACE, "--pipeline-version", "9.9.9"])
-    error = one_error(capsys, rc, "refusing to overwrite", f"component {key[0]}:{key[1]}", "different content", "Bump the version")
-    assert "nothing was created" in error
+    assert_one_error(capsys, rc, "refusing to overwrite", f"component {key[0]}:{key[1]}", "different content",
+                     "Bump the version", "nothing was created", on_error_line=True)
     assert len(azure.components.created) == before  # not even the new pipeline version
     assert new_env not in azure.environments.store
 
@@ -146,7 +136,7 @@ def test_version_published_by_someone_else_without_hash_is_refused(azure, capsys
     env = env_spec("cpu")
     azure.environments.store[(env["name"], str(env["version"]))] = SimpleNamespace(name=env["name"], version=env["version"], tags={})
     rc = publish.main(WORKSPACE)
-    one_error(capsys, rc, f"environment {env['name']}:{env['version']}", "without the maap.content_sha256 tag")
+    assert_one_error(capsys, rc, f"environment {env['name']}:{env['version']}", "without the maap.content_sha256 tag", on_error_line=True)
     assert azure.components.created == []
 
 
@@ -214,7 +204,7 @@ def test_authentication_failure_is_one_clear_message(azure, capsys):
 
     azure.environments.get = refuse
     rc = publish.main(WORKSPACE)
-    one_error(capsys, rc, "could not authenticate to Azure", "az login")
+    assert_one_error(capsys, rc, "could not authenticate to Azure", "az login", on_error_line=True)
 
 
 def test_no_workspace_is_one_clear_message(azure, capsys, tmp_path):
@@ -222,12 +212,12 @@ def test_no_workspace_is_one_clear_message(azure, capsys, tmp_path):
 
     azure.cls.from_config.side_effect = ValidationException(message="No config.json", no_personal_data_message="x")
     rc = publish.main([])
-    one_error(capsys, rc, "no Azure ML workspace configured", "config.json")
+    assert_one_error(capsys, rc, "no Azure ML workspace configured", "config.json", on_error_line=True)
 
 
 def test_registry_and_workspace_together_are_refused(azure, capsys):
     rc = publish.main(["--registry", "r", *WORKSPACE])
-    one_error(capsys, rc, "--registry or --workspace")
+    assert_one_error(capsys, rc, "--registry or --workspace", on_error_line=True)
 
 
 def test_registry_lookup_failure_is_one_clear_message(azure, capsys):
@@ -235,4 +225,4 @@ def test_registry_lookup_failure_is_one_clear_message(azure, capsys):
 
     azure.cls.side_effect = ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token\nmore")
     rc = publish.main(["--registry", "shared-reg", "--dry-run"])
-    one_error(capsys, rc, "could not authenticate to Azure while connecting to registry 'shared-reg'", "az login")
+    assert_one_error(capsys, rc, "could not authenticate to Azure while connecting to registry 'shared-reg'", "az login", on_error_line=True)

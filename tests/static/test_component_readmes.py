@@ -10,21 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO_ROOT, load_script
 
 
-def _load_generator():
-    name = "maap_generate_component_readmes"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tools" / "generate_component_readmes.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _load_generator()
+gen = load_script("maap_generate_component_readmes", REPO_ROOT / "tools" / "generate_component_readmes.py")
 COMPONENTS = [p.name for p in gen.component_dirs()]
 
 
