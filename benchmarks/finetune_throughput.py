@@ -90,24 +90,10 @@ def write_prepared(folder: Path, train: list[dict], held_out: list[dict]) -> Pat
 # the two contenders, each run in its own process
 # ---------------------------------------------------------------------------------------------
 def assistant_eval_loss(model_dir: str, prepared: Path) -> float:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from maap_finetune.data.prepared import load_prepared
-    from maap_finetune.models.source import resolve_model_source
-    from maap_finetune.training.data import tokenize_rows
+    from maap_finetune.training.data import target_token_loss
 
-    source = resolve_model_source(model_dir, None)
-    tokenizer = AutoTokenizer.from_pretrained(source.tokenizer)
-    model = AutoModelForCausalLM.from_pretrained(source.model).eval()
-    examples, _ = tokenize_rows(tokenizer, load_prepared(prepared).rows("validation"), 4096, False, "validation")
-    total = count = 0.0
-    with torch.no_grad():
-        for e in examples:
-            out = model(input_ids=torch.tensor([e["input_ids"]]), labels=torch.tensor([e["labels"]]))
-            n = sum(label != -100 for label in e["labels"][1:])
-            total, count = total + out.loss.item() * n, count + n
-    return total / count
+    return target_token_loss(model_dir, load_prepared(prepared).rows("validation"), 4096, "validation")
 
 
 def run_baseline(model_dir: str, prepared: Path, out: Path) -> dict:

@@ -13,25 +13,10 @@ from tests.helpers import argv_from_spec, load_entry
 
 def _test_loss(model_dir: Path, prepared: Path) -> float:
     """Mean loss on the assistant tokens of the test split (the quality the gate compares)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from maap_finetune.data.prepared import load_prepared
-    from maap_finetune.models.source import resolve_model_source
-    from maap_finetune.training.data import tokenize_rows
+    from maap_finetune.training.data import target_token_loss
 
-    source = resolve_model_source(model_dir, None)
-    tokenizer = AutoTokenizer.from_pretrained(source.tokenizer)
-    model = AutoModelForCausalLM.from_pretrained(source.model).eval()
-    examples, _ = tokenize_rows(tokenizer, load_prepared(prepared).rows("test"), 2048, False, "test")
-    total = count = 0.0
-    with torch.no_grad():
-        for e in examples:
-            out = model(input_ids=torch.tensor([e["input_ids"]]), labels=torch.tensor([e["labels"]]))
-            n = sum(label != -100 for label in e["labels"][1:])
-            total += out.loss.item() * n
-            count += n
-    return total / count
+    return target_token_loss(str(model_dir), load_prepared(prepared).rows("test"), 2048, "test")
 
 
 def test_lora_end_to_end(tmp_path, tiny_model_dir, prepared_chat, mlflow_tracking, monkeypatch):

@@ -167,3 +167,26 @@ def tokenize_rows(
             split, stats.dropped_no_target, shown, " ..." if stats.dropped_no_target > 10 else "",
         )
     return examples, stats
+
+
+def target_token_loss(model_dir: str, rows: Iterable[dict[str, Any]], max_seq_length: int, split: str) -> float:
+    """Mean loss over the learnable (assistant/completion) tokens of `rows`, tokenized as training does.
+
+    The yardstick the fine-tune tests and `benchmarks/finetune_throughput.py` compare models with.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from maap_finetune.models.source import resolve_model_source
+
+    source = resolve_model_source(model_dir, None)
+    tokenizer = AutoTokenizer.from_pretrained(source.tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(source.model).eval()
+    examples, _ = tokenize_rows(tokenizer, rows, max_seq_length, False, split)
+    total = count = 0.0
+    with torch.no_grad():
+        for example in examples:
+            out = model(input_ids=torch.tensor([example["input_ids"]]), labels=torch.tensor([example["labels"]]))
+            n = sum(label != IGNORE_INDEX for label in example["labels"][1:])
+            total, count = total + out.loss.item() * n, count + n
+    return total / count
