@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -128,10 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_RUN_FAILED
 
 
-def settings_from_args(args: argparse.Namespace, *, require_base_model: bool = True):
+def settings_from_args(args: argparse.Namespace, *, require_base_model: bool = True, inputs=None, step_inputs=None):
+    """PipelineSettings from the CLI; `inputs`/`step_inputs` default to those parsed from --set."""
     from pipelines.factory import PipelineSettings, parse_set_options
 
-    inputs, step_inputs = parse_set_options(args.set)
+    if inputs is None:
+        inputs, step_inputs = parse_set_options(args.set)
     return PipelineSettings(
         compute=args.compute,
         cpu_compute=args.cpu_compute,
@@ -322,14 +325,8 @@ def run_local(args: argparse.Namespace) -> int:
     inputs, step_inputs, applied = local_runner.apply_local_profile(inputs, step_inputs)
 
     def settings(require_base_model: bool) -> PipelineSettings:
-        return PipelineSettings(
-            instance_count=args.instance_count,
-            process_count_per_instance=args.process_count_per_instance,
-            experiment_name=args.experiment,
-            inputs=inputs,
-            step_inputs=step_inputs,
-            require_base_model=require_base_model,
-        )
+        from_args = settings_from_args(args, require_base_model=require_base_model, inputs=inputs, step_inputs=step_inputs)
+        return dataclasses.replace(from_args, compute=None, cpu_compute=None)  # no clusters on this machine
 
     build_pipeline(settings(require_base_model=False))  # every problem in the user's values, before the tiny model
     if args.compute or args.cpu_compute:

@@ -25,10 +25,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_phi3(tmp_path_factory.mktemp("tiny-phi3"), seed=0)
 
 
-@pytest.fixture
-def mlflow_tracking(tmp_path, monkeypatch) -> str:
-    """Point MLflow at a fresh SQLite store under tmp_path, as the local runner does."""
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+def track_to(uri: str, monkeypatch):
+    """Point MLflow at `uri` as the local runner does (no step run yet); end any run left open after."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     import mlflow
@@ -37,6 +35,12 @@ def mlflow_tracking(tmp_path, monkeypatch) -> str:
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+@pytest.fixture
+def mlflow_tracking(tmp_path, monkeypatch) -> str:
+    """A fresh SQLite store under tmp_path."""
+    yield from track_to(f"sqlite:///{tmp_path / 'mlruns.db'}", monkeypatch)
 
 
 @pytest.fixture

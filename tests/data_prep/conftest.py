@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import track_to
 from tests.helpers import argv_from_spec, load_entry
 
 
@@ -19,14 +20,7 @@ def _session_tracking(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def data_prep_tracking(_session_tracking, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", _session_tracking)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    import mlflow
-
-    mlflow.set_tracking_uri(_session_tracking)
-    yield _session_tracking
-    while mlflow.active_run():
-        mlflow.end_run()
+    yield from track_to(_session_tracking, monkeypatch)
 
 
 def write_jsonl(path: Path, rows, raw: bool = False) -> Path:
