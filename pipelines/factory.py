@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maap_finetune.common.secrets import HF_TOKEN_SECRET_ENV
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS_DIR = REPO_ROOT / "components"
 SAMPLE_DATA = REPO_ROOT / "data" / "sample" / "chat.jsonl"
@@ -32,6 +34,7 @@ STEP_NAMES = ("data_prep", "finetune", "evaluate", "register")
 GPU_STEPS = ("finetune", "evaluate")  # run on `compute`
 CPU_STEPS = ("data_prep", "register")  # run on `cpu_compute` (defaults to `compute`)
 DISTRIBUTED_STEP = "finetune"  # gets instance_count and process_count_per_instance
+HUB_MODEL_STEPS = ("finetune", "evaluate", "register")  # load the base model (by Hub id, with a token if gated)
 
 # Pipeline input -> the component inputs it feeds (step, input). Its type, bounds and default come
 # from the first; a static test proves every target agrees on type and default.
@@ -95,6 +98,11 @@ class PipelineSettings:
     step_inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     # A submitted or local run needs a base model; a dry run or --validate may leave both unset.
     require_base_model: bool = True
+    # ... and training data (train_data or train_folder): nothing trains on a silent default.
+    require_training_data: bool = True
+    # Name of a Key Vault secret holding a Hugging Face token (gated base models); the steps that load
+    # the base model read it at run time (maap_finetune.common.secrets). Only the name is in the job.
+    hf_token_secret: str | None = None
 
 
 @functools.lru_cache(maxsize=None)
@@ -156,9 +164,11 @@ def convert_value(label: str, spec, value: Any) -> Any:
         return None
     if kind in PATH_TYPES:
         if isinstance(value, Input):
+            check_command_line_safe(label, str(value.path))
             return value
         if not isinstance(value, (str, Path)):
             raise ValueError(f"{label} expects a path or URI ({kind}), got {value!r}")
+        check_command_line_safe(label, str(value))
         return Input(type=kind, path=str(value))
     try:
         if kind == "integer":
@@ -177,6 +187,8 @@ def convert_value(label: str, spec, value: Any) -> Any:
             converted = str(value)
     except (ValueError, TypeError, argparse.ArgumentTypeError):
         raise ValueError(f"{label} expects {'a ' if kind != 'integer' else 'an '}{kind}, got {value!r}") from None
+    if kind == "string":
+        check_command_line_safe(label, converted)
     enum = getattr(spec, "enum", None)
     if enum and str(converted) not in [str(option) for option in enum]:
         raise ValueError(f"{label} must be one of {', '.join(map(str, enum))}; got {converted!r}")
@@ -187,6 +199,38 @@ def convert_value(label: str, spec, value: Any) -> Any:
         if high is not None and converted > high:
             raise ValueError(f"{label} must be <= {getattr(spec, 'max')}; got {converted}")
     return converted
+
+
+# Inputs whose text has a file-based alternative, named in the refusal.
+_FILE_ALTERNATIVE = {
+    "prompt_template": "templates_file",
+    "completion_template": "templates_file",
+    "system_prompt": "templates_file",
+}
+
+
+def check_command_line_safe(label: str, text: str) -> None:
+    """Refuse text that cannot travel through a component command (raise ValueError naming `label`).
+
+    Azure ML pastes each value into the command as text and runs it in a shell; our YAMLs put free text
+    and paths inside '...'. A ' in the value would end the quoting and a line break would end the
+    command. Azure applies no escaping, so neither do we: such a value is refused at build time.
+    """
+    problem = "a single quote (')" if "'" in text else "a line break" if ("\n" in text or "\r" in text) else None
+    if problem is None:
+        return
+    name = label.rpartition(".")[2]
+    alternative = _FILE_ALTERNATIVE.get(name)
+    fix = (
+        f"put the text in a YAML file (keys system, prompt, completion, as in components/data_prep/templates.yaml) "
+        f"and pass it as data_prep.{alternative}"
+        if alternative
+        else "rephrase it without ' or line breaks (write \\n for a line break where the input documents it)"
+    )
+    raise ValueError(
+        f"{label} contains {problem}, which cannot be passed on an Azure ML command line "
+        f"(values are pasted into a shell command inside '...', without escaping): {fix}"
+    )
 
 
 def is_local_path(path: str) -> bool:
@@ -233,7 +277,9 @@ def parse_set_options(items: Iterable[str]) -> tuple[dict[str, str], dict[str, d
     return inputs, step_inputs
 
 
-def resolve_inputs(overrides: Mapping[str, Any], require_base_model: bool = True) -> dict[str, Any]:
+def resolve_inputs(
+    overrides: Mapping[str, Any], require_base_model: bool = True, require_training_data: bool = True
+) -> dict[str, Any]:
     """Merge user values over component defaults, converting and checking each; collect all problems."""
     from maap_finetune.common.errors import ConfigErrors
 
@@ -252,8 +298,13 @@ def resolve_inputs(overrides: Mapping[str, Any], require_base_model: bool = True
             values[name] = _check_local_input(name, convert_value(name, pipeline_input_spec(name), value))
         except ValueError as err:
             problems.append(str(err))
-    if values.get("train_data") is None and values.get("train_folder") is None:
-        values["train_data"] = SAMPLE_DATA
+    given = [name for name in ("train_data", "train_folder") if overrides.get(name) not in (None, "")]
+    if require_training_data and not given:
+        problems.append(
+            "set the training data: --set train_data=<file> (.jsonl, .json, .csv, .tsv, .parquet; a local path is "
+            "uploaded, or azureml:<data>:<version>) or --set train_folder=<folder of shards>; "
+            f"submit.py --sample-data trains on the bundled {SAMPLE_DATA.relative_to(REPO_ROOT)} instead"
+        )
     for name, value in list(values.items()):
         if name not in overrides and value is not None:
             try:
@@ -303,7 +354,15 @@ def resolve_step_inputs(step_inputs: Mapping[str, Mapping[str, Any]]) -> dict[st
 
 
 def _check_settings(settings: PipelineSettings) -> list[str]:
+    from maap_finetune.common.errors import UserError
+    from maap_finetune.common.secrets import check_secret_name
+
     problems = []
+    if settings.hf_token_secret is not None:
+        try:
+            check_secret_name(settings.hf_token_secret)
+        except UserError as err:
+            problems.append(str(err))
     for name in ("instance_count", "process_count_per_instance"):
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -321,7 +380,11 @@ def build_pipeline(settings: PipelineSettings):
     values: dict[str, Any] = {}
     step_values: dict[str, dict[str, Any]] = {}
     try:
-        values = resolve_inputs(settings.inputs, require_base_model=settings.require_base_model)
+        values = resolve_inputs(
+            settings.inputs,
+            require_base_model=settings.require_base_model,
+            require_training_data=settings.require_training_data,
+        )
     except ConfigErrors as err:
         problems += err.problems
     try:
@@ -445,6 +508,12 @@ def build_pipeline(settings: PipelineSettings):
         }
 
     job = finetune_pipeline(**values)
+    if settings.hf_token_secret:
+        for step in HUB_MODEL_STEPS:
+            job.jobs[step].environment_variables = {
+                **(job.jobs[step].environment_variables or {}),
+                HF_TOKEN_SECRET_ENV: settings.hf_token_secret,
+            }
     for step, inputs in step_values.items():
         node = job.jobs[step]
         for name, value in inputs.items():

@@ -27,17 +27,20 @@ by `local_settings()`; `run_pipeline()` runs any PipelineJob.
 from __future__ import annotations
 
 import hashlib
+import contextlib
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -75,7 +78,6 @@ _BLOCK = re.compile(r"\$\[\[(.*?)\]\]", re.DOTALL)
 _REFERENCE = re.compile(r"\$\{\{\s*(inputs|outputs)\.([A-Za-z0-9_]+)\s*\}\}")
 _PARENT_INPUT = re.compile(r"^\$\{\{\s*parent\.inputs\.([A-Za-z0-9_]+)\s*\}\}$")
 _NODE_OUTPUT = re.compile(r"^\$\{\{\s*parent\.jobs\.([A-Za-z0-9_]+)\.outputs\.([A-Za-z0-9_]+)\s*\}\}$")
-_SHELL_OPERATORS = {"&&", "||", ";", "|", "&", ">", ">>", "<", "2>", "2>&1"}
 _DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK")
 _PATH_TYPES = {"uri_file", "uri_folder", "mlflow_model", "custom_model", "triton_model", "mltable"}
 
@@ -114,6 +116,7 @@ class StepPlan:
     distribution: str | None = None  # "pytorch" or None
     process_count: int = 1
     instance_count: int = 1
+    environment_variables: dict[str, str] = field(default_factory=dict)  # the node's, as Azure ML sets them
 
 
 @dataclass
@@ -192,6 +195,7 @@ def plan_pipeline(job) -> list[StepPlan]:
             distribution="pytorch" if dist_type is not None else None,
             process_count=int(getattr(distribution, "process_count_per_instance", None) or 1) if dist_type else 1,
             instance_count=int(getattr(resources, "instance_count", None) or 1),
+            environment_variables={str(k): str(v) for k, v in (node.environment_variables or {}).items()},
         )
     return topological_order(steps)
 
@@ -249,29 +253,19 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def render_command(command: str, inputs: Mapping[str, str | None], outputs: Mapping[str, str], step: str = "step") -> list[str]:
-    """Resolve `$[[...]]` blocks and `${{...}}` references; return argv (values never re-split).
+def render_command(command: str, inputs: Mapping[str, str | None], outputs: Mapping[str, str], step: str = "step") -> str:
+    """Resolve `$[[...]]` blocks and `${{...}}` references as text, as Azure ML does; return the command line.
 
     A block is kept when every input it references has a value, dropped otherwise (Azure ML's rule
-    for optional inputs). An input outside any block without a value is an error.
+    for optional inputs). An input outside any block without a value is an error. Values are pasted in
+    verbatim: quoting is the component YAML's job, and the result runs in `bash -c` exactly as Azure ML
+    runs it, so a quoting bug breaks here the way it breaks in a workspace.
     """
 
     def block(match: re.Match) -> str:
         refs = _REFERENCE.findall(match.group(1))
         provided = all(inputs.get(name) is not None for kind, name in refs if kind == "inputs")
         return match.group(1) if provided else " "
-
-    text = _BLOCK.sub(block, command)
-    try:
-        tokens = shlex.split(text)
-    except ValueError as err:
-        raise UserError(f"step {step!r}: cannot parse its command ({err}): {command}") from None
-    operators = [t for t in tokens if t in _SHELL_OPERATORS or t.startswith(("`", "$("))]
-    if operators:
-        raise UserError(
-            f"step {step!r}: the local runner runs one program per command, without a shell; "
-            f"found {', '.join(operators)} in: {command}"
-        )
 
     def reference(match: re.Match) -> str:
         kind, name = match.groups()
@@ -283,10 +277,22 @@ def render_command(command: str, inputs: Mapping[str, str | None], outputs: Mapp
             raise UserError(f"step {step!r}: input {name!r} has no value and is outside a $[[...]] block")
         return value
 
-    argv = [_REFERENCE.sub(reference, token) for token in tokens]
-    if argv and argv[0] in ("python", "python3"):
-        argv[0] = sys.executable
-    return argv
+    return _REFERENCE.sub(reference, _BLOCK.sub(block, command))
+
+
+def interpreter_shims(folder: Path) -> Path:
+    """A folder with `python`/`python3` pointing at this interpreter, for the front of a step's PATH.
+
+    Azure ML runs `python` from the environment's PATH; locally that environment is this interpreter.
+    """
+    # exec shims, not symlinks: a symlinked venv interpreter would not find its pyvenv.cfg (nor its packages).
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("python", "python3"):
+        shim = folder / name
+        if not shim.exists():
+            shim.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+            shim.chmod(0o755)
+    return folder
 
 
 def free_port() -> int:
@@ -334,18 +340,26 @@ class _Tracking:
 
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial tables..."
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        experiment = self.client.get_experiment_by_name(experiment_name)
-        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(experiment_name)
+        # Opening a new SQLite store creates and migrates it, and two runs started together would race
+        # through alembic's migrations (one dies with "Online migration expected to match one row");
+        # creating the experiment races the same way. One lock per store file serialises both.
+        with store_lock(tracking_uri):
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            experiment = self.client.get_experiment_by_name(experiment_name)
+            self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(experiment_name)
         self.experiment_name = experiment_name
 
     def start(self, name: str, tags: Mapping[str, str]) -> str:
         return self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags)).info.run_id
 
-    def finish(self, run_id: str, ok: bool) -> None:
-        # The step's own `with mlflow.start_run()` normally ends its run; end it here when it did not.
-        if self.client.get_run(run_id).info.status == "RUNNING":
-            self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    def finish(self, run_id: str, status: str) -> None:
+        """End the run with `status` unless the step already ended it (its own `mlflow.start_run()`).
+
+        A step killed mid-run leaves its run RUNNING or, if MLflow's exit hook ran, FAILED; KILLED wins.
+        """
+        current = self.client.get_run(run_id).info.status
+        if current == "RUNNING" or (status == "KILLED" and current != "FINISHED"):
+            self.client.set_terminated(run_id, status)
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -353,6 +367,18 @@ class _Tracking:
         items = [Param(k, format_value(v)[:6000]) for k, v in params.items() if v is not None]
         if items:
             self.client.log_batch(run_id, params=items)
+
+
+def store_lock(tracking_uri: str, timeout_s: float = 300):
+    """An inter-process lock beside a `sqlite:///` store (`<file>.lock`); a no-op for other stores."""
+    from filelock import FileLock
+
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix) or ":memory:" in tracking_uri:
+        return contextlib.nullcontext()
+    database = Path(tracking_uri[len(prefix) :].split("?", 1)[0])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(database) + ".lock", timeout=timeout_s)
 
 
 def absolute_tracking_uri(uri: str, base: Path) -> str:
@@ -418,17 +444,53 @@ def _base_environment(
     return env
 
 
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    """Signal the step's whole process group: bash, the program it runs and anything that spawned."""
+    try:
+        os.killpg(process.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _terminate(processes: list[subprocess.Popen]) -> None:
+    """End every step process and its group: SIGTERM, then SIGKILL after 10 s (as Azure ML's job stop)."""
     for process in processes:
-        if process.poll() is None:
-            process.terminate()
+        _signal_group(process, signal.SIGTERM)
     deadline = time.monotonic() + 10
     for process in processes:
         try:
             process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            process.kill()
+            _signal_group(process, signal.SIGKILL)
             process.wait()
+
+
+class Terminated(KeyboardInterrupt):
+    """The runner got SIGTERM (`timeout`, CI, a job scheduler): unwinds like Ctrl-C."""
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM into `Terminated` while a pipeline runs, so every step process is ended and every run
+    is marked KILLED instead of the runner dying and leaving training processes behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _final_status(ok: bool, error: BaseException | None) -> str:
+    if ok:
+        return "FINISHED"
+    return "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
 
 
 def run_step(
@@ -447,8 +509,9 @@ def run_step(
     start = time.monotonic()
     snapshot = snapshot_code(step, step_dir / "snapshot")
     outputs = _step_outputs(step, step_dir)
-    argv = render_command(step.command, _step_inputs(step, results), {k: str(v) for k, v in outputs.items()}, step.name)
-    (step_dir / "command.json").write_text(json.dumps({"argv": argv, "cwd": str(snapshot)}, indent=2) + "\n")
+    command = render_command(step.command, _step_inputs(step, results), {k: str(v) for k, v in outputs.items()}, step.name)
+    argv = ["bash", "-c", command]  # as Azure ML runs a command component's command
+    (step_dir / "command.json").write_text(json.dumps({"command": command, "argv": argv, "cwd": str(snapshot)}, indent=2) + "\n")
     logs_dir = step_dir / "logs"
     logs_dir.mkdir(parents=True, exist_ok=True)
 
@@ -456,7 +519,8 @@ def run_step(
     if tracking is not None:
         tags = {"mlflow.parentRunId": parent_run_id or "", "maap.step": step.name, "maap.display_name": step.display_name}
         mlflow_run_id = tracking.start(step.name, {k: v for k, v in tags.items() if v})
-    env = _base_environment(snapshot, tracking, mlflow_run_id, env)
+    env = _base_environment(snapshot, tracking, mlflow_run_id, {**(env or {}), **step.environment_variables})
+    env["PATH"] = os.pathsep.join([str(interpreter_shims(step_dir.parent / ".bin")), env.get("PATH", os.defpath)])
     if step.distribution == "pytorch":
         per_process = process_environments(step.process_count, step.instance_count, free_port())
     else:
@@ -472,24 +536,31 @@ def run_step(
     processes: list[subprocess.Popen] = []
     handles = []
     ok = False
+    error: BaseException | None = None
     try:
         for extra, log_path in zip(per_process, log_paths):
             handle = open(log_path, "wb")
             handles.append(handle)
             processes.append(
-                subprocess.Popen(argv, cwd=snapshot, env={**env, **extra}, stdout=handle, stderr=subprocess.STDOUT)
+                subprocess.Popen(
+                    argv, cwd=snapshot, env={**env, **extra}, stdout=handle, stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: the runner ends it whole
+                )
             )
         failed = _wait(processes, log_paths[0], start, step.name, out, stream)
         if failed is not None:
             rank, code = failed
             raise StepFailed(step.name, code, log_paths[rank], tail(log_paths[rank]), rank if world > 1 else None)
         ok = True
+    except BaseException as err:
+        error = err
+        raise
     finally:
         _terminate(processes)
         for handle in handles:
             handle.close()
         if tracking is not None and mlflow_run_id is not None:
-            tracking.finish(mlflow_run_id, ok)
+            tracking.finish(mlflow_run_id, _final_status(ok, error))
     seconds = time.monotonic() - start
     print(f"{label}{step.name}: done in {seconds:.1f} s", file=out, flush=True)
     return StepResult(step.name, seconds, outputs, log_paths, mlflow_run_id)
@@ -560,25 +631,30 @@ def run_pipeline(
         )
         tracking.log_params(result.mlflow_run_id, {n: i.result() for n, i in job.inputs.items()})
     start = time.monotonic()
-    ok = False
-    try:
-        for index, step in enumerate(steps, 1):
-            result.steps[step.name] = run_step(
-                step,
-                run_dir / step.name,
-                result.steps,
-                tracking=tracking,
-                parent_run_id=result.mlflow_run_id,
-                out=out,
-                stream=stream,
-                label=f"[{index}/{len(steps)}] ",
-                env=env,
-            )
-        ok = True
-    finally:
-        result.seconds = time.monotonic() - start
-        if tracking is not None and result.mlflow_run_id:
-            tracking.finish(result.mlflow_run_id, ok)
+    with sigterm_unwinds():
+        ok = False
+        error: BaseException | None = None
+        try:
+            for index, step in enumerate(steps, 1):
+                result.steps[step.name] = run_step(
+                    step,
+                    run_dir / step.name,
+                    result.steps,
+                    tracking=tracking,
+                    parent_run_id=result.mlflow_run_id,
+                    out=out,
+                    stream=stream,
+                    label=f"[{index}/{len(steps)}] ",
+                    env=env,
+                )
+            ok = True
+        except BaseException as err:
+            error = err
+            raise
+        finally:
+            result.seconds = time.monotonic() - start
+            if tracking is not None and result.mlflow_run_id:
+                tracking.finish(result.mlflow_run_id, _final_status(ok, error))
     return result
 
 

@@ -16,8 +16,9 @@ or --config). Credentials: DefaultAzureCredential (az login, managed identity, A
 --set name=value sets a pipeline input (train_data, model_path, model_name, lora_r, ...);
 --set step.name=value sets any input of one step (finetune.gradient_checkpointing=true). Values are converted
 and checked against the component input's type, enum, min and max. Local paths are uploaded by the SDK.
-train_data defaults to the sample data (data/sample/chat.jsonl); --local defaults the base model to a
-tiny Phi-3 built on this machine and applies LOCAL_PROFILE (pipelines/local_runner.py) where --set does not.
+A submission needs train_data or train_folder (--sample-data: the bundled sample). --local defaults to the
+sample data and to a tiny Phi-3 built on this machine, and with that tiny model only it applies
+LOCAL_PROFILE (pipelines/local_runner.py) where --set does not; a real base model keeps the YAML defaults.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ AUTH_HELP = (
 )
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_SIGTERM = 143  # 128 + SIGTERM
 
 
 
@@ -96,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="set a pipeline input (lora_r=8) or a step input (finetune.gradient_checkpointing=true); repeatable",
     )
     inputs.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"experiment name (default {DEFAULT_EXPERIMENT})")
+    inputs.add_argument(
+        "--sample-data", action="store_true",
+        help="train on the bundled sample (data/sample/chat.jsonl) when no train_data/train_folder is set; "
+        "a submission without data is refused otherwise (--local uses the sample by default)",
+    )
+    inputs.add_argument(
+        "--hf-token-secret", metavar="NAME",
+        help="name of a secret in the workspace's Key Vault holding a Hugging Face token, for gated base models; "
+        "the steps read it at run time with the job's identity (only the name is in the job). "
+        "Locally, HF_TOKEN in your environment is used when set",
+    )
 
     add_workspace_arguments(parser.add_argument_group("workspace"))
     parser.add_argument("--stream", action="store_true", help="wait for the job and stream its logs (with --local: echo step logs)")
@@ -127,14 +141,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StepFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_RUN_FAILED
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM during --local (local_runner.Terminated)
+        from pipelines.local_runner import Terminated
+
+        signal_name = "SIGTERM" if isinstance(err, Terminated) else "interrupt"
+        print(f"stopped by {signal_name}: every step process was ended and its MLflow run marked KILLED", file=sys.stderr)
+        return EXIT_SIGTERM if isinstance(err, Terminated) else EXIT_INTERRUPTED
 
 
-def settings_from_args(args: argparse.Namespace, *, require_base_model: bool = True, inputs=None, step_inputs=None):
+def settings_from_args(
+    args: argparse.Namespace, *, require_base_model: bool = True, require_training_data: bool = True, inputs=None, step_inputs=None
+):
     """PipelineSettings from the CLI; `inputs`/`step_inputs` default to those parsed from --set."""
-    from pipelines.factory import PipelineSettings, parse_set_options
+    from pipelines.factory import SAMPLE_DATA, PipelineSettings, parse_set_options
 
     if inputs is None:
         inputs, step_inputs = parse_set_options(args.set)
+    if getattr(args, "sample_data", False) and not (inputs.get("train_data") or inputs.get("train_folder")):
+        inputs = {**inputs, "train_data": str(SAMPLE_DATA)}
     return PipelineSettings(
         compute=args.compute,
         cpu_compute=args.cpu_compute,
@@ -144,6 +168,8 @@ def settings_from_args(args: argparse.Namespace, *, require_base_model: bool = T
         inputs=inputs,
         step_inputs=step_inputs,
         require_base_model=require_base_model,
+        require_training_data=require_training_data,
+        hf_token_secret=getattr(args, "hf_token_secret", None),
     )
 
 
@@ -154,7 +180,7 @@ def settings_from_args(args: argparse.Namespace, *, require_base_model: bool = T
 def validate(args: argparse.Namespace) -> int:
     from pipelines.validate import component_files, validate_repo
 
-    problems = validate_repo(settings_from_args(args, require_base_model=False))
+    problems = validate_repo(settings_from_args(args, require_base_model=False, require_training_data=False))
     if problems:
         print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''}:", file=sys.stderr)
         for problem in problems:
@@ -318,11 +344,17 @@ def submit(args: argparse.Namespace) -> int:
 
 def run_local(args: argparse.Namespace) -> int:
     from pipelines import local_runner
-    from pipelines.factory import PipelineSettings, build_pipeline, parse_set_options
+    from pipelines.factory import REPO_ROOT, SAMPLE_DATA, PipelineSettings, build_pipeline, parse_set_options
 
     workdir = Path.cwd()
     inputs, step_inputs = parse_set_options(args.set)
-    inputs, step_inputs, applied = local_runner.apply_local_profile(inputs, step_inputs)
+    uses_tiny_model = not inputs.get("model_path") and not inputs.get("model_name")
+    applied: dict = {}
+    if uses_tiny_model:  # LOCAL_PROFILE suits the tiny random model only; a real base model gets the YAML defaults
+        inputs, step_inputs, applied = local_runner.apply_local_profile(inputs, step_inputs)
+    if not inputs.get("train_data") and not inputs.get("train_folder"):
+        inputs["train_data"] = str(SAMPLE_DATA)
+        print(f"training data: {SAMPLE_DATA.relative_to(REPO_ROOT)} (the sample; --set train_data=... to change)")
 
     def settings(require_base_model: bool) -> PipelineSettings:
         from_args = settings_from_args(args, require_base_model=require_base_model, inputs=inputs, step_inputs=step_inputs)
@@ -335,7 +367,7 @@ def run_local(args: argparse.Namespace) -> int:
         profile = ", ".join(f"{k}={v}" for k, v in applied.items())
         print(f"local profile (LOCAL_PROFILE in pipelines/local_runner.py; --set overrides): {profile}")
     step_env: dict[str, str] = {}
-    if not inputs.get("model_path") and not inputs.get("model_name"):
+    if uses_tiny_model:
         inputs["model_path"] = str(local_runner.ensure_tiny_model(workdir / local_runner.TINY_MODEL_DIR))
         print(f"base model: tiny Phi-3 at {inputs['model_path']}")
         step_env.update(local_runner.TINY_MODEL_ENV)

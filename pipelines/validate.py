@@ -191,7 +191,43 @@ def _lint_command(spec: dict, at) -> list[str]:
     for port in outputs:
         if ("outputs", port) not in outside_refs | block_refs:
             problems.append(f"{at('outputs', port)}: not used in the command")
+    for kind, port in unquoted_references(command):
+        port_spec = (inputs if kind == "inputs" else outputs).get(port)
+        if isinstance(port_spec, dict) and needs_quoting(port_spec):
+            what = "free text" if port_spec.get("type") == "string" else "a path"
+            problems.append(
+                f"{at(kind, port)}: {what}, so it must be single-quoted in the command ('${{{{{kind}.{port}}}}}'): "
+                "Azure ML pastes the value into the command as text and runs it in a shell"
+            )
     return problems
+
+
+def needs_quoting(port_spec: dict) -> bool:
+    """Everything but numbers, booleans and enums: free text and paths can hold spaces and shell syntax."""
+    kind = port_spec.get("type")
+    return not (kind in ("integer", "number", "boolean") or (kind == "string" and port_spec.get("enum")))
+
+
+def unquoted_references(command: str) -> list[tuple[str, str]]:
+    """The `${{inputs|outputs.x}}` references that a shell would not see inside single quotes."""
+    found = []
+    quote = None  # the quote character we are inside, as bash reads the line
+    index = 0
+    while index < len(command):
+        char = command[index]
+        match = REFERENCE.match(command, index) if command.startswith("${{", index) else None
+        if match:
+            if quote != "'":
+                found.append(match.groups())
+            index = match.end()
+            continue
+        if char == "\\" and quote != "'":
+            index += 2
+            continue
+        if char in "'\"" and quote in (None, char):
+            quote = None if quote == char else char
+        index += 1
+    return found
 
 
 def _sdk_problems(path: Path, where: str) -> list[str]:

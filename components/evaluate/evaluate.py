@@ -125,6 +125,7 @@ def run(config: Config) -> dict:
     from maap_finetune.common import tracking
     from maap_finetune.data.prepared import load_prepared
     from maap_finetune.evaluation import gate, generation, lineage, metrics, report
+    from maap_finetune.models.hub import fetch_hub_model
     from maap_finetune.models.source import resolve_model_source
 
     prepared = load_prepared(config.test_data)
@@ -134,7 +135,7 @@ def run(config: Config) -> dict:
     problems = gate.gate_problems(quality_gate, prepared.task)
     if problems:
         raise ConfigErrors(problems, header="evaluate: invalid quality gate")
-    base_source = resolve_model_source(config.model_path, config.model_name)
+    base_source = fetch_hub_model(resolve_model_source(config.model_path, config.model_name))
     tuned_source = resolve_model_source(config.mlflow_model, None)
     examples = generation.read_examples(prepared.split_path("test"), prepared.format, config.max_eval_samples)
     if not examples:

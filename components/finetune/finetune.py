@@ -77,6 +77,7 @@ def run(config: C.FinetuneConfig) -> dict:
 
     from maap_finetune.common import tracking
     from maap_finetune.data.prepared import load_prepared
+    from maap_finetune.models.hub import fetch_hub_model
     from maap_finetune.models.source import resolve_model_source
     from maap_finetune.training import builders, outputs, preflight
     from maap_finetune.training.environment import Environment
@@ -84,7 +85,7 @@ def run(config: C.FinetuneConfig) -> dict:
 
     env = Environment.detect()
     ds_config = builders.build_deepspeed_config(config)
-    source = resolve_model_source(config.model_path, config.model_name)
+    source = fetch_hub_model(resolve_model_source(config.model_path, config.model_name))
     model_config = AutoConfig.from_pretrained(source.model, trust_remote_code=config.trust_remote_code)
     facts = preflight.read_model_facts(model_config, config.trust_remote_code)
     preflight.preflight(config, env, facts, ds_config)

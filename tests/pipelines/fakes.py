@@ -105,6 +105,18 @@ time.sleep(60)
 print("rank 0 finished")
 '''
 
+SLEEP_PY = '''
+import os, sys, time
+from pathlib import Path
+# A grandchild too: the runner must end the whole process group, not only the process it started.
+child = os.fork()
+if child == 0:
+    time.sleep(120)
+    os._exit(0)
+Path(sys.argv[2], f"pids_{os.environ.get('RANK', '0')}").write_text(f"{os.getpid()} {child}")
+time.sleep(120)
+'''
+
 HEADER = """$schema: https://azuremlschemas.azureedge.net/latest/commandComponent.schema.json
 type: command
 version: 0.0.1
@@ -129,8 +141,8 @@ SPECS = {
         outputs:
           data: {type: uri_folder, description: value.txt.}
         command: >-
-          python make.py --text ${{inputs.text}} --count ${{inputs.count}} --flag ${{inputs.flag}}
-          $[[--suffix ${{inputs.suffix}}]] --data ${{outputs.data}}
+          python make.py --text '${{inputs.text}}' --count ${{inputs.count}} --flag ${{inputs.flag}}
+          $[[--suffix '${{inputs.suffix}}']] --data '${{outputs.data}}'
         """,
     ),
     "consume": (
@@ -147,7 +159,7 @@ SPECS = {
         outputs:
           result: {type: uri_folder, description: copy.txt.}
         command: >-
-          python consume.py --data ${{inputs.data}} $[[--note ${{inputs.note}}]] --result ${{outputs.result}}
+          python consume.py --data '${{inputs.data}}' $[[--note '${{inputs.note}}']] --result '${{outputs.result}}'
         """,
     ),
     "tracked": (
@@ -160,7 +172,7 @@ SPECS = {
           data: {type: uri_folder, description: Anything; it orders the step.}
         outputs:
           result: {type: uri_folder, description: What it saw.}
-        command: python tracked.py --data ${{inputs.data}} --result ${{outputs.result}}
+        command: python tracked.py --data '${{inputs.data}}' --result '${{outputs.result}}'
         """,
     ),
     "fail": (
@@ -173,7 +185,7 @@ SPECS = {
           data: {type: uri_folder, description: Anything.}
         outputs:
           result: {type: uri_folder, description: Nothing.}
-        command: python fail.py ${{inputs.data}} ${{outputs.result}}
+        command: python fail.py '${{inputs.data}}' '${{outputs.result}}'
         """,
     ),
     "rank_fail": (
@@ -188,7 +200,22 @@ SPECS = {
           data: {type: uri_folder, description: Anything.}
         outputs:
           result: {type: uri_folder, description: Nothing.}
-        command: python rank_fail.py ${{inputs.data}} ${{outputs.result}}
+        command: python rank_fail.py '${{inputs.data}}' '${{outputs.result}}'
+        """,
+    ),
+    "sleep": (
+        SLEEP_PY,
+        """
+        name: fake_sleep
+        display_name: Sleep
+        description: Writes its pids, then sleeps as a long training step would.
+        distribution:
+          type: pytorch
+        inputs:
+          data: {type: uri_folder, description: Anything.}
+        outputs:
+          result: {type: uri_folder, description: pids_<rank>.}
+        command: python sleep.py '${{inputs.data}}' '${{outputs.result}}'
         """,
     ),
 }

@@ -65,23 +65,58 @@ def seen(folder: Path, rank: int = 0) -> dict:
 
 def test_render_command_keeps_blocks_with_values_and_drops_the_rest():
     command = (
-        "python x.py --a ${{inputs.a}} $[[--b ${{inputs.b}}]] $[[--c ${{inputs.a}} --d ${{inputs.d}}]] "
+        "python x.py --a '${{inputs.a}}' $[[--b ${{inputs.b}}]] $[[--c ${{inputs.a}} --d ${{inputs.d}}]] "
         "$[[--e ${{inputs.a}}]] --out ${{outputs.o}}"
     )
-    argv = render_command(command, {"a": "one two", "b": None, "d": None}, {"o": "/tmp/o"})
-    # The value with a space stays one argument; python is this interpreter.
-    assert argv == [sys.executable, "x.py", "--a", "one two", "--e", "one two", "--out", "/tmp/o"]
-    argv = render_command(command, {"a": "1", "b": "2", "d": "4"}, {"o": "/o"})
-    assert argv[2:] == ["--a", "1", "--b", "2", "--c", "1", "--d", "4", "--e", "1", "--out", "/o"]
+    text = render_command(command, {"a": "one two", "b": None, "d": None}, {"o": "/tmp/o"})
+    # Pasted in as text, quotes and all, exactly as Azure ML does; the shell splits it later.
+    assert " ".join(text.split()) == "python x.py --a 'one two' --e one two --out /tmp/o"
+    text = render_command(command, {"a": "1", "b": "2", "d": "4"}, {"o": "/o"})
+    assert " ".join(text.split()) == "python x.py --a '1' --b 2 --c 1 --d 4 --e 1 --out /o"
 
 
-def test_render_command_rejects_missing_values_undeclared_references_and_shell_operators():
+def test_render_command_rejects_missing_values_and_undeclared_references():
     with pytest.raises(UserError, match="input 'a' has no value and is outside"):
         render_command("python x.py --a ${{inputs.a}}", {"a": None}, {})
     with pytest.raises(UserError, match=r"inputs\.zz.*does not declare"):
         render_command("python x.py --a ${{inputs.zz}}", {"a": "1"}, {})
-    with pytest.raises(UserError, match="without a shell; found &&"):
-        render_command("python x.py && rm -rf /", {}, {})
+
+
+def _run_text_step(tmp_path: Path, command: str, text: str):
+    """A one-step pipeline whose component echoes its argv; `command` decides how `text` is quoted."""
+    from azure.ai.ml import dsl, load_component
+
+    folder = tmp_path / "components" / "echo"
+    folder.mkdir(parents=True)
+    (folder / "echo.py").write_text("import json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    (folder / "spec.yaml").write_text(
+        "$schema: https://azuremlschemas.azureedge.net/latest/commandComponent.schema.json\n"
+        "type: command\nname: echo\nversion: 0.0.1\ncode: .\nenvironment: azureml:fake-env:1\n"
+        "inputs:\n  text: {type: string}\noutputs:\n  out: {type: uri_folder}\n"
+        f"command: >-\n  {command}\n"
+    )
+    echo = load_component(source=folder / "spec.yaml")
+
+    @dsl.pipeline(name="echo_pipeline")
+    def pipeline(text):
+        echo(text=text)
+
+    result = run_pipeline(pipeline(text=text), workdir=tmp_path, tracking_uri=None, out=io.StringIO())
+    log = result.steps["echo"].log_paths[0].read_text()
+    return json.loads(log.strip().splitlines()[-1])
+
+
+def test_commands_run_in_bash_after_textual_substitution_as_in_azure(tmp_path):
+    """What breaks in Azure ML breaks here: an unquoted value is split by the shell or is a syntax error."""
+    quoted = "python echo.py --text '${{inputs.text}}' --out '${{outputs.out}}'"
+    assert _run_text_step(tmp_path / "a", quoted, "Support bot v2 (July data)")[:2] == ["--text", "Support bot v2 (July data)"]
+    bare = "python echo.py --text ${{inputs.text}} --out '${{outputs.out}}'"
+    assert _run_text_step(tmp_path / "b", bare, "Support bot v2")[:4] == ["--text", "Support", "bot", "v2"]
+    with pytest.raises(StepFailed, match="syntax error"):
+        _run_text_step(tmp_path / "c", bare, "Support bot (July data)")
+    # Shell syntax in a command is the shell's, as on a cluster.
+    piped = "python echo.py --text '${{inputs.text}}' --out '${{outputs.out}}' | cat && echo '[\"after\"]'"
+    assert _run_text_step(tmp_path / "d", piped, "x") == ["after"]
 
 
 def test_process_environments_match_what_azure_ml_sets_per_rank():
@@ -274,6 +309,124 @@ def test_a_failing_rank_stops_its_siblings(fake_repo, tmp_path):
     assert "rank 1 gives up" in caught.value.tail
     rank0_log = tmp_path / "runs" / "r4" / "node" / "logs" / "std_log_process_0.txt"
     assert "rank 0 finished" not in rank0_log.read_text()  # terminated, not waited for
+
+
+SIGTERM_DRIVER = """
+import sys
+from pathlib import Path
+from azure.ai.ml import dsl
+from pipelines.local_runner import Terminated, run_pipeline
+from tests.pipelines import fakes
+
+root, workdir, uri = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+make, sleep = fakes.load(root, "make"), fakes.load(root, "sleep")
+
+@dsl.pipeline(name="sleeping", experiment_name="fake-exp")
+def pipeline(text):
+    produced = make(text=text)
+    node = sleep(data=produced.outputs.data)
+    node.distribution = {"type": "pytorch", "process_count_per_instance": 2}
+
+try:
+    run_pipeline(pipeline(text="x"), workdir=workdir, tracking_uri=uri, run_id="rt")
+except Terminated:
+    sys.exit(143)
+"""
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead but not yet reaped by its (new) parent.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+
+
+def test_sigterm_ends_every_step_process_and_marks_the_runs_killed(fake_repo, tmp_path, empty_mlflow_db):
+    """`timeout`, CI and schedulers send SIGTERM: no training process may outlive the runner."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from mlflow import MlflowClient
+
+    from pipelines.factory import REPO_ROOT
+
+    shutil.copy(empty_mlflow_db, tmp_path / "track.db")
+    uri = f"sqlite:///{tmp_path / 'track.db'}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    runner = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_DRIVER, str(fake_repo), str(tmp_path), uri], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    result = tmp_path / "runs" / "rt" / "node" / "outputs" / "result"
+    deadline = time.monotonic() + 60
+    while not all((result / f"pids_{rank}").is_file() for rank in (0, 1)):
+        assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()[0]
+        time.sleep(0.1)
+    time.sleep(0.2)  # let the files be written whole
+    pids = [int(pid) for rank in (0, 1) for pid in (result / f"pids_{rank}").read_text().split()]
+    assert all(_alive(pid) for pid in pids)
+
+    runner.send_signal(signal.SIGTERM)
+    output, _ = runner.communicate(timeout=30)
+    assert runner.returncode == 143, output
+    assert not any(_alive(pid) for pid in pids), "a step process (or its child) outlived the runner"
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("fake-exp").experiment_id])
+    status = {run.info.run_name: run.info.status for run in runs}
+    assert status == {"sleeping": "KILLED", "produced": "FINISHED", "node": "KILLED"}
+
+
+def test_submit_exits_143_on_sigterm_and_130_on_ctrl_c(monkeypatch, capsys):
+    from pipelines import submit
+    from pipelines.local_runner import Terminated
+
+    for raised, code in ((Terminated(), 143), (KeyboardInterrupt(), 130)):
+        def interrupted(args, raised=raised):
+            raise raised
+
+        monkeypatch.setattr(submit, "run_local", interrupted)
+        assert submit.main(["--local"]) == code
+        assert "marked KILLED" in capsys.readouterr().err
+
+
+CREATE_STORE = """
+import sys, time
+import mlflow  # imported before the start line, so both racers reach the store together
+from pipelines.local_runner import _Tracking
+start = float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+print(_Tracking(sys.argv[1], "race").experiment_id)
+"""
+
+
+def test_two_runs_creating_a_new_store_at_once_both_succeed(tmp_path):
+    """Two `--local` runs started together in a fresh folder race to create and migrate mlruns.db."""
+    import os
+    import subprocess
+    import time
+
+    from pipelines.factory import REPO_ROOT
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    start = str(time.time() + 6)  # both past their imports, then both at once
+    racers = [
+        subprocess.Popen([sys.executable, "-c", CREATE_STORE, uri, start], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [racer.communicate(timeout=120)[0] for racer in racers]
+    assert [racer.returncode for racer in racers] == [0, 0], outputs
+    ids = {output.strip().splitlines()[-1] for output in outputs}
+    assert len(ids) == 1, outputs  # one experiment, not two half-created ones
 
 
 def test_snapshot_refuses_an_include_that_clashes_or_is_missing(tmp_path):

@@ -67,7 +67,7 @@ def test_submit_sends_the_pipeline_with_compute_distribution_and_inputs(azure, c
     rc = submit.main([
         "--compute", "gpu-cluster", "--cpu-compute", "cpu-cluster",
         "--instance-count", "2", "--process-count-per-instance", "4",
-        "--set", PHI3, "--set", "lora_r=8", "--set", "learning_rate=1e-4", "--set", "trust_remote_code=true",
+        "--sample-data", "--set", PHI3, "--set", "lora_r=8", "--set", "learning_rate=1e-4", "--set", "trust_remote_code=true",
         "--set", "finetune.batching=packing", "--set", "evaluate.sample_generations=2",
         "--experiment", "my-exp",
     ])
@@ -98,7 +98,7 @@ def test_submit_sends_the_pipeline_with_compute_distribution_and_inputs(azure, c
 
 
 def test_cpu_steps_default_to_the_gpu_compute_and_stream_waits(azure, capsys):
-    assert submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--stream"]) == 0
+    assert submit.main(["--compute", "gpu-cluster", "--sample-data", "--set", PHI3, "--stream"]) == 0
     job = submitted_job(azure)
     assert {node.compute for node in job.jobs.values()} == {"gpu-cluster"}
     assert job.jobs["finetune"].distribution.process_count_per_instance == 1
@@ -112,12 +112,12 @@ def test_stream_reports_a_failed_job(azure, capsys):
         message="Exception: Job failed\nlots of detail", no_personal_data_message="x",
         target=ErrorTarget.JOB, error_category=ErrorCategory.USER_ERROR,
     )
-    rc = submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--stream"])
+    rc = submit.main(["--compute", "gpu-cluster", "--sample-data", "--set", PHI3, "--stream"])
     assert_one_error(capsys, rc, "witty_pipeline_42 did not complete", code=1)
 
 
 def test_workspace_from_flags_or_environment(azure, monkeypatch, capsys):
-    submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--subscription", "sub", "--resource-group", "rg", "--workspace", "ws"])
+    submit.main(["--compute", "gpu-cluster", "--sample-data", "--set", PHI3, "--subscription", "sub", "--resource-group", "rg", "--workspace", "ws"])
     kwargs = azure.cls.call_args.kwargs
     assert (kwargs["subscription_id"], kwargs["resource_group_name"], kwargs["workspace_name"]) == ("sub", "rg", "ws")
     assert azure.cls.call_args.args[0] is azure.credential.return_value  # DefaultAzureCredential
@@ -125,14 +125,14 @@ def test_workspace_from_flags_or_environment(azure, monkeypatch, capsys):
     monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", "env-sub")
     monkeypatch.setenv("AZURE_RESOURCE_GROUP", "env-rg")
     monkeypatch.setenv("AZUREML_WORKSPACE_NAME", "env-ws")
-    submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--workspace", "flag-ws"])
+    submit.main(["--compute", "gpu-cluster", "--sample-data", "--set", PHI3, "--workspace", "flag-ws"])
     kwargs = azure.cls.call_args.kwargs
     assert (kwargs["subscription_id"], kwargs["resource_group_name"], kwargs["workspace_name"]) == ("env-sub", "env-rg", "flag-ws")
     azure.cls.from_config.assert_not_called()
 
 
 def test_incomplete_workspace_is_one_clear_error(azure, capsys):
-    rc = submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--subscription", "sub"])
+    rc = submit.main(["--compute", "gpu-cluster", "--sample-data", "--set", PHI3, "--subscription", "sub"])
     assert_one_error(capsys, rc, "missing --resource-group, --workspace", "AZURE_RESOURCE_GROUP")
 
 
@@ -143,7 +143,7 @@ def test_missing_config_json(monkeypatch, tmp_path, capsys):
         for variable in variables:
             monkeypatch.delenv(variable, raising=False)
     monkeypatch.chdir(tmp_path)
-    rc = submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--config", str(tmp_path / "config.json")])
+    rc = submit.main(["--compute", "gpu-cluster", "--sample-data", "--set", PHI3, "--config", str(tmp_path / "config.json")])
     assert_one_error(capsys, rc, "no Azure ML workspace configured", "config.json", "--subscription")
 
 
@@ -162,7 +162,7 @@ def test_failed_credentials(azure, capsys, caplog):
     azure.client.compute.get.side_effect = fail
     caplog.set_level(logging.WARNING)
     logging.getLogger("azure.identity").setLevel(logging.NOTSET)
-    rc = submit.main(["--compute", "gpu-cluster", "--set", PHI3])
+    rc = submit.main(["--compute", "gpu-cluster", "--sample-data", "--set", PHI3])
     assert "essay" not in caplog.text
     captured = assert_one_error(capsys, rc, "could not authenticate to Azure", "az login", "DefaultAzureCredential failed")
     assert "Attempted credentials" not in captured.err  # one line of the SDK's message, not its essay
@@ -170,7 +170,7 @@ def test_failed_credentials(azure, capsys, caplog):
 
 
 def test_unknown_compute_lists_the_available_ones(azure, capsys):
-    rc = submit.main(["--compute", "gpu-clustr", "--set", PHI3])
+    rc = submit.main(["--compute", "gpu-clustr", "--sample-data", "--set", PHI3])
     assert_one_error(
         capsys, rc, "--compute 'gpu-clustr': no such compute",
         "cpu-cluster (amlcompute)", "gpu-cluster (amlcompute)", "my-ci (computeinstance)",
@@ -179,7 +179,7 @@ def test_unknown_compute_lists_the_available_ones(azure, capsys):
 
 
 def test_compute_that_is_not_a_cluster(azure, capsys):
-    rc = submit.main(["--compute", "gpu-cluster", "--cpu-compute", "my-ci", "--set", PHI3])
+    rc = submit.main(["--compute", "gpu-cluster", "--cpu-compute", "my-ci", "--sample-data", "--set", PHI3])
     captured = assert_one_error(
         capsys, rc, "--cpu-compute 'my-ci' is a computeinstance, not a compute cluster (AmlCompute)",
         "available compute clusters: cpu-cluster (amlcompute), gpu-cluster (amlcompute)",
@@ -189,12 +189,12 @@ def test_compute_that_is_not_a_cluster(azure, capsys):
 
 
 def test_more_nodes_than_the_cluster_has(azure, capsys):
-    rc = submit.main(["--compute", "gpu-cluster", "--instance-count", "8", "--set", PHI3])
+    rc = submit.main(["--compute", "gpu-cluster", "--instance-count", "8", "--sample-data", "--set", PHI3])
     assert_one_error(capsys, rc, "--instance-count 8 exceeds 'gpu-cluster''s max_instances (4)")
 
 
 def test_unknown_set_key_fails_before_any_azure_call(azure, capsys):
-    rc = submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--set", "lora_rank=8", "--set", "finetune.lr=1"])
+    rc = submit.main(["--compute", "gpu-cluster", "--sample-data", "--set", PHI3, "--set", "lora_rank=8", "--set", "finetune.lr=1"])
     captured = assert_one_error(capsys, rc, "unknown pipeline input 'lora_rank'", "lora_r", "unknown input 'finetune.lr'")
     assert "learning_rate" in captured.err  # the known inputs are listed
     azure.credential.assert_not_called()
@@ -204,12 +204,12 @@ def test_unknown_set_key_fails_before_any_azure_call(azure, capsys):
 
 def test_bad_values_are_all_reported_at_once(azure, capsys):
     rc = submit.main([
-        "--compute", "gpu-cluster", "--set", PHI3, "--set", "lora_r=eight", "--set", "lora_dropout=2",
+        "--compute", "gpu-cluster", "--sample-data", "--set", PHI3, "--set", "lora_r=eight", "--set", "lora_dropout=2",
         "--set", "finetune.batching=magic", "--set", "train_data=/no/such/file.jsonl", "--set", "oops",
     ])
     assert_one_error(capsys, rc, "bad --set option", "'oops'")
     rc = submit.main([
-        "--compute", "gpu-cluster", "--set", PHI3, "--set", "lora_r=eight", "--set", "lora_dropout=2",
+        "--compute", "gpu-cluster", "--sample-data", "--set", PHI3, "--set", "lora_r=eight", "--set", "lora_dropout=2",
         "--set", "finetune.batching=magic", "--set", "train_data=/no/such/file.jsonl",
     ])
     assert_one_error(
@@ -219,7 +219,7 @@ def test_bad_values_are_all_reported_at_once(azure, capsys):
 
 
 def test_submit_without_a_base_model_fine_tunes_phi3_mini(azure, capsys):
-    rc = submit.main(["--compute", "gpu-cluster"])
+    rc = submit.main(["--compute", "gpu-cluster", "--sample-data"])
     assert rc == 0
     assert "base model: microsoft/Phi-3-mini-4k-instruct (the default" in capsys.readouterr().out
     job = submitted_job(azure)
@@ -227,18 +227,18 @@ def test_submit_without_a_base_model_fine_tunes_phi3_mini(azure, capsys):
 
 
 def test_two_base_models_are_refused(azure, capsys):
-    rc = submit.main(["--compute", "gpu-cluster", "--set", PHI3, "--set", "model_path=" + str(SAMPLE_DATA.parent)])
+    rc = submit.main(["--compute", "gpu-cluster", "--sample-data", "--set", PHI3, "--set", "model_path=" + str(SAMPLE_DATA.parent)])
     assert_one_error(capsys, rc, "set one base model, not both")
 
 
 def test_compute_is_required_to_submit(azure, capsys):
-    rc = submit.main(["--set", PHI3])
+    rc = submit.main(["--sample-data", "--set", PHI3])
     assert_one_error(capsys, rc, "--compute is required")
     azure.cls.assert_not_called()
 
 
 def test_dry_run_prints_the_complete_yaml_without_network(azure, capsys):
-    rc = submit.main(["--dry-run", "--compute", "gpu-cluster", "--set", PHI3, "--set", "finetune.use_rslora=true"])
+    rc = submit.main(["--dry-run", "--compute", "gpu-cluster", "--sample-data", "--set", PHI3, "--set", "finetune.use_rslora=true"])
     out = capsys.readouterr().out
     assert rc == 0
     pipeline = yaml.safe_load(out)
@@ -373,3 +373,29 @@ def test_local_reports_every_bad_value_before_building_anything(monkeypatch, tmp
     assert_one_error(capsys, rc, "(4 problems)", "instance_count must be", "lora_r must be >= 1",
                            "finetune.batching must be one of", "unknown pipeline input 'epoch'")
     assert built == []
+
+
+def test_a_submission_without_training_data_is_refused(azure, capsys):
+    """No silent training on the bundled 100-row sample: data, or --sample-data on purpose."""
+    for argv in (["--compute", "gpu-cluster", "--set", PHI3], ["--dry-run", "--set", PHI3]):
+        rc = submit.main(argv)
+        assert_one_error(capsys, rc, "set the training data: --set train_data=<file>", "--sample-data")
+    assert submit.main(["--dry-run", "--set", PHI3, "--sample-data"]) == 0
+    assert "data/sample/chat.jsonl" in capsys.readouterr().out
+
+
+def test_free_text_that_cannot_travel_through_a_shell_command_is_refused_at_build_time(capsys):
+    rc = submit.main(["--dry-run", "--sample-data", "--set", PHI3, "--set", "register.model_description=Bob's model"])
+    assert_one_error(capsys, rc, "register.model_description contains a single quote", "rephrase it")
+    rc = submit.main(["--dry-run", "--sample-data", "--set", PHI3, "--set", "data_prep.prompt_template=Q: {text}\nA:".replace("\\n", "\n")])
+    assert_one_error(capsys, rc, "data_prep.prompt_template contains a line break", "data_prep.templates_file")
+
+
+def test_hf_token_secret_puts_only_the_secret_name_on_the_model_loading_steps(capsys):
+    assert submit.main(["--dry-run", "--sample-data", "--set", PHI3, "--hf-token-secret", "hf-token"]) == 0
+    pipeline = yaml.safe_load(capsys.readouterr().out)
+    for step in ("finetune", "evaluate", "register"):
+        assert pipeline["jobs"][step]["environment_variables"] == {"MAAP_HF_TOKEN_SECRET": "hf-token"}
+    assert "environment_variables" not in pipeline["jobs"]["data_prep"]
+    rc = submit.main(["--dry-run", "--sample-data", "--set", PHI3, "--hf-token-secret", "hf_token!"])
+    assert_one_error(capsys, rc, "--hf-token-secret 'hf_token!'", "1-127 letters, digits and '-'")

@@ -53,7 +53,7 @@ outputs:
     type: uri_folder
     description: The result.
 command: >-
-  python good.py --data ${{inputs.data}} --rate ${{inputs.rate}} $[[--extra ${{inputs.extra}}]] --out ${{outputs.out}}
+  python good.py --data '${{inputs.data}}' --rate ${{inputs.rate}} $[[--extra '${{inputs.extra}}']] --out '${{outputs.out}}'
 """
 
 
@@ -81,7 +81,7 @@ def test_every_rule_can_fail_and_names_file_line_and_field(tmp_path):
         .replace("    description: A rate.\n", "")
         .replace("  - ../../lib", "  - ../../missing_lib")
         .replace("file:../../environments/cpu/environment.yaml", "file:../../elsewhere/environment.yaml")
-        .replace("$[[--extra ${{inputs.extra}}]]", "--extra ${{inputs.extra}} $[[--rate ${{inputs.rate}}]]")
+        .replace("$[[--extra '${{inputs.extra}}']]", "--extra '${{inputs.extra}}' $[[--rate ${{inputs.rate}}]]")
     )
     problems = "\n".join(lint_component(write_component(tmp_path, bad), root=tmp_path))
     for expected in (
@@ -129,3 +129,37 @@ def test_validate_repo_lists_every_problem_of_every_component(tmp_path):
     assert "first/spec.yaml:12: inputs.data: missing description" in text
     assert "second/spec.yaml:5: version: must be a quoted semver" in text
     assert text.count("good.py does not exist") == 2  # the entry scripts were never written
+
+
+@pytest.mark.parametrize(
+    "quoted, bare, expected",
+    [
+        ("'${{inputs.extra}}'", "${{inputs.extra}}", "inputs.extra: free text, so it must be single-quoted"),
+        # inside double quotes the shell still expands $, ` and \\ in a value
+        ("'${{inputs.extra}}'", '"${{inputs.extra}}"', "inputs.extra: free text, so it must be single-quoted"),
+        ("'${{inputs.extra}}'", "'x' ${{inputs.extra}} 'y'", "inputs.extra: free text, so it must be single-quoted"),
+        ("'${{inputs.data}}'", "${{inputs.data}}", "inputs.data: a path, so it must be single-quoted"),
+        ("'${{outputs.out}}'", "${{outputs.out}}", "outputs.out: a path, so it must be single-quoted"),
+    ],
+)
+def test_free_text_and_paths_must_be_single_quoted(tmp_path, quoted, bare, expected):
+    """Azure ML pastes values into the command as text and runs it in a shell: an unquoted free-text input
+    splits on spaces and breaks on `(`. Enums, numbers and booleans may stay bare."""
+    assert GOOD.count(quoted) == 1
+    problems = "\n".join(lint_component(write_component(tmp_path, GOOD.replace(quoted, bare)), root=tmp_path))
+    assert expected in problems, problems
+    assert "inputs.rate" not in problems  # a number stays bare
+
+
+def test_every_shipped_command_quotes_its_free_text_and_paths():
+    from pipelines.validate import needs_quoting, unquoted_references
+    import yaml
+
+    for path in COMPONENTS:
+        spec = yaml.safe_load(path.read_text())
+        bare = [
+            f"{kind}.{port}"
+            for kind, port in unquoted_references(spec["command"])
+            if needs_quoting(spec[kind][port])
+        ]
+        assert bare == [], f"{path}: {bare}"

@@ -23,6 +23,7 @@ from pipelines.factory import (
     GPU_STEPS,
     PIPELINE_INPUTS,
     REPO_ROOT,
+    SAMPLE_DATA,
     STEP_NAMES,
     PipelineSettings,
     build_pipeline,
@@ -37,7 +38,7 @@ GOLDEN_SETTINGS = PipelineSettings(
     cpu_compute="cpu-cluster",
     instance_count=2,
     process_count_per_instance=4,
-    inputs={"model_name": "microsoft/Phi-3-mini-4k-instruct"},
+    inputs={"model_name": "microsoft/Phi-3-mini-4k-instruct", "train_data": str(SAMPLE_DATA)},
 )
 _ENV_HASH = re.compile(r"\b[0-9a-f]{64}\b")  # the anonymous environment's content hash
 
@@ -107,7 +108,7 @@ def test_unset_inputs_take_the_component_defaults(job):
 
 
 def test_cpu_compute_defaults_to_compute():
-    job = build_pipeline(PipelineSettings(compute="only", inputs={"model_name": "org/model"}))
+    job = build_pipeline(PipelineSettings(compute="only", inputs={"model_name": "org/model", "train_data": str(SAMPLE_DATA)}))
     assert {node.compute for node in job.jobs.values()} == {"only"}
 
 
@@ -115,7 +116,7 @@ def test_all_problems_are_collected():
     with pytest.raises(ConfigErrors) as caught:
         build_pipeline(PipelineSettings(
             instance_count=0,
-            inputs={"lora_r": "x", "nope": 1, "model_name": "a/b"},
+            inputs={"lora_r": "x", "nope": 1, "model_name": "a/b", "train_folder": str(SAMPLE_DATA.parent)},
             step_inputs={"finetune": {"max_steps": "0"}, "evaluate": {"max_seq_length": 5}},
         ))
     problems = "\n".join(caught.value.problems)

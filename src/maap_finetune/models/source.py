@@ -22,6 +22,7 @@ class ModelSource:
     model: str  # a local folder or a Hugging Face id, as from_pretrained takes it
     tokenizer: str
     display_name: str  # what to record in tags and logs
+    hub_id: str | None = None  # the Hugging Face id a local snapshot was fetched for (models.hub)
 
     @property
     def is_local(self) -> bool:

@@ -114,6 +114,10 @@ def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared)
 
     model_kwargs = builders.build_model_kwargs(config, env, ds_config)
     model = AutoModelForCausalLM.from_pretrained(source.model, **model_kwargs)
+    if getattr(source, "hub_id", None):
+        # Loaded from a Hub snapshot in the cache: record the id, not the cache path, so the adapter's
+        # base_model_name_or_path and the merged model's config name the model users know.
+        model.config._name_or_path = source.hub_id
     model.config.use_cache = False  # training: no KV cache (it would also hide packed-sequence boundaries)
     if config.is_quantized and builders.zero_stage(ds_config) != 3:
         from peft import prepare_model_for_kbit_training
