@@ -95,6 +95,8 @@ def _value(compute, field: str):
         return str(getattr(value, "type", None) or "none").lower()
     if field in ("size", "tier") and value is not None:
         return str(value).lower()
+    if field == "idle_time_before_scale_down" and value is not None:
+        return int(value)  # read back from Azure as float seconds (PT30M -> 1800.0)
     return value
 
 

@@ -1,4 +1,5 @@
-"""pipelines/deploy.py against a fake MLClient: endpoint, deployment, traffic, errors in one line."""
+"""pipelines/deploy.py against the autospecced MLClient of tests/azure_fakes.py: endpoint, deployment,
+traffic, errors in one line."""
 
 from __future__ import annotations
 
@@ -7,103 +8,86 @@ import json
 import pytest
 
 from pipelines import deploy
+from tests.azure_fakes import (
+    ModelStore,
+    from_rest,
+    patch_azure,
+    poller,
+    request_payload,
+    resource_id,
+    rest_payload,
+    system_data,
+)
 
 WORKSPACE = ["--subscription", "sub-1", "--resource-group", "rg-1", "--workspace", "ws-1"]
 
 
-class Poller:
-    def __init__(self, value):
-        self.value = value
+class Endpoints:
+    """`client.online_endpoints` as the service keeps them: REST payloads in, `_from_rest_object` out."""
 
-    def result(self):
-        return self.value
+    def __init__(self, operations, *fixtures: str):
+        self.payloads = {payload["name"]: payload for payload in map(rest_payload, fixtures)}
+        self.writes: list[dict] = []  # a summary of each PUT request body
+        operations.get.side_effect = self.get
+        operations.begin_create_or_update.side_effect = self.begin_create_or_update
 
-
-class FakeEndpoints:
-    def __init__(self, existing=()):
-        self.store = {e.name: e for e in existing}
-        self.writes = []
-
-    def get(self, name):
+    def get(self, name, *, local=False):
         from azure.core.exceptions import ResourceNotFoundError
 
-        if name not in self.store:
+        if name not in self.payloads:
             raise ResourceNotFoundError(f"endpoint {name} not found")
-        return self.store[name]
+        return from_rest("online_endpoint", self.payloads[name])
 
-    def begin_create_or_update(self, endpoint):
-        from azure.ai.ml.entities import ManagedOnlineEndpoint
+    def begin_create_or_update(self, endpoint, *, local=False):
+        body = request_payload(endpoint)
+        self.writes.append({"name": endpoint.name, "traffic": body["properties"].get("traffic", {}),
+                            "auth_mode": body["properties"]["authMode"]})
+        # The service fills in the read-only fields, the scoring URI among them.
+        body.update(id=resource_id("onlineEndpoints", endpoint.name), name=endpoint.name, kind="Managed",
+                    type="Microsoft.MachineLearningServices/workspaces/onlineEndpoints", systemData=system_data())
+        host = f"https://{endpoint.name}.eastus.inference.ml.azure.com"
+        body["properties"].update(scoringUri=f"{host}/score", swaggerUri=f"{host}/swagger.json",
+                                  provisioningState="Succeeded")
+        self.payloads[endpoint.name] = body
+        return poller(from_rest("online_endpoint", body))
 
-        # The service answers with the stored endpoint, its read-only scoring URI filled in.
-        endpoint = ManagedOnlineEndpoint(name=endpoint.name, auth_mode=endpoint.auth_mode, traffic=endpoint.traffic,
-                                         description=endpoint.description, tags=endpoint.tags,
-                                         scoring_uri=f"https://{endpoint.name}.eastus.inference.ml.azure.com/score")
-        self.store[endpoint.name] = endpoint
-        self.writes.append({"name": endpoint.name, "traffic": dict(endpoint.traffic or {}),
-                            "auth_mode": endpoint.auth_mode})
-        return Poller(endpoint)
 
+class Deployments:
+    """`client.online_deployments`: keeps what was sent; the SDK's own conversion validates it."""
 
-class FakeDeployments:
-    def __init__(self):
+    def __init__(self, operations):
         self.written = []
-        self.error = None
+        operations.begin_create_or_update.side_effect = self.begin_create_or_update
 
-    def begin_create_or_update(self, deployment):
-        if self.error:
-            raise self.error
+    def begin_create_or_update(self, deployment, **options):
+        body = request_payload(deployment)
         self.written.append(deployment)
-        return Poller(deployment)
-
-
-class FakeModels:
-    def __init__(self, models):
-        self.models = models
-
-    def get(self, name, version):
-        from azure.core.exceptions import ResourceNotFoundError
-
-        if (name, version) not in self.models:
-            raise ResourceNotFoundError("model not found")
-        return self.models[(name, version)]
-
-
-class Registered:
-    def __init__(self, type_="mlflow_model"):
-        self.type = type_
+        body.update(id=resource_id("onlineEndpoints", f"{deployment.endpoint_name}/deployments/{deployment.name}"),
+                    name=deployment.name, systemData=system_data())
+        body["properties"].update(provisioningState="Succeeded", scaleSettings={"scaleType": "Default"})
+        return poller(from_rest("online_deployment", body))
 
 
 @pytest.fixture
 def azure(monkeypatch):
-    """A fake workspace with maap-finetuned:1 registered; MLClient and the credential patched."""
-
-    class Workspace:
-        clients = []
-        endpoints = FakeEndpoints()
-        deployments = FakeDeployments()
-        models = FakeModels({("maap-finetuned", "1"): Registered(), ("other", "1"): Registered("custom_model")})
-
-    class FakeMLClient:
-        def __init__(self, credential, subscription_id=None, resource_group_name=None, workspace_name=None, **kw):
-            self.scope = (subscription_id, resource_group_name, workspace_name)
-            self.online_endpoints = Workspace.endpoints
-            self.online_deployments = Workspace.deployments
-            self.models = Workspace.models
-            Workspace.clients.append(self)
-
-    monkeypatch.setattr("azure.ai.ml.MLClient", FakeMLClient)
-    monkeypatch.setattr("azure.identity.DefaultAzureCredential", lambda **kw: object())
+    """A workspace with maap-finetuned:1 (mlflow) and other:1 (custom) registered and the endpoint
+    contoso-chat; an autospecced MLClient (tests/azure_fakes.py) patched in."""
+    fake = patch_azure(monkeypatch)
+    fake.endpoints = Endpoints(fake.client.online_endpoints, "online_endpoint_contoso-chat")
+    fake.deployments = Deployments(fake.client.online_deployments)
+    fake.models = ModelStore(fake.client.models, "model_maap-finetuned_1", "model_other_1")
     for var in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME", "AZURE_WORKSPACE_NAME",
                 "AZUREML_ARM_SUBSCRIPTION", "AZUREML_ARM_RESOURCEGROUP", "AZUREML_ARM_WORKSPACE_NAME"):
         monkeypatch.delenv(var, raising=False)
-    return Workspace
+    return fake
 
 
 def test_creates_endpoint_and_deployment_and_prints_a_request(azure, capsys):
     code = deploy.main(["--model", "maap-finetuned:1", "--instance-type", "Standard_NC24ads_A100_v4", *WORKSPACE])
     out = capsys.readouterr().out
     assert code == 0
-    assert azure.clients[0].scope == ("sub-1", "rg-1", "ws-1")
+    assert azure.cls.call_args.kwargs == {"subscription_id": "sub-1", "resource_group_name": "rg-1",
+                                          "workspace_name": "ws-1"}
     [deployment] = azure.deployments.written
     assert deployment.name == "blue" and deployment.endpoint_name == "maap-finetuned"
     assert deployment.model == "azureml:maap-finetuned:1"
@@ -111,8 +95,8 @@ def test_creates_endpoint_and_deployment_and_prints_a_request(azure, capsys):
     assert deployment.request_settings.request_timeout_ms == 90000
     # Endpoint created first (key auth, no traffic), then all traffic routed to the deployment.
     assert azure.endpoints.writes == [
-        {"name": "maap-finetuned", "traffic": {}, "auth_mode": "key"},
-        {"name": "maap-finetuned", "traffic": {"blue": 100}, "auth_mode": "key"},
+        {"name": "maap-finetuned", "traffic": {}, "auth_mode": "Key"},
+        {"name": "maap-finetuned", "traffic": {"blue": 100}, "auth_mode": "Key"},
     ]
     assert "scoring_uri: https://maap-finetuned.eastus.inference.ml.azure.com/score" in out
     request = json.loads(out.split("sample request (request.json):\n", 1)[1].split("\ninvoke:", 1)[0])
@@ -121,10 +105,6 @@ def test_creates_endpoint_and_deployment_and_prints_a_request(azure, capsys):
 
 
 def test_updates_an_existing_endpoint(azure, capsys):
-    from azure.ai.ml.entities import ManagedOnlineEndpoint
-
-    azure.endpoints.store["contoso-chat"] = ManagedOnlineEndpoint(name="contoso-chat", auth_mode="key",
-                                                                  traffic={"blue": 100})
     code = deploy.main(["--model", "maap-finetuned:1", "--instance-type", "Standard_DS3_v2", "--endpoint-name",
                         "contoso-chat", "--deployment-name", "green", "--instance-count", "2", *WORKSPACE])
     assert code == 0
@@ -168,7 +148,7 @@ def test_azure_refusal_is_one_line(azure, capsys):
 
     error = HttpResponseError("QuotaExceeded: not enough quota for Standard_NC24ads_A100_v4\nmore details...")
     error.status_code = 400
-    azure.deployments.error = error
+    azure.client.online_deployments.begin_create_or_update.side_effect = error
     code = deploy.main(["--model", "maap-finetuned:1", "--instance-type", "Standard_NC24ads_A100_v4", *WORKSPACE])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err

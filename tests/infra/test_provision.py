@@ -1,16 +1,13 @@
-"""infra/provision.py against a fake workspace (MLClient mocked; the compute store is a dict)."""
+"""infra/provision.py against the fake workspace of tests/azure_fakes.py
+(an autospecced MLClient; computes kept as REST payloads)."""
 
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
-from types import SimpleNamespace
-from unittest import mock
 
 import pytest
 
+from tests.azure_fakes import from_rest, patch_azure, poller, request_payload, resource_id, rest_payload, system_data
 from tests.helpers import REPO_ROOT, assert_one_error, load_script
 
 
@@ -18,47 +15,57 @@ provision = load_script("maap_infra_provision", REPO_ROOT / "infra" / "provision
 WORKSPACE_FLAGS = ["--subscription", "sub-1", "--resource-group", "rg-1", "--workspace", "ws-1"]
 
 
-class FakeComputes:
-    """ml_client.compute backed by a dict, so tests assert on the workspace's state."""
+class Computes:
+    """`client.compute` as the service keeps it: REST payloads by name, read back via `_from_rest_object`."""
 
-    def __init__(self):
-        self.store: dict[str, object] = {}
+    def __init__(self, operations):
+        self.payloads: dict[str, dict] = {}
         self.creates = 0
         self.updates = 0
+        operations.get.side_effect = self.get
+        operations.begin_create_or_update.side_effect = self.begin_create_or_update
+        operations.begin_update.side_effect = self.begin_update
+
+    @property
+    def store(self) -> dict:
+        """The workspace's clusters as the SDK reads them."""
+        return {name: self.get(name) for name in self.payloads}
 
     def get(self, name):
         from azure.core.exceptions import ResourceNotFoundError
 
-        if name not in self.store:
+        if name not in self.payloads:
             raise ResourceNotFoundError(f"Compute {name} not found")
-        return copy.deepcopy(self.store[name])
+        return from_rest("compute", self.payloads[name])
 
-    def _poller(self, compute):
-        self.store[compute.name] = copy.deepcopy(compute)
-        return SimpleNamespace(result=lambda: compute)
+    def put(self, compute):
+        body = request_payload(compute)
+        body.update(id=resource_id("computes", compute.name), name=compute.name, location="eastus",
+                    type="Microsoft.MachineLearningServices/workspaces/computes", systemData=system_data())
+        body["properties"].update(provisioningState="Succeeded", computeLocation="eastus")
+        inner = body["properties"]["properties"]
+        inner["vmSize"] = inner["vmSize"].upper()  # the service answers STANDARD_NC24ADS_A100_V4
+        self.payloads[compute.name] = body
+        return poller(from_rest("compute", body))
 
     def begin_create_or_update(self, compute):
         self.creates += 1
-        return self._poller(compute)
+        return self.put(compute)
 
     def begin_update(self, compute):
         self.updates += 1
-        return self._poller(compute)
+        return self.put(compute)
 
 
 @pytest.fixture
 def workspace(monkeypatch):
-    computes = FakeComputes()
-    client = mock.MagicMock(name="MLClient()")
-    client.compute = computes
-    cls = mock.MagicMock(name="MLClient", return_value=client)
-    cls.from_config.return_value = client
-    monkeypatch.setattr("azure.ai.ml.MLClient", cls)
-    monkeypatch.setattr("azure.identity.DefaultAzureCredential", mock.MagicMock(name="DefaultAzureCredential"))
+    """An autospecced MLClient (tests/azure_fakes.py) over a workspace with no compute."""
+    fake = patch_azure(monkeypatch)
+    fake.computes = Computes(fake.client.compute)
     for var in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME", "AZURE_WORKSPACE_NAME",
                 "AZUREML_ARM_SUBSCRIPTION", "AZUREML_ARM_RESOURCEGROUP", "AZUREML_ARM_WORKSPACE_NAME"):
         monkeypatch.delenv(var, raising=False)
-    return SimpleNamespace(computes=computes, cls=cls)
+    return fake
 
 
 def test_creates_both_clusters_as_defined_in_the_yaml(workspace, capsys):
@@ -66,7 +73,7 @@ def test_creates_both_clusters_as_defined_in_the_yaml(workspace, capsys):
     store = workspace.computes.store
     assert sorted(store) == ["cpu-cluster", "gpu-cluster"]
     gpu = store["gpu-cluster"]
-    assert gpu.size == "Standard_NC24ads_A100_v4" and gpu.min_instances == 0 and gpu.max_instances == 2
+    assert gpu.size.lower() == "standard_nc24ads_a100_v4" and gpu.min_instances == 0  # Azure answers in capitals and gpu.max_instances == 2
     assert gpu.ssh_public_access_enabled is False and gpu.identity.type == "system_assigned"
     assert gpu.idle_time_before_scale_down == 1800 and gpu.tier == "dedicated"
     assert workspace.cls.call_args.kwargs == {"subscription_id": "sub-1", "resource_group_name": "rg-1", "workspace_name": "ws-1"}
@@ -76,11 +83,11 @@ def test_creates_both_clusters_as_defined_in_the_yaml(workspace, capsys):
 
 def test_second_run_changes_nothing(workspace, capsys):
     assert provision.main(WORKSPACE_FLAGS) == 0
-    before = copy.deepcopy(workspace.computes.store)
+    before = copy.deepcopy(workspace.computes.payloads)
     capsys.readouterr()
     assert provision.main(WORKSPACE_FLAGS) == 0
     assert workspace.computes.creates == 2 and workspace.computes.updates == 0
-    assert {n: c._to_dict() for n, c in workspace.computes.store.items()} == {n: c._to_dict() for n, c in before.items()}
+    assert workspace.computes.payloads == before
     out = capsys.readouterr().out
     assert "gpu-cluster: unchanged" in out and "cpu-cluster: unchanged" in out
 
@@ -112,16 +119,16 @@ def test_size_change_on_existing_cluster_is_refused_without_changes(workspace, c
 
 
 def test_name_taken_by_a_compute_instance_is_refused(workspace, capsys):
-    from azure.ai.ml.entities import ComputeInstance
-
-    workspace.computes.store["gpu-cluster"] = ComputeInstance(name="gpu-cluster", size="Standard_DS3_v2")
+    instance = rest_payload("compute_my-ci")  # a recorded compute instance, under the cluster's name
+    instance.update(id=resource_id("computes", "gpu-cluster"), name="gpu-cluster")
+    workspace.computes.payloads["gpu-cluster"] = instance
     rc = provision.main([*WORKSPACE_FLAGS, "--only", "gpu"])
     assert_one_error(capsys, rc, "'gpu-cluster' already exists", "computeinstance", "--gpu-name", on_error_line=True)
 
 
 def test_dry_run_changes_nothing(workspace, capsys):
     assert provision.main([*WORKSPACE_FLAGS, "--dry-run"]) == 0
-    assert workspace.computes.store == {} and workspace.computes.creates == 0
+    assert workspace.computes.payloads == {} and workspace.computes.creates == 0
     out = capsys.readouterr().out
     assert "gpu-cluster: would create (Standard_NC24ads_A100_v4, dedicated, 0-2 nodes" in out
 
@@ -132,7 +139,7 @@ def test_authentication_failure_is_one_clear_message(workspace, capsys):
     def refuse(name):
         raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token\nlong details")
 
-    workspace.computes.get = refuse
+    workspace.client.compute.get.side_effect = refuse
     rc = provision.main(WORKSPACE_FLAGS)
     assert_one_error(capsys, rc, "could not authenticate to Azure", "az login", "gpu-cluster", on_error_line=True)
 

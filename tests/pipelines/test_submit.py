@@ -1,4 +1,5 @@
-"""The submit CLI against a mocked MLClient (no network): the job it submits and every error path."""
+"""The submit CLI against the autospecced MLClient of tests/azure_fakes.py (no network): the job it
+submits and every error path."""
 
 from __future__ import annotations
 
@@ -12,27 +13,17 @@ import yaml
 
 from pipelines import submit
 from pipelines.factory import SAMPLE_DATA
+from tests.azure_fakes import patch_azure, rest_entity, rest_payload
 from tests.helpers import assert_one_error
 
 PHI3 = "model_name=microsoft/Phi-3-mini-4k-instruct"
 
 
-def _cluster(name, max_instances=4):
-    from azure.ai.ml.entities import AmlCompute
-
-    return AmlCompute(name=name, size="Standard_NC24ads_A100_v4", max_instances=max_instances)
-
-
-def _instance(name):
-    from azure.ai.ml.entities import ComputeInstance
-
-    return ComputeInstance(name=name, size="Standard_DS3_v2")
-
-
 @pytest.fixture
 def azure(monkeypatch):
-    """Patch MLClient and DefaultAzureCredential where submit.py imports them; return the client mock."""
-    computes = {"gpu-cluster": _cluster("gpu-cluster"), "cpu-cluster": _cluster("cpu-cluster"), "my-ci": _instance("my-ci")}
+    """An autospecced MLClient (tests/azure_fakes.py) where submit.py imports it: two clusters and a compute
+    instance, and a pipeline job as the service returns it on creation (all from recorded REST payloads)."""
+    computes = {name: rest_entity("compute", f"compute_{name}") for name in ("gpu-cluster", "cpu-cluster", "my-ci")}
 
     def get(name):
         from azure.core.exceptions import ResourceNotFoundError
@@ -41,21 +32,14 @@ def azure(monkeypatch):
             raise ResourceNotFoundError(f"Compute {name} not found")
         return computes[name]
 
-    client = mock.MagicMock(name="MLClient()")
-    client.compute.get.side_effect = get
-    client.compute.list.side_effect = lambda: list(computes.values())
-    client.jobs.create_or_update.return_value = SimpleNamespace(
-        name="witty_pipeline_42", studio_url="https://ml.azure.com/runs/witty_pipeline_42?wsid=..."
-    )
-    ml_client_class = mock.MagicMock(name="MLClient", return_value=client)
-    ml_client_class.from_config.return_value = client
-    credential_class = mock.MagicMock(name="DefaultAzureCredential")
-    monkeypatch.setattr("azure.ai.ml.MLClient", ml_client_class)
-    monkeypatch.setattr("azure.identity.DefaultAzureCredential", credential_class)
+    fake = patch_azure(monkeypatch)
+    fake.client.compute.get.side_effect = get
+    fake.client.compute.list.side_effect = lambda **kwargs: list(computes.values())
+    fake.client.jobs.create_or_update.return_value = rest_entity("job", "job_pipeline_created")
     for variables in submit.WORKSPACE_ENV.values():
         for variable in variables:
             monkeypatch.delenv(variable, raising=False)
-    return SimpleNamespace(client=client, cls=ml_client_class, credential=credential_class, computes=computes)
+    return SimpleNamespace(client=fake.client, cls=fake.cls, credential=fake.credential, computes=computes)
 
 
 def submitted_job(azure):
@@ -92,7 +76,8 @@ def test_submit_sends_the_pipeline_with_compute_distribution_and_inputs(azure, c
     assert rest["evaluate"]["inputs"]["sample_generations"]["value"] == "2"
     # The compute was checked before submitting; the studio URL is printed.
     assert [c.args[0] for c in azure.client.compute.get.call_args_list] == ["gpu-cluster", "cpu-cluster"]
-    assert "studio_url: https://ml.azure.com/runs/witty_pipeline_42" in out
+    recorded = rest_payload("job_pipeline_created")["properties"]["services"]["Studio"]["endpoint"]
+    assert f"studio_url: {recorded}" in out.splitlines()  # read from the job Azure returned
     azure.client.jobs.stream.assert_not_called()
     azure.cls.from_config.assert_called_once()  # no flags, no env: config.json
 
@@ -138,7 +123,9 @@ def test_incomplete_workspace_is_one_clear_error(azure, capsys):
 
 def test_missing_config_json(monkeypatch, tmp_path, capsys):
     """The real MLClient.from_config, in a folder without config.json: one clear message."""
-    monkeypatch.setattr("azure.identity.DefaultAzureCredential", mock.MagicMock())
+    from azure.identity import DefaultAzureCredential
+
+    monkeypatch.setattr("azure.identity.DefaultAzureCredential", mock.create_autospec(DefaultAzureCredential))
     for variables in submit.WORKSPACE_ENV.values():
         for variable in variables:
             monkeypatch.delenv(variable, raising=False)

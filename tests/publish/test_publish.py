@@ -1,16 +1,15 @@
-"""pipelines/publish.py against a fake workspace/registry (MLClient mocked; assets kept in dicts)."""
+"""pipelines/publish.py against the fake workspace or registry of tests/azure_fakes.py
+(an autospecced MLClient; assets kept as REST payloads)."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from types import SimpleNamespace
-from unittest import mock
 
 import pytest
 import yaml
 
 from pipelines import publish
+from tests.azure_fakes import from_rest, patch_azure, request_payload, resource_id, rest_payload, system_data
 from tests.helpers import assert_one_error
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -21,41 +20,49 @@ STEPS = sorted(p.parent.name for p in (REPO_ROOT / "components").glob("*/spec.ya
 ENVIRONMENTS = sorted(p.parent.name for p in (REPO_ROOT / "environments").glob("*/environment.yaml"))
 
 
-class FakeAssets:
-    """environments/components operations of MLClient, storing what is published by (name, version)."""
+class Assets:
+    """`client.environments` or `client.components` as the service keeps them: each PUT body stored as
+    the service answers it; `get` reads it back through `_from_rest_object`."""
 
-    def __init__(self):
-        self.store: dict[tuple[str, str], object] = {}
+    def __init__(self, operations, kind: str, collection: str):
+        self.kind, self.collection = kind, collection
+        self.payloads: dict[tuple[str, str], dict] = {}
+        self.sent: dict[tuple[str, str], object] = {}  # the entities publish.py sent
         self.created: list[tuple[str, str]] = []
+        operations.get.side_effect = self.get
+        operations.create_or_update.side_effect = self.create_or_update
 
-    def get(self, name, version):
+    def get(self, name, version=None, label=None):
         from azure.core.exceptions import ResourceNotFoundError
 
-        if (name, version) not in self.store:
+        if (name, version) not in self.payloads:
             raise ResourceNotFoundError(f"{name}:{version} not found")
-        stored = self.store[(name, version)]  # what Azure returns: the asset with its tags
-        return SimpleNamespace(name=stored.name, version=str(stored.version), tags=copy.deepcopy(dict(stored.tags or {})))
+        return from_rest(self.kind, self.payloads[(name, version)])
 
-    def create_or_update(self, entity):
+    def store(self, payload: dict) -> None:
+        name, version = payload["id"].split(f"/{self.collection}/")[1].split("/versions/")
+        self.payloads[(name, version)] = payload
+
+    def create_or_update(self, entity, *args, **kwargs):
         key = (entity.name, str(entity.version))
-        self.store[key] = entity
+        body = request_payload(entity)
+        body.update(id=resource_id(self.collection, *key), name=key[1], systemData=system_data())
+        self.store(body)
+        self.sent[key] = entity
         self.created.append(key)
-        return entity
+        return from_rest(self.kind, body)
 
 
 @pytest.fixture
 def azure(monkeypatch):
-    client = mock.MagicMock(name="MLClient()")
-    client.environments = FakeAssets()
-    client.components = FakeAssets()
-    cls = mock.MagicMock(name="MLClient", return_value=client)
-    cls.from_config.return_value = client
-    monkeypatch.setattr("azure.ai.ml.MLClient", cls)
-    monkeypatch.setattr("azure.identity.DefaultAzureCredential", mock.MagicMock(name="DefaultAzureCredential"))
+    """An autospecced MLClient (tests/azure_fakes.py) over an empty workspace or registry."""
+    fake = patch_azure(monkeypatch)
+    fake.environments = Assets(fake.client.environments, "environment", "environments")
+    fake.components = Assets(fake.client.components, "component", "components")
     for var in WORKSPACE_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(REPO_ROOT / "tests")  # no config.json here or above
-    return SimpleNamespace(client=client, cls=cls, environments=client.environments, components=client.components)
+    return fake
 
 
 def spec(step: str) -> dict:
@@ -70,8 +77,8 @@ def test_publishes_environments_components_and_pipeline_with_explicit_versions(a
     assert publish.main(WORKSPACE) == 0
     env_keys = {(env_spec(n)["name"], str(env_spec(n)["version"])) for n in ENVIRONMENTS}
     comp_keys = {(spec(s)["name"], str(spec(s)["version"])) for s in STEPS}
-    assert set(azure.environments.store) == env_keys
-    assert set(azure.components.store) == comp_keys | {("maap_finetune_pipeline", publish.project_version())}
+    assert set(azure.environments.sent) == env_keys
+    assert set(azure.components.sent) == comp_keys | {("maap_finetune_pipeline", publish.project_version())}
     # Environments before the components that use them, components before the pipeline.
     assert azure.components.created[-1][0] == "maap_finetune_pipeline"
     assert azure.cls.call_args.kwargs == {"subscription_id": "sub-1", "resource_group_name": "rg-1", "workspace_name": "ws-1"}
@@ -83,7 +90,7 @@ def test_components_reference_the_published_environment_not_a_file(azure):
     publish.main(WORKSPACE)
     for step in STEPS:
         s = spec(step)
-        component = azure.components.store[(s["name"], str(s["version"]))]
+        component = azure.components.sent[(s["name"], str(s["version"]))]
         env_folder = s["environment"].split("/")[-2]  # file:../../environments/<folder>/environment.yaml
         env = env_spec(env_folder)
         assert component.environment == f"azureml:{env['name']}:{env['version']}"
@@ -94,7 +101,7 @@ def test_components_reference_the_published_environment_not_a_file(azure):
 
 def test_pipeline_component_wires_the_published_components_with_the_steps_defaults(azure):
     publish.main(WORKSPACE)
-    pipeline = azure.components.store[("maap_finetune_pipeline", publish.project_version())]
+    pipeline = azure.components.sent[("maap_finetune_pipeline", publish.project_version())]
     assert type(pipeline).__name__ == "PipelineComponent"
     published = {s: f"{spec(s)['name']}:{spec(s)['version']}" for s in STEPS}
     assert {name: str(node.component) for name, node in pipeline.jobs.items()} == published
@@ -122,19 +129,23 @@ def test_changed_content_under_a_published_version_is_refused_before_anything_is
     publish.main(WORKSPACE)
     s = spec("finetune")
     key = (s["name"], str(s["version"]))
-    azure.components.store[key].tags[publish.HASH_TAG] = "0" * 64  # published earlier with other content
+    published = azure.components.payloads[key]["properties"]  # published earlier with other content:
+    for tags in (published["tags"], published["componentSpec"]["tags"]):  # the SDK reads the spec's copy
+        tags[publish.HASH_TAG] = "0" * 64
     new_env = ("maap-finetune-train-gpu", "9.9.9")
     before = len(azure.components.created)
     rc = publish.main([*WORKSPACE, "--pipeline-version", "9.9.9"])
     assert_one_error(capsys, rc, "refusing to overwrite", f"component {key[0]}:{key[1]}", "different content",
                      "Bump the version", "nothing was created", on_error_line=True)
     assert len(azure.components.created) == before  # not even the new pipeline version
-    assert new_env not in azure.environments.store
+    assert new_env not in azure.environments.payloads
 
 
 def test_version_published_by_someone_else_without_hash_is_refused(azure, capsys):
     env = env_spec("cpu")
-    azure.environments.store[(env["name"], str(env["version"]))] = SimpleNamespace(name=env["name"], version=env["version"], tags={})
+    recorded = rest_payload("environment_published_elsewhere")  # no maap.content_sha256 tag
+    recorded.update(id=resource_id("environments", env["name"], str(env["version"])), name=str(env["version"]))
+    azure.environments.store(recorded)
     rc = publish.main(WORKSPACE)
     assert_one_error(capsys, rc, f"environment {env['name']}:{env['version']}", "without the maap.content_sha256 tag", on_error_line=True)
     assert azure.components.created == []
@@ -152,9 +163,9 @@ def test_registry_uses_registry_references(azure):
     assert publish.main(["--registry", "shared-reg"]) == 0
     assert azure.cls.call_args.kwargs["registry_name"] == "shared-reg"
     s = spec("finetune")
-    component = azure.components.store[(s["name"], str(s["version"]))]
+    component = azure.components.sent[(s["name"], str(s["version"]))]
     assert component.environment == "azureml://registries/shared-reg/environments/maap-finetune-train-gpu/versions/0.1.0"
-    pipeline = azure.components.store[("maap_finetune_pipeline", publish.project_version())]
+    pipeline = azure.components.sent[("maap_finetune_pipeline", publish.project_version())]
     assert str(pipeline.jobs["finetune"].component) == f"azureml://registries/shared-reg/components/{s['name']}/versions/{s['version']}"
 
 
@@ -178,7 +189,7 @@ def test_dry_run_with_workspace_says_what_would_change_and_creates_nothing(azure
     out = capsys.readouterr().out
     assert "pipeline component maap_finetune_pipeline:0.2.0: would create" in out
     assert "component maap_finetune:0.1.0: unchanged" in out
-    assert ("maap_finetune_pipeline", "0.2.0") not in azure.components.store
+    assert ("maap_finetune_pipeline", "0.2.0") not in azure.components.payloads
 
 
 def test_content_hash_covers_code_and_included_library(monkeypatch, tmp_path):
@@ -202,7 +213,7 @@ def test_authentication_failure_is_one_clear_message(azure, capsys):
     def refuse(name, version):
         raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token\nmore")
 
-    azure.environments.get = refuse
+    azure.client.environments.get.side_effect = refuse
     rc = publish.main(WORKSPACE)
     assert_one_error(capsys, rc, "could not authenticate to Azure", "az login", on_error_line=True)
 

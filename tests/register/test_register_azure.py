@@ -1,4 +1,5 @@
-"""The Azure ML side of Register with a fake MLClient, and the rule that tells Azure from local."""
+"""The Azure ML side of Register against the autospecced MLClient of tests/azure_fakes.py, and the rule
+that tells Azure from local."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import pytest
 
 from maap_finetune.registry import azure, target
+from tests.azure_fakes import ModelStore, patch_azure
 from tests.helpers import argv_from_spec, load_entry
 
 AZURE_ENV = {
@@ -18,47 +20,16 @@ AZURE_ENV = {
 }
 
 
-class FakeModels:
-    """Azure ML's model operations as far as Register uses them, backed by a list."""
-
-    def __init__(self):
-        self.created = []
-
-    def list(self, name):
-        from azure.core.exceptions import ResourceNotFoundError
-
-        found = [m for m in self.created if m.name == name]
-        if not found:
-            raise ResourceNotFoundError(f"model {name} not found")
-        return iter(found)
-
-    def create_or_update(self, model):
-        model.version = str(sum(m.name == model.name for m in self.created) + 1)
-        self.created.append(model)
-        return model
-
-
-class FakeMLClient:
-    instances: list = []
-
-    def __init__(self, credential, subscription_id=None, resource_group_name=None, workspace_name=None,
-                 registry_name=None, **kwargs):
-        self.credential = credential
-        self.scope = dict(subscription_id=subscription_id, resource_group_name=resource_group_name,
-                          workspace_name=workspace_name, registry_name=registry_name)
-        self.models = FakeModels() if not FakeMLClient.instances else FakeMLClient.instances[0].models
-        FakeMLClient.instances.append(self)
-
-
 @pytest.fixture
 def azure_job(monkeypatch):
+    """Inside a pipeline job, with an autospecced MLClient (tests/azure_fakes.py) and an empty model store."""
     for key, value in AZURE_ENV.items():
         monkeypatch.setenv(key, value)
     for key in ("DEFAULT_IDENTITY_CLIENT_ID", "OBO_ENDPOINT"):
         monkeypatch.delenv(key, raising=False)
-    FakeMLClient.instances = []
-    monkeypatch.setattr("azure.ai.ml.MLClient", FakeMLClient)
-    return FakeMLClient
+    fake = patch_azure(monkeypatch, credential=False)  # the real credential classes: nothing is fetched
+    fake.models = ModelStore(fake.client.models)
+    return fake
 
 
 def run_register(tmp_path, model, evaluation, out="registration", **values):
@@ -72,11 +43,11 @@ def test_registers_in_the_workspace_once_per_pipeline_run(tmp_path, mlflow_track
     from azure.identity import DefaultAzureCredential
 
     info = run_register(tmp_path, finetuned_mlflow_model, evaluation_passed)
-    client = azure_job.instances[0]
-    assert client.scope == {"subscription_id": AZURE_ENV["AZUREML_ARM_SUBSCRIPTION"], "resource_group_name": "rg-ml",
-                            "workspace_name": "ws-ml", "registry_name": None}
-    assert isinstance(client.credential, DefaultAzureCredential)
-    [model] = client.models.created
+    azure_job.cls.assert_called_once()
+    assert azure_job.cls.call_args.kwargs == {"subscription_id": AZURE_ENV["AZUREML_ARM_SUBSCRIPTION"],
+                                              "resource_group_name": "rg-ml", "workspace_name": "ws-ml"}
+    assert isinstance(azure_job.cls.call_args.args[0], DefaultAzureCredential)
+    [model] = azure_job.models.requests  # what Register asked Azure to create
     assert model.type == "mlflow_model" and model.name == "maap-finetuned"
     assert str(model.path) == str(finetuned_mlflow_model)
     assert model.tags["pipeline_run_id"] == "pipeline_job_7" and model.tags["base_model"] == "tiny-phi3"
@@ -86,15 +57,14 @@ def test_registers_in_the_workspace_once_per_pipeline_run(tmp_path, mlflow_track
                     "uri": "azureml:maap-finetuned:1", "target": "workspace", "created": True}
 
     again = run_register(tmp_path, finetuned_mlflow_model, evaluation_passed, out="again")
-    assert len(client.models.created) == 1
+    assert len(azure_job.models.requests) == 1
     assert again["version"] == "1" and again["created"] is False and "no new version" in again["reason"]
 
 
 def test_registers_in_a_named_registry(tmp_path, mlflow_tracking, azure_job, finetuned_mlflow_model,
                                        evaluation_passed):
     info = run_register(tmp_path, finetuned_mlflow_model, evaluation_passed, registry_name="shared-models")
-    assert azure_job.instances[0].scope["registry_name"] == "shared-models"
-    assert azure_job.instances[0].scope["subscription_id"] is None
+    assert azure_job.cls.call_args.kwargs == {"registry_name": "shared-models"}
     assert info["uri"] == "azureml://registries/shared-models/models/maap-finetuned/versions/1"
     assert info["target"] == "registry"
 
@@ -103,7 +73,7 @@ def test_failing_gate_creates_nothing_in_azure(tmp_path, mlflow_tracking, azure_
                                                evaluation_failed):
     info = run_register(tmp_path, untrained_mlflow_model, evaluation_failed)
     assert info["registered"] is False and info["reason"].startswith("quality gate failed")
-    assert azure_job.instances == []  # no client was even built
+    azure_job.cls.assert_not_called()  # no client was even built
 
 
 def test_permission_error_is_one_clear_line(tmp_path, mlflow_tracking, azure_job, monkeypatch,
@@ -112,12 +82,9 @@ def test_permission_error_is_one_clear_line(tmp_path, mlflow_tracking, azure_job
 
     from maap_finetune.common.errors import UserError
 
-    def refuse(self, model):
-        err = HttpResponseError("AuthorizationFailed: no models/write")
-        err.status_code = 403
-        raise err
-
-    monkeypatch.setattr(FakeModels, "create_or_update", refuse)
+    err = HttpResponseError("AuthorizationFailed: no models/write")
+    err.status_code = 403
+    azure_job.client.models.create_or_update.side_effect = err
     with pytest.raises(UserError, match=r"may not register models in the workspace \(HTTP 403\)"):
         run_register(tmp_path, finetuned_mlflow_model, evaluation_passed)
 
@@ -173,4 +140,4 @@ def test_adapter_format_in_azure_needs_a_hub_base(tmp_path, mlflow_tracking, azu
     with pytest.raises(UserError, match="inside Azure ML needs the base model as --model_name"):
         run_register(tmp_path, finetuned_mlflow_model, evaluation_passed, model_format="adapter",
                      adapter=tmp_path, model_path=tiny_model_dir)
-    assert azure_job.instances == []
+    azure_job.cls.assert_not_called()
