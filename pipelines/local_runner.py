@@ -4,12 +4,13 @@ For each node, in dependency order (read from the inputs that bind
 `${{parent.jobs.<node>.outputs.<port>}}`), the runner:
 1. copies the component's code folder and each `additional_includes` entry into a per-run snapshot
    (`runs/<run-id>/<node>/snapshot`), as Azure ML uploads one;
-2. resolves the command: `$[[...]]` blocks are kept when every input they reference has a value and
-   dropped otherwise, `${{inputs.*}}` / `${{outputs.*}}` become values and paths
-   (outputs under `runs/<run-id>/<node>/outputs/<port>`);
-3. runs it in a subprocess with the snapshot as the working directory, this interpreter
-   (`sys.executable`) for `python`, `PYTHONPATH` inherited with the snapshot in front, and the
-   environment Azure ML sets: `MLFLOW_TRACKING_URI`, `MLFLOW_RUN_ID` (a child run of the pipeline's
+2. resolves the command as text, as Azure ML does: `$[[...]]` blocks are kept when every input they
+   reference has a value and dropped otherwise, `${{inputs.*}}` / `${{outputs.*}}` are replaced by
+   values and paths verbatim (outputs under `runs/<run-id>/<node>/outputs/<port>`), with no quoting
+   added: the component YAML quotes what needs it, so a quoting bug fails here as in a workspace;
+3. runs it with `bash -c` in its own process group, with the snapshot as the working directory,
+   `python` on PATH meaning this interpreter (`sys.executable`), `PYTHONPATH` inherited with the
+   snapshot in front, the node's `environment_variables`, and the environment Azure ML sets: `MLFLOW_TRACKING_URI`, `MLFLOW_RUN_ID` (a child run of the pipeline's
    run, tagged `mlflow.parentRunId`) and, for PyTorch-distributed nodes, one process per rank with
    `MASTER_ADDR`, `MASTER_PORT`, `WORLD_SIZE`, `RANK`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `NODE_RANK`.
 
@@ -18,7 +19,10 @@ see exactly the ranks and world size they would see on a cluster, which is what 
 (the rank arithmetic and the rendezvous are exercised); only the hardware is shared.
 
 A failing process stops its step (its sibling ranks are terminated) and the run: `StepFailed` carries
-the step name, the exit code and the tail of the log.
+the step name, the exit code and the tail of the log. Ctrl-C or SIGTERM (`timeout`, CI, schedulers)
+ends every step's process group and marks the MLflow runs KILLED (`Terminated` for SIGTERM). A new
+SQLite store is created under a file lock (`<db>.lock`), so runs started together do not race its
+migrations.
 
 The local defaults (sample data, tiny Phi-3 model, `sqlite:///mlruns.db`, `LOCAL_PROFILE`) are applied
 by `local_settings()`; `run_pipeline()` runs any PipelineJob.

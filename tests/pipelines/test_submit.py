@@ -321,6 +321,32 @@ def test_local_applies_the_profile_the_tiny_model_and_prints_the_summary(monkeyp
     assert "model_uri: models:/maap-finetuned/3" in lines
 
 
+def test_local_with_a_real_base_model_keeps_the_yaml_defaults(monkeypatch, tmp_path, capsys):
+    """LOCAL_PROFILE's learning rate of 0.005 would wreck a pre-trained model: the tiny model only."""
+    from pipelines import local_runner
+    from pipelines.factory import pipeline_input_defaults
+
+    monkeypatch.chdir(tmp_path)
+    base = tmp_path / "my-model"
+    base.mkdir()
+    built, captured = [], {}
+    monkeypatch.setattr(local_runner, "ensure_tiny_model", lambda *a, **k: built.append(1))
+
+    def stop_after_capture(job, **kwargs):
+        captured["job"] = job
+        raise local_runner.StepFailed("data_prep", 1, tmp_path / "log", "stopped by the test")
+
+    monkeypatch.setattr(local_runner, "run_pipeline", stop_after_capture)
+    assert submit.main(["--local", "--set", f"model_path={base}"]) == 1
+    out = capsys.readouterr().out
+    assert "local profile" not in out and built == []
+    inputs = {name: value.result() for name, value in captured["job"].inputs.items()}
+    defaults = pipeline_input_defaults()
+    for key in ("learning_rate", "epochs", "max_seq_length", "max_new_tokens"):
+        assert inputs[key] == defaults[key] != local_runner.LOCAL_PROFILE[key], key
+    assert "training data: data/sample/chat.jsonl (the sample" in out
+
+
 def test_model_info_lines(tmp_path):
     path = tmp_path / "model_info.json"
     path.write_text(json.dumps({"registered": False, "name": "m", "version": None, "uri": None,
