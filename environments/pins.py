@@ -77,7 +77,7 @@ ENVIRONMENTS: dict[str, EnvironmentSpec] = {
         name="train-gpu",
         requirement_files=("requirements.txt", "requirements-flash-attn.txt"),
         project_groups=("dependencies", "gpu"),
-        extra_pins=("flash-attn",),
+        extra_pins=("flash-attn", "azureml-inference-server-http"),
     ),
     "cpu": EnvironmentSpec(name="cpu", requirement_files=("requirements.txt",), project_groups=("dependencies",)),
 }
