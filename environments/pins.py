@@ -75,9 +75,9 @@ class EnvironmentSpec:
 ENVIRONMENTS: dict[str, EnvironmentSpec] = {
     "train-gpu": EnvironmentSpec(
         name="train-gpu",
-        requirement_files=("requirements.txt", "requirements-flash-attn.txt"),
+        requirement_files=("requirements.txt",),
         project_groups=("dependencies", "gpu"),
-        extra_pins=("flash-attn",),
+        extra_pins=("azureml-inference-server-http",),
     ),
     "cpu": EnvironmentSpec(name="cpu", requirement_files=("requirements.txt",), project_groups=("dependencies",)),
 }

@@ -63,6 +63,13 @@ param idleSecondsBeforeScaleDown int = 1800
 ])
 param workspacePublicNetworkAccess string = 'Enabled'
 
+@description('Appended to the key vault name (letters and digits, at most 6; empty keeps the default name). Purge protection keeps a deleted vault\'s name reserved for 90 days: to recreate the deployment in the same resource group within that time, set a new suffix.')
+@maxLength(6)
+param keyVaultNameSuffix string = ''
+
+@description('Name of an Azure ML registry in this resource group that Register publishes to, or whose models fine-tune reads; the cluster identities get "AzureML Registry User" on it. Empty: no registry role.')
+param modelRegistryName string = ''
+
 @description('Tags put on every resource.')
 param tags object = {
   project: 'maap-finetune'
@@ -70,7 +77,17 @@ param tags object = {
 
 var suffix = uniqueString(resourceGroup().id, prefix)
 var storageName = toLower(take('${prefix}st${suffix}', 24))
-var keyVaultName = take('${prefix}-kv-${suffix}', 24)
+var defaultKeyVaultName = take('${prefix}-kv-${suffix}', 24)
+var keyVaultName = empty(keyVaultNameSuffix) ? defaultKeyVaultName : '${take(defaultKeyVaultName, 23 - length(keyVaultNameSuffix))}-${keyVaultNameSuffix}'
+// Built-in role definition ids, from Microsoft Learn "Azure built-in roles"
+// (learn.microsoft.com/azure/role-based-access-control/built-in-roles, AI + machine learning,
+// Security and Storage sections). infra/README.md says why each is granted.
+var roles = {
+  azureMLDataScientist: 'f6c7c914-8db3-469d-8ca1-694a8f32e121'
+  azureMLRegistryUser: '1823dd4f-9b8c-4ab6-ab4e-7397a3684615'
+  keyVaultAdministrator: '00482a5a-887f-4fb3-b363-3b7fe8e74483'
+  storageBlobDataReader: '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
+}
 var registryName = toLower(take('${prefix}cr${suffix}', 50))
 var idleTime = 'PT${idleSecondsBeforeScaleDown}S'
 
@@ -136,8 +153,8 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-01-01' = {
 }
 
 resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
-  // checkov:skip=CKV_AZURE_189: public network access stays on: without private endpoints the workspace and its compute reach the vault over its public endpoint; only the workspace identity has an access policy.
-  // checkov:skip=CKV_AZURE_109: the firewall's default action stays Allow for the same reason as CKV_AZURE_189; only the workspace identity has an access policy.
+  // checkov:skip=CKV_AZURE_189: public network access stays on: without private endpoints the workspace and its compute reach the vault over its public endpoint; access is by Azure RBAC, granted only to the workspace identity.
+  // checkov:skip=CKV_AZURE_109: the firewall's default action stays Allow for the same reason as CKV_AZURE_189; access is by Azure RBAC, granted only to the workspace identity.
   name: keyVaultName
   location: location
   tags: tags
@@ -147,10 +164,9 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
       family: 'A'
       name: 'standard'
     }
-    // Access policies, as Azure ML expects: the service adds one for the workspace's identity when
-    // it creates the workspace; nothing else gets access here.
-    enableRbacAuthorization: false
-    accessPolicies: []
+    // Azure RBAC, not access policies: an access-policy list here, even an empty one, would wipe on every redeploy
+    // the policy Azure ML adds for the workspace identity. The role assignment below grants it instead.
+    enableRbacAuthorization: true
     enableSoftDelete: true
     softDeleteRetentionInDays: 90
     enablePurgeProtection: true
@@ -256,6 +272,54 @@ resource cpuCluster 'Microsoft.MachineLearningServices/workspaces/computes@2024-
     }
   }
 }
+
+// The workspace identity manages the secrets Azure ML keeps in the vault (connections, datastore keys).
+resource workspaceKeyVaultAdmin 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(keyVault.id, workspace.id, roles.keyVaultAdministrator)
+  scope: keyVault
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultAdministrator)
+    principalId: workspace.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Register with --register-identity managed runs as the cluster's identity: it lists and creates models
+// and reads job outputs in the workspace (AzureML Data Scientist), and fine-tune reads base models and data
+// from the workspace's storage (Storage Blob Data Reader).
+resource clusterDataScientist 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (cluster, i) in [gpuClusterName, cpuClusterName]: {
+  name: guid(workspace.id, cluster, roles.azureMLDataScientist)
+  scope: workspace
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.azureMLDataScientist)
+    principalId: i == 0 ? gpuCluster.identity.principalId : cpuCluster.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}]
+
+resource clusterBlobReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (cluster, i) in [gpuClusterName, cpuClusterName]: {
+  name: guid(storage.id, workspace.id, cluster, roles.storageBlobDataReader)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataReader)
+    principalId: i == 0 ? gpuCluster.identity.principalId : cpuCluster.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}]
+
+resource modelRegistry 'Microsoft.MachineLearningServices/registries@2024-04-01' existing = if (!empty(modelRegistryName)) {
+  name: empty(modelRegistryName) ? 'none' : modelRegistryName
+}
+
+resource clusterRegistryUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (cluster, i) in [gpuClusterName, cpuClusterName]: if (!empty(modelRegistryName)) {
+  name: guid(resourceGroup().id, modelRegistryName, workspace.id, cluster, roles.azureMLRegistryUser)
+  scope: modelRegistry
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.azureMLRegistryUser)
+    principalId: i == 0 ? gpuCluster.identity.principalId : cpuCluster.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}]
 
 output workspaceName string = workspace.name
 output workspaceId string = workspace.id

@@ -5,9 +5,14 @@
         --endpoint-name contoso-chat --deployment-name green --instance-count 2
     python pipelines/deploy.py --model maap-finetuned:1 --registry shared-models --instance-type ...
 
+    python pipelines/deploy.py --model maap-finetuned:1 --instance-type Standard_NC24ads_A100_v4 --dry-run
+
 Creates the endpoint (key auth) when it does not exist, creates or updates the deployment of the
-model (an MLflow model: Azure ML builds the scoring server, no scoring script), sends all of the
-endpoint's traffic to that deployment, and prints the scoring URI and a sample request.
+model, sends all of the endpoint's traffic to that deployment, and prints the scoring URI and a
+sample request in Azure ML's `input_data` envelope. The deployment runs `pipelines/scoring/score.py`
+in the project's GPU environment: Azure ML's no-code MLflow scoring script cannot load an
+`llm/v1/chat` model (see that file). `--dry-run` prints the endpoint and deployment YAML and the
+sample request, and calls no Azure service.
 
 Workspace: --subscription/--resource-group/--workspace, else AZURE_SUBSCRIPTION_ID,
 AZURE_RESOURCE_GROUP and AZUREML_WORKSPACE_NAME, else config.json (this folder or a parent, or
@@ -18,6 +23,7 @@ AZURE_CLIENT_ID/...); nothing is stored.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import sys
@@ -32,11 +38,39 @@ MODEL_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,254}):(?P<version
 ENDPOINT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")  # Azure ML: 3-32 chars
 DEPLOYMENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")
 REGISTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,32}$")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCORING_DIR = REPO_ROOT / "pipelines" / "scoring"
+ENVIRONMENT_YAML = REPO_ROOT / "environments" / "train-gpu" / "environment.yaml"
+# Azure ML reads scoring inputs from the "input_data" key (how-to-deploy-mlflow-models); the chat
+# fields inside are the model's MLflow llm/v1/chat signature. No temperature: 0.0 is refused by
+# transformers' sampling check, and generation is greedy by default.
 SAMPLE_REQUEST = {
-    "messages": [{"role": "user", "content": "What is the warranty on a new bike?"}],
-    "max_tokens": 64,
-    "temperature": 0.0,
+    "input_data": {
+        "messages": [{"role": "user", "content": "What is the warranty on a new bike?"}],
+        "max_tokens": 64,
+    }
 }
+# Azure's limit: request_timeout_ms at most 180000 (reference-yaml-deployment-managed-online.md,
+# RequestSettings). Generation of a few hundred tokens needs the headroom.
+MAX_REQUEST_TIMEOUT_MS = 180000
+# Probes (same reference, ProbeSettings: defaults initial_delay 10 s, period 10 s, timeout 2 s,
+# failure_threshold 30, minimums 1). The container installs nothing at start (the image holds the
+# pins) but loads several GB of weights: readiness waits 10 min before failing (60 x 10 s after a
+# 30 s delay); liveness starts after 10 min and restarts only after 5 min of silence (10 x 30 s).
+READINESS_PROBE = {"initial_delay": 30, "period": 10, "timeout": 10, "failure_threshold": 60, "success_threshold": 1}
+LIVENESS_PROBE = {"initial_delay": 600, "period": 30, "timeout": 10, "failure_threshold": 10, "success_threshold": 1}
+# Accelerator memory per VM size in GB (Azure's managed online endpoint SKU list; GPU count x GPU memory),
+# system RAM for CPU sizes. A size not listed is not checked.
+INSTANCE_MEMORY_GB = {
+    "Standard_NC4as_T4_v3": 16, "Standard_NC8as_T4_v3": 16, "Standard_NC16as_T4_v3": 16,
+    "Standard_NC64as_T4_v3": 64, "Standard_NC6s_v3": 16, "Standard_NC12s_v3": 32, "Standard_NC24s_v3": 64,
+    "Standard_NC24ads_A100_v4": 80, "Standard_NC48ads_A100_v4": 160, "Standard_NC96ads_A100_v4": 320,
+    "Standard_ND96asr_v4": 320, "Standard_ND96amsr_A100_v4": 640, "Standard_NC40ads_H100_v5": 94,
+    "Standard_NC80adis_H100_v5": 188, "Standard_ND96isr_H100_v5": 640,
+    "Standard_DS3_v2": 14, "Standard_DS4_v2": 28, "Standard_DS5_v2": 56, "Standard_E8s_v3": 64,
+    "Standard_E16s_v3": 128, "Standard_F8s_v2": 16, "Standard_F16s_v2": 32,
+}
+HEADROOM = 1.3  # bf16 weights plus KV cache, activations and the CUDA context
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,21 +87,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--endpoint-name", help="endpoint name, unique in the Azure region (default: from the model name)")
     parser.add_argument("--deployment-name", default="blue", help="deployment name (default blue)")
     parser.add_argument("--registry", help="the model is in this Azure ML registry instead of the workspace")
-    parser.add_argument("--request-timeout-ms", type=int, default=90000,
-                        help="scoring request timeout in ms (default 90000; generation is slow)")
+    parser.add_argument("--request-timeout-ms", type=int, default=MAX_REQUEST_TIMEOUT_MS,
+                        help=f"scoring request timeout in ms (default and Azure's maximum: {MAX_REQUEST_TIMEOUT_MS})")
+    parser.add_argument("--weights-gb", type=float,
+                        help="size of the model's bf16 weights in GB (2 x billions of parameters), to check "
+                             "--instance-type; default: the model's model_size_bytes tag when it has one")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the endpoint and deployment YAML and the sample request; call no Azure service")
     from pipelines.submit import add_workspace_arguments
 
     add_workspace_arguments(parser.add_argument_group("workspace"))
     return parser
 
 
-def default_endpoint_name(model_name: str) -> str:
-    """A valid endpoint name from a model name: lowercase letters, digits and '-', 3-32 characters."""
+def default_endpoint_name(model_name: str, workspace_id: str) -> str:
+    """Model name + '-' + 6 hex characters of sha256(workspace, model): stable for one workspace, and
+    unlikely to collide with another workspace's endpoint in the region (names are unique per region).
+    Lowercase letters, digits and '-', starting with a letter, 3-32 characters."""
+    suffix = hashlib.sha256(f"{workspace_id}/{model_name}".encode()).hexdigest()[:6]
     name = re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")
     if not name or not name[0].isalpha():
         name = "ep-" + name
-    name = name[:32].rstrip("-")
-    return name if len(name) >= 3 else f"{name}-ep"
+    name = re.sub(r"-{2,}", "-", name)[: 32 - len(suffix) - 1].rstrip("-")
+    return f"{name}-{suffix}"
 
 
 def check_args(args: argparse.Namespace) -> tuple[str, str]:
@@ -78,8 +120,6 @@ def check_args(args: argparse.Namespace) -> tuple[str, str]:
     match = MODEL_REF.match(args.model)
     if not match:
         problems.append(f"--model {args.model!r}: expected NAME:VERSION, such as maap-finetuned:1")
-    if args.endpoint_name is None and match:
-        args.endpoint_name = default_endpoint_name(match["name"])
     if args.endpoint_name is not None and not ENDPOINT_NAME.match(args.endpoint_name):
         problems.append(f"--endpoint-name {args.endpoint_name!r}: 3-32 letters, digits or '-', starting with a letter")
     if not DEPLOYMENT_NAME.match(args.deployment_name):
@@ -88,21 +128,23 @@ def check_args(args: argparse.Namespace) -> tuple[str, str]:
         problems.append(f"--registry {args.registry!r}: 3-33 letters, digits, '-' or '_'")
     if args.instance_count < 1:
         problems.append(f"--instance-count {args.instance_count}: must be at least 1")
-    if not 1000 <= args.request_timeout_ms <= 180000:
-        problems.append(f"--request-timeout-ms {args.request_timeout_ms}: Azure ML allows 1000-180000")
+    if not 1000 <= args.request_timeout_ms <= MAX_REQUEST_TIMEOUT_MS:
+        problems.append(f"--request-timeout-ms {args.request_timeout_ms}: Azure ML allows 1000-{MAX_REQUEST_TIMEOUT_MS}")
+    if args.weights_gb is not None and args.weights_gb <= 0:
+        problems.append(f"--weights-gb {args.weights_gb}: must be positive")
     if problems:
         raise ConfigErrors(problems, header="deploy: invalid arguments")
     return match["name"], match["version"]
 
 
-def model_reference(ml_client, name: str, version: str, registry: str | None) -> str:
-    """The model id the deployment points at; a workspace model must exist."""
+def model_reference(ml_client, name: str, version: str, registry: str | None) -> tuple[str, dict]:
+    """(model id the deployment points at, the model's tags); a workspace model must exist."""
     from azure.core.exceptions import ResourceNotFoundError
 
     from maap_finetune.common.errors import UserError
 
     if registry:
-        return f"azureml://registries/{registry}/models/{name}/versions/{version}"
+        return f"azureml://registries/{registry}/models/{name}/versions/{version}", {}
     try:
         model = ml_client.models.get(name=name, version=version)
     except ResourceNotFoundError:
@@ -110,39 +152,76 @@ def model_reference(ml_client, name: str, version: str, registry: str | None) ->
                         f"list versions with `az ml model list --name {name}`") from None
     if getattr(model, "type", None) not in (None, "mlflow_model"):
         raise UserError(f"model {name}:{version} is a {model.type}, not an mlflow_model; this script deploys MLflow "
-                        "models (no scoring script)")
-    return f"azureml:{name}:{version}"
+                        "models written by maap-finetune")
+    return f"azureml:{name}:{version}", dict(getattr(model, "tags", None) or {})
 
 
-def deploy(ml_client, args: argparse.Namespace, name: str, version: str) -> dict:
-    """Create/update endpoint and deployment, route all traffic to it; returns what was done."""
-    from azure.ai.ml.entities import ManagedOnlineDeployment, ManagedOnlineEndpoint, OnlineRequestSettings
-    from azure.core.exceptions import ResourceNotFoundError
+def instance_warning(instance_type: str, weights_gb: float | None) -> str | None:
+    """A warning when the VM's accelerator memory (RAM for CPU sizes) cannot hold the weights plus headroom."""
+    memory = INSTANCE_MEMORY_GB.get(instance_type)
+    if weights_gb is None or memory is None:
+        return None
+    needed = weights_gb * HEADROOM
+    if needed <= memory:
+        return None
+    return (f"warning: {instance_type} has {memory:g} GB of {'GPU' if '_N' in instance_type else 'RAM'} memory; the "
+            f"model needs about {needed:.1f} GB ({weights_gb:g} GB of bf16 weights x {HEADROOM} headroom). The "
+            "deployment would fail to load or run out of memory: pick a larger --instance-type.")
 
-    model_id = model_reference(ml_client, name, version, args.registry)
+
+def weights_from_tags(tags: dict) -> float | None:
     try:
-        endpoint = ml_client.online_endpoints.get(name=args.endpoint_name)
-        endpoint_action = "updated"
-    except ResourceNotFoundError:
-        endpoint = ManagedOnlineEndpoint(
-            name=args.endpoint_name,
-            auth_mode="key",
-            description=f"Chat endpoint for {name}, fine-tuned with maap-finetune.",
-            tags={"model": f"{name}:{version}"},
-        )
-        print(f"creating endpoint {args.endpoint_name} (a few minutes)...", flush=True)
-        endpoint = ml_client.online_endpoints.begin_create_or_update(endpoint).result()
-        endpoint_action = "created"
+        return int(tags["model_size_bytes"]) / 1e9
+    except (KeyError, TypeError, ValueError):
+        return None
 
+
+def build_entities(args: argparse.Namespace, name: str, version: str, model_id: str):
+    """(endpoint, deployment) as the SDK entities that are sent to Azure (or printed by --dry-run)."""
+    from azure.ai.ml import load_environment
+    from azure.ai.ml.entities import (
+        CodeConfiguration,
+        ManagedOnlineDeployment,
+        ManagedOnlineEndpoint,
+        OnlineRequestSettings,
+        ProbeSettings,
+    )
+
+    endpoint = ManagedOnlineEndpoint(
+        name=args.endpoint_name,
+        auth_mode="key",
+        description=f"Chat endpoint for {name}, fine-tuned with maap-finetune.",
+        tags={"model": f"{name}:{version}"},
+    )
     deployment = ManagedOnlineDeployment(
         name=args.deployment_name,
         endpoint_name=args.endpoint_name,
         model=model_id,
+        environment=load_environment(ENVIRONMENT_YAML),
+        code_configuration=CodeConfiguration(code=str(SCORING_DIR), scoring_script="score.py"),
         instance_type=args.instance_type,
         instance_count=args.instance_count,
         request_settings=OnlineRequestSettings(request_timeout_ms=args.request_timeout_ms),
+        readiness_probe=ProbeSettings(**READINESS_PROBE),
+        liveness_probe=ProbeSettings(**LIVENESS_PROBE),
         tags={"model": f"{name}:{version}"},
     )
+    return endpoint, deployment
+
+
+def deploy(ml_client, args: argparse.Namespace, name: str, version: str, model_id: str) -> dict:
+    """Create/update endpoint and deployment, route all traffic to it; returns what was done."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    new_endpoint, deployment = build_entities(args, name, version, model_id)
+    try:
+        ml_client.online_endpoints.get(name=args.endpoint_name)
+        endpoint_action = "updated"
+    except ResourceNotFoundError:
+        print(f"creating endpoint {args.endpoint_name} (a few minutes)...", flush=True)
+        ml_client.online_endpoints.begin_create_or_update(new_endpoint).result()
+        endpoint_action = "created"
+
     print(f"deploying {name}:{version} as {args.endpoint_name}/{args.deployment_name} on {args.instance_count} x "
           f"{args.instance_type} (10-20 minutes for an LLM)...", flush=True)
     ml_client.online_deployments.begin_create_or_update(deployment).result()
@@ -152,6 +231,22 @@ def deploy(ml_client, args: argparse.Namespace, name: str, version: str) -> dict
     endpoint = ml_client.online_endpoints.begin_create_or_update(endpoint).result()
     return {"endpoint": args.endpoint_name, "endpoint_action": endpoint_action, "deployment": args.deployment_name,
             "model": model_id, "scoring_uri": getattr(endpoint, "scoring_uri", None)}
+
+
+def entity_yaml(entity) -> str:
+    """The YAML `az ml online-endpoint/online-deployment create --file` takes, from the SDK's own schema."""
+    import yaml
+
+    # _to_dict() is what entity.dump() writes; the JSON round trip turns its OrderedDicts into plain dicts.
+    return yaml.safe_dump(json.loads(json.dumps(entity._to_dict())), sort_keys=False)
+
+
+def print_dry_run(args: argparse.Namespace, name: str, version: str, model_id: str) -> None:
+    endpoint, deployment = build_entities(args, name, version, model_id)
+    print(f"# dry run: nothing was sent to Azure\n# endpoint.yaml\n{entity_yaml(endpoint)}")
+    print(f"# deployment.yaml\n{entity_yaml(deployment)}")
+    print("sample request (request.json):")
+    print(json.dumps(SAMPLE_REQUEST, indent=2))
 
 
 def print_sample_request(result: dict, args: argparse.Namespace) -> None:
@@ -170,7 +265,7 @@ def print_sample_request(result: dict, args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 deployed, 2 a problem the user can fix)."""
     args = build_parser().parse_args(argv)
-    from maap_finetune.common.errors import UserError
+    from maap_finetune.common.errors import ConfigErrors, UserError
 
     from pipelines.submit import azure_errors, connect
 
@@ -179,10 +274,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         name, version = check_args(args)
         with azure_errors("connecting to the workspace"):
-            ml_client = connect(args)
+            ml_client = connect(args)  # builds the client only: no request is sent yet
+        if args.endpoint_name is None:
+            workspace_id = f"{ml_client.subscription_id}/{ml_client.resource_group_name}/{ml_client.workspace_name}"
+            args.endpoint_name = default_endpoint_name(name, workspace_id)
+            if not ENDPOINT_NAME.match(args.endpoint_name):  # a bug here must not reach Azure
+                raise ConfigErrors([f"derived endpoint name {args.endpoint_name!r} breaks Azure's rules; "
+                                    "pass --endpoint-name"], header="deploy: invalid arguments")
+        if args.dry_run:
+            model_id = (f"azureml://registries/{args.registry}/models/{name}/versions/{version}" if args.registry
+                        else f"azureml:{name}:{version}")
+            warning = instance_warning(args.instance_type, args.weights_gb)
+            if warning:
+                print(warning, file=sys.stderr)
+            print_dry_run(args, name, version, model_id)
+            return 0
         with azure_errors(f"deploying {args.model} to endpoint {args.endpoint_name}"):
             try:
-                result = deploy(ml_client, args, name, version)
+                model_id, tags = model_reference(ml_client, name, version, args.registry)
+                weights_gb = args.weights_gb if args.weights_gb is not None else weights_from_tags(tags)
+                warning = instance_warning(args.instance_type, weights_gb)
+                if warning:
+                    print(warning, file=sys.stderr)
+                result = deploy(ml_client, args, name, version, model_id)
             except MlException as err:  # the SDK's own validation and deployment errors
                 first = (str(getattr(err, "message", "") or err).strip().splitlines() or [type(err).__name__])[0]
                 raise UserError(f"Azure ML could not deploy {args.model}: {first}") from None

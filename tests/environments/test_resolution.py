@@ -57,8 +57,10 @@ def test_pins_resolve_together(resolutions, name):
         assert result.installed[pin.name] == str(pin.version), pin
     # Source-only packages' own requirements were part of the resolution.
     if name == "train-gpu":
-        assert "hjson" in result.installed and "einops" in result.installed  # deepspeed / flash-attn deps
+        assert "hjson" in result.installed and "einops" in result.installed  # deepspeed's deps
         assert any(line.startswith("torch") for line in result.requirements)
+        # PyPI's torch 2.13.0 for CPython 3.11 manylinux_2_28 is the CUDA 13.0 build (the Dockerfile relies on it).
+        assert result.installed["nvidia-cudnn-cu13"] and result.installed["cuda-toolkit"].startswith("13.0")
 
 
 def test_resolved_versions_respect_project_ranges(resolutions):

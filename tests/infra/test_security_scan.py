@@ -43,6 +43,7 @@ def test_project_checks_pass_on_both_clusters(result):
         resource = f"Microsoft.MachineLearningServices/workspaces/computes.{cluster}"
         passed = {check for check, res in result.passed if res == resource}
         assert passed >= {f"CKV_MAAP_{i}" for i in range(1, 6)}, (cluster, passed)
+    assert ("CKV_MAAP_6", "Microsoft.KeyVault/vaults.keyVault") in result.passed
 
 
 def test_every_suppression_is_documented_and_needed(result, tmp_path):
@@ -71,3 +72,14 @@ def test_scan_fails_on_public_ssh_and_always_on_nodes(checkov_ready, tmp_path):
     assert ("CKV_MAAP_1", "gpuCluster") in failed
     assert ("CKV_AZURE_35", "storage") in failed
     assert not result.ok
+
+
+def test_scan_fails_when_the_key_vault_goes_back_to_access_policies(checkov_ready, tmp_path):
+    """The regression that wiped Azure ML's access policy on every redeploy is caught."""
+    bicep = (REPO_ROOT / "infra" / "main.bicep").read_text()
+    assert bicep.count("enableRbacAuthorization: true") == 1 and "accessPolicies" not in bicep
+    for bad in (bicep.replace("enableRbacAuthorization: true", "enableRbacAuthorization: false\n    accessPolicies: []"),
+                bicep.replace("enableRbacAuthorization: true", "enableRbacAuthorization: true\n    accessPolicies: []")):
+        (tmp_path / "main.bicep").write_text(bad)
+        failed = {(c["check_id"], c["resource"]) for c in scan.run_scan(tmp_path).failed}
+        assert ("CKV_MAAP_6", "Microsoft.KeyVault/vaults.keyVault") in failed

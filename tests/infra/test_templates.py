@@ -78,3 +78,40 @@ def test_readme_gives_the_deployment_command():
     assert "--parameters @infra/main.parameters.json" in readme
     assert "python infra/provision.py" in readme
     assert "az ml compute create --file infra/compute/gpu-cluster.yaml" in readme
+
+
+def _role_assignments(text: str) -> dict[str, str]:
+    """role assignment resource name -> its body, from main.bicep."""
+    blocks = re.split(r"^resource ", text, flags=re.M)[1:]
+    return {b.split()[0]: b for b in blocks if "'Microsoft.Authorization/roleAssignments@" in b.split("\n", 1)[0]}
+
+
+def test_key_vault_uses_rbac_and_the_workspace_identity_has_a_role():
+    text = (INFRA / "main.bicep").read_text()
+    assert "enableRbacAuthorization: true" in text and "accessPolicies" not in text
+    assignments = _role_assignments(text)
+    body = assignments["workspaceKeyVaultAdmin"]
+    assert "scope: keyVault" in body and "principalId: workspace.identity.principalId" in body
+    assert "roles.keyVaultAdministrator" in body
+
+
+def test_cluster_identities_get_the_roles_managed_identity_registration_needs():
+    text = (INFRA / "main.bicep").read_text()
+    ids = dict(re.findall(r"^  (\w+): '([0-9a-f-]{36})'$", text, re.M))
+    # Built-in role definition ids (Microsoft Learn, "Azure built-in roles").
+    assert ids == {"azureMLDataScientist": "f6c7c914-8db3-469d-8ca1-694a8f32e121",
+                   "azureMLRegistryUser": "1823dd4f-9b8c-4ab6-ab4e-7397a3684615",
+                   "keyVaultAdministrator": "00482a5a-887f-4fb3-b363-3b7fe8e74483",
+                   "storageBlobDataReader": "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"}
+    assignments = _role_assignments(text)
+    for name, scope, role in (("clusterDataScientist", "workspace", "azureMLDataScientist"),
+                              ("clusterBlobReader", "storage", "storageBlobDataReader"),
+                              ("clusterRegistryUser", "modelRegistry", "azureMLRegistryUser")):
+        body = assignments[name]
+        assert f"scope: {scope}\n" in body and f"roles.{role})" in body, name
+        assert "gpuCluster.identity.principalId" in body and "cpuCluster.identity.principalId" in body, name
+    assert "if (!empty(modelRegistryName))" in assignments["clusterRegistryUser"]
+    readme = (INFRA / "README.md").read_text()
+    for role in ("AzureML Data Scientist", "Storage Blob Data Reader", "AzureML Registry User", "Key Vault Administrator"):
+        assert role in readme, role
+    assert "keyVaultNameSuffix" in readme
