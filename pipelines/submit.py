@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune processes per node, usually the GPUs per node (default 1)",
     )
 
+    from pipelines.factory import REGISTER_IDENTITIES, PipelineSettings
+
+    where.add_argument(
+        "--register-identity", choices=REGISTER_IDENTITIES, default=PipelineSettings.register_identity,
+        help="whose rights Register uses to list and create models: user (yours, the default; works on any cluster) "
+        "or managed (the cluster's managed identity; needs the roles infra/main.bicep grants it)",
+    )
+
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument(
         "--set", action="append", default=[], metavar="NAME=VALUE",
@@ -144,6 +152,7 @@ def settings_from_args(args: argparse.Namespace, *, require_base_model: bool = T
         inputs=inputs,
         step_inputs=step_inputs,
         require_base_model=require_base_model,
+        register_identity=args.register_identity,
     )
 
 
