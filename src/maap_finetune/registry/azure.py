@@ -102,7 +102,7 @@ def _refused(err, target: str, where: str, scope: str, environ: Mapping[str, str
     if isinstance(err, ClientAuthenticationError):
         return UserError(f"Register could not get a token for {identity} to register in {where} ({first}); "
                          f"with --register-identity managed the cluster needs a managed identity; {fix}")
-    return UserError(f"{identity} may not register models in {where} (HTTP {err.status_code}: {first}); {fix}")
+    return UserError(f"{identity} may not register models in {where} (HTTP {err.status_code}): {first}; {fix}")
 
 
 def register_azure(model_dir: Path, name: str, tags: dict[str, str], description: str,
