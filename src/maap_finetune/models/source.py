@@ -67,7 +67,9 @@ def resolve_model_source(model_path: str | Path | None, model_name: str | None) 
             return ModelSource(model=str(model_dir), tokenizer=str(tokenizer_dir), display_name=_display_name(root))
     data = root / "data"
     if (data / "model").is_dir() and _has_weights_config(data / "config"):  # hftransformersv2: config apart
-        tokenizer_dir = data / "tokenizer" if (data / "tokenizer" / "tokenizer_config.json").is_file() else data / "config"
+        tokenizer_dir = data / "tokenizer"
+        if not (tokenizer_dir / "tokenizer_config.json").is_file():
+            tokenizer_dir = data / "config"
         return ModelSource(model=str(_joined_view(data / "model", data / "config")), tokenizer=str(tokenizer_dir),
                            display_name=_display_name(root))
     found = sorted(p.name for p in root.iterdir())[:20]
@@ -114,7 +116,8 @@ def _display_name(root: Path) -> str:
         import yaml
 
         try:
-            name = ((yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}).get("metadata") or {}).get("base_model_name")
+            metadata = (yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}).get("metadata") or {}
+            name = metadata.get("base_model_name")
         except (OSError, yaml.YAMLError, AttributeError):
             name = None
         if isinstance(name, str) and name:
