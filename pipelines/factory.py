@@ -75,8 +75,15 @@ PIPELINE_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "registry_name": (("register", "registry_name"),),
 }
 
+REGISTER_IDENTITIES = ("user", "managed")
 # Input types whose value is a path or URI (wrapped in `Input`); the rest are literals.
 PATH_TYPES = frozenset({"uri_file", "uri_folder", "mlflow_model", "custom_model", "triton_model", "mltable"})
+# What model_path (a custom_model input) takes; azure-ai-ml resolves `azureml:name:version` of a model-typed
+# input as a model asset (a uri_folder would look it up as a data asset), passes URIs through and uploads folders.
+MODEL_PATH_FORMS = (
+    "<folder>, azureml:<model>:<version> (a workspace model) or "
+    "azureml://registries/<registry>/models/<model>/versions/<version> (a registry model)"
+)
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # two letters at least: `C:\...` stays a local path
 
 
@@ -103,6 +110,9 @@ class PipelineSettings:
     # Name of a Key Vault secret holding a Hugging Face token (gated base models); the steps that load
     # the base model read it at run time (maap_finetune.common.secrets). Only the name is in the job.
     hf_token_secret: str | None = None
+    # Whose rights Register uses to list and create models: "user" (the submitting user's; works on any
+    # cluster) or "managed" (the cluster's managed identity, given its roles by infra/main.bicep).
+    register_identity: str = "user"
 
 
 @functools.lru_cache(maxsize=None)
@@ -313,11 +323,12 @@ def resolve_inputs(
                 problems.append(str(err))
     has_path, has_name = values.get("model_path") is not None, values.get("model_name") is not None
     if has_path and has_name:
-        problems.append("set one base model, not both: model_path (a folder) or model_name (a Hugging Face id)")
+        problems.append("set one base model, not both: model_path (a folder or Azure ML model) or model_name "
+                        "(a Hugging Face id)")
     elif require_base_model and not (has_path or has_name):
         problems.append(
             "set a base model: --set model_name=microsoft/Phi-3-mini-4k-instruct (a Hugging Face id) "
-            "or --set model_path=<folder or azureml:model:version>"
+            f"or --set model_path={MODEL_PATH_FORMS}"
         )
     if problems:
         raise ConfigErrors(problems, header="invalid pipeline inputs")
@@ -367,7 +378,17 @@ def _check_settings(settings: PipelineSettings) -> list[str]:
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             problems.append(f"{name} must be a whole number >= 1; got {value!r}")
+    if settings.register_identity not in REGISTER_IDENTITIES:
+        problems.append(f"register_identity must be one of {', '.join(REGISTER_IDENTITIES)}; "
+                        f"got {settings.register_identity!r}")
     return problems
+
+
+def register_identity(kind: str):
+    """The identity the register node runs with (see PipelineSettings.register_identity)."""
+    from azure.ai.ml.entities import ManagedIdentityConfiguration, UserIdentityConfiguration
+
+    return UserIdentityConfiguration() if kind == "user" else ManagedIdentityConfiguration()
 
 
 def build_pipeline(settings: PipelineSettings):
@@ -499,6 +520,7 @@ def build_pipeline(settings: PipelineSettings):
         finetune.compute = gpu_compute
         evaluate.compute = gpu_compute
         register.compute = cpu_compute
+        register.identity = register_identity(settings.register_identity)
         return {
             "prepared_data": data_prep.outputs.prepared_data,
             "adapter": finetune.outputs.adapter,

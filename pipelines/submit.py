@@ -93,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune processes per node, usually the GPUs per node (default 1)",
     )
 
+    from pipelines.factory import REGISTER_IDENTITIES, PipelineSettings
+
+    where.add_argument(
+        "--register-identity", choices=REGISTER_IDENTITIES, default=PipelineSettings.register_identity,
+        help="whose rights Register uses to list and create models: user (yours, the default; works on any cluster) "
+        "or managed (the cluster's managed identity; needs the roles infra/main.bicep grants it)",
+    )
+
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument(
         "--set", action="append", default=[], metavar="NAME=VALUE",
@@ -170,6 +178,7 @@ def settings_from_args(
         require_base_model=require_base_model,
         require_training_data=require_training_data,
         hf_token_secret=getattr(args, "hf_token_secret", None),
+        register_identity=args.register_identity,
     )
 
 

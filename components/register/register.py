@@ -5,8 +5,9 @@
 
 Reads Evaluate's decision.json: when the gate failed nothing is registered and model_info.json says
 why ({"registered": false, "reason": ...}). Otherwise registers in Azure ML when inside an Azure ML
-job (`maap_finetune.registry.target.running_in_azure_ml`), else in the local MLflow registry, and
-writes model_info.json (registered, name, version, uri, reason). A second run for the same pipeline
+job (`maap_finetune.registry.target.running_in_azure_ml`), from Fine-Tune's job output when its
+MLmodel names one (no second upload), else in the local MLflow registry, and writes model_info.json
+(registered, name, version, uri, reason). A second run for the same pipeline
 run finds the version tagged with its pipeline run id and registers nothing new.
 """
 
@@ -117,8 +118,12 @@ def package_adapter(config: Config, metadata: dict, path: Path) -> tuple[Path, d
     from maap_finetune.models.source import resolve_model_source
     from maap_finetune.registry.adapter_model import adapter_base, save_adapter_model
 
+    from maap_finetune.registry.target import SOURCE_JOB, SOURCE_OUTPUT, SOURCE_WORKSPACE
+
     adapter_base(config.adapter)  # checks it is an adapter folder
     base = resolve_model_source(config.model_path, config.model_name)
+    # This package is not Fine-Tune's output: drop the pointer to that output (see registry.target).
+    metadata = {k: v for k, v in metadata.items() if k not in (SOURCE_JOB, SOURCE_OUTPUT, SOURCE_WORKSPACE)}
     metadata = {**metadata, "model_format": "adapter", "base_model": metadata.get("base_model") or base.display_name}
     tokenizer_dir = config.mlflow_model / "components" / "tokenizer"
     save_adapter_model(config.adapter, tokenizer_dir if tokenizer_dir.is_dir() else config.adapter, base.model,
@@ -165,8 +170,9 @@ def run(config: Config):
             info = ModelInfo(registered=False, reason=str(decision.get("reason") or "the quality gate failed"),
                              name=config.registered_model_name, pipeline_run_id=pipeline_run_id)
         else:
-            model_dir = config.mlflow_model
+            model_dir, source_uri = config.mlflow_model, target.job_output_uri(metadata)
             if config.model_format == "adapter":
+                source_uri = None
                 model_dir, metadata = package_adapter(config, metadata, Path(scratch) / "mlflow_model")
             tags = build_tags(metrics, decision, metadata, pipeline_run_id, step_run_id)
             tags["model_format"] = config.model_format
@@ -174,7 +180,8 @@ def run(config: Config):
             if in_azure:
                 from maap_finetune.registry.azure import register_azure
 
-                info = register_azure(model_dir, config.registered_model_name, tags, description, config.registry_name)
+                info = register_azure(model_dir, config.registered_model_name, tags, description, config.registry_name,
+                                      source_uri=source_uri)
             else:
                 from maap_finetune.registry.local import register_local
 

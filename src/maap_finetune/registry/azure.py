@@ -7,9 +7,18 @@ credential from azure-identity, chosen by `job_credential`:
 2. `OBO_ENDPOINT` set (the job runs with the submitting user's identity, `identity: user_identity`) ->
    `AzureMLOnBehalfOfCredential`;
 3. otherwise `DefaultAzureCredential` (environment variables, workload or managed identity).
-The model is `Model(type="mlflow_model", path=<folder>)`, so the workspace can deploy it to a
-managed online endpoint without a scoring script. Idempotent: an existing version tagged with the
-same pipeline run id is reused.
+Which of those the job has follows the register node's identity (`submit.py --register-identity`):
+`user` gives 2., `managed` gives 1. (or 3. for a system-assigned identity).
+
+The model is `Model(type="mlflow_model")`, so the workspace can deploy it to a managed online endpoint
+without a scoring script. Its path is Fine-Tune's output, `azureml://jobs/<job>/outputs/mlflow_model`
+(`target.job_output_uri`), which the SDK passes on without uploading; a folder is uploaded only when
+no such output is known (a model from elsewhere, the adapter-only package) or the target is a
+registry (a registry cannot read a workspace's job output; the SDK copies the folder into it).
+Idempotent: an existing version tagged with the same pipeline run id is reused.
+
+A 401/403 or a credential that gets no token, from building the client on, is one UserError naming
+the identity and the role it lacks (`ROLES`, granted to the clusters by infra/main.bicep).
 """
 
 from __future__ import annotations
@@ -68,17 +77,49 @@ def find_version(ml_client, name: str, pipeline_run_id: str):
     return None
 
 
+# The role each target needs (what infra/main.bicep grants the cluster identities).
+ROLES = {"workspace": "AzureML Data Scientist", "registry": "AzureML Registry User"}
+
+
+def job_identity(environ: Mapping[str, str] = os.environ) -> str:
+    """The identity `job_credential` stands for, as the user chose it on submit."""
+    if environ.get("DEFAULT_IDENTITY_CLIENT_ID"):
+        return "the compute cluster's managed identity (--register-identity managed)"
+    if environ.get("OBO_ENDPOINT"):
+        return "the submitting user's identity (--register-identity user)"
+    return "the job's default credential (a system-assigned managed identity with --register-identity managed)"
+
+
+def _refused(err, target: str, where: str, scope: str, environ: Mapping[str, str]) -> UserError:
+    from azure.core.exceptions import ClientAuthenticationError
+
+    identity = job_identity(environ)
+    managed = "managed" in identity
+    fix = (f"grant that identity the {ROLES[target]!r} role on {scope} "
+           + ("(infra/main.bicep grants it to the clusters it creates)" if managed else "(ask an owner to)")
+           + f", or submit with --register-identity {'user' if managed else 'managed'}")
+    first = (str(getattr(err, "message", None) or err).strip().splitlines() or [type(err).__name__])[0]
+    if isinstance(err, ClientAuthenticationError):
+        return UserError(f"Register could not get a token for {identity} to register in {where} ({first}); "
+                         f"with --register-identity managed the cluster needs a managed identity; {fix}")
+    return UserError(f"{identity} may not register models in {where} (HTTP {err.status_code}): {first}; {fix}")
+
+
 def register_azure(model_dir: Path, name: str, tags: dict[str, str], description: str,
-                   registry_name: str | None, ml_client=None) -> ModelInfo:
+                   registry_name: str | None, ml_client=None, source_uri: str | None = None,
+                   environ: Mapping[str, str] = os.environ) -> ModelInfo:
+    """Register `model_dir` (from `source_uri`, Fine-Tune's job output, when given) in the workspace or registry."""
     from azure.ai.ml.constants import AssetTypes
     from azure.ai.ml.entities import Model
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
     target = "registry" if registry_name else "workspace"
     where = f"Azure ML registry {registry_name}" if registry_name else "the workspace"
-    ml_client = ml_client or job_ml_client(registry_name)
+    scope = f"the registry {registry_name!r}" if registry_name else "the workspace"
+    path = source_uri if source_uri and not registry_name else str(model_dir)
     pipeline_run_id = tags[PIPELINE_RUN_TAG]
     try:
+        ml_client = ml_client or job_ml_client(registry_name, environ)  # a registry client calls Azure already
         existing = find_version(ml_client, name, pipeline_run_id)
         if existing is not None:
             return ModelInfo(
@@ -88,23 +129,18 @@ def register_azure(model_dir: Path, name: str, tags: dict[str, str], description
                 reason=f"already registered in {where} as version {existing.version} by pipeline run "
                 f"{pipeline_run_id}; no new version created",
             )
-        model = Model(name=name, path=str(model_dir), type=AssetTypes.MLFLOW_MODEL, tags=tags, description=description)
+        model = Model(name=name, path=path, type=AssetTypes.MLFLOW_MODEL, tags=tags, description=description)
         created = ml_client.models.create_or_update(model)
     except ClientAuthenticationError as err:
-        raise UserError(
-            f"the job's identity could not authenticate to register in {where}: {str(err).splitlines()[0]}. "
-            "Give the compute a managed identity (or submit with identity: user_identity)"
-        ) from None
+        raise _refused(err, target, where, scope, environ) from None
     except HttpResponseError as err:
         if getattr(err, "status_code", None) in (401, 403):
-            raise UserError(
-                f"the job's identity may not register models in {where} (HTTP {err.status_code}); grant it the "
-                "AzureML Data Scientist role (or a role with models/write)"
-            ) from None
+            raise _refused(err, target, where, scope, environ) from None
         raise
+    source = f"from {path} (no upload)" if path == source_uri else f"uploaded from {path}"
     return ModelInfo(
         registered=True, name=name, version=str(created.version),
         uri=model_uri(name, str(created.version), registry_name), target=target,
         pipeline_run_id=pipeline_run_id, created=True, tags=tags,
-        reason=f"quality gate passed; registered in {where}",
+        reason=f"quality gate passed; registered in {where} {source}",
     )

@@ -35,6 +35,9 @@ def save_mlflow_model(
 ) -> Path:
     """Save `model` + `tokenizer` to `path` (which must be absent or empty) as an MLflow transformers model.
 
+    An empty `path` stays where it is (MLflow writes into an existing empty folder): in Azure ML it is
+    the output's mount point, which cannot be removed.
+
     `tokenizer.chat_template` must be set for the chat task: it is saved with the tokenizer and used
     by the served model to render requests. Returns `path`.
     """
@@ -43,8 +46,6 @@ def save_mlflow_model(
     path = Path(path)
     if path.exists() and any(path.iterdir()):
         raise FileExistsError(f"{path} is not empty; an MLflow model folder must be written into an empty folder")
-    if path.exists():
-        path.rmdir()  # mlflow.save_model creates the folder itself
     if task not in (CHAT_TASK, TEXT_TASK):
         raise ValueError(f"task must be {CHAT_TASK!r} or {TEXT_TASK!r}, got {task!r}")
     if task == CHAT_TASK and not getattr(tokenizer, "chat_template", None):

@@ -6,6 +6,11 @@ The rule (one function, `running_in_azure_ml`): Register is inside an Azure ML j
 the local runner's `sqlite:///...` tracking URI, is a local run and registers in the MLflow registry
 the tracking URI points at.
 
+Where a model already lives (so Register does not upload it a second time): inside an Azure ML job
+Fine-Tune records its job name, output name and workspace in the MLmodel `metadata`
+(`job_output_metadata`); Register turns them into `azureml://jobs/<job>/outputs/<output>`
+(`job_output_uri`), a path `Model(path=...)` takes without uploading.
+
 The pipeline run id (the key that makes registration idempotent): in Azure ML `AZUREML_ROOT_RUN_ID`
 (the pipeline job) or else the step run's `mlflow.rootRunId` tag; otherwise (and as the last
 fallback in Azure ML) the `mlflow.parentRunId` tag of the step's MLflow run (the local runner's
@@ -40,11 +45,21 @@ def running_in_azure_ml(environ: Mapping[str, str] = os.environ) -> bool:
     return bool(environ.get("AZUREML_RUN_ID")) and bool(environ.get("AZUREML_ARM_SUBSCRIPTION"))
 
 
+# MLmodel metadata keys Fine-Tune writes inside Azure ML (see the module docstring).
+SOURCE_JOB = "azureml_job"
+SOURCE_OUTPUT = "azureml_output"
+SOURCE_WORKSPACE = "azureml_workspace"
+
+
 @dataclass(frozen=True)
 class Workspace:
     subscription: str
     resource_group: str
     workspace: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.subscription}/{self.resource_group}/{self.workspace}".lower()
 
 
 def job_workspace(environ: Mapping[str, str] = os.environ) -> Workspace:
@@ -71,3 +86,31 @@ def pipeline_run_id(step_run_id: str | None, parent_run_id: str | None,
         if root_run_id and root_run_id != step_run_id:
             return root_run_id
     return parent_run_id or step_run_id
+
+
+def job_output_metadata(output_name: str, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Inside an Azure ML job: this job's name, `output_name` and the workspace; {} anywhere else."""
+    if not running_in_azure_ml(environ) or not environ.get("AZUREML_RUN_ID"):
+        return {}
+    try:
+        workspace = job_workspace(environ)
+    except UserError:
+        return {}
+    return {SOURCE_JOB: environ["AZUREML_RUN_ID"], SOURCE_OUTPUT: output_name, SOURCE_WORKSPACE: workspace.key}
+
+
+def job_output_uri(metadata: Mapping[str, object], environ: Mapping[str, str] = os.environ) -> str | None:
+    """`azureml://jobs/<job>/outputs/<output>` of the job that wrote a model, when that job ran in this
+    job's workspace (a job URI names no workspace); None otherwise."""
+    job, output, workspace = (metadata.get(key) for key in (SOURCE_JOB, SOURCE_OUTPUT, SOURCE_WORKSPACE))
+    if not (isinstance(job, str) and isinstance(output, str) and isinstance(workspace, str) and job and output):
+        return None
+    if not running_in_azure_ml(environ):
+        return None
+    try:
+        here = job_workspace(environ)
+    except UserError:
+        return None
+    if workspace.lower() != here.key:
+        return None
+    return f"azureml://jobs/{job}/outputs/{output}"

@@ -1,5 +1,11 @@
 """Rank 0's outputs after training: tokenizer, merged model (with its parity check), MLflow model,
-training_summary.json, the loss curve, all logged to the step's MLflow run."""
+training_summary.json, the loss curve, logged to the step's MLflow run.
+
+Locally every output folder is logged. Inside Azure ML the outputs already are the job's outputs in
+the workspace's storage, so only the small files go to the run (`AZURE_RUN_ARTIFACTS`): logging a
+multi-GB merged model again would copy it a second time (and can time out after training); Register
+creates the model from the `mlflow_model` output itself (see maap_finetune.registry.target).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,9 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "training_summary.json"
 LOSS_CURVE_FILE = "loss_curve.png"
+MLFLOW_MODEL_OUTPUT = "mlflow_model"  # the output's name in components/finetune/spec.yaml
+# (output, file) pairs logged to the run inside Azure ML: the summary, the plot and the MLmodel.
+AZURE_RUN_ARTIFACTS = (("adapter", SUMMARY_FILE), ("adapter", LOSS_CURVE_FILE), (MLFLOW_MODEL_OUTPUT, "MLmodel"))
 
 
 class MergeParityError(RuntimeError):
@@ -66,8 +75,20 @@ def build_merged_model(config: FinetuneConfig, env: Environment, source, result)
     return merged, parity
 
 
+def log_output_artifacts(folders: dict[str, Path], in_azure: bool) -> None:
+    """Log the output folders to the step's run; inside Azure ML only the small files (module docstring)."""
+    if not in_azure:
+        for artifact_path, folder in folders.items():
+            tracking.log_artifacts(folder, artifact_path)
+        return
+    for artifact_path, name in AZURE_RUN_ARTIFACTS:
+        if (folders[artifact_path] / name).is_file():
+            tracking.log_artifact(folders[artifact_path] / name, artifact_path)
+
+
 def write_outputs(config: FinetuneConfig, env: Environment, source, result) -> dict[str, Any]:
     from maap_finetune.registry.mlflow_model import CHAT_TASK, TEXT_TASK, save_mlflow_model
+    from maap_finetune.registry.target import job_output_metadata, running_in_azure_ml
 
     adapter_dir = Path(config.adapter)
     result.tokenizer.save_pretrained(adapter_dir)
@@ -107,8 +128,9 @@ def write_outputs(config: FinetuneConfig, env: Environment, source, result) -> d
     }
     plot_loss_curve(result.log_history, adapter_dir / LOSS_CURVE_FILE)
     write_summary(adapter_dir / SUMMARY_FILE, summary)
+    in_azure = running_in_azure_ml()
     if parity.get("applicable") and not parity["passed"]:
-        tracking.log_artifacts(adapter_dir, "adapter")
+        log_output_artifacts({"adapter": adapter_dir}, in_azure)
         raise MergeParityError(
             f"merged model logits differ from base + adapter by {parity['max_relative_logit_diff']:.3g} (relative), "
             f"above merge_parity_tolerance {config.merge_parity_tolerance}; see {adapter_dir / SUMMARY_FILE}"
@@ -123,7 +145,9 @@ def write_outputs(config: FinetuneConfig, env: Environment, source, result) -> d
         mlflow_dir,
         # Text-format data on a base model without a chat template: serve plain text generation.
         task=CHAT_TASK if getattr(result.tokenizer, "chat_template", None) else TEXT_TASK,
-        metadata={"base_model": source.display_name, "peft_method": config.peft_method},
+        # Inside Azure ML: where this output lives, so Register need not upload it again.
+        metadata={"base_model": source.display_name, "peft_method": config.peft_method,
+                  **job_output_metadata(MLFLOW_MODEL_OUTPUT)},
     )
 
     tracking.log_metrics(
@@ -137,6 +161,5 @@ def write_outputs(config: FinetuneConfig, env: Environment, source, result) -> d
         },
         step=result.global_step,
     )
-    tracking.log_artifacts(adapter_dir, "adapter")
-    tracking.log_artifacts(mlflow_dir, "mlflow_model")
+    log_output_artifacts({"adapter": adapter_dir, MLFLOW_MODEL_OUTPUT: mlflow_dir}, in_azure)
     return summary
