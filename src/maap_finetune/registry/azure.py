@@ -69,7 +69,7 @@ def find_version(ml_client, name: str, pipeline_run_id: str):
 
 
 def register_azure(model_dir: Path, name: str, tags: dict[str, str], description: str,
-                   registry_name: str | None, ml_client=None) -> ModelInfo:
+                   registry_name: str | None, ml_client=None, model_type: str | None = None) -> ModelInfo:
     from azure.ai.ml.constants import AssetTypes
     from azure.ai.ml.entities import Model
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
@@ -88,7 +88,8 @@ def register_azure(model_dir: Path, name: str, tags: dict[str, str], description
                 reason=f"already registered in {where} as version {existing.version} by pipeline run "
                 f"{pipeline_run_id}; no new version created",
             )
-        model = Model(name=name, path=str(model_dir), type=AssetTypes.MLFLOW_MODEL, tags=tags, description=description)
+        model = Model(name=name, path=str(model_dir), type=model_type or AssetTypes.MLFLOW_MODEL, tags=tags,
+                      description=description)
         created = ml_client.models.create_or_update(model)
     except ClientAuthenticationError as err:
         raise UserError(
