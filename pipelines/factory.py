@@ -1,4 +1,4 @@
-"""Build the fine-tuning `PipelineJob` (data prep -> fine-tune -> evaluate -> register).
+"""Build the fine-tuning `PipelineJob` (data prep -> fine-tune -> evaluate -> register -> export ONNX).
 
 One factory serves the submit CLI, the local runner and the tests. Component YAMLs are the
 only place defaults live: every pipeline input left unset takes the default of the component
@@ -13,10 +13,15 @@ Inputs come in two kinds:
 - pipeline inputs (`PIPELINE_INPUTS`, `PipelineSettings.inputs`): the knobs most runs change;
 - step inputs (`PipelineSettings.step_inputs`, `--set finetune.gradient_checkpointing=true` on the CLI): any other
   input of any component, set on that step alone.
+
+One switch shapes the pipeline itself: `export_onnx` (`--set export_onnx=false`) builds it without the
+Export ONNX node. It is no pipeline input, because Azure ML cannot drop a node for a value known only
+at run time without a control-flow node; the pipeline is built without it instead.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import re
@@ -30,9 +35,11 @@ from maap_finetune.common.secrets import HF_TOKEN_SECRET_ENV
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS_DIR = REPO_ROOT / "components"
 SAMPLE_DATA = REPO_ROOT / "data" / "sample" / "chat.jsonl"
-STEP_NAMES = ("data_prep", "finetune", "evaluate", "register")
+STEP_NAMES = ("data_prep", "finetune", "evaluate", "register", "export_onnx")
 GPU_STEPS = ("finetune", "evaluate")  # run on `compute`
-CPU_STEPS = ("data_prep", "register")  # run on `cpu_compute` (defaults to `compute`)
+CPU_STEPS = ("data_prep", "register", "export_onnx")  # run on `cpu_compute` (defaults to `compute`)
+# Switches that decide whether a node is built, and their defaults: `--set export_onnx=false`.
+SWITCHES: dict[str, bool] = {"export_onnx": True}
 DISTRIBUTED_STEP = "finetune"  # gets instance_count and process_count_per_instance
 HUB_MODEL_STEPS = ("finetune", "evaluate", "register")  # load the base model (by Hub id, with a token if gated)
 
@@ -64,15 +71,22 @@ PIPELINE_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "per_device_train_batch_size": (("finetune", "per_device_train_batch_size"),),
     "precision": (("finetune", "precision"),),
     "deepspeed_stage": (("finetune", "deepspeed_stage"),),
-    "max_seq_length": (("data_prep", "max_seq_length"), ("finetune", "max_seq_length"), ("evaluate", "max_seq_length")),
+    "max_seq_length": (
+        ("data_prep", "max_seq_length"),
+        ("finetune", "max_seq_length"),
+        ("evaluate", "max_seq_length"),
+        ("export_onnx", "max_seq_length"),
+    ),
     "max_eval_samples": (("evaluate", "max_eval_samples"),),
     "max_new_tokens": (("evaluate", "max_new_tokens"),),
     "gate_metric": (("evaluate", "gate_metric"),),
     "gate_threshold": (("evaluate", "gate_threshold"),),
     "gate_min_improvement": (("evaluate", "gate_min_improvement"),),
-    "registered_model_name": (("register", "registered_model_name"),),
+    "registered_model_name": (("register", "registered_model_name"), ("export_onnx", "registered_model_name")),
     "model_format": (("register", "model_format"),),
-    "registry_name": (("register", "registry_name"),),
+    "registry_name": (("register", "registry_name"), ("export_onnx", "registry_name")),
+    "onnx_precision": (("export_onnx", "precision"),),
+    "onnx_execution_provider": (("export_onnx", "execution_provider"),),
 }
 
 REGISTER_IDENTITIES = ("user", "managed")
@@ -113,6 +127,22 @@ class PipelineSettings:
     # Whose rights Register uses to list and create models: "user" (the submitting user's; works on any
     # cluster) or "managed" (the cluster's managed identity, given its roles by infra/main.bicep).
     register_identity: str = "user"
+
+
+def split_switches(inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, bool], list[str]]:
+    """(the other inputs, each switch's value, problems): switches are taken out of `inputs`."""
+    from maap_finetune.common.cli import str2bool
+
+    rest = {k: v for k, v in inputs.items() if k not in SWITCHES}
+    switches, problems = dict(SWITCHES), []
+    for name in SWITCHES:
+        if name in inputs and inputs[name] not in (None, ""):
+            value = inputs[name]
+            try:
+                switches[name] = value if isinstance(value, bool) else str2bool(str(value))
+            except argparse.ArgumentTypeError:
+                problems.append(f"{name} expects true or false, got {value!r}")
+    return rest, switches, problems
 
 
 @functools.lru_cache(maxsize=None)
@@ -400,9 +430,14 @@ def build_pipeline(settings: PipelineSettings):
     problems = _check_settings(settings)
     values: dict[str, Any] = {}
     step_values: dict[str, dict[str, Any]] = {}
+    inputs, switches, switch_problems = split_switches(settings.inputs)
+    problems += switch_problems
+    export = switches["export_onnx"]
+    if not export and "export_onnx" in settings.step_inputs:
+        problems.append("export_onnx.<input> is set but export_onnx=false leaves the step out; drop one of them")
     try:
         values = resolve_inputs(
-            settings.inputs,
+            inputs,
             require_base_model=settings.require_base_model,
             require_training_data=settings.require_training_data,
         )
@@ -419,13 +454,15 @@ def build_pipeline(settings: PipelineSettings):
     finetune_component = load_step_component("finetune")
     evaluate_component = load_step_component("evaluate")
     register_component = load_step_component("register")
+    export_component = load_step_component("export_onnx") if export else None
     gpu_compute = settings.compute
     cpu_compute = settings.cpu_compute or settings.compute
 
     @dsl.pipeline(
         name="maap_finetune_pipeline",
-        display_name="Fine-tune, evaluate and register",
-        description="Data prep -> fine-tune -> evaluate -> register, tracked with MLflow.",
+        display_name="Fine-tune, evaluate and register" + (", export ONNX" if export else ""),
+        description="Data prep -> fine-tune -> evaluate -> register" + (" -> export ONNX" if export else "")
+        + ", tracked with MLflow.",
         experiment_name=settings.experiment_name,
     )
     def finetune_pipeline(
@@ -458,6 +495,8 @@ def build_pipeline(settings: PipelineSettings):
         registered_model_name,
         model_format,
         registry_name,
+        onnx_precision,
+        onnx_execution_provider,
     ):
         data_prep = data_prep_component(
             train_data=train_data,
@@ -521,13 +560,31 @@ def build_pipeline(settings: PipelineSettings):
         evaluate.compute = gpu_compute
         register.compute = cpu_compute
         register.identity = register_identity(settings.register_identity)
-        return {
+        outputs = {
             "prepared_data": data_prep.outputs.prepared_data,
             "adapter": finetune.outputs.adapter,
             "mlflow_model": finetune.outputs.mlflow_model,
             "evaluation": evaluate.outputs.evaluation,
             "registration": register.outputs.registration,
         }
+        if export_component is not None:
+            # After Register: the ONNX model is tagged with the merged model's registered version.
+            export_onnx = export_component(
+                mlflow_model=finetune.outputs.mlflow_model,
+                evaluation=evaluate.outputs.evaluation,
+                test_data=data_prep.outputs.prepared_data,
+                registration=register.outputs.registration,
+                precision=onnx_precision,
+                execution_provider=onnx_execution_provider,
+                max_seq_length=max_seq_length,
+                registered_model_name=registered_model_name,
+                registry_name=registry_name,
+            )
+            export_onnx.compute = cpu_compute
+            export_onnx.identity = register_identity(settings.register_identity)  # it registers <name>-onnx
+            outputs["onnx_model"] = export_onnx.outputs.onnx_model
+            outputs["export_report"] = export_onnx.outputs.export_report
+        return outputs
 
     job = finetune_pipeline(**values)
     if settings.hf_token_secret:
@@ -542,7 +599,7 @@ def build_pipeline(settings: PipelineSettings):
             setattr(node.inputs, name, value)
     job.settings.default_compute = gpu_compute
     job.settings.continue_on_step_failure = False
-    missing = set(STEP_NAMES) - set(job.jobs)
+    missing = set(STEP_NAMES) - set(job.jobs) - ({"export_onnx"} if not export else set())
     if missing:  # pragma: no cover - guards edits of the function above
         raise UserError(f"pipeline lacks steps {sorted(missing)}")
     return job

@@ -417,6 +417,14 @@ def model_info_lines(model_info_path: Path) -> list[str]:
     return [f"model not registered: {reason}"]
 
 
+def onnx_model_line(model_info_path: Path) -> str:
+    """`onnx_model: models:/<name>-onnx/<version>` from Export ONNX's model_info.json, or why there is none."""
+    line = model_info_lines(model_info_path)[0]
+    if line.startswith("model_uri: "):
+        return "onnx_model: " + line[len("model_uri: "):]
+    return "onnx " + line
+
+
 def print_summary(result) -> None:
     print(f"\nlocal run {result.run_id} finished in {result.seconds:.1f} s")
     width = max(len(name) for name in result.steps) if result.steps else 0
@@ -436,6 +444,9 @@ def print_summary(result) -> None:
                 f"load it: MLFLOW_TRACKING_URI={result.tracking_uri} python -c "
                 f"\"import mlflow; print(mlflow.pyfunc.load_model('{uri}'))\""
             )
+    export = result.steps.get("export_onnx")
+    if export is not None and "export_report" in export.outputs:
+        print(onnx_model_line(export.outputs["export_report"] / "model_info.json"))
     print(f"browse: mlflow ui --backend-store-uri {result.tracking_uri}")
 
 

@@ -12,7 +12,8 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS_DIR = REPO_ROOT / "components"
-ENTRY_SCRIPTS = {"data_prep": "data_prep.py", "finetune": "finetune.py", "evaluate": "evaluate.py", "register": "register.py"}
+ENTRY_SCRIPTS = {"data_prep": "data_prep.py", "finetune": "finetune.py", "evaluate": "evaluate.py", "register": "register.py",
+                 "export_onnx": "export_onnx.py"}
 
 
 def load_spec(step: str) -> dict:

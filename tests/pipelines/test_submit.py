@@ -61,6 +61,7 @@ def test_submit_sends_the_pipeline_with_compute_distribution_and_inputs(azure, c
     assert azure.client.jobs.create_or_update.call_args.kwargs["experiment_name"] == "my-exp"
     assert {name: node.compute for name, node in job.jobs.items()} == {
         "data_prep": "cpu-cluster", "finetune": "gpu-cluster", "evaluate": "gpu-cluster", "register": "cpu-cluster",
+        "export_onnx": "cpu-cluster",
     }
     finetune = job.jobs["finetune"]
     assert finetune.distribution.type == "pytorch"
@@ -229,7 +230,7 @@ def test_dry_run_prints_the_complete_yaml_without_network(azure, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     pipeline = yaml.safe_load(out)
-    assert set(pipeline["jobs"]) == {"data_prep", "finetune", "evaluate", "register"}
+    assert set(pipeline["jobs"]) == {"data_prep", "finetune", "evaluate", "register", "export_onnx"}
     assert pipeline["inputs"]["train_data"]["path"] == str(SAMPLE_DATA)  # the local path, not azureml:...
     assert pipeline["inputs"]["trust_remote_code"] is False
     assert pipeline["jobs"]["finetune"]["inputs"]["use_rslora"] is True
@@ -286,7 +287,15 @@ def test_local_applies_the_profile_the_tiny_model_and_prints_the_summary(monkeyp
             {"registered": True, "name": "maap-finetuned", "version": "3", "uri": "models:/maap-finetuned/3", "reason": "gate passed"}
         ))
         step = local_runner.StepResult("register", 1.0, {"registration": registration}, [], "child")
-        return local_runner.LocalRunResult("rid", tmp_path / "runs" / "rid", "sqlite:////x/mlruns.db", "maap-finetune", "parent", {"register": step}, 2.0)
+        report = tmp_path / "export_report"
+        report.mkdir()
+        (report / "model_info.json").write_text(json.dumps(
+            {"registered": True, "name": "maap-finetuned-onnx", "version": "2", "uri": "models:/maap-finetuned-onnx/2",
+             "reason": "exported and checked"}
+        ))
+        export = local_runner.StepResult("export_onnx", 1.0, {"export_report": report}, [], "child2")
+        return local_runner.LocalRunResult("rid", tmp_path / "runs" / "rid", "sqlite:////x/mlruns.db", "maap-finetune", "parent",
+                                           {"register": step, "export_onnx": export}, 2.0)
 
     monkeypatch.setattr(local_runner, "run_pipeline", fake_run)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -319,6 +328,13 @@ def test_local_applies_the_profile_the_tiny_model_and_prints_the_summary(monkeyp
     lines = out.splitlines()
     assert "tracking_uri: sqlite:////x/mlruns.db" in lines
     assert "model_uri: models:/maap-finetuned/3" in lines
+    assert "onnx_model: models:/maap-finetuned-onnx/2" in lines
+
+
+def test_onnx_model_line_says_why_nothing_was_exported(tmp_path):
+    path = tmp_path / "model_info.json"
+    path.write_text(json.dumps({"registered": False, "name": "m-onnx", "reason": "the quality gate failed: loss 3.2"}))
+    assert submit.onnx_model_line(path) == "onnx model not registered: the quality gate failed: loss 3.2"
 
 
 def test_local_with_a_real_base_model_keeps_the_yaml_defaults(monkeypatch, tmp_path, capsys):

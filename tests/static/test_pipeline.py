@@ -112,6 +112,20 @@ def test_cpu_compute_defaults_to_compute():
     assert {node.compute for node in job.jobs.values()} == {"only"}
 
 
+def test_export_onnx_runs_after_the_gate_on_the_cpu_cluster_and_can_be_left_out(job):
+    export = job._to_dict()["jobs"]["export_onnx"]
+    assert export["compute"] == "azureml:cpu-cluster"
+    assert export["inputs"]["evaluation"]["path"] == "${{parent.jobs.evaluate.outputs.evaluation}}"
+    assert export["inputs"]["registration"]["path"] == "${{parent.jobs.register.outputs.registration}}"
+    without = build_pipeline(PipelineSettings(compute="c", inputs={"model_name": "org/model", "export_onnx": "false"}))
+    assert list(without.jobs) == [s for s in STEP_NAMES if s != "export_onnx"]
+    assert "onnx_model" not in without.outputs and validate_job(without) == []
+    with pytest.raises(ConfigErrors) as caught:
+        build_pipeline(PipelineSettings(inputs={"model_name": "org/model", "export_onnx": "no way"},
+                                        step_inputs={"export_onnx": {"parity_prompts": 2}}))
+    assert "export_onnx expects true or false, got 'no way'" in caught.value.problems
+
+
 def test_all_problems_are_collected():
     with pytest.raises(ConfigErrors) as caught:
         build_pipeline(PipelineSettings(

@@ -106,7 +106,7 @@ def _refused(err, target: str, where: str, scope: str, environ: Mapping[str, str
 
 
 def register_azure(model_dir: Path, name: str, tags: dict[str, str], description: str,
-                   registry_name: str | None, ml_client=None, source_uri: str | None = None,
+                   registry_name: str | None, ml_client=None, source_uri: str | None = None, model_type: str | None = None,
                    environ: Mapping[str, str] = os.environ) -> ModelInfo:
     """Register `model_dir` (from `source_uri`, Fine-Tune's job output, when given) in the workspace or registry."""
     from azure.ai.ml.constants import AssetTypes
@@ -129,7 +129,7 @@ def register_azure(model_dir: Path, name: str, tags: dict[str, str], description
                 reason=f"already registered in {where} as version {existing.version} by pipeline run "
                 f"{pipeline_run_id}; no new version created",
             )
-        model = Model(name=name, path=path, type=AssetTypes.MLFLOW_MODEL, tags=tags, description=description)
+        model = Model(name=name, path=path, type=model_type or AssetTypes.MLFLOW_MODEL, tags=tags, description=description)
         created = ml_client.models.create_or_update(model)
     except ClientAuthenticationError as err:
         raise _refused(err, target, where, scope, environ) from None

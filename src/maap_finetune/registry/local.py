@@ -25,7 +25,8 @@ def find_version(client, name: str, pipeline_run_id: str):
     return None
 
 
-def register_local(model_dir: Path, name: str, tags: dict[str, str], description: str, run, verify: bool = True) -> ModelInfo:
+def register_local(model_dir: Path, name: str, tags: dict[str, str], description: str, run, verify: bool = True,
+                   artifact_path: str = ARTIFACT_PATH) -> ModelInfo:
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -47,8 +48,8 @@ def register_local(model_dir: Path, name: str, tags: dict[str, str], description
             "no new version created",
         )
 
-    mlflow.log_artifacts(str(model_dir), artifact_path=ARTIFACT_PATH)
-    source = f"{run.info.artifact_uri.rstrip('/')}/{ARTIFACT_PATH}"
+    mlflow.log_artifacts(str(model_dir), artifact_path=artifact_path)
+    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
     try:
         client.get_registered_model(name)
     except MlflowException as err:

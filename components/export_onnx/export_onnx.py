@@ -1,0 +1,185 @@
+"""Export ONNX: the fine-tuned model as an ONNX Runtime GenAI folder, checked against PyTorch, registered.
+
+    python export_onnx.py --mlflow_model mlflow_model/ --evaluation evaluation/ --test_data prepared/ \
+        --registration registration/ --execution_provider cpu --precision int4 --int4_block_size 32 \
+        --fp32_parity True --parity_prompts 8 --parity_max_new_tokens 32 --max_seq_length 2048 \
+        --min_token_agreement 0.9 --max_loss_delta 0.05 --registered_model_name maap-finetuned \
+        --onnx_model out/onnx_model --export_report out/export_report
+
+Order: the gate (Evaluate's decision.json; a failed gate writes the reason and exits 0) -> checks
+before any weight is read (architecture, precision x provider, tokenizer and chat template) ->
+build with onnxruntime-genai's model builder -> fp32 parity -> agreement, loss, size, speed ->
+export_report.json/.md -> register as <registered_model_name>-onnx when every check passed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from maap_finetune.common.cli import StrictParser, bounded, str2bool
+from maap_finetune.common.errors import ConfigErrors, UserError, exit_on_user_error
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,249}$")
+
+
+@dataclass(frozen=True)
+class Config:
+    mlflow_model: Path
+    evaluation: Path
+    test_data: Path
+    registration: Path | None
+    execution_provider: str
+    precision: str
+    int4_block_size: int
+    int4_accuracy_level: int | None
+    fp32_parity: bool
+    parity_prompts: int
+    parity_max_new_tokens: int
+    max_seq_length: int
+    min_token_agreement: float
+    max_loss_delta: float
+    registered_model_name: str
+    registry_name: str | None
+    onnx_model: Path
+    export_report: Path
+
+
+def build_parser() -> StrictParser:
+    p = StrictParser(description="Export the fine-tuned model to ONNX Runtime GenAI and check it (see spec.yaml).")
+    p.add_argument("--mlflow_model", type=Path, required=True)
+    p.add_argument("--evaluation", type=Path, required=True)
+    p.add_argument("--test_data", type=Path, required=True)
+    p.add_argument("--registration", type=Path, default=None)
+    p.add_argument("--execution_provider", choices=["cpu", "cuda"], required=True)
+    p.add_argument("--precision", choices=["int4", "fp16", "fp32"], required=True)
+    p.add_argument("--int4_block_size", type=bounded(int, 16, 256), required=True)
+    p.add_argument("--int4_accuracy_level", type=bounded(int, 1, 4), default=None)
+    p.add_argument("--fp32_parity", type=str2bool, required=True)
+    p.add_argument("--parity_prompts", type=bounded(int, 1, 1000), required=True)
+    p.add_argument("--parity_max_new_tokens", type=bounded(int, 1, 1024), required=True)
+    p.add_argument("--max_seq_length", type=bounded(int, 16), required=True)
+    p.add_argument("--min_token_agreement", type=bounded(float, 0.0, 1.0), required=True)
+    p.add_argument("--max_loss_delta", type=bounded(float, 0.0), required=True)
+    p.add_argument("--registered_model_name", type=str, required=True)
+    p.add_argument("--registry_name", type=str, default=None)
+    p.add_argument("--onnx_model", type=Path, required=True)
+    p.add_argument("--export_report", type=Path, required=True)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Config:
+    from maap_finetune.export.builder import INT4_BLOCK_SIZES
+
+    config = Config(**vars(build_parser().parse_args(argv)))
+    problems = []
+    if not MODEL_NAME.match(config.registered_model_name):
+        problems.append(f"--registered_model_name {config.registered_model_name!r}: use letters, digits, '-', '_' "
+                        "and '.', starting with a letter or digit, at most 250 characters (-onnx is appended)")
+    if config.int4_block_size not in INT4_BLOCK_SIZES:
+        problems.append(f"--int4_block_size {config.int4_block_size}: use one of {', '.join(map(str, INT4_BLOCK_SIZES))}")
+    if not (config.mlflow_model / "MLmodel").is_file():
+        problems.append(f"--mlflow_model {config.mlflow_model}: MLmodel is missing (give Fine-Tune's mlflow_model output)")
+    if not (config.evaluation / "decision.json").is_file():
+        problems.append(f"--evaluation {config.evaluation}: decision.json is missing (give Evaluate's output)")
+    if problems:
+        raise ConfigErrors(problems, header="export_onnx: invalid inputs")
+    return config
+
+
+def gate(config: Config) -> str | None:
+    """None when Evaluate's gate passed, else the reason this step does nothing."""
+    try:
+        decision = json.loads((config.evaluation / "decision.json").read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise UserError(f"{config.evaluation / 'decision.json'}: invalid JSON ({err})") from None
+    if not isinstance(decision, dict) or not isinstance(decision.get("passed"), bool):
+        raise UserError(f"{config.evaluation / 'decision.json'}: field 'passed' must be true or false")
+    return None if decision["passed"] else f"the quality gate failed: {decision.get('reason') or 'no reason given'}"
+
+
+def run(config: Config) -> dict:
+    from maap_finetune.export import builder
+    from maap_finetune.export.checks import check_export, skipped_report
+    from maap_finetune.models.source import resolve_model_source
+
+    config.onnx_model.mkdir(parents=True, exist_ok=True)
+    reason = gate(config)
+    if reason is not None:
+        return finish(config, skipped_report(reason, config))
+    source = resolve_model_source(config.mlflow_model, None)
+    architecture = builder.check_architecture(Path(source.model) / "config.json")
+    builder.check_provider(config.execution_provider, config.precision)
+    with tempfile.TemporaryDirectory(prefix="maap-onnx-") as scratch:
+        hf = builder.stage_hf_folder(Path(source.model), Path(source.tokenizer), Path(scratch) / "hf")
+        print(f"[export_onnx] building {architecture} as {config.precision} for {config.execution_provider}", flush=True)
+        start = time.perf_counter()
+        builder.build(hf, config.onnx_model, config.precision, config.execution_provider, Path(scratch) / "cache",
+                      config.int4_block_size, config.int4_accuracy_level)
+        report = check_export(config, source, architecture, hf, Path(scratch), time.perf_counter() - start)
+    return finish(config, report)
+
+
+def finish(config: Config, report: dict) -> dict:
+    """Log, register when every check passed, write the reports; fail the step when a check failed."""
+    from maap_finetune.common import tracking
+    from maap_finetune.export import registration
+    from maap_finetune.export.report import write_reports
+    from maap_finetune.registry import target
+    from maap_finetune.registry.model_info import ModelInfo
+
+    name = registration.onnx_model_name(config.registered_model_name)
+    write_reports(config.export_report, report)
+    with tracking.step_run() as run_:
+        step_run_id = run_.info.run_id if run_ is not None else None
+        tags_now = run_.data.tags if run_ is not None else {}
+        pipeline_run_id = target.pipeline_run_id(step_run_id, tags_now.get("mlflow.parentRunId"),
+                                                 root_run_id=tags_now.get("mlflow.rootRunId"))
+        if not report["exported"]:
+            info = ModelInfo(registered=False, reason=report["reason"], name=name, pipeline_run_id=pipeline_run_id)
+        elif not report["passed"]:
+            info = ModelInfo(registered=False, name=name, pipeline_run_id=pipeline_run_id,
+                             reason="the export failed its checks: " + "; ".join(report["failures"]))
+        else:
+            source = registration.source_model(config.registration)
+            tags = registration.build_tags(report, source, pipeline_run_id, step_run_id)
+            info = registration.register(config.onnx_model, name, tags, target.running_in_azure_ml(), run_,
+                                         config.registry_name)
+        info.write(config.export_report)
+        if run_ is not None:
+            log_run(report, info)
+            tracking.log_artifacts(config.export_report, artifact_path="export_report")
+    print(f"[export_onnx] {info.summary()} (report: {config.export_report / 'export_report.md'})", flush=True)
+    if report["exported"] and not report["passed"]:
+        raise UserError("the ONNX export failed its checks (see export_report.md):\n  - " + "\n  - ".join(report["failures"]))
+    return report
+
+
+def log_run(report: dict, info) -> None:
+    import mlflow
+
+    from maap_finetune.common import tracking
+
+    if report["exported"]:
+        tf, speed = report["agreement"]["teacher_forced"], report["speed"]
+        tracking.log_params({k: report[k] for k in ("precision", "execution_provider", "architecture")})
+        tracking.log_metrics({
+            "onnx_top1_agreement": tf.get("top1_agreement"), "onnx_loss_delta": tf.get("loss_delta"),
+            "onnx_size_mb": report["size_bytes"]["onnx"] / 1e6, "pytorch_size_mb": report["size_bytes"]["pytorch"] / 1e6,
+            "onnx_decode_tokens_per_s": speed["onnx_genai"]["decode_tokens_per_s"],
+            "pytorch_decode_tokens_per_s": speed["pytorch"]["decode_tokens_per_s"],
+        })
+    mlflow.set_tags({"onnx_registered": str(info.registered).lower(), "onnx_registration": info.summary()[:5000]})
+
+
+def main(argv: Sequence[str] | None = None):
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

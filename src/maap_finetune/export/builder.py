@@ -1,0 +1,133 @@
+"""ONNX Runtime GenAI's model builder (`onnxruntime_genai.models.builder`), checked before it runs.
+
+The builder reads one Hugging Face folder (config, weights, tokenizer) and writes `model.onnx`,
+its external data, `genai_config.json` and the tokenizer files. Fine-Tune's MLflow model keeps the
+weights (`model/`) and the tokenizer (`components/tokenizer/`) apart, so `stage_hf_folder` links
+both into one folder. Everything the builder would refuse late (an architecture it has no
+exporter for, a precision the execution provider cannot run) is refused here, before any weight
+is read, with the supported choices listed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from maap_finetune.common.errors import UserError
+
+# Valid precision per execution provider (the builder prints this table; fp16 on CPU is not in it).
+PRECISIONS = {"cpu": ("int4", "fp32"), "cuda": ("int4", "fp16", "fp32")}
+INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "chat_template.jinja", "chat_template.json", "added_tokens.json", "vocab.json", "merges.txt")
+
+
+def supported_architectures() -> list[str]:
+    """The `architectures[0]` values the installed builder has an exporter for (read from its source)."""
+    import inspect
+
+    from onnxruntime_genai.models import builder
+
+    found = re.findall(r'config\.architectures\[0\] == "(\w+)"', inspect.getsource(builder.create_model))
+    if not found:  # a builder whose dispatch we cannot read: say so rather than refuse every model
+        raise RuntimeError("cannot read the supported architectures from onnxruntime_genai.models.builder")
+    return sorted(set(found))
+
+
+def check_architecture(config_path: Path) -> str:
+    """The model's architecture, or a UserError listing the supported ones."""
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{config_path}: cannot read the model config ({err})") from None
+    architectures = config.get("architectures") or []
+    supported = supported_architectures()
+    if not architectures or architectures[0] not in supported:
+        found = architectures[0] if architectures else "none recorded"
+        raise UserError(
+            f"{config_path}: architecture {found!r} cannot be exported by onnxruntime-genai's model builder; "
+            f"supported: {', '.join(supported)}"
+        )
+    return architectures[0]
+
+
+def cuda_available() -> bool:
+    import onnxruntime_genai as og
+
+    return bool(og.is_cuda_available())
+
+
+def check_provider(execution_provider: str, precision: str, cuda: bool | None = None) -> None:
+    """Refuse a precision the provider cannot run, or CUDA on a node without it, with the fix."""
+    allowed = PRECISIONS[execution_provider]
+    if precision not in allowed:
+        others = [p for p, precisions in PRECISIONS.items() if precision in precisions]
+        raise UserError(
+            f"precision {precision} does not run on execution_provider {execution_provider} (it supports "
+            f"{', '.join(allowed)}); set precision to one of those"
+            + (f", or execution_provider to {' or '.join(others)}" if others else "")
+        )
+    if execution_provider == "cuda" and not (cuda_available() if cuda is None else cuda):
+        raise UserError(
+            f"execution_provider cuda with precision {precision} needs a CUDA GPU and onnxruntime-genai-cuda on "
+            "this node, and this node has none (onnxruntime_genai.is_cuda_available() is False); set "
+            "execution_provider=cpu (precision int4 or fp32), or run export_onnx on a GPU compute with an "
+            "environment that installs onnxruntime-genai-cuda"
+        )
+
+
+def _has_chat_template(folder: Path) -> bool:
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    try:
+        return config.is_file() and bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+    except ValueError:
+        return False
+
+
+def stage_hf_folder(model_dir: Path, tokenizer_dir: Path, dest: Path) -> Path:
+    """One folder with the weights and the tokenizer (symlinks), as the builder reads it."""
+    if not (tokenizer_dir / "tokenizer_config.json").is_file() or not (
+        (tokenizer_dir / "tokenizer.json").is_file() or (tokenizer_dir / "tokenizer.model").is_file()
+    ):
+        raise UserError(
+            f"{tokenizer_dir}: no tokenizer (tokenizer_config.json with tokenizer.json or tokenizer.model); "
+            "the ONNX model needs one to chat; give Fine-Tune's mlflow_model output, which carries it"
+        )
+    if not _has_chat_template(tokenizer_dir):
+        raise UserError(
+            f"{tokenizer_dir}: the tokenizer has no chat template (chat_template.jinja or tokenizer_config.json's "
+            "chat_template); the parity prompts and the exported model's users render chats with it"
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    for source in sorted(model_dir.iterdir()):
+        if source.is_file() and source.name not in TOKENIZER_FILES:
+            (dest / source.name).symlink_to(source.resolve())
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            (dest / name).symlink_to((tokenizer_dir / name).resolve())
+    return dest
+
+
+def build(hf_folder: Path, output: Path, precision: str, execution_provider: str, cache_dir: Path,
+          int4_block_size: int, int4_accuracy_level: int | None) -> Path:
+    """Run the model builder in this process; returns `output` (genai_config.json, model.onnx, ...)."""
+    from onnxruntime_genai.models.builder import create_model, parse_extra_options
+
+    options = {"hf_token": "false"}  # a local folder: never ask the Hugging Face Hub for anything
+    if precision == "int4":
+        options["block_size"] = str(int4_block_size)
+        if int4_accuracy_level is not None:
+            options["accuracy_level"] = str(int4_accuracy_level)
+    argv = [f"{k}={v}" for k, v in options.items()]
+    extra = parse_extra_options(None, str(hf_folder), str(output), precision, execution_provider, str(cache_dir), argv)
+    create_model(None, str(hf_folder), str(output), precision, execution_provider, str(cache_dir), **extra)
+    if not (output / "genai_config.json").is_file():
+        raise RuntimeError(f"the model builder finished without writing {output / 'genai_config.json'}")
+    return output
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())

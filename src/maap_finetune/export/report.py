@@ -1,0 +1,103 @@
+"""export_report.json and export_report.md: what was exported, how it compares, and the verdict.
+
+The verdict: an fp32 export (the shipped one, or the extra parity build) must give PyTorch's greedy
+tokens for every parity prompt; every export must reach `min_token_agreement` (teacher-forced top-1
+agreement with PyTorch on the test split) and stay within `max_loss_delta` of PyTorch's test loss.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+REPORT_JSON = "export_report.json"
+REPORT_MD = "export_report.md"
+
+
+def fp32_failures(parity: Mapping[str, Any]) -> list[str]:
+    """One line per prompt whose fp32 greedy tokens differ from PyTorch's, naming the token."""
+    failures = []
+    for prompt in parity["per_prompt"]:
+        index = prompt["first_divergence"]
+        if index is None:
+            continue
+        ref, got = prompt["reference_tokens"], prompt["onnx_tokens"]
+        expected = ref[index] if index < len(ref) else "end of sequence"
+        found = got[index] if index < len(got) else "end of sequence"
+        failures.append(f"fp32 greedy tokens differ from PyTorch for test line {prompt['line']} at generated "
+                        f"token {index}: PyTorch {expected}, ONNX Runtime GenAI {found}")
+    return failures
+
+
+def threshold_failures(teacher_forced: Mapping[str, Any], min_token_agreement: float, max_loss_delta: float,
+                       precision: str) -> list[str]:
+    failures = []
+    agreement, delta = teacher_forced.get("top1_agreement"), teacher_forced.get("loss_delta")
+    if agreement is None:
+        return [f"{precision}: no test-split reference tokens to score agreement and loss on"]
+    if agreement < min_token_agreement:
+        failures.append(f"{precision}: top-1 token agreement with PyTorch {agreement:.4f} is below "
+                        f"min_token_agreement {min_token_agreement}")
+    if delta > max_loss_delta:
+        failures.append(f"{precision}: test loss {teacher_forced['loss_onnx']:.4f} exceeds PyTorch's "
+                        f"{teacher_forced['loss_pytorch']:.4f} by {delta:.4f}, more than max_loss_delta {max_loss_delta}")
+    return failures
+
+
+def write_reports(folder: Path, report: Mapping[str, Any]) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path = folder / REPORT_JSON
+    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    md_path = folder / REPORT_MD
+    md_path.write_text(markdown(report), encoding="utf-8")
+    return json_path, md_path
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _cell(text: str, limit: int = 80) -> str:
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+    lines = ["# ONNX Runtime GenAI export", ""]
+    if not report.get("exported"):
+        return "\n".join(lines + [f"Not exported: {report.get('reason')}", ""])
+    verdict = "passed" if report["passed"] else "FAILED"
+    lines += [f"**{verdict}** — {report['precision']} for {report['execution_provider']} "
+              f"({report['architecture']}), built in {_num(report['build_seconds'], 1)} s.", ""]
+    for failure in report.get("failures") or []:
+        lines.append(f"- {failure}")
+    size, speed = report["size_bytes"], report["speed"]
+    tf = report["agreement"]["teacher_forced"]
+    lines += ["", "| measure | PyTorch | ONNX Runtime GenAI |", "|---|---|---|",
+              f"| size on disk (MB) | {size['pytorch'] / 1e6:.2f} | {size['onnx'] / 1e6:.2f} |",
+              f"| test loss (teacher-forced) | {_num(tf.get('loss_pytorch'))} | {_num(tf.get('loss_onnx'))} |",
+              f"| time to first token (s) | {_num(speed['pytorch']['time_to_first_token_s'])} | "
+              f"{_num(speed['onnx_genai']['time_to_first_token_s'])} |",
+              f"| decode tokens/s | {_num(speed['pytorch']['decode_tokens_per_s'], 1)} | "
+              f"{_num(speed['onnx_genai']['decode_tokens_per_s'], 1)} |", ""]
+    lines += [f"Top-1 token agreement {_num(tf.get('top1_agreement'))} over {tf.get('scored_tokens')} test tokens "
+              f"(min {report['thresholds']['min_token_agreement']}); loss delta {_num(tf.get('loss_delta'))} "
+              f"(max {report['thresholds']['max_loss_delta']}). Decode speed-up "
+              f"{_num(speed.get('decode_speedup'), 2)}x on {speed['machine']}.", ""]
+    for title, parity in (("fp32 parity (greedy tokens must be identical)", report.get("fp32_parity")),
+                          (f"{report['precision']} greedy generation", report["agreement"]["generation"])):
+        if not parity:
+            continue
+        lines += [f"## {title}", "", f"{parity['identical_prompts']} of {parity['prompts']} prompts identical; "
+                  f"greedy agreement {_num(parity['greedy_token_agreement'])}.", "",
+                  "| test line | prompt | diverges at | PyTorch | ONNX Runtime GenAI |", "|---|---|---|---|---|"]
+        for p in parity["per_prompt"]:
+            where = "—" if p["first_divergence"] is None else f"token {p['first_divergence']}"
+            lines.append(f"| {p['line']} | {_cell(p['prompt'], 40)} | {where} | {_cell(p['reference_text'])} | "
+                         f"{_cell(p['onnx_text'])} |")
+        lines.append("")
+    return "\n".join(lines)
