@@ -117,7 +117,7 @@ def test_export_onnx_runs_after_the_gate_on_the_cpu_cluster_and_can_be_left_out(
     assert export["compute"] == "azureml:cpu-cluster"
     assert export["inputs"]["evaluation"]["path"] == "${{parent.jobs.evaluate.outputs.evaluation}}"
     assert export["inputs"]["registration"]["path"] == "${{parent.jobs.register.outputs.registration}}"
-    without = build_pipeline(PipelineSettings(compute="c", inputs={"model_name": "org/model", "export_onnx": "false"}))
+    without = build_pipeline(PipelineSettings(compute="c", inputs={"model_name": "org/model", "export_onnx": "false", "train_data": str(SAMPLE_DATA)}))
     assert list(without.jobs) == [s for s in STEP_NAMES if s != "export_onnx"]
     assert "onnx_model" not in without.outputs and validate_job(without) == []
     with pytest.raises(ConfigErrors) as caught:

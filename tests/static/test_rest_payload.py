@@ -40,9 +40,10 @@ PIPELINES = {
         inputs={"model_path": REGISTRY_PHI3, "train_data": str(SAMPLE_DATA), "deepspeed_stage": 3},
     ),
 }
-STEP_COMPUTE = {"data_prep": "cpu-cluster", "finetune": "gpu-cluster", "evaluate": "gpu-cluster", "register": "cpu-cluster"}
+STEP_COMPUTE = {"data_prep": "cpu-cluster", "finetune": "gpu-cluster", "evaluate": "gpu-cluster", "register": "cpu-cluster",
+                "export_onnx": "cpu-cluster"}
 STEP_ENVIRONMENT = {"data_prep": "environments/cpu", "finetune": "environments/train-gpu",
-                    "evaluate": "environments/train-gpu", "register": "environments/cpu"}
+                    "evaluate": "environments/train-gpu", "register": "environments/cpu", "export_onnx": "environments/cpu"}
 
 
 def rest_payload(job) -> dict:
@@ -90,8 +91,9 @@ def test_each_step_runs_on_its_compute_in_its_environment(payload):
     for component in data["components"].values():
         build = component["environment"]["properties"]["build"]  # built from our Docker context, not a bare image
         assert build == {"contextUri": "./context", "dockerfilePath": "Dockerfile"}
-    # Only Register talks to Azure from inside the job; no other step carries an identity.
-    assert [step for step, node in jobs.items() if node.get("identity")] in ([], ["register"])
+    # Only the steps that register models talk to Azure from inside the job, with the register identity.
+    assert sorted(step for step, node in jobs.items() if node.get("identity")) == ["export_onnx", "register"]
+    assert {str(jobs[step]["identity"]) for step in ("register", "export_onnx")} == {str({"identity_type": "UserIdentity"})}
 
 
 def test_distribution_and_instance_count(payload):
