@@ -61,6 +61,7 @@ PIPELINE_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
         ("register", "model_path"),
     ),
     "model_name": (("finetune", "model_name"), ("evaluate", "model_name"), ("register", "model_name")),
+    "chat_template": (("data_prep", "chat_template"), ("finetune", "chat_template")),
     "trust_remote_code": (("finetune", "trust_remote_code"), ("evaluate", "trust_remote_code")),
     "peft_method": (("finetune", "peft_method"),),
     "lora_r": (("finetune", "lora_r"),),
@@ -476,6 +477,7 @@ def build_pipeline(settings: PipelineSettings):
         test_ratio,
         model_path,
         model_name,
+        chat_template,
         trust_remote_code,
         peft_method,
         lora_r,
@@ -508,6 +510,7 @@ def build_pipeline(settings: PipelineSettings):
             validation_ratio=validation_ratio,
             test_ratio=test_ratio,
             model_path=model_path,
+            chat_template=chat_template,
             max_seq_length=max_seq_length,
         )
 
@@ -515,6 +518,7 @@ def build_pipeline(settings: PipelineSettings):
             train_data=data_prep.outputs.prepared_data,
             model_path=model_path,
             model_name=model_name,
+            chat_template=chat_template,
             trust_remote_code=trust_remote_code,
             peft_method=peft_method,
             lora_r=lora_r,

@@ -7,6 +7,8 @@
     python pipelines/submit.py --dry-run --set model_name=...   # print the pipeline YAML, no network
     python pipelines/submit.py --validate                       # every component + the pipeline, offline
     python pipelines/submit.py --local                          # same pipeline here: tiny model, sample data
+    python pipelines/submit.py --maas --model azureml://registries/azureml/models/Phi-4-mini-instruct/versions/1 \\
+        --set train_data=chats.jsonl                            # serverless fine-tuning (pipelines/maas.py)
 
 Workspace: --subscription/--resource-group/--workspace, else the environment variables
 AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP and AZUREML_WORKSPACE_NAME (AZURE_WORKSPACE_NAME and the
@@ -122,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_workspace_arguments(parser.add_argument_group("workspace"))
     parser.add_argument("--stream", action="store_true", help="wait for the job and stream its logs (with --local: echo step logs)")
 
+    maas = parser.add_argument_group("serverless fine-tuning (MaaS): Data Prep here, training by the service")
+    maas.add_argument("--maas", action="store_true", help="submit a serverless fine-tuning job instead of the pipeline "
+                      "(with --dry-run: print the job); see pipelines/maas.py")
+    maas.add_argument("--model", help="with --maas: the base model's registry id, "
+                      "azureml://registries/<registry>/models/<name>/versions/<version>")
+
     local = parser.add_argument_group("local run")
     local.add_argument(
         "--tracking-uri", default=None,
@@ -138,6 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipelines.local_runner import StepFailed
 
     try:
+        if args.maas:
+            from pipelines import maas
+
+            return maas.run(args, connect)
+        if args.model:
+            raise UserError("--model is for --maas (a registry model id); the pipeline takes --set model_name=...")
         if args.validate:
             return validate(args)
         if args.local:

@@ -45,6 +45,7 @@ class Config:
     validation_data: Path | None = None
     test_data: Path | None = None
     model_path: Path | None = None
+    chat_template: Path | None = None
     templates_file: Path | None = None
     keys: dict[str, str | None] = field(default_factory=dict)
     label_names: list[str] | None = None
@@ -58,7 +59,8 @@ class Config:
 
 def build_parser() -> StrictParser:
     parser = StrictParser(description="Check a dataset and write train/validation/test splits.")
-    for name in ("train_data", "train_folder", "validation_data", "test_data", "model_path", "templates_file"):
+    for name in ("train_data", "train_folder", "validation_data", "test_data", "model_path", "chat_template",
+                 "templates_file"):
         parser.add_argument(f"--{name}", type=Path, default=None)
     parser.add_argument("--task", choices=TASKS, required=True)
     parser.add_argument("--on_invalid", choices=("fail", "skip"), required=True)
@@ -189,10 +191,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     problems: list[str] = []
     if (args.train_data is None) == (args.train_folder is None):
         problems.append("give exactly one of train_data (a file) or train_folder (a folder of shards)")
-    for name in ("train_data", "train_folder", "validation_data", "test_data", "model_path", "templates_file"):
+    for name in ("train_data", "train_folder", "validation_data", "test_data", "model_path", "chat_template",
+                 "templates_file"):
         path = getattr(args, name)
         if path is not None and not path.exists():
             problems.append(f"{name} {path}: no such file or folder")
+    if args.chat_template is not None and args.chat_template.is_file():
+        problems += _chat_template_problems(args.chat_template)
     if args.templates_file is not None and args.templates_file.exists() and not args.templates_file.is_file():
         problems.append(f"templates_file {args.templates_file} must be a file")
     if args.model_path is not None and args.model_path.exists() and not args.model_path.is_dir():
@@ -235,14 +240,30 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         test_ratio=args.test_ratio, seed=args.seed, max_seq_length=args.max_seq_length,
         prepared_data=args.prepared_data, data_report=args.data_report, train_data=args.train_data,
         train_folder=args.train_folder, validation_data=args.validation_data, test_data=args.test_data,
-        model_path=args.model_path, templates_file=args.templates_file, keys=keys, label_names=label_names, source_lang=args.source_lang,
+        model_path=args.model_path, chat_template=args.chat_template, templates_file=args.templates_file, keys=keys,
+        label_names=label_names, source_lang=args.source_lang,
         target_lang=args.target_lang, system_prompt=_unescape(args.system_prompt),
         prompt_template=_unescape(args.prompt_template), completion_template=_unescape(args.completion_template),
         templates=templates,
     )
 
 
-def load_tokenizer(model_path: Path):
+def _chat_template_problems(path: Path) -> list[str]:
+    """A template that does not even parse fails here, before any GPU time is spent on it."""
+    from jinja2 import Environment, TemplateSyntaxError
+
+    from maap_finetune.data.chat_template import load_chat_template
+
+    try:
+        Environment().parse(load_chat_template(path))
+    except UserError as err:
+        return [str(err)]
+    except TemplateSyntaxError as err:
+        return [f"chat_template {path}: line {err.lineno}: {err.message} (not a valid Jinja template)"]
+    return []
+
+
+def load_tokenizer(model_path: Path, chat_template: Path | None = None):
     """The base model's tokenizer from a Hugging Face or MLflow model folder (never downloads, no remote code)."""
     from transformers import AutoTokenizer
 
@@ -251,10 +272,14 @@ def load_tokenizer(model_path: Path):
     folder = str(model_path)
     if not (model_path / "tokenizer_config.json").is_file():
         folder = resolve_model_source(model_path=model_path, model_name=None).tokenizer
+    from maap_finetune.data.chat_template import apply_chat_template_file
+
     try:
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise UserError(f"model_path {model_path}: cannot load a tokenizer from {folder} ({err})") from None
+    apply_chat_template_file(tokenizer, chat_template)
+    return tokenizer
 
 
 def run(config: Config) -> dict[str, Any]:
@@ -270,7 +295,7 @@ def run(config: Config) -> dict[str, Any]:
         inputs.append(InputSpec("validation_data", config.validation_data, "validation"))
     if config.test_data is not None:
         inputs.append(InputSpec("test_data", config.test_data, "test"))
-    tokenizer = load_tokenizer(config.model_path) if config.model_path is not None else None
+    tokenizer = load_tokenizer(config.model_path, config.chat_template) if config.model_path is not None else None
     adapter = TaskAdapter(config.task, config.keys, config.templates, label_names=config.label_names,
                           source_lang=config.source_lang, target_lang=config.target_lang,
                           system_prompt=config.templates.get("system") if config.task == "chat" else None)
@@ -287,7 +312,8 @@ def run(config: Config) -> dict[str, Any]:
 
         result = prepare(inputs, adapter, config.prepared_data, validation_ratio=config.validation_ratio,
                          test_ratio=config.test_ratio, seed=config.seed, on_invalid=config.on_invalid,
-                         tokenizer=tokenizer, max_seq_length=config.max_seq_length, on_problems=on_problems)
+                         tokenizer=tokenizer, max_seq_length=config.max_seq_length, on_problems=on_problems,
+                         tokenizer_name=str(config.chat_template or config.model_path))
         splits = {name: {"file": f"{name}.jsonl", "rows": result.split_stats[name].rows}
                   for name in ("train", "validation", "test")}
         templates_used = {k: v for k, v in config.templates.items() if v is not None}

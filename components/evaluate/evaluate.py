@@ -88,7 +88,7 @@ def evaluate_model(label: str, model_dir: str, tokenizer_dir: str, examples, gen
 
     import torch
 
-    from maap_finetune.evaluation import generation, metrics
+    from maap_finetune.evaluation import generation, metrics, tool_calls
 
     print(f"[evaluate] {label}: loading {model_dir}", flush=True)
     loaded = generation.load_model(model_dir, tokenizer_dir, config.trust_remote_code)
@@ -101,6 +101,8 @@ def evaluate_model(label: str, model_dir: str, tokenizer_dir: str, examples, gen
     values.update(
         metrics.generation_metrics(prepared.task, outputs, references, prepared.label_set, prepared.templates)
     )
+    called = [(out, ex.reference_calls) for out, ex in zip(outputs, chosen) if ex.reference_calls is not None]
+    values.update(tool_calls.tool_call_metrics([o for o, _ in called], [r for _, r in called]))
     prompts = [generation.prompt_text(ex, loaded.tokenizer) for ex in chosen]
     del loaded
     gc.collect()
@@ -125,6 +127,7 @@ def run(config: Config) -> dict:
     from maap_finetune.common import tracking
     from maap_finetune.data.prepared import load_prepared
     from maap_finetune.evaluation import gate, generation, lineage, metrics, report
+    from maap_finetune.evaluation.tool_calls import TOOL_METRICS
     from maap_finetune.models.hub import fetch_hub_model
     from maap_finetune.models.source import resolve_model_source
 
@@ -145,11 +148,17 @@ def run(config: Config) -> dict:
         )
     if metrics.TASK_GENERATION_METRICS[prepared.task]:
         generate_rows = list(range(len(examples)))
-    else:
-        generate_rows = list(range(min(config.sample_generations, len(examples))))
+    else:  # sample generations, and every row whose reference is a tool call (it is scored)
+        shown = min(config.sample_generations, len(examples))
+        generate_rows = [i for i, ex in enumerate(examples) if i < shown or ex.reference_calls is not None]
+    # With function calling, the base model is prompted with the template Fine-Tune trained with (saved
+    # with the fine-tuned tokenizer): a base template that drops tools would make the comparison meaningless.
+    uses_tools = any(ex.tools or ex.reference_calls or any(m["role"] == "tool" for m in ex.messages or ())
+                     for ex in examples)
+    base_tokenizer = tuned_source.tokenizer if uses_tools else base_source.tokenizer
 
     results = {
-        "base": evaluate_model("base", base_source.model, base_source.tokenizer, examples, generate_rows, config, prepared),
+        "base": evaluate_model("base", base_source.model, base_tokenizer, examples, generate_rows, config, prepared),
         "finetuned": evaluate_model(
             "fine-tuned", tuned_source.model, tuned_source.tokenizer, examples, generate_rows, config, prepared
         ),
@@ -164,7 +173,8 @@ def run(config: Config) -> dict:
         "base": base_values,
         "finetuned": tuned_values,
         "deltas": {k: tuned_values[k] - v for k, v in base_values.items() if k in tuned_values},
-        "higher_is_better": {k: metrics.METRICS[k].higher_is_better for k in base_values if k in metrics.METRICS},
+        "higher_is_better": {k: k in TOOL_METRICS or metrics.METRICS[k].higher_is_better for k in base_values
+                             if k in metrics.METRICS or k in TOOL_METRICS},
         "loss_details": {side: results[side]["loss_details"] for side in results},
         "lineage": {
             "base_model": base_source.display_name,

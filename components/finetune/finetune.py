@@ -32,6 +32,7 @@ def build_parser() -> StrictParser:
     p.add_argument("--model_path", type=existing_path, default=None)
     p.add_argument("--model_name", type=str, default=None)
     p.add_argument("--trust_remote_code", type=str2bool, required=True)
+    p.add_argument("--chat_template", type=existing_path, default=None)
     p.add_argument("--peft_method", choices=C.PEFT_METHODS, required=True)
     p.add_argument("--lora_r", type=bounded(int, 1, 1024), required=True)
     p.add_argument("--lora_alpha", type=bounded(int, 1), required=True)

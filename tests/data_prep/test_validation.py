@@ -44,11 +44,45 @@ CASES = [
      "last_not_assistant", "messages[2]", "last message is from the user"),
     ("misplaced_system", "chat", {}, _msgs(("user", "Hi"), ("system", "Be."), ("assistant", "Yo")),
      "misplaced_system", "messages[1].role", "only the first message may be system"),
-    ("tool_calls", "chat", {}, json.dumps({"messages": [{"role": "user", "content": "Hi"},
-                                                         {"role": "assistant", "content": "x", "tool_calls": []}]}),
-     "unsupported_field", "messages[1].tool_calls", "'tool_calls' is not supported"),
-    ("tools_row_field", "chat", {}, _msgs(("user", "Hi"), ("assistant", "Yo"), tools=[{"type": "function"}]),
-     "unsupported_field", "tools", "tool definitions are not supported"),
+    ("tool_calls_empty", "chat", {}, json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                                               {"role": "assistant", "content": "x", "tool_calls": []}]}),
+     "wrong_type", "messages[1].tool_calls", "expected a non-empty list of tool calls"),
+    ("tool_definition", "chat", {}, _msgs(("user", "Hi"), ("assistant", "Yo"), tools=[{"type": "function"}]),
+     "invalid_tool", "tools[0].function", "expected an object, got null"),
+    ("legacy_functions", "chat", {}, _msgs(("user", "Hi"), ("assistant", "Yo"), functions=[{"name": "f"}]),
+     "unsupported_field", "functions", "give the definitions as tools"),
+    ("weight_value", "chat", {}, json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                                           {"role": "assistant", "content": "Yo", "weight": 0.5}]}),
+     "invalid_weight", "messages[1].weight", "weight must be 0 or 1, got 0.5"),
+    ("weight_on_user", "chat", {}, json.dumps({"messages": [{"role": "user", "content": "Hi", "weight": 1},
+                                                             {"role": "assistant", "content": "Yo"}]}),
+     "invalid_weight", "messages[0].weight", "assistant messages only"),
+    ("all_weights_zero", "chat", {}, json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                                               {"role": "assistant", "content": "Yo", "weight": 0}]}),
+     "no_learnable_turn", "messages", "every assistant message has weight 0"),
+    ("tool_not_in_tools", "chat", {}, json.dumps({
+        "messages": [{"role": "user", "content": "Weather?"},
+                     {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {
+                         "name": "get_time", "arguments": "{}"}}]}],
+        "tools": [{"type": "function", "function": {"name": "get_weather"}}]}),
+     "unknown_tool", "messages[1].tool_calls[0].function.name", "'get_time' is not in the row's tools (get_weather)"),
+    ("arguments_object", "chat", {}, json.dumps({"messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "get_weather", "arguments": {"city": "Oslo"}}}]}]}),
+     "invalid_arguments", "messages[1].tool_calls[0].function.arguments", "must be a JSON string"),
+    ("arguments_bad_json", "chat", {}, json.dumps({"messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "get_weather", "arguments": "{city: Oslo}"}}]}]}),
+     "invalid_arguments", "messages[1].tool_calls[0].function.arguments", "not valid JSON"),
+    ("tool_call_id", "chat", {}, json.dumps({"messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c2", "content": "12 C"},
+        {"role": "assistant", "content": "12 degrees."}]}),
+     "unknown_tool_call_id", "messages[2].tool_call_id", "'c2' answers no earlier tool call of this conversation (earlier call ids: c1)"),
     ("image_part", "chat", {}, json.dumps({"messages": [
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
         {"role": "assistant", "content": "x"}]}),

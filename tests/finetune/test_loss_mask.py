@@ -111,3 +111,74 @@ def test_merge_parity_report_catches_a_wrong_merge():
     assert same["passed"] and same["max_abs_logit_diff"] == 0.0 and same["examples"] == 2
     off = parity_report(reference, [reference[0], reference[1] + torch.tensor([[0.0, 0.2, 0.0]])], tolerance=0.01)
     assert not off["passed"] and abs(off["max_relative_logit_diff"] - 0.05) < 1e-6  # 0.2 / max |logit| 4
+
+
+# Rows in the Azure OpenAI fine-tuning format: weights, and a tool call answered by a tool.
+WEIGHTED = [
+    {"role": "system", "content": "Marv answers with sarcasm."},
+    {"role": "user", "content": "Capital of France?"},
+    {"role": "assistant", "content": "Paris.", "weight": 0},
+    {"role": "user", "content": "More sarcastic?"},
+    {"role": "assistant", "content": "Paris, obviously.", "weight": 1},
+    {"role": "user", "content": "And Italy?"},
+    {"role": "assistant", "content": "Rome, of course."},
+]
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather now",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+TOOL_CHAT = [
+    {"role": "user", "content": "Weather in Oslo?"},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "12 C, rain"},
+    {"role": "assistant", "content": "12 degrees and rain in Oslo."},
+]
+
+
+def test_weight_zero_turns_are_context_and_every_weight_one_turn_is_learned(tokenizer):
+    """Token by token: our mask is transformers' assistant mask (from the {% generation %} markers) minus
+    the weight-0 turn, plus the newline after each learned <|end|>."""
+    ids, labels = tokenize_messages(tokenizer, WEIGHTED, train_on_prompt=False)
+    reference = tokenizer.apply_chat_template(WEIGHTED, return_assistant_tokens_mask=True, return_dict=True)
+    assert reference["input_ids"] == ids
+    def length(messages, generation_prompt=False) -> int:
+        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, return_dict=True)["input_ids"])
+
+    skipped_start, skipped_end = length(WEIGHTED[:2], True), length(WEIGHTED[:3])  # the weight-0 turn
+    for k, (token, label) in enumerate(zip(ids, labels)):
+        in_weight_zero_turn = skipped_start <= k < skipped_end
+        expected = reference["assistant_masks"][k] and not in_weight_zero_turn
+        if tokenizer.decode([token]) == "\n" and labels[k - 1] != IGNORE_INDEX:
+            expected = True  # the newline after a learned <|end|> closes the turn too
+        assert (label != IGNORE_INDEX) == bool(expected), (k, tokenizer.decode([token]))
+        assert label in (IGNORE_INDEX, token)
+    assert _learned_text(tokenizer, ids, labels) == "Paris, obviously.<|end|>\nRome, of course.<|end|>\n"
+    assert "Paris.<|end|>" in _prompt_text(tokenizer, ids, labels)
+
+
+def test_tool_call_turns_are_learned_and_tool_results_are_not(tokenizer):
+    ids, labels = tokenize_messages(tokenizer, TOOL_CHAT, train_on_prompt=False, tools=TOOLS)
+    learned = _learned_text(tokenizer, ids, labels)
+    assert learned == ('<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Oslo"}}]<|/tool_call|><|end|>\n'
+                       "12 degrees and rain in Oslo.<|end|>\n")
+    prompt = _prompt_text(tokenizer, ids, labels)
+    assert '"name": "get_weather", "description": "Weather now"' in prompt  # the definitions are context
+    assert "<|tool|>\n12 C, rain<|end|>" in prompt  # the tool's result is context
+    examples, stats = tokenize_rows(tokenizer, [{"messages": TOOL_CHAT, "tools": TOOLS}], 512, False, "train")
+    assert examples[0]["labels"] == labels and stats.target_tokens == sum(label != IGNORE_INDEX for label in labels)
+
+
+def test_a_template_without_tools_support_stops_training_with_the_fix(tokenizer):
+    from trl.chat_template_utils import phi3_chat_template
+
+    from maap_finetune.common.errors import UserError
+    from maap_finetune.data.chat_template import check_tools_support
+
+    check_tools_support(tokenizer, "tiny-phi3", "train.jsonl")  # the tiny model's template renders tools
+    tokenizer.chat_template = phi3_chat_template
+    with pytest.raises(UserError) as info:
+        check_tools_support(tokenizer, "microsoft/Phi-3-mini-4k-instruct", "train.jsonl line 1")
+    message = str(info.value)
+    assert "train.jsonl line 1 has function calling" in message
+    assert "does not show the tool definitions (tools) in the prompt" in message
+    assert "drops the assistant's tool calls (tool_calls)" in message
+    assert "chat_template input" in message and "Phi-4-mini" in message

@@ -125,6 +125,9 @@ class TokenCounter:
         tok = self.tokenizer
         if "text" in rows[0]:
             encoded = tok([r["text"] for r in rows], add_special_tokens=True)["input_ids"]
+        elif self.has_template and any("tools" in r for r in rows):  # tools differ per row: one by one
+            texts = [tok.apply_chat_template(r["messages"], tools=r.get("tools"), tokenize=False) for r in rows]
+            encoded = tok(texts, add_special_tokens=False)["input_ids"]
         elif self.has_template:
             texts = tok.apply_chat_template([r["messages"] for r in rows], tokenize=False)
             encoded = tok(texts, add_special_tokens=False)["input_ids"]
@@ -290,7 +293,8 @@ def emit(pool_paths: dict[str, Path], counts: dict[str, int], adapter: TaskAdapt
 
 def prepare(inputs: list[InputSpec], adapter: TaskAdapter, out_dir: Path, *, validation_ratio: float,
             test_ratio: float, seed: int, on_invalid: str, tokenizer: Any | None = None,
-            max_seq_length: int = 2048, on_problems: Callable[[Problems], None] | None = None) -> PrepareResult:
+            max_seq_length: int = 2048, on_problems: Callable[[Problems], None] | None = None,
+            tokenizer_name: str = "model_path") -> PrepareResult:
     """Run both passes; raise UserError (after `on_problems`) when on_invalid is fail and rows are bad."""
     problems = Problems()
     chunker = TextChunker(max_seq_length, tokenizer) if adapter.task == "text" else None
@@ -314,6 +318,10 @@ def prepare(inputs: list[InputSpec], adapter: TaskAdapter, out_dir: Path, *, val
             )
         explicit = {spec.pool for spec in inputs if spec.pool != "train"}
         labels, _ = split_labels(counts["train"], validation_ratio, test_ratio, seed, explicit)
+        if tokenizer is not None and adapter.uses_tools:
+            from maap_finetune.data.chat_template import check_tools_support
+
+            check_tools_support(tokenizer, tokenizer_name, "the data")
         token_counter = TokenCounter(tokenizer) if tokenizer is not None else None
         stats, overlap = emit(ingested["pool_paths"], counts, adapter, out_dir, labels, token_counter)
     label_set = adapter.label_set()

@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from string import Formatter
 from typing import Any
 
+from maap_finetune.data.function_calling import check_tool_call_id, check_tool_calls, check_tools, check_weight
 from maap_finetune.data.jsonfast import loads
 from maap_finetune.data.problems import RowError
 
 TASKS = ("chat", "instruction", "classification", "ner", "translation", "qa", "summarization", "text")
 MAX_LABELS = 10_000
-CHAT_ROLES = ("system", "user", "assistant")
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+OPENAI_MESSAGE_FIELDS = ("role", "content", "name", "weight", "tool_calls", "tool_call_id")
 SHAREGPT_ROLES = {
     "system": "system",
     "human": "user",
@@ -164,6 +166,7 @@ class TaskAdapter:
         self.labels_seen: dict[str, int] = {}  # label (classification) or tag (ner) -> rows
         self.ignored_columns: dict[str, int] = {}
         self.chat_style: str | None = None
+        self.uses_tools = False  # some row has tools, tool calls or tool messages (needs a tools template)
         self.output_format = "text" if task == "text" else "messages"
 
     # ----- layout detection -------------------------------------------------------------------
@@ -249,25 +252,33 @@ class TaskAdapter:
 
     def _count_ignored(self, row: dict, columns: dict[str, str]) -> None:
         """Columns the task does not read are dropped, and counted in the report (up to 100 names)."""
-        used = columns.values()
+        used = (*columns.values(), "tools") if self.task == "chat" else columns.values()
         for name in row:
             if name not in used and (name in self.ignored_columns or len(self.ignored_columns) < 100):
                 self.ignored_columns[name] = self.ignored_columns.get(name, 0) + 1
 
     def _extract_chat(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
         col = columns["messages"]
-        if "tools" in row or "functions" in row:
-            for tool_field in ("tools", "functions"):
-                if row.get(tool_field):
-                    raise RowError("unsupported_field", tool_field,
-                                   "tool definitions are not supported; remove the field or the row")
+        for legacy in ("functions", "function_call"):
+            if row.get(legacy):
+                raise RowError("unsupported_field", legacy,
+                               f"the deprecated {legacy!r} field is not supported; give the definitions as tools "
+                               "([{\"type\": \"function\", \"function\": {...}}]) and calls as tool_calls")
+        tools = row.get("tools")
+        if tools is not None:
+            if tabular and isinstance(tools, str):
+                tools = _structured(tools, "tools", tabular, list, "a list of tool definitions")
+            tools = check_tools(tools, "tools")
+        # An empty tools list (the docs' "tools": [] on a tool-result example) names nothing to check against.
+        tool_names = {t["function"]["name"] for t in tools} if tools else None
         messages = row[col]
         if type(messages) is not list:
             messages = _structured(messages, col, tabular, list, "a list of messages")
         if not messages:
             raise RowError("missing_content", col, "the conversation has no messages")
         out = []
-        has_user = has_assistant = False
+        has_user = has_assistant = learned = False
+        call_ids: set[str] = set()
         style = self.chat_style
         for i, message in enumerate(messages):
             # The hot path: an OpenAI message {"role", "content"} of the dataset's style, plain string content.
@@ -279,14 +290,16 @@ class TaskAdapter:
                     if role == "user":
                         has_user = True
                     elif role == "assistant":
-                        has_assistant = True
+                        has_assistant = learned = True
                     out.append({"role": role, "content": content})
                     continue
-            clean = self._chat_message(message, i, col)
+            clean = self._chat_message(message, i, col, tool_names, call_ids)
             style = self.chat_style
             role = clean["role"]
             has_user = has_user or role == "user"
-            has_assistant = has_assistant or role == "assistant"
+            if role == "assistant":
+                has_assistant = True
+                learned = learned or clean.get("weight", 1) == 1
             out.append(clean)
         if not has_assistant:
             raise RowError("no_assistant_message", col, "the conversation has no assistant message")
@@ -295,9 +308,17 @@ class TaskAdapter:
         if out[-1]["role"] != "assistant":
             raise RowError("last_not_assistant", f"{col}[{len(out) - 1}]",
                            f"the last message is from the {out[-1]['role']}; it must be the assistant turn to learn")
+        if not learned:
+            raise RowError("no_learnable_turn", col,
+                           "every assistant message has weight 0, so nothing would be learned; give at least one "
+                           "weight 1 (or leave weight out)")
+        if tools:
+            self.uses_tools = True
+            return {"messages": out, "tools": tools}
         return {"messages": out}
 
-    def _chat_message(self, message: Any, i: int, col: str) -> dict:
+    def _chat_message(self, message: Any, i: int, col: str, tool_names: set[str] | None = None,
+                      call_ids: set[str] | None = None) -> dict:
         """Check one message in full (the slow path) and return it cleaned, or raise RowError."""
         where = f"{col}[{i}]"
         if not isinstance(message, dict):
@@ -307,9 +328,10 @@ class TaskAdapter:
             role, content = message.get("role"), message.get("content")
             role_field, content_field = "role", "content"
             for key in message:
-                if key not in ("role", "content", "name"):
+                if key not in OPENAI_MESSAGE_FIELDS:
                     raise RowError("unsupported_field", f"{where}.{key}",
-                                   f"message field {key!r} is not supported (allowed: role, content, name)")
+                                   f"message field {key!r} is not supported (allowed: "
+                                   f"{', '.join(OPENAI_MESSAGE_FIELDS)})")
         elif "from" in message:
             style = "sharegpt"
             raw_role, content = message.get("from"), message.get("value")
@@ -328,17 +350,29 @@ class TaskAdapter:
             raise RowError("mixed_schema", where,
                            f"{style} message ({role_field}/{content_field}) in a dataset of "
                            f"{self.chat_style} messages")
-        if role not in CHAT_ROLES:
+        if role not in CHAT_ROLES or (role == "tool" and style != "openai"):
             raise RowError("unknown_role", f"{where}.{role_field}",
-                           f"unknown role {role!r} (expected system, user or assistant)")
-        if content is None:
-            raise RowError("missing_content", f"{where}.{content_field}",
-                           f"the {role} message has no content" if content_field not in message
-                           else f"the {role} message's content is null")
-        if not isinstance(content, str):
-            content = self._content_parts(content, f"{where}.{content_field}")
-        if not content.strip():
-            raise RowError("missing_content", f"{where}.{content_field}", f"the {role} message is empty")
+                           f"unknown role {role!r} (expected system, user, assistant or tool)")
+        tool_calls = None
+        if message.get("tool_calls") is not None:
+            if role != "assistant":
+                raise RowError("unsupported_field", f"{where}.tool_calls",
+                               f"only assistant messages make tool calls, not a {role} message")
+            tool_calls = check_tool_calls(message["tool_calls"], where, tool_names,
+                                          call_ids if call_ids is not None else set())
+        if tool_calls is not None and (content is None or content == ""):
+            content = ""  # a pure tool-call turn; templates read content as a string
+        elif role == "tool" and isinstance(content, str):
+            pass  # a tool's result may be any string, even empty
+        else:
+            if content is None:
+                raise RowError("missing_content", f"{where}.{content_field}",
+                               f"the {role} message has no content" if content_field not in message
+                               else f"the {role} message's content is null")
+            if not isinstance(content, str):
+                content = self._content_parts(content, f"{where}.{content_field}")
+            if not content.strip():
+                raise RowError("missing_content", f"{where}.{content_field}", f"the {role} message is empty")
         if role == "system" and i != 0:
             raise RowError("misplaced_system", f"{where}.{role_field}",
                            f"a system message at position {i}; only the first message may be system")
@@ -348,6 +382,18 @@ class TaskAdapter:
             if not isinstance(name, str):
                 raise RowError("wrong_type", f"{where}.name", f"expected a string, got {_type_name(name)}")
             clean["name"] = name
+        if "weight" in message:
+            clean["weight"] = check_weight(message["weight"], where, role)
+        if tool_calls is not None:
+            clean["tool_calls"] = tool_calls
+            self.uses_tools = True
+        if role == "tool":
+            clean["tool_call_id"] = check_tool_call_id(message.get("tool_call_id"), where,
+                                                       call_ids if call_ids is not None else set())
+            self.uses_tools = True
+        elif "tool_call_id" in message:
+            raise RowError("unsupported_field", f"{where}.tool_call_id",
+                           f"tool_call_id belongs on tool messages, not on a {role} message")
         return clean
 
     @staticmethod
@@ -532,7 +578,7 @@ class TaskAdapter:
         if task == "chat":
             messages = record["messages"]
             if self.system_prompt and messages[0]["role"] != "system":
-                return {"messages": [{"role": "system", "content": self.system_prompt}, *messages]}
+                return {**record, "messages": [{"role": "system", "content": self.system_prompt}, *messages]}
             return record
         if task == "instruction":
             key = "prompt_with_input" if record["input"] else "prompt"

@@ -29,8 +29,10 @@ _ROLES = {"system", "user", "assistant", "tool"}
 class Example:
     line: int  # 1-based line in the split file, for error messages and the report
     reference: str
-    messages: list[dict[str, str]] | None = None  # the full conversation (messages format)
+    messages: list[dict[str, Any]] | None = None  # the full conversation (messages format)
     text: str | None = None  # the full text (text format)
+    tools: list[dict] | None = None  # the row's tool definitions, for the chat template
+    reference_calls: list | None = None  # (name, arguments) when the reference is a tool call
 
     @property
     def prompt_messages(self) -> list[dict[str, str]]:
@@ -68,6 +70,8 @@ def _example(row: Any, data_format: str, path: Path, number: int) -> Example:
     if not isinstance(messages, list) or len(messages) < 2:
         raise UserError(f"{where}: field 'messages' must list at least a prompt turn and the assistant turn")
     for index, message in enumerate(messages):
+        if isinstance(message, dict) and message.get("tool_calls") and message.get("content") is None:
+            messages[index] = message = {**message, "content": ""}  # a pure tool-call turn
         if (
             not isinstance(message, dict)
             or message.get("role") not in _ROLES
@@ -77,7 +81,14 @@ def _example(row: Any, data_format: str, path: Path, number: int) -> Example:
     if messages[-1]["role"] != "assistant":
         raise UserError(f"{where}: the last message must be the assistant turn (the reference), got role "
                         f"{messages[-1]['role']!r}")
-    return Example(line=number, reference=messages[-1]["content"], messages=messages)
+    from maap_finetune.evaluation.tool_calls import reference_calls
+
+    calls = reference_calls(messages[-1])
+    reference = messages[-1]["content"]
+    if calls is not None:  # shown in the report as the calls' JSON
+        reference = json.dumps([{"name": n, "arguments": a} for n, a in calls], ensure_ascii=False)
+    return Example(line=number, reference=reference, messages=messages, tools=row.get("tools") or None,
+                   reference_calls=calls)
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -122,10 +133,11 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _render(tokenizer, messages, add_generation_prompt: bool) -> str:
+def _render(tokenizer, messages, add_generation_prompt: bool, tools: list | None = None) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise UserError("the model's tokenizer has no chat template; chat-format test data needs one")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
 
 
 def loss_sequence(tokenizer, example: Example, max_seq_length: int) -> tuple[list[int], int, bool]:
@@ -138,8 +150,8 @@ def loss_sequence(tokenizer, example: Example, max_seq_length: int) -> tuple[lis
             ids = ids + [tokenizer.eos_token_id]
         start = 1
     else:
-        full = _encode(tokenizer, _render(tokenizer, example.messages, add_generation_prompt=False))
-        prompt = _encode(tokenizer, _render(tokenizer, example.prompt_messages, add_generation_prompt=True))
+        full = _encode(tokenizer, _render(tokenizer, example.messages, False, example.tools))
+        prompt = _encode(tokenizer, _render(tokenizer, example.prompt_messages, True, example.tools))
         start = 0
         while start < min(len(prompt), len(full)) and prompt[start] == full[start]:
             start += 1
@@ -158,7 +170,7 @@ def generation_prompt(tokenizer, example: Example, max_prompt_tokens: int) -> tu
             prompt = [tokenizer.bos_token_id] + prompt
         reference = tokenizer.decode(rest, skip_special_tokens=True).strip()
     else:
-        prompt = _encode(tokenizer, _render(tokenizer, example.prompt_messages, add_generation_prompt=True))
+        prompt = _encode(tokenizer, _render(tokenizer, example.prompt_messages, True, example.tools))
         reference = example.reference
     return prompt[-max_prompt_tokens:], reference
 

@@ -20,13 +20,26 @@ SAMPLE_DATA = REPO_ROOT / "data" / "sample" / "chat.jsonl"
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
-# Phi-3's chat markup. The {% generation %} markers let TRL's assistant_only_loss find the
-# assistant tokens (the `<|end|>` that closes each turn included).
+# Phi-3's chat markup, plus function calling written the way Phi-4-mini's template writes it
+# (`<|tool|>[definitions]<|/tool|>` in the system turn, `<|tool_call|>[calls]<|/tool_call|>` in the
+# assistant turn, results as a `<|tool|>` turn), so the local run can train on tool-calling data.
+# Conversations without tools render exactly as before. The {% generation %} markers let TRL's
+# assistant_only_loss find the assistant tokens (the `<|end|>` that closes each turn included).
+TOOLS_BLOCK = "{{ '<|tool|>' + (tools | tojson) + '<|/tool|>' }}"
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools and messages[0]['role'] != 'system' %}{{ '<|system|>\n' }}" + TOOLS_BLOCK + "{{ '<|end|>\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}"
-    "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] + '<|end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] }}"
+    "{% if message['tool_calls'] is defined and message['tool_calls'] %}{{ '<|tool_call|>[' }}"
+    "{% for call in message['tool_calls'] %}{% if not loop.first %}{{ ', ' }}{% endif %}"
+    "{{ '{\"name\": ' + (call['function']['name'] | tojson) + ', \"arguments\": ' + call['function']['arguments'] + '}' }}"
+    "{% endfor %}{{ ']<|/tool_call|>' }}{% endif %}"
+    "{{ '<|end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% elif message['role'] == 'system' and tools %}"
+    "{{ '<|system|>\n' + message['content'] }}" + TOOLS_BLOCK + "{{ '<|end|>\n' }}"
     "{% else %}"
     "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
     "{% endif %}"

@@ -29,6 +29,7 @@ class FinetuneConfig:
     model_path: Path | None
     model_name: str | None
     trust_remote_code: bool
+    chat_template: Path | None
     # technique
     peft_method: str
     lora_r: int
@@ -84,12 +85,14 @@ class FinetuneConfig:
 
     def as_params(self) -> dict[str, Any]:
         """The settings worth recording as MLflow params (paths and outputs left out)."""
-        skip = {"train_data", "model_path", "adapter", "mlflow_model", "checkpoints"}
+        skip = {"train_data", "model_path", "chat_template", "adapter", "mlflow_model", "checkpoints"}
         params = {k: v for k, v in asdict(self).items() if k not in skip and v is not None}
         if isinstance(self.target_modules, tuple):
             params["target_modules"] = ",".join(self.target_modules)
         if self.deepspeed_config is not None:
             params["deepspeed_config"] = Path(self.deepspeed_config).name
+        if self.chat_template is not None:
+            params["chat_template"] = Path(self.chat_template).name
         return params
 
 

@@ -7,6 +7,9 @@ generation prompt" and "the conversation including this turn" are the assistant'
 learned when it lies inside such a span. The end-of-turn token (`<|end|>`) and, on the last turn,
 the EOS the template appends, fall inside the span. The result goes to SFTTrainer as a
 pre-tokenized dataset (`input_ids`, `labels`), so TRL does no second tokenization.
+
+Rows in the Azure OpenAI format: an assistant message with `"weight": 0` is context, not learned;
+every other assistant turn is (tool-call turns included). A row's `tools` go to the template.
 """
 
 from __future__ import annotations
@@ -51,8 +54,10 @@ def ensure_chat_template(tokenizer) -> bool:
     return True
 
 
-def _render(tokenizer, messages: Sequence[dict], add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+def _render(tokenizer, messages: Sequence[dict], add_generation_prompt: bool, tools: list | None = None) -> str:
+    return tokenizer.apply_chat_template(
+        list(messages), tools=tools or None, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -63,14 +68,16 @@ def _common_prefix(a: str, b: str) -> int:
     return i
 
 
-def assistant_spans(tokenizer, messages: Sequence[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """Render `messages` and return the text and the character spans of every assistant turn."""
-    full = _render(tokenizer, messages, add_generation_prompt=False)
+def assistant_spans(
+    tokenizer, messages: Sequence[dict], tools: list | None = None
+) -> tuple[str, list[tuple[int, int]]]:
+    """Render `messages` and return the text and the character spans of every learned assistant turn."""
+    full = _render(tokenizer, messages, add_generation_prompt=False, tools=tools)
     spans = []
     for i, message in enumerate(messages):
-        if message.get("role") != "assistant":
+        if message.get("role") != "assistant" or message.get("weight", 1) == 0:
             continue
-        prompt = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
+        prompt = _render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools) if i else ""
         if not full.startswith(prompt):
             raise UserError(
                 "the chat template renders a conversation differently from its own prefix (the turns before an "
@@ -80,13 +87,15 @@ def assistant_spans(tokenizer, messages: Sequence[dict]) -> tuple[str, list[tupl
         if i == len(messages) - 1:
             end = len(full)  # the last turn owns everything the template appends (end-of-turn, EOS)
         else:
-            end = _common_prefix(_render(tokenizer, messages[: i + 1], add_generation_prompt=False), full)
+            end = _common_prefix(_render(tokenizer, messages[: i + 1], add_generation_prompt=False, tools=tools), full)
         spans.append((len(prompt), end))
     return full, spans
 
 
-def tokenize_messages(tokenizer, messages: Sequence[dict], train_on_prompt: bool) -> tuple[list[int], list[int]]:
-    text, spans = assistant_spans(tokenizer, messages)
+def tokenize_messages(
+    tokenizer, messages: Sequence[dict], train_on_prompt: bool, tools: list | None = None
+) -> tuple[list[int], list[int]]:
+    text, spans = assistant_spans(tokenizer, messages, tools)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = encoded["input_ids"]
     if train_on_prompt:
@@ -124,7 +133,7 @@ def _common_prefix_ids(a: list[int], b: list[int]) -> int:
 
 def tokenize_row(tokenizer, row: dict[str, Any], train_on_prompt: bool) -> tuple[list[int], list[int]]:
     if "messages" in row:
-        return tokenize_messages(tokenizer, row["messages"], train_on_prompt)
+        return tokenize_messages(tokenizer, row["messages"], train_on_prompt, row.get("tools"))
     if "prompt" in row and "completion" in row:
         prompt, completion = row["prompt"], row["completion"]
         if isinstance(prompt, list) and isinstance(completion, list):

@@ -73,7 +73,11 @@ def _sum_across_ranks(values: list[int], cuda: bool) -> list[int]:
 def load_tokenizer(config: FinetuneConfig, source, data_format: str):
     from transformers import AutoTokenizer
 
+    from maap_finetune.data.chat_template import apply_chat_template_file
+
     tokenizer = AutoTokenizer.from_pretrained(source.tokenizer, trust_remote_code=config.trust_remote_code)
+    if apply_chat_template_file(tokenizer, config.chat_template):
+        log.info("chat template from %s (saved with the fine-tuned model)", config.chat_template)
     added = ensure_chat_template(tokenizer) if data_format == "messages" else False
     if added:
         log.warning("the base model's tokenizer has no chat template; using the default one (saved with the model)")
@@ -83,6 +87,19 @@ def load_tokenizer(config: FinetuneConfig, source, data_format: str):
         tokenizer.pad_token = tokenizer.eos_token
         log.info("the tokenizer has no pad token; padding with its EOS token %r", tokenizer.eos_token)
     return tokenizer, added
+
+
+def check_function_calling(tokenizer, config: FinetuneConfig, source, prepared) -> None:
+    """Data with function calling needs a template that renders it; stop before the model loads if not."""
+    from maap_finetune.data.chat_template import check_tools_support
+    from maap_finetune.data.function_calling import row_uses_tools
+
+    for split in ("train", "validation"):
+        for line, row in enumerate(prepared.rows(split), start=1):
+            if row_uses_tools(row):
+                model = config.chat_template or source.display_name
+                check_tools_support(tokenizer, str(model), f"{prepared.split_path(split)} line {line}")
+                return
 
 
 def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared) -> TrainResult:
@@ -97,6 +114,8 @@ def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared)
     set_seed(config.seed)
 
     tokenizer, added_template = load_tokenizer(config, source, prepared.format)
+    if prepared.format == "messages":
+        check_function_calling(tokenizer, config, source, prepared)
     train_examples, train_stats = tokenize_rows(
         tokenizer, prepared.rows("train"), config.max_seq_length, config.train_on_prompt, "train"
     )

@@ -1,0 +1,105 @@
+"""`submit.py --maas`: Data Prep here, then a serverless fine-tuning job, against autospec'd SDK operations."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import pytest
+
+from pipelines import maas, submit
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_TOOLS = REPO_ROOT / "data" / "sample" / "tools.jsonl"
+GOLDEN = REPO_ROOT / "tests" / "golden" / "maas_job.json"
+MODEL = "azureml://registries/azureml/models/Phi-4-mini-instruct/versions/1"
+
+
+def _argv(tmp_path, *extra):
+    return ["--maas", "--model", MODEL, "--set", f"train_data={SAMPLE_TOOLS}",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}", *extra]
+
+
+@pytest.fixture
+def workspace(monkeypatch, tmp_path):
+    """Autospec'd DataOperations and JobOperations behind submit.connect; the calls they got."""
+    from azure.ai.ml.entities import Data
+    from azure.ai.ml.operations import DataOperations, JobOperations
+
+    monkeypatch.chdir(tmp_path)
+    data = mock.create_autospec(DataOperations, instance=True)
+    data.create_or_update.side_effect = lambda asset: Data(
+        name=asset.name, version=asset.version, path=asset.path, type=asset.type,
+        id=f"azureml:/subscriptions/sub/resourceGroups/rg/workspaces/ws/data/{asset.name}/versions/{asset.version}")
+    jobs = mock.create_autospec(JobOperations, instance=True)
+    jobs.create_or_update.return_value = SimpleNamespace(name="calm_fig_7", studio_url="https://ml.azure.com/runs/calm_fig_7")
+    client = SimpleNamespace(data=data, jobs=jobs)
+    connect = mock.Mock(return_value=client)
+    monkeypatch.setattr(submit, "connect", connect)
+    return SimpleNamespace(client=client, connect=connect)
+
+
+def test_dry_run_prints_the_job_and_touches_no_network(workspace, tmp_path, capfd):
+    rc = submit.main(["--dry-run", *_argv(tmp_path, "--set", "epochs=2", "--set", "learning_rate=2e-5")])
+    out = capfd.readouterr().out
+    assert rc == 0 and not workspace.connect.called
+    assert "data prep (chat): 25 rows read, 0 rejected" in out  # the same Data Prep report as the pipeline's
+    payload = json.loads(out[out.index("{"):])
+    details = payload["properties"]["fineTuningDetails"]
+    assert details["taskType"] == "chatCompletion" and details["model"]["uri"] == MODEL
+    assert details["hyperParameters"] == {"num_train_epochs": "2", "learning_rate": "2e-05"}
+    assert Path(details["trainingData"]["uri"]).name == "train.jsonl"
+    assert Path(details["validationData"]["uri"]).is_file()
+
+
+def test_submit_uploads_the_prepared_splits_and_creates_the_job(workspace, tmp_path, capfd):
+    rc = submit.main(_argv(tmp_path, "--set", "per_device_train_batch_size=2", "--set", "registered_model_name=bikes-ft"))
+    out = capfd.readouterr().out
+    assert rc == 0
+    uploads = [call.args[0] for call in workspace.client.data.create_or_update.call_args_list]
+    assert [(a.name, a.type, Path(a.path).name) for a in uploads] == [
+        ("bikes-ft-train", "uri_file", "train.jsonl"), ("bikes-ft-validation", "uri_file", "validation.jsonl")]
+    assert all(len(a.version) == 16 for a in uploads)  # versioned by content
+    (job,), kwargs = workspace.client.jobs.create_or_update.call_args
+    assert kwargs == {"experiment_name": "maap-finetune"}
+    assert "studio_url: https://ml.azure.com/runs/calm_fig_7" in out
+    payload = json.dumps(maas.rest_payload(job), indent=2, sort_keys=True) + "\n"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(payload)
+    assert GOLDEN.is_file(), "no golden file: run UPDATE_GOLDEN=1 python -m pytest tests/pipelines/test_maas.py"
+    assert payload == GOLDEN.read_text(), (
+        "the serverless job's REST payload changed; if intended, run UPDATE_GOLDEN=1 python -m pytest "
+        "tests/pipelines/test_maas.py and review the diff")
+
+
+def test_inputs_serverless_fine_tuning_does_not_offer_are_errors_before_anything_runs(workspace, tmp_path, capfd):
+    rc = submit.main(["--maas", "--model", "Phi-4-mini-instruct", "--compute", "gpu",
+                      "--set", "peft_method=qdora", "--set", "lora_r=8", "--set", "model_name=microsoft/Phi-4",
+                      "--set", "finetune.gradient_checkpointing=true", "--set", "epochs=0"])
+    err = capfd.readouterr().err
+    assert rc == 2 and not workspace.connect.called and not (tmp_path / "runs").exists()
+    for fragment in ("--model 'Phi-4-mini-instruct' is not a registry model id",
+                     "--compute does not apply to --maas",
+                     "--set peft_method: serverless fine-tuning does not offer peft_method",
+                     "--set lora_r: serverless fine-tuning does not offer lora_r",
+                     "give the base model with --model",
+                     "--set finetune.gradient_checkpointing: under --maas only Data Prep runs on your side",
+                     "--set epochs must be >= 1"):
+        assert fragment in err, fragment
+    assert "Traceback" not in err
+
+
+def test_bad_rows_stop_before_any_upload(workspace, tmp_path, capfd):
+    bad = tmp_path / "bad.jsonl"
+    good = SAMPLE_TOOLS.read_text(encoding="utf-8").splitlines()
+    row = json.loads(good[0])
+    row["messages"][2]["tool_calls"][0]["function"]["arguments"] = {"model": "City Glide"}  # an object, not a string
+    bad.write_text("\n".join([*good[1:], json.dumps(row)]) + "\n", encoding="utf-8")
+    rc = submit.main(["--maas", "--model", MODEL, "--set", f"train_data={bad}",
+                      "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}"])
+    err = capfd.readouterr().err
+    assert rc == 2 and not workspace.connect.called
+    assert "Data Prep stopped" in err and "nothing was uploaded or submitted" in err
