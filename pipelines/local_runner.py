@@ -37,12 +37,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from maap_finetune.common.errors import UserError
+from maap_finetune.common.progress import PROGRESS_ENV, PROGRESS_FILE, ProgressDisplay
 
 # Input overrides for the local run, applied only where the user did not --set the same key, and
 # printed at the start of the run. Why each one:
@@ -457,6 +458,7 @@ def run_step(
         tags = {"mlflow.parentRunId": parent_run_id or "", "maap.step": step.name, "maap.display_name": step.display_name}
         mlflow_run_id = tracking.start(step.name, {k: v for k, v in tags.items() if v})
     env = _base_environment(snapshot, tracking, mlflow_run_id, env)
+    env[PROGRESS_ENV] = str(logs_dir / PROGRESS_FILE)  # live progress, shown by ProgressDisplay
     if step.distribution == "pytorch":
         per_process = process_environments(step.process_count, step.instance_count, free_port())
     else:
@@ -472,6 +474,8 @@ def run_step(
     processes: list[subprocess.Popen] = []
     handles = []
     ok = False
+    # With --stream the log itself is shown; an updating line would cut into it.
+    progress = None if stream else ProgressDisplay(logs_dir / PROGRESS_FILE, out, label=f"{step.name}: ")
     try:
         for extra, log_path in zip(per_process, log_paths):
             handle = open(log_path, "wb")
@@ -479,13 +483,15 @@ def run_step(
             processes.append(
                 subprocess.Popen(argv, cwd=snapshot, env={**env, **extra}, stdout=handle, stderr=subprocess.STDOUT)
             )
-        failed = _wait(processes, log_paths[0], start, step.name, out, stream)
+        failed = _wait(processes, log_paths[0], start, step.name, out, stream, progress.poll if progress else None)
         if failed is not None:
             rank, code = failed
             raise StepFailed(step.name, code, log_paths[rank], tail(log_paths[rank]), rank if world > 1 else None)
         ok = True
     finally:
         _terminate(processes)
+        if progress is not None:
+            progress.close()
         for handle in handles:
             handle.close()
         if tracking is not None and mlflow_run_id is not None:
@@ -495,8 +501,12 @@ def run_step(
     return StepResult(step.name, seconds, outputs, log_paths, mlflow_run_id)
 
 
-def _wait(processes, first_log: Path, start: float, name: str, out: TextIO, stream: bool) -> tuple[int, int] | None:
-    """Wait for every process; on the first non-zero exit return (rank, code) and leave the rest to be killed."""
+def _wait(processes, first_log: Path, start: float, name: str, out: TextIO, stream: bool,
+          tick: Callable[[], bool] | None = None) -> tuple[int, int] | None:
+    """Wait for every process; on the first non-zero exit return (rank, code) and leave the rest to be killed.
+
+    `tick` runs on every turn of the loop (about 5 times a second); while it returns True (live progress
+    is on screen) the heartbeat line is left out."""
     last_beat = time.monotonic()
     offset = 0
     while True:
@@ -508,7 +518,8 @@ def _wait(processes, first_log: Path, start: float, name: str, out: TextIO, stre
             offset = _echo_new(first_log, offset, out)
         if all(code == 0 for code in codes):
             return None
-        if time.monotonic() - last_beat >= HEARTBEAT_S:
+        live = tick() if tick is not None else False
+        if not live and time.monotonic() - last_beat >= HEARTBEAT_S:
             last_beat = time.monotonic()
             print(f"  {name}: still running, {last_beat - start:.0f} s", file=out, flush=True)
         try:
