@@ -95,6 +95,11 @@ def run(config: C.FinetuneConfig) -> dict:
     prepared = load_prepared(config.train_data)
     if prepared.split_rows["train"] == 0:
         raise UserError(f"{config.train_data}: the train split is empty; nothing to fine-tune on")
+    if config.eval_steps is not None and prepared.split_rows["validation"] == 0:
+        raise UserError(
+            f"{config.train_data}: the validation split is empty, so eval_steps has nothing to evaluate; give "
+            "Data Prep a validation_ratio above 0 (or validation_data), or leave eval_steps out"
+        )
 
     with tracking.step_run():
         result = train(config, env, ds_config, source, prepared)

@@ -150,3 +150,13 @@ def test_resumed_run_finds_the_best_checkpoint_in_its_own_output_folder(tmp_path
     state = SimpleNamespace(best_global_step=8, best_model_checkpoint=None)  # no complete checkpoint-8 here
     CompleteMarkerCallback(2, keep_best=True).on_train_begin(args, state, None)
     assert state.best_model_checkpoint is None  # left for best_outcome to refuse loudly
+
+
+def test_eval_steps_without_a_validation_split_is_a_user_error(tmp_path, tiny_model_dir):
+    from maap_finetune.common.errors import UserError
+    from tests.finetune.conftest import write_prepared
+
+    prepared = write_prepared(tmp_path / "prepared", held_out=0)  # no validation (nor test) rows
+    with pytest.raises(UserError, match="the validation split is empty, so eval_steps has nothing to evaluate"):
+        _train(tmp_path, prepared, tiny_model_dir, eval_steps=5)
+    assert not (tmp_path / "adapter").exists()

@@ -76,7 +76,7 @@ def best_outcome(config: FinetuneConfig, state, callbacks: list[TrainerCallback]
 
     `callbacks` must be the trainer's own list (`trainer.callback_handler.callbacks`): on resume the
     Trainer replaces the early-stopping callback with one restored from the checkpoint."""
-    evaluations = [e for e in _evaluations(state.log_history) if e[0] <= state.global_step]
+    evaluations = _evaluations(state.log_history)
     best = checkpoint_name(state.best_global_step) if config.eval_steps is not None else None
     loaded = Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None
     if config.load_best_model_at_end and best is not None and loaded != best:
@@ -90,7 +90,8 @@ def best_outcome(config: FinetuneConfig, state, callbacks: list[TrainerCallback]
         and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience
         and state.global_step < state.max_steps
     )
-    best_metric = state.best_metric if best is not None and math.isfinite(state.best_metric or math.nan) else None
+    finite = state.best_metric is not None and math.isfinite(state.best_metric)
+    best_metric = state.best_metric if best is not None and finite else None
     return {
         "eval_steps": config.eval_steps,
         "evaluations": len(evaluations),
