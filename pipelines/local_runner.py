@@ -44,12 +44,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from maap_finetune.common.errors import UserError
+from maap_finetune.common.progress import PROGRESS_ENV, PROGRESS_FILE, ProgressDisplay
 
 # Input overrides for the local run, applied only where the user did not --set the same key, and
 # printed at the start of the run. Why each one:
@@ -525,6 +526,7 @@ def run_step(
         mlflow_run_id = tracking.start(step.name, {k: v for k, v in tags.items() if v})
     env = _base_environment(snapshot, tracking, mlflow_run_id, {**(env or {}), **step.environment_variables})
     env["PATH"] = os.pathsep.join([str(interpreter_shims(step_dir.parent / ".bin")), env.get("PATH", os.defpath)])
+    env[PROGRESS_ENV] = str(logs_dir / PROGRESS_FILE)  # live progress, shown by ProgressDisplay
     if step.distribution == "pytorch":
         per_process = process_environments(step.process_count, step.instance_count, free_port())
     else:
@@ -541,6 +543,8 @@ def run_step(
     handles = []
     ok = False
     error: BaseException | None = None
+    # With --stream the log itself is shown; an updating line would cut into it.
+    progress = None if stream else ProgressDisplay(logs_dir / PROGRESS_FILE, out, label=f"{step.name}: ")
     try:
         for extra, log_path in zip(per_process, log_paths):
             handle = open(log_path, "wb")
@@ -551,7 +555,7 @@ def run_step(
                     start_new_session=True,  # its own process group: the runner ends it whole
                 )
             )
-        failed = _wait(processes, log_paths[0], start, step.name, out, stream)
+        failed = _wait(processes, log_paths[0], start, step.name, out, stream, progress.poll if progress else None)
         if failed is not None:
             rank, code = failed
             raise StepFailed(step.name, code, log_paths[rank], tail(log_paths[rank]), rank if world > 1 else None)
@@ -561,6 +565,8 @@ def run_step(
         raise
     finally:
         _terminate(processes)
+        if progress is not None:
+            progress.close()
         for handle in handles:
             handle.close()
         if tracking is not None and mlflow_run_id is not None:
@@ -570,8 +576,12 @@ def run_step(
     return StepResult(step.name, seconds, outputs, log_paths, mlflow_run_id)
 
 
-def _wait(processes, first_log: Path, start: float, name: str, out: TextIO, stream: bool) -> tuple[int, int] | None:
-    """Wait for every process; on the first non-zero exit return (rank, code) and leave the rest to be killed."""
+def _wait(processes, first_log: Path, start: float, name: str, out: TextIO, stream: bool,
+          tick: Callable[[], bool] | None = None) -> tuple[int, int] | None:
+    """Wait for every process; on the first non-zero exit return (rank, code) and leave the rest to be killed.
+
+    `tick` runs on every turn of the loop (about 5 times a second); while it returns True (live progress
+    is on screen) the heartbeat line is left out."""
     last_beat = time.monotonic()
     offset = 0
     while True:
@@ -583,7 +593,8 @@ def _wait(processes, first_log: Path, start: float, name: str, out: TextIO, stre
             offset = _echo_new(first_log, offset, out)
         if all(code == 0 for code in codes):
             return None
-        if time.monotonic() - last_beat >= HEARTBEAT_S:
+        live = tick() if tick is not None else False
+        if not live and time.monotonic() - last_beat >= HEARTBEAT_S:
             last_beat = time.monotonic()
             print(f"  {name}: still running, {last_beat - start:.0f} s", file=out, flush=True)
         try:

@@ -61,6 +61,10 @@ def build_parser() -> StrictParser:
     p.add_argument("--logging_steps", type=bounded(int, 1), required=True)
     p.add_argument("--save_steps", type=bounded(int, 1), required=True)
     p.add_argument("--save_total_limit", type=bounded(int, 1), required=True)
+    p.add_argument("--eval_steps", type=bounded(int, 1), default=None)
+    p.add_argument("--early_stopping_patience", type=bounded(int, 1), default=None)
+    p.add_argument("--early_stopping_threshold", type=bounded(float, 0.0), required=True)
+    p.add_argument("--load_best_model_at_end", type=str2bool, required=True)
     p.add_argument("--merge_parity_tolerance", type=bounded(float, 0.0), required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--adapter", type=Path, required=True)
@@ -93,6 +97,11 @@ def run(config: C.FinetuneConfig) -> dict:
     prepared = load_prepared(config.train_data)
     if prepared.split_rows["train"] == 0:
         raise UserError(f"{config.train_data}: the train split is empty; nothing to fine-tune on")
+    if config.eval_steps is not None and prepared.split_rows["validation"] == 0:
+        raise UserError(
+            f"{config.train_data}: the validation split is empty, so eval_steps has nothing to evaluate; give "
+            "Data Prep a validation_ratio above 0 (or validation_data), or leave eval_steps out"
+        )
 
     with tracking.step_run():
         result = train(config, env, ds_config, source, prepared)

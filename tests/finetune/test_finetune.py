@@ -32,7 +32,8 @@ def test_lora_end_to_end(tmp_path, tiny_model_dir, prepared_chat, mlflow_trackin
     finetune = load_entry("finetune")
     summary = finetune.main(
         argv_from_spec(
-            "finetune", train_data=prepared_chat, model_path=tiny_model_dir, learning_rate=0.005, **outputs(tmp_path)
+            "finetune", train_data=prepared_chat, model_path=tiny_model_dir, learning_rate=0.005, **outputs(tmp_path),
+            eval_steps=5, early_stopping_patience=2,  # a sensible learning rate: validation keeps improving
         )
     )
     adapter = tmp_path / "adapter"
@@ -49,6 +50,8 @@ def test_lora_end_to_end(tmp_path, tiny_model_dir, prepared_chat, mlflow_trackin
     assert summary["batching"] == "padding_free" and summary["padding_ratio"] == 0.0  # the default: no padding
     assert summary["peak_rss_bytes"] > 0
     assert summary["eval_loss"] < 6.5  # the untrained tiny model sits near ln(vocab) = 6.65
+    assert summary["stopped_early"] is False and summary["stop_reason"] is None and summary["evaluations"] == 5
+    assert summary["model_checkpoint"] == "last step"  # load_best_model_at_end is off by default
     parity = summary["merge_parity"]
     assert parity["applicable"] and parity["passed"] and parity["max_relative_logit_diff"] < 1e-4
 
@@ -75,6 +78,9 @@ def test_lora_end_to_end(tmp_path, tiny_model_dir, prepared_chat, mlflow_trackin
         assert metric in run.data.metrics, metric
     history = client.get_metric_history(run_id, "train_loss")
     assert len(history) >= 5
+    evals = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "eval_loss"))
+    assert [step for step, _ in evals] == [5, 10, 15, 20, 25] and evals[-1][1] < evals[0][1]
+    assert run.data.tags["maap.stopped_early"] == "false" and run.data.metrics["stopped_early"] == 0
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"adapter", "mlflow_model"} <= artifacts
     assert len(mlflow.search_runs([experiment])) == 1

@@ -156,7 +156,9 @@ def test_sft_config_carries_every_training_input(tmp_path):
     assert (args.max_steps, args.learning_rate, args.lr_scheduler_type.value) == (7, 0.003, "linear")
     assert (args.warmup_steps, args.weight_decay, args.gradient_accumulation_steps) == (0.1, 0.01, 3)
     assert (args.per_device_train_batch_size, args.seed, args.data_seed) == (5, 7, 7)
-    assert (args.save_steps, args.save_total_limit, args.output_dir) == (11, 3, str(tmp_path / "c"))
+    assert (args.save_steps, args.output_dir) == (11, str(tmp_path / "c"))
+    assert args.save_total_limit is None  # rotated by CompleteMarkerCallback(config.save_total_limit) instead
+    assert args.eval_strategy.value == "no" and not args.load_best_model_at_end  # eval_steps left out
     assert args.gradient_checkpointing and args.logging_steps == 2 and args.report_to == []
     assert args.train_sampling_strategy == "group_by_length" and not args.padding_free and not args.packing
     assert args.max_length == config.max_seq_length and not args.bf16 and not args.fp16
@@ -202,3 +204,33 @@ def test_user_error_exits_2_with_one_message(tmp_path, tiny_model_dir):
     assert "Traceback" not in done.stderr
     assert "fine-tune preflight found problems" in done.stderr and "nope_proj matches no linear layer" in done.stderr
     assert not (tmp_path / "adapter").exists()  # nothing was loaded or written
+
+
+def test_validation_settings_reach_the_trainer(tmp_path):
+    config = make_config(tmp_path, eval_steps=5, save_steps=10, load_best_model_at_end=True, early_stopping_patience=3)
+    assert problems_of(config) == []
+    args = builders.build_sft_config(config, CPU, None)
+    assert (args.eval_strategy.value, args.eval_steps, args.load_best_model_at_end) == ("steps", 5, True)
+    assert (args.metric_for_best_model, args.greater_is_better) == ("eval_loss", False)
+    assert args.restore_callback_states_from_checkpoint  # a resumed run keeps its patience count
+
+    from transformers import EarlyStoppingCallback
+
+    from maap_finetune.training.validation import SaveBestCallback, build_callbacks
+
+    callbacks = build_callbacks(config)
+    assert [type(c) for c in callbacks] == [SaveBestCallback, EarlyStoppingCallback]
+    assert callbacks[1].early_stopping_patience == 3 and callbacks[1].early_stopping_threshold == 0.0
+    assert build_callbacks(make_config(tmp_path)) == []
+
+
+def test_validation_rules_name_the_fix(tmp_path):
+    text = "\n".join(problems_of(make_config(tmp_path, early_stopping_patience=2, load_best_model_at_end=True,
+                                             early_stopping_threshold=0.01)))
+    assert "early_stopping_patience needs eval_steps" in text and "load_best_model_at_end needs eval_steps" in text
+    text = "\n".join(problems_of(make_config(tmp_path, early_stopping_threshold=0.01)))
+    assert "early_stopping_threshold 0.01 only applies to early stopping; set early_stopping_patience" in text
+    text = "\n".join(problems_of(make_config(tmp_path, eval_steps=30, save_steps=100, load_best_model_at_end=True)))
+    assert "save_steps (100) to be a multiple of eval_steps (30): set save_steps to 120" in text
+    # eval_steps alone (validation loss on the curve and in MLflow) needs nothing else.
+    assert problems_of(make_config(tmp_path, eval_steps=7)) == []

@@ -108,3 +108,47 @@ def test_two_cpu_processes_gloo(tmp_path, tiny_model_dir, prepared_chat):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns.db'}")
     runs = mlflow.search_runs(search_all_experiments=True)
     assert len(runs) == 1 and runs.iloc[0]["params.world_size"] == "2"
+
+
+def test_sigkill_with_load_best_resumes_at_another_path_and_keeps_the_best(tmp_path, tiny_model_dir, prepared_chat):
+    """Preempted with load_best_model_at_end and early stopping on, then rerun with its outputs mounted
+    elsewhere (as a new attempt may get them): the best checkpoint survives rotation and the kill, and the
+    final adapter is the best evaluation's over both attempts."""
+    inputs = dict(train_data=prepared_chat, model_path=tiny_model_dir, learning_rate=1.0, max_steps=30, eval_steps=2,
+                  save_steps=2, save_total_limit=1, load_best_model_at_end=True, early_stopping_patience=10)
+    first_out = outputs(tmp_path / "attempt1")
+    env = _env(tmp_path)
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen([sys.executable, str(SCRIPT), *argv_from_spec("finetune", **inputs, **first_out)],
+                                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        checkpoints = Path(first_out["checkpoints"])
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and first.poll() is None and not any(
+            int(name.split("-")[1]) >= 10 for name in _complete(checkpoints)
+        ):
+            time.sleep(0.05)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
+    latest = _complete(checkpoints)[-1]
+    shutil.move(tmp_path / "attempt1", tmp_path / "attempt2")
+
+    second_out = outputs(tmp_path / "attempt2")
+    second = subprocess.run([sys.executable, str(SCRIPT), *argv_from_spec("finetune", **inputs, **second_out)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    summary = json.loads((Path(second_out["adapter"]) / "training_summary.json").read_text())
+    assert summary["resumed_from_checkpoint"] == latest
+    checkpoints = Path(second_out["checkpoints"])
+    state = json.loads((checkpoints / _complete(checkpoints)[-1] / "trainer_state.json").read_text())
+    evaluations = [(e["step"], e["eval_loss"]) for e in state["log_history"] if "eval_loss" in e]
+    assert [step for step, _ in evaluations] == list(range(2, summary["steps"] + 1, 2))  # both attempts
+    best_step = min(evaluations, key=lambda e: e[1])[0]
+    best = f"checkpoint-{best_step}"
+    assert summary["model_checkpoint"] == summary["best_checkpoint"] == best
+    from safetensors.torch import load_file
+
+    saved = load_file(str(Path(second_out["adapter"]) / "adapter_model.safetensors"))
+    kept = load_file(str(checkpoints / best / "adapter_model.safetensors"))
+    assert all((saved[k] == kept[k]).all() for k in kept)
+    assert best in _complete(checkpoints) and len(_complete(checkpoints)) <= 2  # save_total_limit 1 + the best

@@ -117,6 +117,20 @@ Path(sys.argv[2], f"pids_{os.environ.get('RANK', '0')}").write_text(f"{os.getpid
 time.sleep(120)
 '''
 
+PROGRESS_PY = '''
+import json, os, sys, time
+from pathlib import Path
+import fakelib
+
+# What a training step does: append progress records to the file the runner names.
+for step in (1, 2, 3):
+    with open(os.environ["MAAP_PROGRESS_FILE"], "a") as handle:
+        handle.write(json.dumps({"step": step, "max_steps": 3, "start_step": 0, "elapsed_s": step * 0.5,
+                                 "loss": 2.5 - step / 2, "tokens_per_second": 1000.0}) + "\\n")
+    time.sleep(0.3)
+fakelib.record(sys.argv[2])
+'''
+
 HEADER = """$schema: https://azuremlschemas.azureedge.net/latest/commandComponent.schema.json
 type: command
 version: 0.0.1
@@ -186,6 +200,19 @@ SPECS = {
         outputs:
           result: {type: uri_folder, description: Nothing.}
         command: python fail.py '${{inputs.data}}' '${{outputs.result}}'
+        """,
+    ),
+    "progress": (
+        PROGRESS_PY,
+        """
+        name: fake_progress
+        display_name: Progress
+        description: Reports progress as a training step does.
+        inputs:
+          data: {type: uri_folder, description: Anything.}
+        outputs:
+          result: {type: uri_folder, description: What it saw.}
+        command: python progress.py '${{inputs.data}}' '${{outputs.result}}'
         """,
     ),
     "rank_fail": (

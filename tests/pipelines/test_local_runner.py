@@ -292,6 +292,25 @@ def test_a_failing_step_stops_the_run_with_name_code_and_log_tail(fake_repo, tmp
     assert status == {"failing": "FAILED", "produced": "FINISHED", "broken": "FAILED"}
 
 
+def test_live_progress_comes_from_the_steps_progress_file(fake_repo, tmp_path):
+    from azure.ai.ml import dsl
+
+    make, progress = fakes.load(fake_repo, "make"), fakes.load(fake_repo, "progress")
+
+    @dsl.pipeline(name="progress", experiment_name="fake-exp")
+    def pipeline(text):
+        progress(data=make(text=text).outputs.data)  # nodes named after their components
+
+    out = io.StringIO()  # not a terminal: plain lines, the last step's always among them
+    run_pipeline(pipeline(text="x"), workdir=tmp_path, tracking_uri=None, run_id="p", out=out)
+    lines = [line for line in out.getvalue().splitlines() if "step " in line]
+    assert lines[-1] == "  fake_progress: step 3/3 (100%)  loss 1.0000  1,000 tok/s  ETA 0:00"
+    assert 1 <= len(lines) <= 2  # at most one line every 10 s, plus the last
+    logs = tmp_path / "runs" / "p" / "fake_progress" / "logs"
+    assert len((logs / "progress.jsonl").read_text().splitlines()) == 3
+    assert "step" not in (logs / "std_log.txt").read_text()  # the numbers never went through the log
+
+
 def test_a_failing_rank_stops_its_siblings(fake_repo, tmp_path):
     from azure.ai.ml import dsl
 

@@ -71,3 +71,11 @@ def log_artifact(local_file: str | os.PathLike, artifact_path: str | None = None
     import mlflow
 
     mlflow.log_artifact(str(local_file), artifact_path=artifact_path)
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    if not is_main_process():
+        return
+    import mlflow
+
+    mlflow.set_tags({k: str(v)[:5000] for k, v in tags.items() if v is not None})

@@ -163,7 +163,8 @@ def build_sft_config(
     """TRL's SFTConfig (HF TrainingArguments) from the inputs.
 
     Checkpoints go to the `checkpoints` output; MLflow logging is ours (`report_to="none"`), so
-    the step's run is resumed rather than a new one started by the HF callback.
+    the step's run is resumed rather than a new one started by the HF callback. With eval_steps the
+    validation loss is the metric for the best checkpoint and for early stopping.
     """
     from trl import SFTConfig
 
@@ -191,8 +192,16 @@ def build_sft_config(
         logging_first_step=True,
         save_strategy="steps",
         save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        eval_strategy="no",
+        # Old checkpoints are deleted by checkpoints.CompleteMarkerCallback once a newer one is complete;
+        # the Trainer's own rotation runs before the COMPLETE marker and could leave none after a kill.
+        save_total_limit=None,
+        eval_strategy="no" if config.eval_steps is None else "steps",
+        eval_steps=config.eval_steps,
+        load_best_model_at_end=config.load_best_model_at_end,
+        metric_for_best_model="eval_loss" if config.eval_steps is not None else None,
+        greater_is_better=False if config.eval_steps is not None else None,
+        # A resumed run continues early stopping's patience count instead of starting it over.
+        restore_callback_states_from_checkpoint=True,
         report_to="none",
         disable_tqdm=True,
         deepspeed=ds_config,

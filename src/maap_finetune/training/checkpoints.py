@@ -4,6 +4,9 @@ The HF Trainer writes `checkpoint-<step>/` in several files; a job killed halfwa
 folder. After the Trainer finishes a checkpoint (every rank done, via a barrier), rank 0 writes a
 `COMPLETE` marker by atomic rename. On start, folders without the marker are removed (they can only
 be the remains of an interrupted save) and training resumes from the highest complete step.
+
+Old checkpoints are deleted here, after the marker, never by the Trainer (whose rotation runs before
+the new checkpoint is marked, so a kill in between could leave no complete one, or lose the best).
 """
 
 from __future__ import annotations
@@ -59,8 +62,40 @@ def write_marker(folder: Path) -> None:
     os.replace(tmp, folder / MARKER)
 
 
+def rotate_checkpoints(root: str | Path, keep: int, protect: str | None = None) -> list[Path]:
+    """Delete complete checkpoints older than the newest `keep`, except the one named `protect` (the best).
+
+    Partial folders are left alone: the one being written is never touched, remains of a killed save
+    are removed on the next start."""
+    complete = [path for _, path in _checkpoints(Path(root)) if is_complete(path)]
+    removed = []
+    for path in complete[: max(0, len(complete) - keep)]:
+        if path.name != protect:
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
+
+
+def checkpoint_name(step: int | None) -> str | None:
+    return f"checkpoint-{step}" if step else None
+
+
 class CompleteMarkerCallback(TrainerCallback):
-    """Mark each checkpoint complete once every rank has finished writing it."""
+    """Mark each checkpoint complete once every rank has finished writing it, then rotate old ones.
+
+    With `keep_best`, the checkpoint of the best evaluation (`state.best_global_step`) is never rotated
+    away, and on resume the Trainer is pointed at it inside this run's output folder (a preempted job may
+    get its output folder mounted at another path; the Trainer would otherwise drop the recorded one)."""
+
+    def __init__(self, save_total_limit: int, keep_best: bool = False):
+        self.save_total_limit = save_total_limit
+        self.keep_best = keep_best
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        best = checkpoint_name(state.best_global_step)
+        if self.keep_best and best and is_complete(Path(args.output_dir) / best):
+            state.best_model_checkpoint = str(Path(args.output_dir) / best)
+        return control
 
     def on_save(self, args, state, control, **kwargs):
         import torch.distributed as dist
@@ -71,4 +106,7 @@ class CompleteMarkerCallback(TrainerCallback):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
                 write_marker(folder)
+            protect = checkpoint_name(state.best_global_step) if self.keep_best else None
+            for path in rotate_checkpoints(args.output_dir, self.save_total_limit, protect):
+                log.info("deleted %s (save_total_limit %d)", path.name, self.save_total_limit)
         return control

@@ -64,6 +64,10 @@ class FinetuneConfig:
     logging_steps: int
     save_steps: int
     save_total_limit: int
+    eval_steps: int | None
+    early_stopping_patience: int | None
+    early_stopping_threshold: float
+    load_best_model_at_end: bool
     merge_parity_tolerance: float
     seed: int
     # outputs

@@ -76,6 +76,48 @@ class MlflowMetricsCallback(TrainerCallback):
         tracking.log_metrics(metrics, step=state.global_step)
 
 
+class ProgressCallback(TrainerCallback):
+    """Write live progress (step/total, loss, tokens/s, time) for the local runner to show (rank 0 only).
+
+    At most one record every `every_s` seconds, plus the last step and every evaluation."""
+
+    def __init__(self, writer, counter: TokenCounter, world_size: int, every_s: float = 0.5):
+        self.writer = writer
+        self.counter = counter
+        self.world_size = world_size
+        self.every_s = every_s
+        self._start = self._start_tokens = self._start_step = None
+        self._last = -float("inf")
+        self._loss = self._eval_loss = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start, self._start_tokens, self._start_step = time.perf_counter(), self.counter.tokens, state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        self._loss = logs.get("loss", self._loss)
+        if "eval_loss" in logs:
+            self._eval_loss = logs["eval_loss"]
+            self._write(state, force=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # The last step is always written, by on_log when an evaluation follows (it brings eval_loss).
+        self._write(state, force=state.global_step >= state.max_steps and not control.should_evaluate)
+
+    def _write(self, state, force: bool) -> None:
+        now = time.perf_counter()
+        if not state.is_world_process_zero or self._start is None or (not force and now - self._last < self.every_s):
+            return
+        self._last = now
+        elapsed = now - self._start
+        tokens = (self.counter.tokens - self._start_tokens) * self.world_size
+        self.writer.write({
+            "step": state.global_step, "max_steps": state.max_steps, "start_step": self._start_step,
+            "elapsed_s": round(elapsed, 3), "loss": self._loss, "eval_loss": self._eval_loss,
+            "tokens_per_second": round(tokens / elapsed, 1) if elapsed > 0 else None,
+        })
+
+
 def peak_memory_bytes() -> dict[str, int]:
     import torch
 
@@ -92,19 +134,28 @@ def write_summary(path: Path, summary: dict[str, Any]) -> Path:
     return path
 
 
-def plot_loss_curve(log_history: list[dict[str, Any]], path: Path) -> Path:
+def plot_loss_curve(log_history: list[dict[str, Any]], path: Path, validation: dict[str, Any] | None = None) -> Path:
+    """Training and validation loss per step; the best checkpoint and an early stop are marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    validation = validation or {}
     train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
     evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e and "step" in e]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     if train:
         ax.plot(*zip(*train), label="train loss", marker=".")
     if evals:
-        ax.plot(*zip(*evals), label="validation loss", marker="o", linestyle="none")
+        style = {"linestyle": "none"} if len(evals) == 1 else {}
+        ax.plot(*zip(*evals), label="validation loss", marker="o", **style)
+    if validation.get("best_step") and validation.get("best_eval_loss") is not None:
+        ax.plot([validation["best_step"]], [validation["best_eval_loss"]], marker="*", markersize=14,
+                linestyle="none", label=f"best ({validation['best_checkpoint']})")
+    if validation.get("stopped_early"):
+        ax.axvline(validation["stopped_at_step"], color="grey", linestyle="--",
+                   label=f"early stop (step {validation['stopped_at_step']})")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title("Fine-tune loss")

@@ -120,13 +120,14 @@ def write_outputs(config: FinetuneConfig, env: Environment, source, result) -> d
         "train_loss": result.train_loss,
         "final_loss": result.final_logged_loss,
         "eval_loss": result.eval_loss,
+        **result.validation,
         "trainable_parameters": result.trainable_parameters,
         "total_parameters": result.total_parameters,
         "default_chat_template_added": result.added_chat_template,
         "merge_parity": parity,
         **peak_memory_bytes(),
     }
-    plot_loss_curve(result.log_history, adapter_dir / LOSS_CURVE_FILE)
+    plot_loss_curve(result.log_history, adapter_dir / LOSS_CURVE_FILE, result.validation)
     write_summary(adapter_dir / SUMMARY_FILE, summary)
     in_azure = running_in_azure_ml()
     if parity.get("applicable") and not parity["passed"]:
@@ -157,9 +158,34 @@ def write_outputs(config: FinetuneConfig, env: Environment, source, result) -> d
             "train_tokens_per_second": tokens_per_second,
             "padding_ratio": summary["padding_ratio"],
             "merge_parity_max_relative_logit_diff": parity.get("max_relative_logit_diff"),
+            **validation_metrics(result.validation),
             **{k: v for k, v in summary.items() if k.startswith("peak_")},
         },
         step=result.global_step,
     )
+    tracking.set_tags(validation_tags(result.validation))
     log_output_artifacts({"adapter": adapter_dir, MLFLOW_MODEL_OUTPUT: mlflow_dir}, in_azure)
     return summary
+
+
+def validation_metrics(validation: dict[str, Any]) -> dict[str, Any]:
+    """Numbers of what validation decided (MLflow metrics take numbers only)."""
+    if validation.get("eval_steps") is None:
+        return {}
+    return {
+        "best_eval_loss": validation["best_eval_loss"],
+        "best_step": validation["best_step"],
+        "stopped_early": int(validation["stopped_early"]),
+        "stopped_at_step": validation["stopped_at_step"],
+    }
+
+
+def validation_tags(validation: dict[str, Any]) -> dict[str, Any]:
+    """The same as tags a reader of the run sees first: which checkpoint is the model, and why it stopped."""
+    if validation.get("eval_steps") is None:
+        return {}
+    return {
+        "maap.model_checkpoint": validation["model_checkpoint"],
+        "maap.stopped_early": str(validation["stopped_early"]).lower(),
+        "maap.stop_reason": validation["stop_reason"],
+    }

@@ -192,5 +192,33 @@ def preflight(
             f"set max_seq_length to {model.context_length} or less"
         )
 
+    # --- validation during training -------------------------------------------------------------
+    problems.extend(validation_problems(config))
+
     if problems:
         raise ConfigErrors(problems, header="fine-tune preflight found problems; nothing was loaded")
+
+
+def validation_problems(config: FinetuneConfig) -> list[str]:
+    """eval_steps, early stopping and the best checkpoint: what each needs from the others."""
+    problems = []
+    if config.eval_steps is None:
+        for name, value in (("early_stopping_patience", config.early_stopping_patience),
+                            ("load_best_model_at_end", config.load_best_model_at_end or None)):
+            if value is not None:
+                problems.append(
+                    f"{name} needs eval_steps (the validation loss it compares is computed every eval_steps "
+                    f"steps); set eval_steps, such as {config.save_steps} (save_steps)"
+                )
+    if config.early_stopping_patience is None and config.early_stopping_threshold > 0:
+        problems.append(
+            f"early_stopping_threshold {config.early_stopping_threshold} only applies to early stopping; set "
+            "early_stopping_patience or leave early_stopping_threshold at 0"
+        )
+    if config.load_best_model_at_end and config.eval_steps is not None and config.save_steps % config.eval_steps:
+        up = -(-config.save_steps // config.eval_steps) * config.eval_steps
+        problems.append(
+            f"load_best_model_at_end needs save_steps ({config.save_steps}) to be a multiple of eval_steps "
+            f"({config.eval_steps}): set save_steps to {up}, or eval_steps to a divisor of {config.save_steps}"
+        )
+    return problems

@@ -13,6 +13,7 @@ from typing import Any
 
 from maap_finetune.common import tracking
 from maap_finetune.common.errors import UserError
+from maap_finetune.common.progress import ProgressWriter
 from maap_finetune.training import builders
 from maap_finetune.training.checkpoints import (
     CompleteMarkerCallback,
@@ -22,7 +23,8 @@ from maap_finetune.training.checkpoints import (
 from maap_finetune.training.config import FinetuneConfig
 from maap_finetune.training.data import TokenizeStats, ensure_chat_template, tokenize_rows
 from maap_finetune.training.environment import Environment
-from maap_finetune.training.monitoring import CountingCollator, MlflowMetricsCallback, TokenCounter
+from maap_finetune.training.monitoring import CountingCollator, MlflowMetricsCallback, ProgressCallback, TokenCounter
+from maap_finetune.training.validation import best_outcome, build_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class TrainResult:
     eval_loss: float | None
     trainable_parameters: int
     total_parameters: int
+    validation: dict[str, Any] = field(default_factory=dict)
     log_history: list[dict[str, Any]] = field(default_factory=list)
     parity_inputs: list[list[int]] = field(default_factory=list)
     trained_logits: list | None = None
@@ -124,6 +127,11 @@ def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared)
     )
     if not train_examples:
         raise UserError("no training example kept a learnable token; raise max_seq_length")
+    if config.eval_steps is not None and not eval_examples:
+        raise UserError(
+            "eval_steps needs validation examples, but the validation split has none with a learnable token; "
+            "give Data Prep a validation_ratio above 0 (or validation_data), or leave eval_steps out"
+        )
 
     if tracking.is_main_process():
         remove_partial_checkpoints(config.checkpoints)
@@ -148,6 +156,14 @@ def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared)
         )
 
     counter = TokenCounter()
+    callbacks = [
+        CompleteMarkerCallback(config.save_total_limit, keep_best=config.load_best_model_at_end),
+        MlflowMetricsCallback(counter, world),
+        *build_callbacks(config),
+    ]
+    progress = ProgressWriter()
+    if progress.enabled:
+        callbacks.append(ProgressCallback(progress, counter, world))
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -155,7 +171,7 @@ def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared)
         eval_dataset=Dataset.from_list(eval_examples) if eval_examples else None,
         processing_class=tokenizer,
         peft_config=builders.build_peft_config(config),
-        callbacks=[CompleteMarkerCallback(), MlflowMetricsCallback(counter, world)],
+        callbacks=callbacks,
     )
     trainer.data_collator = CountingCollator(trainer.data_collator, counter)
     initial_adapter = save_initial_adapter(config, trainer.model)
@@ -184,8 +200,18 @@ def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared)
     )
 
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    validation = best_outcome(config, trainer.state, trainer.callback_handler.callbacks)
+    if validation["stopped_early"]:
+        log.info("%s", validation["stop_reason"])
+    if config.load_best_model_at_end:
+        log.info("the adapter and merged model are %s's (lowest %s)", validation["model_checkpoint"], "eval_loss")
     tokens, slots = _sum_across_ranks([counter.tokens, counter.slots], env.cuda)
-    eval_loss = trainer.evaluate()["eval_loss"] if eval_examples else None
+    eval_loss = None
+    if eval_examples:
+        # The loss of the weights we save. With eval_steps the curve already ends with the last step's
+        # evaluation; under another key this one does not add a second point there.
+        prefix = "eval" if config.eval_steps is None else "final_eval"
+        eval_loss = trainer.evaluate(metric_key_prefix=prefix)[f"{prefix}_loss"]
     if initial_adapter is None:
         trainer.save_model(str(config.adapter))  # every rank: ZeRO-3 gathers the shards here
     elif tracking.is_main_process():
@@ -224,6 +250,7 @@ def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared)
         eval_loss=eval_loss,
         trainable_parameters=int(trainable),
         total_parameters=int(total),
+        validation=validation,
         log_history=history,
         parity_inputs=parity_inputs,
         trained_logits=trained_logits,
