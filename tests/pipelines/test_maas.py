@@ -96,7 +96,8 @@ def test_bad_rows_stop_before_any_upload(workspace, tmp_path, capfd):
     bad = tmp_path / "bad.jsonl"
     good = SAMPLE_TOOLS.read_text(encoding="utf-8").splitlines()
     row = json.loads(good[0])
-    row["messages"][2]["tool_calls"][0]["function"]["arguments"] = {"model": "City Glide"}  # an object, not a string
+    call = next(m for m in row["messages"] if m.get("tool_calls"))["tool_calls"][0]
+    call["function"]["arguments"] = {"model": "City Glide"}  # an object, not a string
     bad.write_text("\n".join([*good[1:], json.dumps(row)]) + "\n", encoding="utf-8")
     rc = submit.main(["--maas", "--model", MODEL, "--set", f"train_data={bad}",
                       "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}"])
