@@ -228,7 +228,7 @@ def pipeline_definition(target: Target, components: dict[str, Asset], version: s
     """
     from pipelines import factory
 
-    job = factory.build_pipeline(factory.PipelineSettings(require_base_model=False))
+    job = factory.build_pipeline(factory.PipelineSettings(require_base_model=False, require_training_data=False))
     dumped = job.component._to_dict()
     spec_by_step = {step: _yaml(COMPONENTS_DIR / step / "spec.yaml") for step in dumped["jobs"]}
 

@@ -358,7 +358,7 @@ def validate_repo(settings=None, root: Path = REPO_ROOT) -> list[str]:
         problems += lint_component(path, root)
         problems += lint_entry_script(path)
     if settings is None:
-        settings = PipelineSettings(require_base_model=False)
+        settings = PipelineSettings(require_base_model=False, require_training_data=False)
     try:
         job = build_pipeline(settings)
     except UserError as err:

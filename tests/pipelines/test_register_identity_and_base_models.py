@@ -22,7 +22,7 @@ MODEL_STEPS = ("data_prep", "finetune", "evaluate", "register")
     [("user", "UserIdentityConfiguration", "UserIdentity"), ("managed", "ManagedIdentityConfiguration", "Managed")],
 )
 def test_register_node_runs_with_the_chosen_identity(kind, entity, rest_type):
-    job = build_pipeline(PipelineSettings(compute="gpu-cluster", register_identity=kind, inputs={"model_name": "a/b"}))
+    job = build_pipeline(PipelineSettings(require_training_data=False, compute="gpu-cluster", register_identity=kind, inputs={"model_name": "a/b"}))
     assert type(job.jobs["register"].identity).__name__ == entity
     assert all(job.jobs[step].identity is None for step in ("data_prep", "finetune", "evaluate"))
     rest = job._to_rest_object().as_dict()["properties"]["jobs"]
@@ -32,45 +32,45 @@ def test_register_node_runs_with_the_chosen_identity(kind, entity, rest_type):
 def test_user_identity_is_the_default_everywhere(capsys):
     assert PipelineSettings().register_identity == "user"
     assert submit.build_parser().parse_args([]).register_identity == "user"
-    assert submit.main(["--dry-run", "--set", PHI3]) == 0
+    assert submit.main(["--dry-run", "--sample-data", "--set", PHI3]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["jobs"]["register"]["identity"] == {"type": "user_identity"}
 
 
 def test_dry_run_shows_the_managed_identity(capsys):
-    assert submit.main(["--dry-run", "--register-identity", "managed", "--set", PHI3]) == 0
+    assert submit.main(["--dry-run", "--sample-data", "--register-identity", "managed", "--set", PHI3]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["jobs"]["register"]["identity"] == {"type": "managed_identity"}
 
 
 def test_unknown_identity_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_:
-        submit.main(["--dry-run", "--register-identity", "service-principal"])
+        submit.main(["--dry-run", "--sample-data", "--register-identity", "service-principal"])
     assert exit_.value.code == 2
     assert "invalid choice: 'service-principal'" in capsys.readouterr().err
     from maap_finetune.common.errors import ConfigErrors
 
     with pytest.raises(ConfigErrors, match="register_identity must be one of user, managed"):
-        build_pipeline(PipelineSettings(register_identity="sp", inputs={"model_name": "a/b"}))
+        build_pipeline(PipelineSettings(require_training_data=False, register_identity="sp", inputs={"model_name": "a/b"}))
 
 
 @pytest.mark.parametrize("model_path", [REGISTRY_MODEL, WORKSPACE_MODEL])
 def test_dry_run_takes_azure_ml_models_as_the_base_model(model_path, capsys):
-    assert submit.main(["--dry-run", "--set", f"model_path={model_path}"]) == 0
+    assert submit.main(["--dry-run", "--sample-data", "--set", f"model_path={model_path}"]) == 0
     pipeline = yaml.safe_load(capsys.readouterr().out)
     assert pipeline["inputs"]["model_path"] == {"type": "custom_model", "path": model_path}
     for step in MODEL_STEPS:
         assert pipeline["jobs"][step]["inputs"]["model_path"] == {"path": "${{parent.inputs.model_path}}"}
         assert pipeline["jobs"][step]["component"]["inputs"]["model_path"]["type"] == "custom_model"
-    job = build_pipeline(PipelineSettings(compute="gpu-cluster", inputs={"model_path": model_path}))
+    job = build_pipeline(PipelineSettings(require_training_data=False, compute="gpu-cluster", inputs={"model_path": model_path}))
     rest = job._to_rest_object().as_dict()["properties"]["inputs"]["model_path"]
     assert rest == {"uri": model_path, "jobInputType": "custom_model"}
 
 
 def test_a_local_folder_is_still_a_base_model(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{}")
-    assert submit.main(["--dry-run", "--set", f"model_path={tmp_path}"]) == 0
+    assert submit.main(["--dry-run", "--sample-data", "--set", f"model_path={tmp_path}"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["inputs"]["model_path"] == {"type": "custom_model", "path": str(tmp_path)}
     (tmp_path / "file").write_text("x")
-    assert submit.main(["--dry-run", "--set", f"model_path={tmp_path / 'file'}"]) == 2
+    assert submit.main(["--dry-run", "--sample-data", "--set", f"model_path={tmp_path / 'file'}"]) == 2
     assert "expected a folder (custom_model), got a file" in capsys.readouterr().err
 
 
@@ -98,7 +98,7 @@ def test_missing_base_model_hint_names_every_form():
     from maap_finetune.common.errors import ConfigErrors
 
     with pytest.raises(ConfigErrors) as err:
-        build_pipeline(PipelineSettings(compute="gpu-cluster"))
+        build_pipeline(PipelineSettings(require_training_data=False, compute="gpu-cluster"))
     message = str(err.value)
     assert "azureml:<model>:<version> (a workspace model)" in message
     assert "azureml://registries/<registry>/models/<model>/versions/<version> (a registry model)" in message
@@ -106,5 +106,5 @@ def test_missing_base_model_hint_names_every_form():
 
 
 def test_two_base_models_name_the_model_path_forms(capsys):
-    rc = submit.main(["--dry-run", "--set", PHI3, "--set", f"model_path={REGISTRY_MODEL}"])
+    rc = submit.main(["--dry-run", "--sample-data", "--set", PHI3, "--set", f"model_path={REGISTRY_MODEL}"])
     assert_one_error(capsys, rc, "set one base model, not both", "a folder or Azure ML model")
