@@ -170,8 +170,14 @@ def instance_warning(instance_type: str, weights_gb: float | None) -> str | None
 
 
 def weights_from_tags(tags: dict) -> float | None:
+    """GB of weights from Register's model_size_bytes tag. None without one, and for an adapter: its folder
+    holds the adapter alone, and the base model it loads at start is not counted."""
+    from maap_finetune.registry.tags import MODEL_SIZE_TAG
+
+    if tags.get("model_format") == "adapter":
+        return None
     try:
-        return int(tags["model_size_bytes"]) / 1e9
+        return int(tags[MODEL_SIZE_TAG]) / 1e9
     except (KeyError, TypeError, ValueError):
         return None
 

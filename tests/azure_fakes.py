@@ -82,12 +82,22 @@ def fake_ml_client():
 
 def patch_azure(monkeypatch, client=None, credential: bool = True) -> SimpleNamespace:
     """Replace `azure.ai.ml.MLClient` (and `DefaultAzureCredential`) with autospecs; every MLClient(...)
-    and MLClient.from_config(...) returns `client`. Returns (cls, client, credential)."""
+    and MLClient.from_config(...) returns `client`, MLClient(...) with the workspace scope it was given.
+    Returns (cls, client, credential)."""
     from azure.ai.ml import MLClient
 
     client = client or fake_ml_client()
     cls = mock.create_autospec(strict(MLClient))
-    cls.return_value = client
+
+    def construct(credential, subscription_id=None, resource_group_name=None, workspace_name=None, **_):
+        # The real client answers its scope from these arguments (deploy.py names endpoints after them).
+        for attribute, value in (("subscription_id", subscription_id), ("resource_group_name", resource_group_name),
+                                 ("workspace_name", workspace_name)):
+            if value is not None:
+                setattr(client, attribute, value)
+        return client
+
+    cls.side_effect = construct
     cls.from_config.return_value = client
     monkeypatch.setattr("azure.ai.ml.MLClient", cls)
     credential_cls = None

@@ -174,7 +174,7 @@ def run(config: Config):
             if config.model_format == "adapter":
                 source_uri = None
                 model_dir, metadata = package_adapter(config, metadata, Path(scratch) / "mlflow_model")
-            tags = build_tags(metrics, decision, metadata, pipeline_run_id, step_run_id)
+            tags = build_tags(metrics, decision, metadata, pipeline_run_id, step_run_id, model_dir)
             tags["model_format"] = config.model_format
             description = build_description(tags, config.model_description)
             if in_azure:

@@ -7,7 +7,7 @@ fails at import for an MLflow `llm/v1/chat` model: its signature has array/objec
 `create_other_sample_io`, then "Failed to get pandas types" for the outputs). This script keeps that
 script's request contract, so a request written for it works here unchanged:
 
-    {"input_data": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 64, "temperature": 0.0},
+    {"input_data": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 64},
      "params": {...optional, passed to predict(params=)...}}
 
 and answers with the model's own output (for chat: an OpenAI-style chat completion).

@@ -1,129 +1,110 @@
-"""pipelines/deploy.py against a fake MLClient: endpoint, deployment, traffic, errors in one line.
+"""pipelines/deploy.py against the autospecced MLClient of tests/azure_fakes.py: endpoint, deployment,
+traffic, instance-size check, --dry-run, errors in one line.
 
-The operation groups are `create_autospec` over the SDK's classes, so a wrong method or keyword fails.
+What the fake workspace answers comes from REST payloads (`_from_rest_object`), never from the entity
+the code sent.
 """
 
 from __future__ import annotations
 
 import json
-from unittest.mock import create_autospec
 
 import pytest
 
 from pipelines import deploy
+from tests.azure_fakes import (
+    ModelStore,
+    from_rest,
+    operation_classes,
+    patch_azure,
+    poller,
+    request_payload,
+    resource_id,
+    rest_payload,
+    system_data,
+)
 
 WORKSPACE = ["--subscription", "sub-1", "--resource-group", "rg-1", "--workspace", "ws-1"]
 ENDPOINT = deploy.default_endpoint_name("maap-finetuned", "sub-1/rg-1/ws-1")
 
 
-class Poller:
-    def __init__(self, value):
-        self.value = value
+class Endpoints:
+    """`client.online_endpoints` as the service keeps them: REST payloads in, `_from_rest_object` out."""
 
-    def result(self):
-        return self.value
+    def __init__(self, operations, *fixtures: str):
+        self.payloads = {payload["name"]: payload for payload in map(rest_payload, fixtures)}
+        self.writes: list[dict] = []  # a summary of each PUT
+        operations.get.side_effect = self.get
+        operations.begin_create_or_update.side_effect = self.begin_create_or_update
 
-
-class FakeEndpoints:
-    def __init__(self, existing=()):
-        from azure.ai.ml.operations import OnlineEndpointOperations
-
-        self.store = {e.name: e for e in existing}
-        self.writes = []
-        self.spec = create_autospec(OnlineEndpointOperations, instance=True)
-        self.spec.get.side_effect = self.get
-        self.spec.begin_create_or_update.side_effect = self.begin_create_or_update
-
-    def get(self, name):
+    def get(self, name, *, local=False):
         from azure.core.exceptions import ResourceNotFoundError
 
-        if name not in self.store:
+        if name not in self.payloads:
             raise ResourceNotFoundError(f"endpoint {name} not found")
-        return self.store[name]
+        return from_rest("online_endpoint", self.payloads[name])
 
-    def begin_create_or_update(self, endpoint):
-        from azure.ai.ml.entities import ManagedOnlineEndpoint
-
-        # The service answers with the stored endpoint, its read-only scoring URI filled in.
-        endpoint = ManagedOnlineEndpoint(name=endpoint.name, auth_mode=endpoint.auth_mode, traffic=endpoint.traffic,
-                                         description=endpoint.description, tags=endpoint.tags,
-                                         scoring_uri=f"https://{endpoint.name}.eastus.inference.ml.azure.com/score")
-        self.store[endpoint.name] = endpoint
-        self.writes.append({"name": endpoint.name, "traffic": dict(endpoint.traffic or {}),
+    def begin_create_or_update(self, endpoint, *, local=False):
+        body = request_payload(endpoint)
+        self.writes.append({"name": endpoint.name, "traffic": body["properties"].get("traffic", {}),
                             "auth_mode": endpoint.auth_mode})
-        return Poller(endpoint)
+        # The service fills in the read-only fields, the scoring URI among them.
+        body.update(id=resource_id("onlineEndpoints", endpoint.name), name=endpoint.name, kind="Managed",
+                    type="Microsoft.MachineLearningServices/workspaces/onlineEndpoints", systemData=system_data())
+        host = f"https://{endpoint.name}.eastus.inference.ml.azure.com"
+        body["properties"].update(scoringUri=f"{host}/score", swaggerUri=f"{host}/swagger.json",
+                                  provisioningState="Succeeded")
+        self.payloads[endpoint.name] = body
+        return poller(from_rest("online_endpoint", body))
 
 
-class FakeDeployments:
-    def __init__(self):
-        from azure.ai.ml.operations import OnlineDeploymentOperations
+class Deployments:
+    """`client.online_deployments`: keeps the entities sent (to assert on what was asked); the SDK's own
+    conversion to the REST body validates each one."""
 
+    def __init__(self, operations):
         self.written = []
-        self.error = None
-        self.spec = create_autospec(OnlineDeploymentOperations, instance=True)
-        self.spec.begin_create_or_update.side_effect = self.begin_create_or_update
+        operations.begin_create_or_update.side_effect = self.begin_create_or_update
 
-    def begin_create_or_update(self, deployment):
-        if self.error:
-            raise self.error
+    def begin_create_or_update(self, deployment, *, local=False, vscode_debug=False, skip_script_validation=False,
+                               local_enable_gpu=False):
+        body = request_payload(deployment)
         self.written.append(deployment)
-        return Poller(deployment)
+        body.update(id=resource_id("onlineEndpoints", f"{deployment.endpoint_name}/deployments/{deployment.name}"),
+                    name=deployment.name, systemData=system_data())
+        body["properties"].update(provisioningState="Succeeded", scaleSettings={"scaleType": "Default"})
+        return poller(from_rest("online_deployment", body))
 
 
-class FakeModels:
-    def __init__(self, models):
-        from azure.ai.ml.operations import ModelOperations
-
-        self.models = models
-        self.spec = create_autospec(ModelOperations, instance=True)
-        self.spec.get.side_effect = self.get
-
-    def get(self, name, version):
-        from azure.core.exceptions import ResourceNotFoundError
-
-        if (name, version) not in self.models:
-            raise ResourceNotFoundError("model not found")
-        return self.models[(name, version)]
-
-
-class Registered:
-    def __init__(self, type_="mlflow_model", tags=None):
-        self.type = type_
-        self.tags = tags or {}
+def add_model(models: ModelStore, name: str, tags: dict[str, str]) -> None:
+    """Version 1 of `name` in the store: the recorded mlflow_model payload under another name, with `tags`."""
+    payload = rest_payload("model_maap-finetuned_1")
+    payload["id"] = resource_id("models", name, "1")
+    payload["properties"]["tags"] = tags
+    models.payloads.append(payload)
 
 
 @pytest.fixture
 def azure(monkeypatch):
-    """A fake workspace with maap-finetuned:1 registered; MLClient and the credential patched."""
-
-    class Workspace:
-        clients = []
-        endpoints = FakeEndpoints()
-        deployments = FakeDeployments()
-        models = FakeModels({("maap-finetuned", "1"): Registered(), ("other", "1"): Registered("custom_model")})
-
-    class FakeMLClient:
-        def __init__(self, credential, subscription_id=None, resource_group_name=None, workspace_name=None, **kw):
-            self.scope = (subscription_id, resource_group_name, workspace_name)
-            self.subscription_id, self.resource_group_name, self.workspace_name = self.scope
-            self.online_endpoints = Workspace.endpoints.spec
-            self.online_deployments = Workspace.deployments.spec
-            self.models = Workspace.models.spec
-            Workspace.clients.append(self)
-
-    monkeypatch.setattr("azure.ai.ml.MLClient", FakeMLClient)
-    monkeypatch.setattr("azure.identity.DefaultAzureCredential", lambda **kw: object())
+    """A workspace with maap-finetuned:1 (mlflow) and other:1 (custom) registered and the endpoint
+    contoso-chat; an autospecced MLClient (tests/azure_fakes.py) patched in."""
+    fake = patch_azure(monkeypatch)
+    fake.endpoints = Endpoints(fake.client.online_endpoints, "online_endpoint_contoso-chat")
+    fake.deployments = Deployments(fake.client.online_deployments)
+    fake.models = ModelStore(fake.client.models, "model_maap-finetuned_1", "model_other_1")
     for var in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME", "AZURE_WORKSPACE_NAME",
                 "AZUREML_ARM_SUBSCRIPTION", "AZUREML_ARM_RESOURCEGROUP", "AZUREML_ARM_WORKSPACE_NAME"):
         monkeypatch.delenv(var, raising=False)
-    return Workspace
+    return fake
 
 
 def test_creates_endpoint_and_deployment_and_prints_a_request(azure, capsys):
     code = deploy.main(["--model", "maap-finetuned:1", "--instance-type", "Standard_NC24ads_A100_v4", *WORKSPACE])
     out = capsys.readouterr().out
     assert code == 0
-    assert azure.clients[0].scope == ("sub-1", "rg-1", "ws-1")
+    azure.cls.assert_called_once()
+    assert azure.cls.call_args.kwargs == {"subscription_id": "sub-1", "resource_group_name": "rg-1",
+                                          "workspace_name": "ws-1"}
     [deployment] = azure.deployments.written
     assert deployment.name == "blue" and deployment.endpoint_name == ENDPOINT
     assert deployment.model == "azureml:maap-finetuned:1"
@@ -145,10 +126,7 @@ def test_creates_endpoint_and_deployment_and_prints_a_request(azure, capsys):
 
 
 def test_updates_an_existing_endpoint(azure, capsys):
-    from azure.ai.ml.entities import ManagedOnlineEndpoint
-
-    azure.endpoints.store["contoso-chat"] = ManagedOnlineEndpoint(name="contoso-chat", auth_mode="key",
-                                                                  traffic={"blue": 100})
+    assert azure.endpoints.get("contoso-chat").traffic == {"blue": 100}  # the recorded endpoint
     code = deploy.main(["--model", "maap-finetuned:1", "--instance-type", "Standard_DS3_v2", "--endpoint-name",
                         "contoso-chat", "--deployment-name", "green", "--instance-count", "2", *WORKSPACE])
     assert code == 0
@@ -192,7 +170,7 @@ def test_azure_refusal_is_one_line(azure, capsys):
 
     error = HttpResponseError("QuotaExceeded: not enough quota for Standard_NC24ads_A100_v4\nmore details...")
     error.status_code = 400
-    azure.deployments.error = error
+    azure.client.online_deployments.begin_create_or_update.side_effect = error
     code = deploy.main(["--model", "maap-finetuned:1", "--instance-type", "Standard_NC24ads_A100_v4", *WORKSPACE])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
@@ -223,9 +201,9 @@ def test_dry_run_prints_yaml_and_the_input_data_request_without_calling_azure(az
     assert deployment["liveness_probe"]["initial_delay"] == 600
     assert deployment["code_configuration"]["scoring_script"] == "score.py"
     assert json.loads(request_text) == deploy.SAMPLE_REQUEST
-    # No Azure operation was called.
-    for fake in (azure.endpoints.spec, azure.deployments.spec, azure.models.spec):
-        assert fake.method_calls == []
+    # No Azure operation was called, in any operation group.
+    for group in operation_classes():
+        assert getattr(azure.client, group).mock_calls == [], group
 
 
 @pytest.mark.parametrize(("instance", "weights", "warned"), [("Standard_NC4as_T4_v3", 7.6, False),
@@ -233,8 +211,36 @@ def test_dry_run_prints_yaml_and_the_input_data_request_without_calling_azure(az
                                                              ("Standard_NC24ads_A100_v4", 15.3, False),
                                                              ("Standard_DS3_v2", 15.3, True)])
 def test_instance_type_is_checked_against_the_weights(azure, capsys, instance, weights, warned):
-    azure.models.models[("sized", "1")] = Registered(tags={"model_size_bytes": str(int(weights * 1e9))})
+    add_model(azure.models, "sized", {"model_size_bytes": str(int(weights * 1e9))})
     code = deploy.main(["--model", "sized:1", "--instance-type", instance, *WORKSPACE])
     err = capsys.readouterr().err
     assert code == 0
     assert ("warning: " + instance in err) is warned, err
+
+
+@pytest.mark.parametrize(("model_format", "extra", "warned"), [("merged", [], True),
+                                                               ("merged", ["--weights-gb", "7.6"], False),
+                                                               ("adapter", [], False)])
+def test_the_tag_register_writes_drives_the_warning(azure, capsys, tmp_path, model_format, extra, warned):
+    """Register's tags for a 15.3 GB folder (a sparse weights file: no disk used), registered through the same
+    fake workspace; deploy reads them back without --weights-gb. An adapter's folder lacks its base weights."""
+    from maap_finetune.registry.azure import register_azure
+    from maap_finetune.registry.tags import build_tags
+
+    folder = tmp_path / "mlflow_model"
+    (folder / "model").mkdir(parents=True)
+    mlmodel = "flavors: {}\n"
+    (folder / "MLmodel").write_text(mlmodel)
+    with open(folder / "model" / "model.safetensors", "wb") as weights:
+        weights.truncate(15_300_000_000)
+    tags = build_tags({}, {"passed": True}, {}, "pipeline_job_7", "register_step_1", folder)
+    tags["model_format"] = model_format
+    register_azure(folder, "sized", tags, "sized model", None, ml_client=azure.client)
+    assert int(azure.models.payloads[-1]["properties"]["tags"]["model_size_bytes"]) == 15_300_000_000 + len(mlmodel)
+
+    code = deploy.main(["--model", "sized:1", "--instance-type", "Standard_NC4as_T4_v3", *extra, *WORKSPACE])
+    err = capsys.readouterr().err
+    assert code == 0 and len(azure.deployments.written) == 1
+    assert ("warning: Standard_NC4as_T4_v3 has 16 GB of GPU memory; the model needs about 19.9 GB "
+            "(15.3 GB of bf16 weights" in err) is warned, err
+    assert ("warning:" in err) is warned, err

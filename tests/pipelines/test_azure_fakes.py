@@ -35,6 +35,8 @@ def test_the_client_constructor_and_from_config_are_checked(monkeypatch):
 
     credential = object()
     assert MLClient(credential, subscription_id="s", resource_group_name="rg", workspace_name="ws") is fake.client
+    scope = (fake.client.subscription_id, fake.client.resource_group_name, fake.client.workspace_name)
+    assert scope == ("s", "rg", "ws")  # the real client answers its scope from these arguments
     with pytest.raises(TypeError, match="resource_group"):
         MLClient(credential, subscription_id="s", resource_group="rg", workspace_name="ws")
     assert MLClient.from_config(credential, path="config.json") is fake.client

@@ -85,6 +85,7 @@ def test_passing_gate_registers_once_per_pipeline_run_and_the_model_answers(
     assert version.tags["dataset_sha256"] == metrics["lineage"]["dataset_sha256"]
     assert float(version.tags["test_loss"]) == pytest.approx(metrics["finetuned"]["loss"], rel=1e-5)
     assert version.tags["quality_gate"] == "passed"
+    assert version.tags["model_size_bytes"] == str(apparent_size(finetuned_mlflow_model))  # deploy.py sizes VMs by it
     assert "fine-tuned with none on chat data" in version.description
 
     chat = mlflow.pyfunc.load_model("models:/maap-finetuned/1")
@@ -106,6 +107,10 @@ def test_passing_gate_registers_once_per_pipeline_run_and_the_model_answers(
     other = register(tmp_path, finetuned_mlflow_model, evaluation_passed, out="other")
     end_active_run()
     assert other["version"] == "2" and other["created"] is True
+
+
+def apparent_size(folder) -> int:
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(folder) for name in names)
 
 
 def _free_port() -> int:
@@ -254,6 +259,9 @@ def test_adapter_format_registers_the_adapter_alone_and_loads_right(
     local = mlflow.artifacts.download_artifacts(version.source, dst_path=str(tmp_path / "downloaded"))
     files = {p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file()}
     assert "peft/adapter_model.safetensors" in files
+    # The tag is the folder Register packaged: what the registry stores, less the file MLflow adds on registering.
+    stored = apparent_size(local) - os.path.getsize(Path(local) / "registered_model_meta")
+    assert info["tags"]["model_size_bytes"] == str(stored)
     assert not any(f.startswith("model/") for f in files)  # no base weights stored
 
     loaded = mlflow.transformers.load_model(info["uri"], return_type="components")["model"]

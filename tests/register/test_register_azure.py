@@ -4,6 +4,7 @@ that tells Azure from local."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -52,6 +53,8 @@ def test_registers_in_the_workspace_once_per_pipeline_run(tmp_path, mlflow_track
     assert str(model.path) == str(finetuned_mlflow_model)
     assert model.tags["pipeline_run_id"] == "pipeline_job_7" and model.tags["base_model"] == "tiny-phi3"
     assert all(isinstance(v, str) for v in model.tags.values())
+    files = [p for p in finetuned_mlflow_model.rglob("*") if p.is_file()]
+    assert int(model.tags["model_size_bytes"]) == sum(os.path.getsize(p) for p in files) > 0
     assert "pipeline run pipeline_job_7" in model.description
     assert info == {**info, "registered": True, "name": "maap-finetuned", "version": "1",
                     "uri": "azureml:maap-finetuned:1", "target": "workspace", "created": True}

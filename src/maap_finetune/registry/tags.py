@@ -2,17 +2,26 @@
 
 The same tags go to the local MLflow registry and to Azure ML (whose tag values are strings).
 Lineage comes from the MLmodel `metadata` Fine-Tune writes (base_model, peft_method) and from
-Evaluate's metrics.json (task, dataset hash; base model as Evaluate saw it).
+Evaluate's metrics.json (task, dataset hash; base model as Evaluate saw it). `model_size_bytes` is
+the registered folder's size (the weights, for a merged model): pipelines/deploy.py checks the VM
+size against it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 PIPELINE_RUN_TAG = "pipeline_run_id"
+MODEL_SIZE_TAG = "model_size_bytes"
 NOT_RECORDED = "not recorded"
+
+
+def folder_size_bytes(folder: Path) -> int:
+    """Total size of the files under `folder` (apparent sizes: what an upload or a load reads)."""
+    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
 
 
 def _number(value: Any) -> str:
@@ -27,6 +36,7 @@ def build_tags(
     model_metadata: Mapping[str, Any],
     pipeline_run_id: str | None,
     step_run_id: str | None,
+    model_dir: Path,
 ) -> dict[str, str]:
     lineage = metrics.get("lineage") or {}
     tags = {
@@ -39,6 +49,7 @@ def build_tags(
         "quality_gate": "passed" if decision.get("passed") else "failed",
         "quality_gate_metric": str(decision.get("metric") or "none"),
         "test_rows_evaluated": str(metrics.get("rows_evaluated", NOT_RECORDED)),
+        MODEL_SIZE_TAG: str(folder_size_bytes(model_dir)),
     }
     for name, value in (metrics.get("finetuned") or {}).items():
         tags[f"test_{name}"] = _number(value)
