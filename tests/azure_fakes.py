@@ -230,3 +230,13 @@ class ModelStore:
         body["properties"].setdefault("flavors", {"python_function": {"data": {"loader_module": "mlflow.transformers"}}})
         self.payloads.append(body)
         return from_rest("model", body)
+
+
+# The variables Azure ML sets inside a pipeline step (a register step of pipeline job `pipeline_job_7`).
+AZURE_JOB_ENV = {
+    "AZUREML_RUN_ID": "register_step_1",
+    "AZUREML_ROOT_RUN_ID": "pipeline_job_7",
+    "AZUREML_ARM_SUBSCRIPTION": "00000000-0000-0000-0000-000000000001",
+    "AZUREML_ARM_RESOURCEGROUP": "rg-ml",
+    "AZUREML_ARM_WORKSPACE_NAME": "ws-ml",
+}

@@ -9,16 +9,10 @@ import os
 import pytest
 
 from maap_finetune.registry import azure, target
-from tests.azure_fakes import ModelStore, patch_azure
+from tests.azure_fakes import AZURE_JOB_ENV, ModelStore, patch_azure
 from tests.helpers import argv_from_spec, load_entry
 
-AZURE_ENV = {
-    "AZUREML_RUN_ID": "register_step_1",
-    "AZUREML_ROOT_RUN_ID": "pipeline_job_7",
-    "AZUREML_ARM_SUBSCRIPTION": "00000000-0000-0000-0000-000000000001",
-    "AZUREML_ARM_RESOURCEGROUP": "rg-ml",
-    "AZUREML_ARM_WORKSPACE_NAME": "ws-ml",
-}
+AZURE_ENV = AZURE_JOB_ENV
 
 
 @pytest.fixture

@@ -12,15 +12,10 @@ import yaml
 
 from maap_finetune.common.errors import UserError
 from maap_finetune.registry import target
+from tests.azure_fakes import AZURE_JOB_ENV
 from tests.helpers import argv_from_spec, load_entry
 
-AZURE_ENV = {
-    "AZUREML_RUN_ID": "register_step_1",
-    "AZUREML_ROOT_RUN_ID": "pipeline_job_7",
-    "AZUREML_ARM_SUBSCRIPTION": "00000000-0000-0000-0000-000000000001",
-    "AZUREML_ARM_RESOURCEGROUP": "rg-ml",
-    "AZUREML_ARM_WORKSPACE_NAME": "ws-ml",
-}
+AZURE_ENV = AZURE_JOB_ENV
 MANAGED = {"DEFAULT_IDENTITY_CLIENT_ID": "11111111-2222-3333-4444-555555555555"}
 USER = {"OBO_ENDPOINT": "http://127.0.0.1:1/obo"}
 
