@@ -3,8 +3,8 @@ TRL at its best against this component with and without Liger; then the GPU-only
 ZeRO-3: loss goes down, merge works). Run by benchmarks/gpu_suite.sh; without CUDA it prints
 "skipped: no CUDA" and exits 0 (CI checks that).
 
-    python benchmarks/gpu_suite.py --part throughput     # writes benchmarks/results/h200-<date>.json
-    python benchmarks/gpu_suite.py --part tests          # tests/finetune/test_gpu.py (needs bitsandbytes, deepspeed)
+    python benchmarks/gpu_suite.py --part throughput zero3   # writes benchmarks/results/h200-<date>.json; ZeRO-3 test
+    python benchmarks/gpu_suite.py --part quant              # the QLoRA / QDoRA tests (needs bitsandbytes)
     python benchmarks/gpu_suite.py --child <contender>   # one contender in its own process (used by --part throughput)
 
 The model is built from Phi-3-mini's configuration (3.8B parameters) with random weights, in bf16; nothing
@@ -233,14 +233,18 @@ def run_throughput(results: Path) -> dict:
     return report
 
 
-def run_tests() -> int:
+TESTS = {"zero3": "zero3", "quant": "quantized"}  # part -> pytest -k expression over tests/finetune/test_gpu.py
+
+
+def run_tests(part: str) -> int:
+    """The GPU-only tests CI skips: they train (the loss goes down) and merge (parity passes)."""
     return subprocess.call([sys.executable, "-m", "pytest", "tests/finetune/test_gpu.py", "-q", "-p", "no:cacheprovider",
-                            "-rs"], cwd=REPO, env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO}"})
+                            "-rs", "-k", TESTS[part]], cwd=REPO, env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO}"})
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["throughput", "tests", "all"], default="all")
+    parser.add_argument("--part", nargs="+", choices=["throughput", *TESTS], default=["throughput", *TESTS])
     parser.add_argument("--child", choices=CONTENDERS)
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
@@ -250,11 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(args.child, Path("/tmp") / f"gpu_suite_{args.child}")
         return 0
-    if args.part in ("throughput", "all"):
-        run_throughput(args.results)
-    if args.part in ("tests", "all"):
-        return run_tests()
-    return 0
+    status = 0
+    for part in args.part:
+        if part == "throughput":
+            run_throughput(args.results)
+        else:
+            status = run_tests(part) or status
+    return status
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ def _cuda() -> bool:
 
 @pytest.mark.skipif(_cuda(), reason="this machine has CUDA: the suite would run, not skip")
 @pytest.mark.parametrize("command", [
-    [sys.executable, "benchmarks/gpu_suite.py", "--part", "all"],
-    ["bash", "benchmarks/gpu_suite.sh", "throughput"],
+    [sys.executable, "benchmarks/gpu_suite.py"],
+    ["bash", "benchmarks/gpu_suite.sh", "throughput", "zero3"],
+    ["bash", "benchmarks/gpu_suite.sh", "quant"],
 ])
 def test_gpu_suite_skips_without_cuda(command):
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120,
