@@ -1,27 +1,40 @@
-"""Fine-Tune throughput: this component with its YAML defaults vs a plain TRL SFTTrainer + peft script.
+"""Fine-Tune throughput and quality: this component against TRL `SFTTrainer` at its best, side by side.
 
-The baseline is written the way the Phi-3 Cookbook and most tutorials write it: `SFTConfig` defaults
-(batch 8, random batches padded to the longest, gradient checkpointing on, TRL's learning rate 2e-5),
-`LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")`, the conversational
-dataset handed to SFTTrainer as is. Both train one epoch of the same generated chat data (widely
-varying lengths) on the same small Phi-3-architecture model, on this machine's CPU, in fp32 (TRL's
-bf16 default is turned off for the baseline: CPU bf16 autocast would only slow it down and is not
-what we compare). Each run is a separate process (for a clean peak RSS) on one thread, alternated
-A/B so both see the same background load; besides wall-clock tokens/s it reports tokens per CPU-second
-of `trainer.train()`, which other processes on shared cores do not distort. Eval loss is computed the same way for both: mean loss on the assistant
-tokens of a held-out split.
+Contenders, each trained in its own process (clean peak RSS) on one thread:
+- trl_best: SFTTrainer + peft the way TRL recommends for this job: padding_free=True, no gradient
+  checkpointing, assistant_only_loss=True (the chat template carries {% generation %} markers);
+- trl_best_packing: the same with packing=True, packing_strategy="bfd", rows sized so a step holds about
+  as many tokens as 4 examples;
+- trl_defaults: SFTConfig's own defaults (batch 8, lr 2e-5, linear schedule, checkpointing, loss on every
+  token): the tutorial script, shown for reference only; its settings differ from everyone else's;
+- component: this component's entry script with its YAML defaults.
+Shared by all but trl_defaults: LoRA r=16 alpha=32 dropout=0.05 all-linear, lr 2e-4, cosine with 3%
+warmup, 4 examples per optimizer step, one epoch, max length 1024 (no example is longer), fp32, seed 42,
+loss on the assistant tokens only. Ablation rows change one factor of the component each.
 
-    python benchmarks/finetune_throughput.py              # 1 round, defaults vs baseline
-    python benchmarks/finetune_throughput.py --rounds 2 --variants group_by_length
+Measured per run: non-padding tokens per wall-clock second and per CPU-second of `trainer.train()`
+(other processes on shared cores do not distort CPU seconds), peak RSS during training, tokens per
+optimizer step, and the loss on the assistant tokens of a held-out test split (>= 200 rows, separate from
+the validation split), with the untrained base model's loss as the reference. Rounds alternate the order
+of the contenders; the report gives the median and the min-max spread over rounds.
+
+    python benchmarks/finetune_throughput.py --rounds 3                       # the measurement
+    python benchmarks/finetune_throughput.py --rounds 1 --train_rows 32 --test_rows 200 --no_ablations  # quick check
+Results: benchmarks/results/<machine>-<date>.json and .md (with this machine and the exact command).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import platform
 import random
+import re
 import resource
+import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,11 +42,34 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "src"))
 
 BENCH_CONFIG = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
                     num_key_value_heads=4)
+SHARED = dict(learning_rate=2e-4, lr_scheduler_type="cosine", warmup_ratio=0.03, per_device_train_batch_size=4,
+              max_seq_length=1024, epochs=1, seed=42)
+LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+
+CONTENDERS = {
+    "trl_best": {"kind": "trl", "packing": False},
+    "trl_best_packing": {"kind": "trl", "packing": True},
+    "trl_defaults": {"kind": "trl_defaults"},
+    "component": {"kind": "component", "overrides": {}},
+}
+# One factor of the component changed per row (the kernels factor needs CUDA + Triton: see NOT_RUN).
+ABLATIONS = {
+    "padding: batching padded": {"kind": "component", "overrides": {"batching": "padded"}},
+    "padding: batching group_by_length": {"kind": "component", "overrides": {"batching": "group_by_length"}},
+    "checkpointing: gradient_checkpointing true": {"kind": "component",
+                                                   "overrides": {"gradient_checkpointing": True}},
+    "batch size: 8 per step (lr unchanged)": {"kind": "component", "overrides": {"per_device_train_batch_size": 8}},
+    "batching: max_tokens_per_batch 1024 (about 4 examples)": {"kind": "component",
+                                                               "overrides": {"max_tokens_per_batch": 1024}},
+}
+NOT_RUN = {"kernels: use_liger_kernel true": "Liger's kernels are Triton GPU kernels; not runnable on CPU "
+                                             "(benchmarks/gpu_suite.sh measures them on a GPU)"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -43,7 +79,7 @@ def build_model(folder: Path) -> Path:
     import torch
     from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM
 
-    from maap_finetune.models.tiny import TINY_CONFIG, build_tokenizer, SAMPLE_DATA
+    from maap_finetune.models.tiny import SAMPLE_DATA, TINY_CONFIG, build_tokenizer
 
     tokenizer = build_tokenizer([SAMPLE_DATA])
     config = Phi3Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
@@ -74,11 +110,10 @@ def generate_chats(n: int, seed: int) -> list[dict]:
     return chats
 
 
-def write_prepared(folder: Path, train: list[dict], held_out: list[dict]) -> Path:
+def write_prepared(folder: Path, splits: dict[str, list[dict]]) -> Path:
     from maap_finetune.data.prepared import write_metadata
 
     folder.mkdir(parents=True, exist_ok=True)
-    splits = {"train": train, "validation": held_out, "test": held_out}
     for name, rows in splits.items():
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     write_metadata(folder, task="chat", format="messages",
@@ -86,18 +121,33 @@ def write_prepared(folder: Path, train: list[dict], held_out: list[dict]) -> Pat
     return folder
 
 
-# ---------------------------------------------------------------------------------------------
-# the two contenders, each run in its own process
-# ---------------------------------------------------------------------------------------------
-def assistant_eval_loss(model_dir: str, prepared: Path) -> float:
+def data_facts(model_dir: Path, prepared: Path) -> dict:
+    """Token lengths of the train split as the component tokenizes it (checks nothing is truncated)."""
+    from transformers import AutoTokenizer
+
+    from maap_finetune.data.prepared import load_prepared
+    from maap_finetune.training.data import tokenize_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    examples, stats = tokenize_rows(tokenizer, load_prepared(prepared).rows("train"), 10**6, False, "train")
+    lengths = [e["length"] for e in examples]
+    if max(lengths) > SHARED["max_seq_length"]:
+        raise SystemExit(f"an example has {max(lengths)} tokens, above max length {SHARED['max_seq_length']}")
+    return {"examples": len(lengths), "tokens": sum(lengths), "mean_length": sum(lengths) / len(lengths),
+            "max_length": max(lengths), "target_tokens": stats.target_tokens}
+
+
+def test_loss(model_dir: str, prepared: Path) -> float:
     from maap_finetune.data.prepared import load_prepared
     from maap_finetune.training.data import target_token_loss
 
-    return target_token_loss(model_dir, load_prepared(prepared).rows("validation"), 4096, "validation")
+    return target_token_loss(model_dir, load_prepared(prepared).rows("test"), 4096, "test")
 
 
-def run_baseline(model_dir: str, prepared: Path, out: Path) -> dict:
-    """The tutorial script: SFTTrainer + LoraConfig with defaults."""
+# ---------------------------------------------------------------------------------------------
+# the contenders, each run in its own process
+# ---------------------------------------------------------------------------------------------
+def run_trl(model_dir: str, prepared: Path, out: Path, spec: dict, facts: dict) -> dict:
     from datasets import load_dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -106,43 +156,67 @@ def run_baseline(model_dir: str, prepared: Path, out: Path) -> dict:
     from maap_finetune.training.monitoring import CountingCollator, TokenCounter
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa")
     data = load_dataset("json", data_files={"train": str(prepared / "train.jsonl")})["train"]
-    args = SFTConfig(output_dir=str(out / "baseline"), num_train_epochs=1, bf16=False, report_to="none",
-                     save_strategy="no", use_cpu=True, disable_tqdm=True)
-    peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
-                             task_type="CAUSAL_LM")
+    common = dict(output_dir=str(out), bf16=False, report_to="none", save_strategy="no", use_cpu=True,
+                  disable_tqdm=True, logging_steps=10**6)
+    if spec["kind"] == "trl_defaults":
+        args = SFTConfig(**common)
+    else:
+        examples_per_step = SHARED["per_device_train_batch_size"]
+        if spec["packing"]:
+            # Rows about as long as 4 mean examples (at least the longest, so nothing is cut): equal tokens per step.
+            row = max(facts["max_length"], round(examples_per_step * facts["mean_length"]))
+            shape = dict(packing=True, packing_strategy="bfd", max_length=row, per_device_train_batch_size=1)
+        else:
+            shape = dict(padding_free=True, max_length=None, per_device_train_batch_size=examples_per_step)
+        args = SFTConfig(
+            **common, **shape, num_train_epochs=SHARED["epochs"], learning_rate=SHARED["learning_rate"],
+            lr_scheduler_type=SHARED["lr_scheduler_type"], warmup_steps=SHARED["warmup_ratio"],
+            gradient_checkpointing=False, assistant_only_loss=True, seed=SHARED["seed"],
+        )
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                         peft_config=peft_config)
+                         peft_config=LoraConfig(**LORA))
     counter = TokenCounter()
     trainer.data_collator = CountingCollator(trainer.data_collator, counter)
-    metrics = trainer.train().metrics
-    merged = trainer.model.merge_and_unload()
-    merged.save_pretrained(out / "baseline_model")
-    tokenizer.save_pretrained(out / "baseline_model")
-    return {
-        "tokens": counter.tokens,
-        "padding_ratio": counter.padding_ratio,
-        "train_runtime_s": metrics["train_runtime"],
-        "eval_loss": assistant_eval_loss(str(out / "baseline_model"), prepared),
-    }
+    output = trainer.train()
+    peak = _peak_rss_mb()
+    trainer.model.merge_and_unload().save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    return {"tokens": counter.tokens, "padding_ratio": counter.padding_ratio, "steps": trainer.state.global_step,
+            "train_runtime_s": output.metrics["train_runtime"], "peak_rss_mb": peak,
+            "test_loss": test_loss(str(out / "model"), prepared)}
 
 
-def run_component(model_dir: str, prepared: Path, out: Path, overrides: dict) -> dict:
-    """This component, through its entry script with the YAML defaults (plus `overrides`)."""
+def run_component(model_dir: str, prepared: Path, out: Path, spec: dict, facts: dict) -> dict:
+    from transformers import Trainer
+
     from tests.helpers import argv_from_spec, load_entry
 
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{out / 'mlruns.db'}")
-    name = "component" + "".join(f"_{v}" for v in overrides.values())
+    peaks = []
+    original = Trainer.train
+
+    def train_then_note_peak(self, *a, **k):
+        try:
+            return original(self, *a, **k)
+        finally:
+            peaks.append(_peak_rss_mb())
+
+    Trainer.train = train_then_note_peak
+    settings = {**{k: v for k, v in SHARED.items()}, **spec["overrides"]}
     summary = load_entry("finetune").main(argv_from_spec(
-        "finetune", train_data=prepared, model_path=model_dir, adapter=out / name / "adapter",
-        mlflow_model=out / name / "mlflow_model", checkpoints=out / name / "checkpoints", **overrides))
-    return {
-        "tokens": summary["tokens"],
-        "padding_ratio": summary["padding_ratio"],
-        "train_runtime_s": summary["train_runtime_s"],
-        "eval_loss": assistant_eval_loss(str(out / name / "mlflow_model"), prepared),
-    }
+        "finetune", train_data=prepared, model_path=model_dir, adapter=out / "adapter",
+        mlflow_model=out / "mlflow_model", checkpoints=out / "checkpoints", save_steps=10**6, logging_steps=10**6,
+        **settings))
+    return {"tokens": summary["tokens"], "padding_ratio": summary["padding_ratio"], "steps": summary["steps"],
+            "train_runtime_s": summary["train_runtime_s"], "peak_rss_mb": peaks[0], "plan": summary["plan"],
+            "test_loss": test_loss(str(out / "mlflow_model"), prepared)}
+
+
+def _peak_rss_mb() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 / 1024 if sys.platform == "darwin" else rss / 1024
 
 
 class _CpuClock:
@@ -167,39 +241,103 @@ def _install_cpu_clock() -> None:
     Trainer.train = timed
 
 
-def child(kind: str, model_dir: str, prepared: str, out: str, overrides: str) -> None:
+def child(spec_json: str, model_dir: str, prepared: str, out: str, facts_json: str) -> None:
     import logging
+    import warnings
 
     import torch
 
     logging.disable(logging.WARNING)
+    warnings.simplefilter("ignore")
     torch.set_num_threads(1)  # one core each: CPU seconds then measure compute, whatever else runs here
     _install_cpu_clock()
-    started = time.perf_counter()
-    if kind == "baseline":
-        result = run_baseline(model_dir, Path(prepared), Path(out))
-    else:
-        result = run_component(model_dir, Path(prepared), Path(out), json.loads(overrides))
-    result["wall_s"] = time.perf_counter() - started
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["tokens_per_second"] = result["tokens"] / result["train_runtime_s"]
+    spec, facts = json.loads(spec_json), json.loads(facts_json)
+    runner = run_component if spec["kind"] == "component" else run_trl
+    result = runner(model_dir, Path(prepared), Path(out), spec, facts)
     result["train_cpu_s"] = _CpuClock.spent
+    result["tokens_per_second"] = result["tokens"] / result["train_runtime_s"]
     result["tokens_per_cpu_second"] = result["tokens"] / _CpuClock.spent
+    result["tokens_per_step"] = result["tokens"] / result["steps"]
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def spawn(kind: str, model_dir: Path, prepared: Path, out: Path, overrides: dict | None = None) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+def spawn(spec: dict, model_dir: Path, prepared: Path, out: Path, facts: dict) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": f"{REPO / 'src'}:{REPO}"}
+    env.pop("MLFLOW_RUN_ID", None)
+    out.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
-        [sys.executable, __file__, "--child", kind, str(model_dir), str(prepared), str(out),
-         json.dumps(overrides or {})],
-        env=env, capture_output=True, text=True,
+        [sys.executable, __file__, "--child", json.dumps(spec), str(model_dir), str(prepared), str(out),
+         json.dumps(facts)], env=env, capture_output=True, text=True,
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
-        raise SystemExit(f"{kind} failed:\n{done.stderr[-4000:]}")
+        raise SystemExit(f"{spec} failed:\n{done.stderr[-4000:]}")
     return json.loads(lines[-1][len("RESULT "):])
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------
+METRICS = ("tokens_per_second", "tokens_per_cpu_second", "peak_rss_mb", "test_loss", "tokens_per_step")
+
+
+def summarize(runs: list[dict]) -> dict:
+    out = {}
+    for key in METRICS:
+        values = [r[key] for r in runs]
+        out[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return out
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = re.findall(r"model name\s*:\s*(.+)", cpuinfo.read_text())
+        cpu = names[0] if names else cpu
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    return {"host": platform.node(), "cpu": cpu, "logical_cores": os.cpu_count(), "os": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "trl": trl.__version__, "peft": peft.__version__}
+
+
+def markdown(report: dict) -> str:
+    ref = report["summary"]["trl_best"]
+    lines = [
+        f"# Fine-Tune throughput, {report['date']}", "",
+        f"Machine: {report['machine']['cpu']}, {report['machine']['logical_cores']} logical cores, "
+        f"{report['machine']['os']}; torch {report['machine']['torch']}, transformers "
+        f"{report['machine']['transformers']}, trl {report['machine']['trl']}, peft {report['machine']['peft']}.",
+        "", f"Command: `{report['command']}`", "",
+        f"Model: Phi-3 architecture {report['model']}, fp32, one thread per process. Data: {report['data']}.",
+        "", f"Note: {report['note']}" if report["note"] else "", "",
+        f"Base model (untrained) test loss: {report['base_test_loss']:.4f}. Median over {report['rounds']} "
+        "alternated rounds, [min, max] in brackets; ratios are medians against trl_best.", "",
+        "| contender | tokens/s (wall) | tokens per CPU-s | x trl_best (CPU-s) | peak RSS MB | tokens/step "
+        "| test loss | vs trl_best loss |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, s in report["summary"].items():
+        def cell(key, fmt):
+            m = s[key]
+            return f"{m['median']:{fmt}} [{m['min']:{fmt}}, {m['max']:{fmt}}]"
+        ratio = s["tokens_per_cpu_second"]["median"] / ref["tokens_per_cpu_second"]["median"]
+        loss = (s["test_loss"]["median"] - ref["test_loss"]["median"]) / ref["test_loss"]["median"]
+        rounds = len(report["runs"][label])
+        name = label if rounds == report["rounds"] else f"{label} ({rounds} run{'s' if rounds > 1 else ''})"
+        lines.append(f"| {name} | {cell('tokens_per_second', '.0f')} | {cell('tokens_per_cpu_second', '.0f')} | "
+                     f"{ratio:.2f}x | {cell('peak_rss_mb', '.0f')} | {s['tokens_per_step']['median']:.0f} | "
+                     f"{cell('test_loss', '.4f')} | {loss:+.2%} |")
+    for label, why in report["not_run"].items():
+        lines.append(f"| {label} | not run: {why} | | | | | | |")
+    lines += ["", "trl_defaults uses SFTConfig's defaults (batch 8, lr 2e-5, linear schedule, gradient checkpointing, "
+              "loss on every token): a reference, not a like-for-like contender.", ""]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -207,47 +345,58 @@ def main() -> None:
         child(*sys.argv[2:7])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train_rows", type=int, default=96)
-    parser.add_argument("--eval_rows", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=1, help="A/B rounds; results are per-round and averaged")
-    parser.add_argument("--variants", nargs="*", default=[], choices=["group_by_length", "padding_free", "packing", "padded"],
-                        help="also run the component with these batching values")
+    parser.add_argument("--train_rows", type=int, default=192)
+    parser.add_argument("--validation_rows", type=int, default=32)
+    parser.add_argument("--test_rows", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the contenders")
+    parser.add_argument("--ablation_rounds", type=int, default=1, help="rounds that also run the ablation rows")
+    parser.add_argument("--no_ablations", action="store_true")
+    parser.add_argument("--machine", default=re.sub(r"[^A-Za-z0-9_.-]", "-", platform.node()) or "machine")
+    parser.add_argument("--note", default="", help="written into the report (such as other load on the machine)")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.test_rows < 200:
+        parser.error("--test_rows must be at least 200 (the loss comparison needs a real test split)")
 
+    report = {"date": datetime.date.today().isoformat(), "machine": machine(), "note": args.note,
+              "command": "python " + shlex.join(["benchmarks/finetune_throughput.py", *sys.argv[1:]]),
+              "model": BENCH_CONFIG, "shared": SHARED, "lora": LORA, "rounds": args.rounds,
+              "not_run": NOT_RUN, "runs": {}}
+    args.results.mkdir(parents=True, exist_ok=True)
+    stem = args.results / f"{args.machine}-{report['date']}"
+    partial = stem.with_suffix(".partial.json")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = build_model(tmp / "model")
-        chats = generate_chats(args.train_rows + args.eval_rows, seed=0)
-        prepared = write_prepared(tmp / "prepared", chats[: args.train_rows], chats[args.train_rows :])
-        print(f"model: Phi-3 architecture {BENCH_CONFIG}; data: {args.train_rows} train / {args.eval_rows} eval chats;"
-              f" cpu cores: {os.cpu_count()}")
-        contenders = [("baseline", None), ("component", {})] + [("component", {"batching": v}) for v in args.variants]
-        results: dict[str, list[dict]] = {}
+        chats = generate_chats(args.train_rows + args.validation_rows + args.test_rows, seed=0)
+        n_train, n_val = args.train_rows, args.validation_rows
+        prepared = write_prepared(tmp / "prepared", {"train": chats[:n_train], "validation": chats[n_train:n_train + n_val],
+                                                     "test": chats[n_train + n_val:]})
+        facts = data_facts(model_dir, prepared)
+        report["data"] = (f"{args.train_rows} train / {args.validation_rows} validation / {args.test_rows} test "
+                          f"generated chats; train: {facts['tokens']} tokens, mean {facts['mean_length']:.0f}, "
+                          f"longest {facts['max_length']}")
+        report["base_test_loss"] = test_loss(str(model_dir), prepared)
+        print(f"{report['data']}; base test loss {report['base_test_loss']:.4f}", flush=True)
         for round_index in range(args.rounds):
-            order = contenders if round_index % 2 == 0 else contenders[::-1]
-            for kind, overrides in order:
-                label = kind + "".join(f" batching={v}" for v in (overrides or {}).values())
-                out = tmp / f"round{round_index}"
-                out.mkdir(exist_ok=True)
-                result = spawn(kind, model_dir, prepared, out, overrides)
-                results.setdefault(label, []).append(result)
-                print(f"round {round_index} {label:34s} tokens/s {result['tokens_per_second']:7.0f}  tokens/CPU-s "
-                      f"{result['tokens_per_cpu_second']:7.0f}  padding "
-                      f"{result['padding_ratio']:.2f}  train {result['train_runtime_s']:6.1f} s  peak RSS "
-                      f"{result['peak_rss_mb']:6.0f} MB  eval loss {result['eval_loss']:.4f}", flush=True)
-
-    def mean(label, key):
-        return sum(r[key] for r in results[label]) / len(results[label])
-
-    base_tps, base_loss = mean("baseline", "tokens_per_second"), mean("baseline", "eval_loss")
-    base_cpu = mean("baseline", "tokens_per_cpu_second")
-    print("\nsummary (means over rounds; wall-clock tokens/s is noisy on shared cores, tokens per CPU-second is not)")
-    for label in results:
-        tps, loss, cpu = mean(label, "tokens_per_second"), mean(label, "eval_loss"), mean(label, "tokens_per_cpu_second")
-        print(f"  {label:34s} non-padding tokens/s {tps:7.0f} ({tps / base_tps:4.2f}x)  per CPU-s {cpu:7.0f} "
-              f"({cpu / base_cpu:4.2f}x vs baseline)  "
-              f"peak RSS {mean(label, 'peak_rss_mb'):6.0f} MB  eval loss {loss:.4f} "
-              f"({(loss - base_loss) / base_loss:+.1%} vs baseline)")
+            lineup = dict(CONTENDERS)
+            if not args.no_ablations and round_index < args.ablation_rounds:
+                lineup.update(ABLATIONS)
+            order = list(lineup.items())
+            order = order if round_index % 2 == 0 else order[::-1]
+            for label, spec in order:
+                result = spawn(spec, model_dir, prepared, tmp / f"round{round_index}" / re.sub(r"\W+", "_", label), facts)
+                report["runs"].setdefault(label, []).append(result)
+                partial.write_text(json.dumps(report, indent=2) + "\n")  # kept if a later run fails
+                print(f"round {round_index} {label:56s} tokens/s {result['tokens_per_second']:6.0f}  tokens/CPU-s "
+                      f"{result['tokens_per_cpu_second']:6.0f}  tokens/step {result['tokens_per_step']:5.0f}  peak RSS "
+                      f"{result['peak_rss_mb']:5.0f} MB  test loss {result['test_loss']:.4f}", flush=True)
+    report["summary"] = {label: summarize(runs) for label, runs in report["runs"].items()}
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(report))
+    print("\n" + markdown(report))
+    partial.unlink()
+    print(f"wrote {stem}.json and {stem}.md")
 
 
 if __name__ == "__main__":

@@ -70,6 +70,8 @@ def build_parser() -> StrictParser:
     p.add_argument("--adapter", type=Path, required=True)
     p.add_argument("--mlflow_model", type=Path, required=True)
     p.add_argument("--checkpoints", type=Path, required=True)
+    p.add_argument("--use_liger_kernel", choices=C.LIGER, required=True)
+    p.add_argument("--max_tokens_per_batch", type=bounded(int, 16), default=None)
     return p
 
 
@@ -86,14 +88,15 @@ def run(config: C.FinetuneConfig) -> dict:
     from maap_finetune.models.source import resolve_model_source
     from maap_finetune.training import builders, outputs, preflight
     from maap_finetune.training.environment import Environment
+    from maap_finetune.training.plan import resolve_plan
     from maap_finetune.training.session import train
 
     env = Environment.detect()
-    ds_config = builders.build_deepspeed_config(config)
+    plan = resolve_plan(config, env, builders.build_deepspeed_config(config))  # every `auto` resolved, once
     source = fetch_hub_model(resolve_model_source(config.model_path, config.model_name))
     model_config = AutoConfig.from_pretrained(source.model, trust_remote_code=config.trust_remote_code)
     facts = preflight.read_model_facts(model_config, config.trust_remote_code)
-    preflight.preflight(config, env, facts, ds_config)
+    preflight.preflight(config, env, facts, plan)
     prepared = load_prepared(config.train_data)
     if prepared.split_rows["train"] == 0:
         raise UserError(f"{config.train_data}: the train split is empty; nothing to fine-tune on")
@@ -104,9 +107,9 @@ def run(config: C.FinetuneConfig) -> dict:
         )
 
     with tracking.step_run():
-        result = train(config, env, ds_config, source, prepared)
+        result = train(config, plan, source, prepared)
         if tracking.is_main_process():
-            summary = outputs.write_outputs(config, env, source, result)
+            summary = outputs.write_outputs(config, source, result)
             return summary
     return {}
 

@@ -14,6 +14,14 @@ from tests.finetune.conftest import outputs
 from tests.helpers import argv_from_spec, load_entry
 
 
+def _base_validation_loss(model_dir, prepared) -> float:
+    """The untrained base's loss on the validation assistant tokens: a trained run must end below it."""
+    from maap_finetune.data.prepared import load_prepared
+    from maap_finetune.training.data import target_token_loss
+
+    return target_token_loss(str(model_dir), load_prepared(prepared).rows("validation"), 2048, "validation")
+
+
 def _cuda() -> bool:
     try:
         import torch
@@ -30,9 +38,10 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _cuda(), reason="needs a C
 @pytest.mark.parametrize("method", ["qlora", "qdora"])
 def test_quantized_methods_train_and_merge_in_bf16(method, tmp_path, tiny_model_dir, prepared_chat, mlflow_tracking):
     summary = load_entry("finetune").main(argv_from_spec(
-        "finetune", train_data=prepared_chat, model_path=tiny_model_dir, peft_method=method, max_steps=3,
-        **outputs(tmp_path)))
-    assert summary["steps"] == 3 and summary["precision"] == "bf16"
+        "finetune", train_data=prepared_chat, model_path=tiny_model_dir, peft_method=method, max_steps=8,
+        learning_rate=0.005, **outputs(tmp_path)))
+    assert summary["steps"] == 8 and summary["precision"] == "bf16"
+    assert summary["eval_loss"] < _base_validation_loss(tiny_model_dir, prepared_chat)  # it learned
     assert summary["merge_parity"]["passed"], summary["merge_parity"]
     config = json.loads((tmp_path / "mlflow_model" / "model" / "config.json").read_text())
     assert "quantization_config" not in config  # merged into dequantized weights, saved unquantized
@@ -48,8 +57,10 @@ def test_lora_under_zero3_saves_a_non_empty_adapter(tmp_path, tiny_model_dir, pr
                            MASTER_PORT="29561").items():
         monkeypatch.setenv(key, value)
     summary = load_entry("finetune").main(argv_from_spec(
-        "finetune", train_data=prepared_chat, model_path=tiny_model_dir, deepspeed_stage=3, max_steps=2,
-        **outputs(tmp_path)))
+        "finetune", train_data=prepared_chat, model_path=tiny_model_dir, deepspeed_stage=3, max_steps=8,
+        learning_rate=0.005, **outputs(tmp_path)))
+    assert summary["plan"]["deepspeed_stage"] == 3
+    assert summary["eval_loss"] < _base_validation_loss(tiny_model_dir, prepared_chat)  # it learned
     weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     assert weights and all(t.numel() > 0 for t in weights.values())
     assert summary["merge_parity"]["passed"]

@@ -13,6 +13,7 @@ import pytest
 from maap_finetune.common.errors import ConfigErrors, UserError
 from maap_finetune.training import builders
 from maap_finetune.training.environment import Environment
+from maap_finetune.training.plan import resolve_plan
 from maap_finetune.training.preflight import ModelFacts, preflight, read_model_facts
 from tests.helpers import COMPONENTS_DIR, argv_from_spec, load_entry
 
@@ -34,9 +35,13 @@ def make_config(tmp_path: Path, **overrides):
     return replace(finetune.parse_args(argv), **overrides)
 
 
+def plan_of(config, env=CPU):
+    return resolve_plan(config, env, builders.build_deepspeed_config(config))
+
+
 def problems_of(config, env=CPU, model=PHI3) -> list[str]:
     try:
-        preflight(config, env, model, builders.build_deepspeed_config(config))
+        preflight(config, env, model, plan_of(config, env))
     except ConfigErrors as errors:
         return errors.problems
     return []
@@ -136,13 +141,14 @@ def test_peft_and_quantization_configs(tmp_path):
     assert builders.build_peft_config(make_config(tmp_path, peft_method="none")) is None
 
     qlora = make_config(tmp_path, peft_method="qlora", deepspeed_stage=3)
-    bnb = builders.build_quantization_config(qlora, builders.build_deepspeed_config(qlora))
+    bnb = builders.build_quantization_config(qlora, plan_of(qlora, GPU))
     assert bnb.load_in_4bit and bnb.bnb_4bit_quant_type == "nf4" and bnb.bnb_4bit_use_double_quant
     assert bnb.bnb_4bit_compute_dtype == torch.bfloat16 and bnb.bnb_4bit_quant_storage == torch.bfloat16
-    plain = builders.build_quantization_config(make_config(tmp_path, peft_method="qlora"), None)
+    no_zero = make_config(tmp_path, peft_method="qlora")
+    plain = builders.build_quantization_config(no_zero, plan_of(no_zero, GPU))
     assert plain.bnb_4bit_quant_storage == torch.uint8
-    assert builders.build_quantization_config(make_config(tmp_path), None) is None
-    kwargs = builders.build_model_kwargs(make_config(tmp_path, peft_method="qlora"), GPU, None)
+    assert builders.build_quantization_config(make_config(tmp_path), plan_of(make_config(tmp_path), GPU)) is None
+    kwargs = builders.build_model_kwargs(no_zero, plan_of(no_zero, GPU))
     assert kwargs["dtype"] == torch.bfloat16 and kwargs["device_map"] == {"": 0} and "quantization_config" in kwargs
 
 
@@ -152,7 +158,7 @@ def test_sft_config_carries_every_training_input(tmp_path):
         gradient_accumulation_steps=3, per_device_train_batch_size=5, seed=7, save_steps=11, save_total_limit=3,
         gradient_checkpointing=True, batching="group_by_length", logging_steps=2,
     )
-    args = builders.build_sft_config(config, CPU, None)
+    args = builders.build_sft_config(config, plan_of(config))
     assert (args.max_steps, args.learning_rate, args.lr_scheduler_type.value) == (7, 0.003, "linear")
     assert (args.warmup_steps, args.weight_decay, args.gradient_accumulation_steps) == (0.1, 0.01, 3)
     assert (args.per_device_train_batch_size, args.seed, args.data_seed) == (5, 7, 7)
@@ -162,22 +168,23 @@ def test_sft_config_carries_every_training_input(tmp_path):
     assert args.gradient_checkpointing and args.logging_steps == 2 and args.report_to == []
     assert args.train_sampling_strategy == "group_by_length" and not args.padding_free and not args.packing
     assert args.max_length == config.max_seq_length and not args.bf16 and not args.fp16
-    free = builders.build_sft_config(make_config(tmp_path), CPU, None)
+    free = builders.build_sft_config(make_config(tmp_path), plan_of(make_config(tmp_path)))
     assert free.padding_free and free.max_length is None  # examples arrive truncated by training.data
     assert free.train_sampling_strategy == "random" and not free.gradient_checkpointing
-    packed = builders.build_sft_config(make_config(tmp_path, batching="packing"), CPU, None)
+    packing = make_config(tmp_path, batching="packing")
+    packed = builders.build_sft_config(packing, plan_of(packing))
     assert packed.packing and packed.packing_strategy == "bfd" and packed.max_length == config.max_seq_length
 
 
 def test_attention_auto(tmp_path):
     config = make_config(tmp_path)
     assert config.attn_implementation == "auto"
-    assert builders.resolve_attention(config, CPU) == "sdpa"
-    assert builders.resolve_attention(config, GPU) == "flash_attention_2"
-    assert builders.resolve_attention(config, replace(GPU, flash_attn=False)) == "sdpa"
-    assert builders.resolve_attention(make_config(tmp_path, precision="fp32"), GPU) == "sdpa"
-    assert builders.resolve_attention(make_config(tmp_path, attn_implementation="eager"), GPU) == "eager"
-    assert builders.build_model_kwargs(config, GPU, None)["attn_implementation"] == "flash_attention_2"
+    assert plan_of(config, CPU).attn_implementation == "sdpa"
+    assert plan_of(config, GPU).attn_implementation == "flash_attention_2"
+    assert plan_of(config, replace(GPU, flash_attn=False)).attn_implementation == "sdpa"
+    assert plan_of(make_config(tmp_path, precision="fp32"), GPU).attn_implementation == "sdpa"
+    assert plan_of(make_config(tmp_path, attn_implementation="eager"), GPU).attn_implementation == "eager"
+    assert builders.build_model_kwargs(config, plan_of(config, GPU))["attn_implementation"] == "flash_attention_2"
     # Padding-free on a remote-code model is fine where auto resolves to flash attention's varlen kernel.
     remote = replace(PHI3, native=False)
     assert problems_of(config, env=GPU, model=remote) == []
@@ -186,10 +193,10 @@ def test_attention_auto(tmp_path):
 
 def test_precision_auto(tmp_path):
     config = make_config(tmp_path)
-    assert builders.resolve_precision(config, CPU) == "fp32"
-    assert builders.resolve_precision(config, GPU) == "bf16"
-    assert builders.resolve_precision(config, replace(GPU, bf16_supported=False)) == "fp16"
-    assert builders.resolve_precision(make_config(tmp_path, precision="fp32"), GPU) == "fp32"
+    assert plan_of(config, CPU).precision == "fp32"
+    assert plan_of(config, GPU).precision == "bf16"
+    assert plan_of(config, replace(GPU, bf16_supported=False)).precision == "fp16"
+    assert plan_of(make_config(tmp_path, precision="fp32"), GPU).precision == "fp32"
 
 
 def test_user_error_exits_2_with_one_message(tmp_path, tiny_model_dir):

@@ -1,5 +1,5 @@
 """Small builders that turn a `FinetuneConfig` into the objects peft, bitsandbytes, DeepSpeed and
-TRL take. Each is a pure function of the config (and the detected environment), tested on its own."""
+TRL take. Each is a pure function of the config and the run's resolved `TrainingPlan`, tested on its own."""
 
 from __future__ import annotations
 
@@ -9,28 +9,7 @@ from typing import Any
 
 from maap_finetune.common.errors import UserError
 from maap_finetune.training.config import DORA_METHODS, FinetuneConfig
-from maap_finetune.training.environment import Environment
-
-
-def resolve_precision(config: FinetuneConfig, env: Environment) -> str:
-    """`auto` is the best the hardware supports: bf16 on Ampere+ GPUs, fp16 on older GPUs, fp32 on CPU.
-    4-bit bases always compute in bf16 (preflight rejects the other explicit choices)."""
-    if config.precision != "auto":
-        return config.precision
-    if config.is_quantized:
-        return "bf16"
-    if env.cuda:
-        return "bf16" if env.bf16_supported else "fp16"
-    return "fp32"
-
-
-def resolve_attention(config: FinetuneConfig, env: Environment) -> str:
-    """`auto` is flash_attention_2 where it can run (CUDA, flash-attn installed, bf16/fp16), else sdpa."""
-    if config.attn_implementation != "auto":
-        return config.attn_implementation
-    if env.cuda and env.flash_attn and resolve_precision(config, env) in ("bf16", "fp16"):
-        return "flash_attention_2"
-    return "sdpa"
+from maap_finetune.training.plan import TrainingPlan
 
 
 def torch_dtype(precision: str):
@@ -97,7 +76,7 @@ def build_deepspeed_config(config: FinetuneConfig) -> dict[str, Any] | None:
     }
 
 
-def build_quantization_config(config: FinetuneConfig, ds_config: dict[str, Any] | None = None):
+def build_quantization_config(config: FinetuneConfig, plan: TrainingPlan):
     """4-bit NF4 with double quantization and bf16 compute (QLoRA paper); None when not quantized.
 
     Under ZeRO-3 the 4-bit weights are stored as bf16 so DeepSpeed can shard them (peft's
@@ -113,7 +92,7 @@ def build_quantization_config(config: FinetuneConfig, ds_config: dict[str, Any] 
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
-    if zero_stage(ds_config) == 3:
+    if plan.deepspeed_stage == 3:
         kwargs["bnb_4bit_quant_storage"] = torch.bfloat16
     return BitsAndBytesConfig(**kwargs)
 
@@ -138,18 +117,17 @@ def build_peft_config(config: FinetuneConfig):
     )
 
 
-def build_model_kwargs(config: FinetuneConfig, env: Environment, ds_config: dict[str, Any] | None) -> dict[str, Any]:
+def build_model_kwargs(config: FinetuneConfig, plan: TrainingPlan) -> dict[str, Any]:
     """Keyword arguments for `AutoModelForCausalLM.from_pretrained`."""
-    precision = resolve_precision(config, env)
     kwargs: dict[str, Any] = dict(
-        dtype=torch_dtype(precision),
-        attn_implementation=resolve_attention(config, env),
+        dtype=torch_dtype(plan.precision),
+        attn_implementation=plan.attn_implementation,
         trust_remote_code=config.trust_remote_code,
     )
-    quantization = build_quantization_config(config, ds_config)
+    quantization = build_quantization_config(config, plan)
     if quantization is not None:
         kwargs["quantization_config"] = quantization
-        if zero_stage(ds_config) != 3:
+        if plan.deepspeed_stage != 3:
             # Under ZeRO-3 DeepSpeed places the shards; otherwise each process holds its 4-bit copy on its GPU.
             import os
 
@@ -157,9 +135,7 @@ def build_model_kwargs(config: FinetuneConfig, env: Environment, ds_config: dict
     return kwargs
 
 
-def build_sft_config(
-    config: FinetuneConfig, env: Environment, ds_config: dict[str, Any] | None
-):
+def build_sft_config(config: FinetuneConfig, plan: TrainingPlan):
     """TRL's SFTConfig (HF TrainingArguments) from the inputs.
 
     Checkpoints go to the `checkpoints` output; MLflow logging is ours (`report_to="none"`), so
@@ -168,7 +144,7 @@ def build_sft_config(
     """
     from trl import SFTConfig
 
-    precision = resolve_precision(config, env)
+    precision = plan.precision
     sampling = "group_by_length" if config.batching == "group_by_length" else "random"
     return SFTConfig(
         output_dir=str(config.checkpoints),
@@ -185,7 +161,7 @@ def build_sft_config(
         gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        use_cpu=not env.cuda,
+        use_cpu=not plan.cuda,
         seed=config.seed,
         data_seed=config.seed,
         logging_steps=config.logging_steps,
@@ -204,7 +180,7 @@ def build_sft_config(
         restore_callback_states_from_checkpoint=True,
         report_to="none",
         disable_tqdm=True,
-        deepspeed=ds_config,
+        deepspeed=plan.ds_config,
         # Examples arrive truncated to max_seq_length (and counted) by training.data; TRL refuses a
         # max_length with padding-free batches, and packing uses it as the row length.
         max_length=None if config.batching == "padding_free" else config.max_seq_length,
@@ -216,5 +192,8 @@ def build_sft_config(
         dataset_num_proc=None,
         remove_unused_columns=True,
         ddp_find_unused_parameters=False,
-        dataloader_pin_memory=env.cuda,
+        dataloader_pin_memory=plan.cuda,
+        # Liger's RMSNorm / SwiGLU / RoPE Triton kernels; TRL keeps its own chunked LM-head loss (which already
+        # never materializes the [tokens x vocab] logits) in place of Liger's fused linear cross-entropy.
+        use_liger_kernel=plan.use_liger_kernel,
     )

@@ -20,6 +20,7 @@ ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 INIT_LORA_WEIGHTS = ("default", "gaussian", "pissa", "olora")
 BATCHING = ("padding_free", "group_by_length", "packing", "padded")
+LIGER = ("auto", "true", "false")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class FinetuneConfig:
     adapter: Path
     mlflow_model: Path
     checkpoints: Path
+    # speed (appended: new inputs go at the end of the spec)
+    use_liger_kernel: str
+    max_tokens_per_batch: int | None
 
     @property
     def is_quantized(self) -> bool:

@@ -14,6 +14,8 @@ class Environment:
     bitsandbytes: bool
     deepspeed: bool
     flash_attn: bool
+    triton: bool = False
+    liger_kernel: bool = False
 
     @classmethod
     def detect(cls) -> "Environment":
@@ -26,6 +28,8 @@ class Environment:
             bitsandbytes=_installed("bitsandbytes"),
             deepspeed=_installed("deepspeed"),
             flash_attn=_installed("flash_attn"),
+            triton=_installed("triton"),
+            liger_kernel=_installed("liger_kernel"),
         )
 
 

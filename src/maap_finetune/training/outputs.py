@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from maap_finetune.common import tracking
 from maap_finetune.training.config import FinetuneConfig
-from maap_finetune.training.environment import Environment
+from maap_finetune.training.plan import TrainingPlan
 from maap_finetune.training.monitoring import peak_memory_bytes, plot_loss_curve, write_summary
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class MergeParityError(RuntimeError):
     """The merged model does not reproduce base + adapter: something in the merge is wrong."""
 
 
-def _merge_kwargs(config: FinetuneConfig, env: Environment) -> dict[str, Any]:
+def _merge_kwargs(config: FinetuneConfig, plan: TrainingPlan) -> dict[str, Any]:
     import torch
 
     kwargs: dict[str, Any] = dict(
@@ -41,7 +42,7 @@ def _merge_kwargs(config: FinetuneConfig, env: Environment) -> dict[str, Any]:
         attn_implementation="eager" if config.attn_implementation == "eager" else "sdpa",
         trust_remote_code=config.trust_remote_code,
     )
-    if env.cuda:
+    if plan.cuda:
         kwargs["device_map"] = {"": 0}
     return kwargs
 
@@ -54,7 +55,7 @@ def _clear_folder(folder: Path) -> None:
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
-def build_merged_model(config: FinetuneConfig, env: Environment, source, result) -> tuple[Any, dict[str, Any]]:
+def build_merged_model(config: FinetuneConfig, source, result) -> tuple[Any, dict[str, Any]]:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -62,16 +63,18 @@ def build_merged_model(config: FinetuneConfig, env: Environment, source, result)
     from maap_finetune.training.merge import merge_with_parity
 
     if not config.uses_adapter:
-        model = AutoModelForCausalLM.from_pretrained(str(config.adapter), **_merge_kwargs(config, env))
+        model = AutoModelForCausalLM.from_pretrained(str(config.adapter), **_merge_kwargs(config, result.plan))
         return model, {"applicable": False, "reason": "peft_method none trains every weight; there is no adapter"}
-    # A 4-bit reference must load exactly as it trained (quantized, bf16 compute).
-    kwargs = builders.build_model_kwargs(config, env, None) if config.is_quantized else _merge_kwargs(config, env)
+    # A 4-bit reference must load exactly as it trained (quantized, bf16 compute), in this one process (no ZeRO).
+    plan = result.plan
+    single = replace(plan, deepspeed_stage=None, ds_config=None)
+    kwargs = builders.build_model_kwargs(config, single) if config.is_quantized else _merge_kwargs(config, plan)
     merged, parity = merge_with_parity(
         source.model, str(config.adapter), kwargs, config.is_quantized, result.parity_inputs,
-        config.merge_parity_tolerance, result.trained_logits, trained_in_fp32=result.precision == "fp32",
+        config.merge_parity_tolerance, result.trained_logits, trained_in_fp32=plan.precision == "fp32",
     )
     parity["applicable"] = True
-    merged = merged.to(torch.float32 if result.precision == "fp32" else builders.torch_dtype(result.precision))
+    merged = merged.to(builders.torch_dtype(plan.precision))
     return merged, parity
 
 
@@ -86,21 +89,22 @@ def log_output_artifacts(folders: dict[str, Path], in_azure: bool) -> None:
             tracking.log_artifact(folders[artifact_path] / name, artifact_path)
 
 
-def write_outputs(config: FinetuneConfig, env: Environment, source, result) -> dict[str, Any]:
+def write_outputs(config: FinetuneConfig, source, result) -> dict[str, Any]:
     from maap_finetune.registry.mlflow_model import CHAT_TASK, TEXT_TASK, save_mlflow_model
     from maap_finetune.registry.target import job_output_metadata, running_in_azure_ml
 
     adapter_dir = Path(config.adapter)
     result.tokenizer.save_pretrained(adapter_dir)
 
-    merged, parity = build_merged_model(config, env, source, result)
+    merged, parity = build_merged_model(config, source, result)
     log.info("merge parity: %s", parity)
 
     tokens_per_second = result.train_tokens / result.train_runtime_s if result.train_runtime_s else None
     summary: dict[str, Any] = {
         "base_model": source.display_name,
         "peft_method": config.peft_method,
-        "precision": result.precision,
+        "precision": result.plan.precision,
+        "plan": result.plan.as_dict(),
         "world_size": result.world_size,
         "steps": result.global_step,
         "epochs": result.epoch,

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from maap_finetune.common.errors import ConfigErrors
-from maap_finetune.training.builders import resolve_attention, resolve_precision, zero_stage
 from maap_finetune.training.config import FinetuneConfig
 from maap_finetune.training.environment import Environment
+from maap_finetune.training.plan import TrainingPlan
 
 
 @dataclass(frozen=True)
@@ -64,12 +64,13 @@ def preflight(
     config: FinetuneConfig,
     env: Environment,
     model: ModelFacts,
-    ds_config: dict[str, Any] | None,
+    plan: TrainingPlan,
 ) -> None:
-    """Raise `ConfigErrors` listing every problem in `config` for this machine and model."""
+    """Raise `ConfigErrors` listing every problem in `config` (and its resolved `plan`) for this machine and model."""
     problems: list[str] = []
     add = problems.append
-    stage = zero_stage(ds_config)
+    ds_config = plan.ds_config
+    stage = plan.deepspeed_stage
 
     # --- technique ---------------------------------------------------------------------------
     if config.is_quantized:
@@ -138,7 +139,7 @@ def preflight(
                 "stage3_gather_16bit_weights_on_model_save is true; set it in your JSON"
             )
         if stage == 3 and config.is_quantized:
-            if resolve_precision(config, env) != "bf16":
+            if plan.precision != "bf16":
                 add(
                     "4-bit base under ZeRO-3: the quantized weights must be stored in the bf16 compute dtype "
                     "(bnb_4bit_quant_storage); set precision bf16 or auto"
@@ -172,9 +173,9 @@ def preflight(
             add("attn_implementation flash_attention_2 needs the flash-attn package; install it or use sdpa")
         if not env.cuda:
             add("attn_implementation flash_attention_2 needs a CUDA GPU; use sdpa on CPU")
-        if resolve_precision(config, env) == "fp32":
+        if plan.precision == "fp32":
             add("attn_implementation flash_attention_2 runs in bf16/fp16 only; set precision bf16, fp16 or auto")
-    attention = resolve_attention(config, env)
+    attention = plan.attn_implementation
     if config.batching in ("padding_free", "packing"):
         # transformers builds a per-example (block-diagonal) mask from position_ids for sdpa and eager in
         # the models it implements; flash-attention's varlen kernel does the same for any model.
@@ -183,6 +184,29 @@ def preflight(
                 f"batching {config.batching} with {attention} attention would let examples attend to "
                 f"each other in this remote-code {model.model_type} model; use attn_implementation flash_attention_2 "
                 "or batching group_by_length"
+            )
+
+    # --- kernels and batching ------------------------------------------------------------------
+    if config.use_liger_kernel == "true":
+        missing = [name for name, ok in (("a CUDA GPU", env.cuda), ("the triton package", env.triton),
+                                         ("the liger-kernel package", env.liger_kernel)) if not ok]
+        if missing:
+            add(
+                f"use_liger_kernel true needs {', '.join(missing)} (Liger's kernels are Triton GPU kernels); "
+                "use the train-gpu environment on a GPU cluster, or set use_liger_kernel auto (on where they run) "
+                "or false"
+            )
+    if config.max_tokens_per_batch is not None:
+        if config.batching == "packing":
+            add(
+                "max_tokens_per_batch does not apply to batching packing, whose rows are already max_seq_length "
+                "tokens; use batching padding_free with max_tokens_per_batch, or leave max_tokens_per_batch out"
+            )
+        elif config.max_tokens_per_batch < config.max_seq_length:
+            add(
+                f"max_tokens_per_batch {config.max_tokens_per_batch} is below max_seq_length {config.max_seq_length}, "
+                "so a longest example would fit in no batch; raise max_tokens_per_batch to at least "
+                f"{config.max_seq_length} or lower max_seq_length"
             )
 
     # --- data and schedule --------------------------------------------------------------------

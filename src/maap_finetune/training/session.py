@@ -22,9 +22,9 @@ from maap_finetune.training.checkpoints import (
 )
 from maap_finetune.training.config import FinetuneConfig
 from maap_finetune.training.data import TokenizeStats, ensure_chat_template, tokenize_rows
-from maap_finetune.training.environment import Environment
 from maap_finetune.training.monitoring import CountingCollator, MlflowMetricsCallback, ProgressCallback, TokenCounter
 from maap_finetune.training.validation import best_outcome, build_callbacks
+from maap_finetune.training.plan import TrainingPlan, log_plan
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ PARITY_MAX_TOKENS = 256
 @dataclass
 class TrainResult:
     tokenizer: Any
-    precision: str
+    plan: TrainingPlan
     world_size: int
     train_stats: TokenizeStats
     eval_stats: TokenizeStats
@@ -105,14 +105,14 @@ def check_function_calling(tokenizer, config: FinetuneConfig, source, prepared) 
                 return
 
 
-def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared) -> TrainResult:
+def train(config: FinetuneConfig, plan: TrainingPlan, source, prepared) -> TrainResult:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, set_seed
     from trl import SFTTrainer
 
     # TrainingArguments first: it sets up the process group and, for ZeRO-3, the DeepSpeed config that
     # makes from_pretrained shard weights as they load (zero.Init).
-    args = builders.build_sft_config(config, env, ds_config)
+    args = builders.build_sft_config(config, plan)
     world = _world_size()
     set_seed(config.seed)
 
@@ -139,14 +139,14 @@ def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared)
     if resume is not None:
         log.info("resuming from %s", resume)
 
-    model_kwargs = builders.build_model_kwargs(config, env, ds_config)
+    model_kwargs = builders.build_model_kwargs(config, plan)
     model = AutoModelForCausalLM.from_pretrained(source.model, **model_kwargs)
     if getattr(source, "hub_id", None):
         # Loaded from a Hub snapshot in the cache: record the id, not the cache path, so the adapter's
         # base_model_name_or_path and the merged model's config name the model users know.
         model.config._name_or_path = source.hub_id
     model.config.use_cache = False  # training: no KV cache (it would also hide packed-sequence boundaries)
-    if config.is_quantized and builders.zero_stage(ds_config) != 3:
+    if config.is_quantized and plan.deepspeed_stage != 3:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
@@ -164,7 +164,7 @@ def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared)
     progress = ProgressWriter()
     if progress.enabled:
         callbacks.append(ProgressCallback(progress, counter, world))
-    trainer = SFTTrainer(
+    trainer = _trainer_class(plan, SFTTrainer)(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(train_examples),
@@ -182,15 +182,14 @@ def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared)
         {
             **config.as_params(),
             "base_model": source.display_name,
-            "resolved_precision": builders.resolve_precision(config, env),
-            "resolved_attn_implementation": builders.resolve_attention(config, env),
+            **plan.as_params(),
             "world_size": world,
-            "deepspeed_zero_stage": builders.zero_stage(ds_config),
             "train_examples": len(train_examples),
             "validation_examples": len(eval_examples),
             "trainable_parameters": trainable,
         }
     )
+    log_plan(plan, config.adapter)
     tracking.log_metrics(
         {
             "train_examples_truncated": train_stats.truncated,
@@ -205,7 +204,7 @@ def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared)
         log.info("%s", validation["stop_reason"])
     if config.load_best_model_at_end:
         log.info("the adapter and merged model are %s's (lowest %s)", validation["model_checkpoint"], "eval_loss")
-    tokens, slots = _sum_across_ranks([counter.tokens, counter.slots], env.cuda)
+    tokens, slots = _sum_across_ranks([counter.tokens, counter.slots], plan.cuda)
     eval_loss = None
     if eval_examples:
         # The loss of the weights we save. With eval_steps the curve already ends with the last step's
@@ -223,7 +222,7 @@ def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared)
 
     parity_inputs = [e["input_ids"][:PARITY_MAX_TOKENS] for e in (eval_examples or train_examples)[:PARITY_EXAMPLES]]
     trained_logits = None
-    if tracking.is_main_process() and builders.zero_stage(ds_config) != 3:  # ZeRO-3 shards: no lone forward
+    if tracking.is_main_process() and plan.deepspeed_stage != 3:  # ZeRO-3 shards: no lone forward
         from maap_finetune.training.merge import logits_of
 
         trained = trainer.accelerator.unwrap_model(trainer.model).eval()
@@ -233,7 +232,7 @@ def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared)
     logged = [e["loss"] for e in history if "loss" in e]
     result = TrainResult(
         tokenizer=tokenizer,
-        precision=builders.resolve_precision(config, env),
+        plan=plan,
         world_size=world,
         train_stats=train_stats,
         eval_stats=eval_stats,
@@ -257,7 +256,7 @@ def train(config: FinetuneConfig, env: Environment, ds_config, source, prepared)
     )
     del trainer, model
     gc.collect()
-    _empty_cuda_cache(env)
+    _empty_cuda_cache(plan)
     return result
 
 
@@ -279,8 +278,20 @@ def save_initial_adapter(config: FinetuneConfig, peft_model):
     return folder
 
 
-def _empty_cuda_cache(env: Environment) -> None:
-    if env.cuda:
+def _trainer_class(plan: TrainingPlan, base: type) -> type:
+    """SFTTrainer, or its token-budget variant when max_tokens_per_batch is set."""
+    if plan.max_tokens_per_batch is None:
+        return base
+    from maap_finetune.training.batching import token_budget_trainer
+
+    cls = token_budget_trainer(base)
+    cls.max_tokens_per_batch = plan.max_tokens_per_batch
+    cls.padded_budget = plan.batching != "padding_free"
+    return cls
+
+
+def _empty_cuda_cache(plan: TrainingPlan) -> None:
+    if plan.cuda:
         import torch
 
         torch.cuda.empty_cache()

@@ -1,0 +1,267 @@
+"""GPU suite driver: Phi-3-mini-architecture LoRA throughput, peak memory, MFU and largest micro-batch,
+TRL at its best against this component with and without Liger; then the GPU-only tests (QLoRA, QDoRA,
+ZeRO-3: loss goes down, merge works). Run by benchmarks/gpu_suite.sh; without CUDA it prints
+"skipped: no CUDA" and exits 0 (CI checks that).
+
+    python benchmarks/gpu_suite.py --part throughput zero3   # writes benchmarks/results/h200-<date>.json; ZeRO-3 test
+    python benchmarks/gpu_suite.py --part quant              # the QLoRA / QDoRA tests (needs bitsandbytes)
+    python benchmarks/gpu_suite.py --child <contender>   # one contender in its own process (used by --part throughput)
+
+The model is built from Phi-3-mini's configuration (3.8B parameters) with random weights, in bf16; nothing
+is downloaded. Each contender runs in its own process so its peak memory is its own. MFU counts
+4 x parameters x tokens (LoRA: the frozen weights get no weight gradients) plus causal attention
+(6 x layers x sequence x hidden per token, forward and backward), against 989 TFLOP/s (H200 dense bf16
+specification) and against a bf16 matmul peak measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
+
+H200_DENSE_BF16_TFLOPS = 989.0
+SEQ = 2048
+WARMUP_STEPS, TIMED_STEPS = 2, 6
+MICRO_BATCH = 4  # examples per step for the throughput comparison (all contenders)
+PROBE_BATCHES = (4, 8, 16, 32, 64)
+# microsoft/Phi-3-mini-4k-instruct's config.json, without downloading it.
+PHI3_MINI = dict(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                 rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=32000,
+                 pad_token_id=32000)
+CONTENDERS = ("trl_best", "component", "component_liger")
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def matmul_peak_tflops(n: int = 8192, repeats: int = 10) -> float:
+    import torch
+
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def flops_per_token(params: int, layers: int, hidden: int, seq: int) -> float:
+    return 4.0 * params + 6.0 * layers * seq * hidden
+
+
+def attention() -> str:
+    """flash_attention_2 where flash-attn is installed, else sdpa; the same for every contender."""
+    import importlib.util
+
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+
+
+def build_model():
+    import torch
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(0)
+    config = Phi3Config(**PHI3_MINI)
+    with torch.device("cuda"):
+        torch.set_default_dtype(torch.bfloat16)
+        model = Phi3ForCausalLM._from_config(config, attn_implementation=attention())
+        torch.set_default_dtype(torch.float32)
+    model.config.use_cache = False
+    return model
+
+
+def synthetic_examples(n: int, vocab: int) -> list[dict]:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(n):
+        ids = torch.randint(100, vocab - 100, (SEQ,), generator=generator).tolist()
+        labels = [-100] * (SEQ // 4) + ids[SEQ // 4:]  # a prompt quarter, not learned
+        rows.append({"input_ids": ids, "labels": labels, "length": SEQ})
+    return rows
+
+
+def make_trainer(contender: str, micro_batch: int, steps: int, out: Path):
+    """The contender's SFTTrainer: TRL's recommended settings, or the component's own plan and builders."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from maap_finetune.models.tiny import SAMPLE_DATA, build_tokenizer
+
+    model = build_model()
+    tokenizer = build_tokenizer([SAMPLE_DATA])  # only its pad token is used: the examples are token ids already
+    data = Dataset.from_list(synthetic_examples(micro_batch * (steps + 1), PHI3_MINI["vocab_size"]))
+    if contender == "trl_best":
+        args = SFTConfig(output_dir=str(out), per_device_train_batch_size=micro_batch, max_steps=steps,
+                         padding_free=True, max_length=None, gradient_checkpointing=False, bf16=True,
+                         learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=0.03, report_to="none",
+                         save_strategy="no", logging_steps=10**6, disable_tqdm=True)
+        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+        trainer_class = SFTTrainer
+    else:
+        from maap_finetune.training import builders
+        from maap_finetune.training.environment import Environment
+        from maap_finetune.training.plan import resolve_plan
+        from maap_finetune.training.session import _trainer_class
+        from tests.helpers import argv_from_spec, load_entry
+
+        config = load_entry("finetune").parse_args(argv_from_spec(
+            "finetune", train_data=REPO, model_name="phi-3-mini-random", adapter=out / "a", mlflow_model=out / "m",
+            checkpoints=out / "c", per_device_train_batch_size=micro_batch, max_steps=steps, max_seq_length=SEQ,
+            use_liger_kernel="true" if contender == "component_liger" else "false", save_steps=10**6,
+            logging_steps=10**6))
+        plan = resolve_plan(config, Environment.detect(), None)
+        args = builders.build_sft_config(config, plan)
+        peft_config = builders.build_peft_config(config)
+        trainer_class = _trainer_class(plan, SFTTrainer)
+    trainer = trainer_class(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                            peft_config=peft_config)
+    return trainer
+
+
+def child(contender: str, out: Path) -> dict:
+    import torch
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            torch.cuda.synchronize()
+            self.times.append(time.perf_counter())
+
+    trainer = make_trainer(contender, MICRO_BATCH, WARMUP_STEPS + TIMED_STEPS, out)
+    timer = StepTimer()
+    trainer.add_callback(timer)
+    torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    peak = torch.cuda.max_memory_allocated()
+    timed = timer.times[WARMUP_STEPS - 1:]
+    seconds = timed[-1] - timed[0]
+    tokens = MICRO_BATCH * SEQ * TIMED_STEPS
+    model = trainer.model
+    params = sum(p.numel() for p in model.parameters())
+    result = {
+        "contender": contender, "micro_batch": MICRO_BATCH, "seq": SEQ, "tokens_per_second": tokens / seconds,
+        "peak_memory_gib": peak / 2**30, "parameters": params,
+        "flops_per_token": flops_per_token(params, PHI3_MINI["num_hidden_layers"], PHI3_MINI["hidden_size"], SEQ),
+        "largest_micro_batch": largest_micro_batch(trainer),
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+    return result
+
+
+def largest_micro_batch(trainer) -> int:
+    """The largest of PROBE_BATCHES whose forward + backward fits, with the contender's collator and kernels."""
+    import torch
+
+    fits = 0
+    rows = synthetic_examples(max(PROBE_BATCHES), PHI3_MINI["vocab_size"])
+    trainer.model.train()
+    for size in PROBE_BATCHES:
+        try:
+            batch = trainer.data_collator(rows[:size])
+            batch = {k: v.to("cuda") if hasattr(v, "to") else v for k, v in batch.items()}
+            trainer.training_step(trainer.model, batch)
+            trainer.model.zero_grad(set_to_none=True)
+            fits = size
+        except torch.cuda.OutOfMemoryError:
+            break
+        finally:
+            torch.cuda.empty_cache()
+    return fits
+
+
+def run_throughput(results: Path) -> dict:
+    report = {"date": datetime.date.today().isoformat(), "seq": SEQ, "micro_batch": MICRO_BATCH,
+              "timed_steps": TIMED_STEPS, "model": "Phi-3-mini architecture, random init, bf16, LoRA r=16 all-linear",
+              "spec_bf16_tflops": H200_DENSE_BF16_TFLOPS, "contenders": {}}
+    import torch
+
+    report["device"] = torch.cuda.get_device_name(0)
+    report["matmul_bf16_tflops"] = matmul_peak_tflops()
+    torch.cuda.empty_cache()
+    for contender in CONTENDERS:
+        done = subprocess.run([sys.executable, __file__, "--child", contender], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO}"})
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode != 0 or not lines:
+            report["contenders"][contender] = {"error": done.stderr[-3000:]}
+            print(f"{contender}: failed\n{done.stderr[-3000:]}", flush=True)
+            continue
+        result = json.loads(lines[-1][len("RESULT "):])
+        achieved = result["tokens_per_second"] * result["flops_per_token"] / 1e12
+        result["mfu_vs_spec"] = achieved / H200_DENSE_BF16_TFLOPS
+        result["mfu_vs_measured_matmul"] = achieved / report["matmul_bf16_tflops"]
+        report["contenders"][contender] = result
+        print(f"{contender}: {result['tokens_per_second']:.0f} tokens/s, peak {result['peak_memory_gib']:.1f} GiB, "
+              f"MFU {result['mfu_vs_spec']:.1%} of spec / {result['mfu_vs_measured_matmul']:.1%} of measured matmul, "
+              f"largest micro-batch {result['largest_micro_batch']}", flush=True)
+    best = report["contenders"].get("trl_best", {})
+    for name, result in report["contenders"].items():
+        if "tokens_per_second" in result and "tokens_per_second" in best:
+            result["speed_vs_trl_best"] = result["tokens_per_second"] / best["tokens_per_second"]
+            result["memory_vs_trl_best"] = result["peak_memory_gib"] / best["peak_memory_gib"]
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"h200-{report['date']}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
+    return report
+
+
+TESTS = {"zero3": "zero3", "quant": "quantized"}  # part -> pytest -k expression over tests/finetune/test_gpu.py
+
+
+def run_tests(part: str) -> int:
+    """The GPU-only tests CI skips: they train (the loss goes down) and merge (parity passes)."""
+    return subprocess.call([sys.executable, "-m", "pytest", "tests/finetune/test_gpu.py", "-q", "-p", "no:cacheprovider",
+                            "-rs", "-k", TESTS[part]], cwd=REPO, env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO}"})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", nargs="+", choices=["throughput", *TESTS], default=["throughput", *TESTS])
+    parser.add_argument("--child", choices=CONTENDERS)
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    if not cuda_available():
+        print("skipped: no CUDA")
+        return 0
+    if args.child:
+        child(args.child, Path("/tmp") / f"gpu_suite_{args.child}")
+        return 0
+    status = 0
+    for part in args.part:
+        if part == "throughput":
+            run_throughput(args.results)
+        else:
+            status = run_tests(part) or status
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
