@@ -50,7 +50,8 @@ def test_in_azure_only_small_artifacts_are_logged_and_the_mlmodel_names_its_outp
     load_entry("finetune").main(
         argv_from_spec("finetune", train_data=prepared_chat, model_path=tiny_model_dir, max_steps=1, **outputs(tmp_path))
     )
-    assert _artifacts(client, run_id) == {"adapter/training_summary.json", "adapter/loss_curve.png", "mlflow_model/MLmodel"}
+    # The run gets only small files: the summary, the loss curve, the MLmodel and the resolved plan.
+    assert _artifacts(client, run_id) == {"adapter/training_summary.json", "adapter/loss_curve.png", "mlflow_model/MLmodel", "plan.json"}
     weights = [p for p in (tmp_path / "mlflow_model").rglob("*.safetensors")]
     assert weights and all(p.stat().st_size > 0 for p in weights)  # the output itself holds the model
     metadata = yaml.safe_load((tmp_path / "mlflow_model" / "MLmodel").read_text())["metadata"]

@@ -216,7 +216,7 @@ def test_user_error_exits_2_with_one_message(tmp_path, tiny_model_dir):
 def test_validation_settings_reach_the_trainer(tmp_path):
     config = make_config(tmp_path, eval_steps=5, save_steps=10, load_best_model_at_end=True, early_stopping_patience=3)
     assert problems_of(config) == []
-    args = builders.build_sft_config(config, CPU, None)
+    args = builders.build_sft_config(config, plan_of(config))
     assert (args.eval_strategy.value, args.eval_steps, args.load_best_model_at_end) == ("steps", 5, True)
     assert (args.metric_for_best_model, args.greater_is_better) == ("eval_loss", False)
     assert args.restore_callback_states_from_checkpoint  # a resumed run keeps its patience count
