@@ -16,7 +16,7 @@ A sweep file follows Azure ML's sweep job YAML (every key optional but `search_s
 
 `--sweep-set name=expr` adds or replaces one dimension: choice(a,b,...), uniform(lo,hi), loguniform(lo,hi),
 quniform(lo,hi,q), qloguniform(lo,hi,q), normal(mu,sigma), lognormal(mu,sigma), qnormal(mu,sigma,q),
-qlognormal(mu,sigma,q), randint(upper), as azure.ai.ml.sweep defines them (loguniform's bounds are natural
+qlognormal(mu,sigma,q), randint(upper) ([a,b,...] is short for choice), as azure.ai.ml.sweep defines them (loguniform's bounds are natural
 logs). A name is a Fine-Tune input (`lora_r`, `warmup_ratio`, or `finetune.warmup_ratio`).
 
 The primary metric is what each trial logs to its MLflow run and the sweep minimizes:
@@ -109,7 +109,12 @@ def _number(text: str) -> Any:
 
 
 def parse_expression(name: str, text: str) -> dict[str, Any]:
-    """`choice(1e-4,2e-4)` -> {"type": "choice", "values": [0.0001, 0.0002]}; raise ValueError naming `name`."""
+    """`choice(1e-4,2e-4)` -> {"type": "choice", "values": [0.0001, 0.0002]}; raise ValueError naming `name`.
+
+    `[a,b]` is short for choice(a,b): it needs no quotes in a shell (make local ARGS="--sweep-set lora_r=[4,8]")."""
+    stripped = text.strip()
+    if stripped.startswith("[") and stripped.endswith("]"):
+        text = f"choice({stripped[1:-1]})"
     match = _EXPRESSION.match(text)
     kind = match.group(1).lower() if match else None
     if kind not in DISTRIBUTIONS:

@@ -24,9 +24,10 @@ def test_expressions_parse_as_azure_distributions():
     assert parse_expression("lr", "choice(1e-4, 2e-4)") == {"type": "choice", "values": [0.0001, 0.0002]}
     assert parse_expression("lr", "loguniform(-9,-4)") == {"type": "loguniform", "min_value": -9, "max_value": -4}
     assert parse_expression("r", "randint(8)") == {"type": "randint", "upper": 8}
+    assert parse_expression("r", "[4,8]") == {"type": "choice", "values": [4, 8]}  # no shell quoting needed
     assert parse_expression("m", "choice(cosine,linear)") == {"type": "choice", "values": ["cosine", "linear"]}
     with pytest.raises(ValueError, match=r"expected one of choice\(\.\.\.\)"):
-        parse_expression("lr", "[1,2]")
+        parse_expression("lr", "{1,2}")
     with pytest.raises(ValueError, match="uniform takes 2 numbers"):
         parse_expression("lr", "uniform(1)")
 
