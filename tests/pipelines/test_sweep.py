@@ -138,3 +138,18 @@ def test_median_stopping_compares_the_best_with_the_median_of_running_averages()
     reason = should_stop(policy, "minimize", [3.0, 2.9], others, 2)
     assert reason and "median 2.5000" in reason
     assert should_stop(policy, "minimize", [3.0, 2.9], [], 2) is None  # nobody to compare with
+
+
+def test_dry_run_shows_the_sweep_node_and_a_bad_sweep_exits_2(capsys):
+    import yaml
+
+    from pipelines import submit
+
+    assert submit.main(["--dry-run", "--sample-data", "--sweep-set", "lora_r=[8,16]",
+                        "--sweep-set", "learning_rate=choice(1e-4,2e-4)"]) == 0
+    node = yaml.safe_load(capsys.readouterr().out)["jobs"]["finetune"]
+    assert node["type"] == "sweep" and node["sampling_algorithm"] == "grid"
+    assert node["objective"] == {"goal": "minimize", "primary_metric": "final_eval_loss"}
+    assert node["limits"] == {"max_total_trials": 4}
+    assert submit.main(["--dry-run", "--sample-data", "--sweep-set", "lora_r=choice(8,16)", "--set", "lora_r=8"]) == 2
+    assert "'lora_r' is both set (--set) and swept" in capsys.readouterr().err
