@@ -128,6 +128,8 @@ class PipelineSettings:
     # Whose rights Register uses to list and create models: "user" (the submitting user's; works on any
     # cluster) or "managed" (the cluster's managed identity, given its roles by infra/main.bicep).
     register_identity: str = "user"
+    # A hyperparameter sweep of the Fine-Tune node (pipelines/sweep.py: SweepSpec), or None.
+    sweep: Any = None
 
 
 def split_switches(inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, bool], list[str]]:
@@ -448,6 +450,11 @@ def build_pipeline(settings: PipelineSettings):
         step_values = resolve_step_inputs(settings.step_inputs)
     except ConfigErrors as err:
         problems += err.problems
+    if settings.sweep is not None:
+        from pipelines.sweep import check_sweep, sweep_node, swept_inputs
+
+        problems += check_sweep(settings.sweep, inputs, settings.step_inputs)
+        values.update({name: None for name in swept_inputs(settings.sweep) if name in values})  # no unused input
     if problems:
         raise ConfigErrors(problems, header="cannot build the pipeline")
 
@@ -533,6 +540,8 @@ def build_pipeline(settings: PipelineSettings):
         )
         finetune.resources = {"instance_count": settings.instance_count}
         finetune.distribution = {"type": "pytorch", "process_count_per_instance": settings.process_count_per_instance}
+        if settings.sweep is not None:  # the node's name stays finetune; its outputs become the best trial's
+            finetune = sweep_node(finetune, settings.sweep)
 
         evaluate = evaluate_component(
             test_data=data_prep.outputs.prepared_data,

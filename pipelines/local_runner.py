@@ -122,6 +122,7 @@ class StepPlan:
     process_count: int = 1
     instance_count: int = 1
     environment_variables: dict[str, str] = field(default_factory=dict)  # the node's, as Azure ML sets them
+    sweep: Any = None  # the SDK's Sweep node when the node is a sweep (run by pipelines/sweep_local.py)
 
 
 @dataclass
@@ -159,7 +160,8 @@ def plan_pipeline(job) -> list[StepPlan]:
     pipeline_values = {name: pipeline_input.result() for name, pipeline_input in job.inputs.items()}
     steps: dict[str, StepPlan] = {}
     for node_name, node in job.jobs.items():
-        component = node.component
+        is_sweep = getattr(node, "type", None) == "sweep"
+        component = node.trial if is_sweep else node.component  # a sweep runs its trial component
         if getattr(component, "type", "command") != "command" or not getattr(component, "command", None):
             raise UserError(f"node {node_name!r}: the local runner runs command components only")
         base = Path(component.base_path)
@@ -182,7 +184,7 @@ def plan_pipeline(job) -> list[StepPlan]:
                     depends_on.append(output_match.group(1))
             else:
                 bindings[name] = Binding("value", _node_input_value(node.inputs[name]))
-        distribution = node.distribution or getattr(component, "distribution", None)
+        distribution = (None if is_sweep else node.distribution) or getattr(component, "distribution", None)
         dist_type = getattr(distribution, "type", None) if distribution is not None else None
         if dist_type is not None and str(dist_type).lower() != "pytorch":
             raise UserError(f"node {node_name!r}: the local runner runs PyTorch distribution only, not {dist_type!r}")
@@ -200,7 +202,8 @@ def plan_pipeline(job) -> list[StepPlan]:
             distribution="pytorch" if dist_type is not None else None,
             process_count=int(getattr(distribution, "process_count_per_instance", None) or 1) if dist_type else 1,
             instance_count=int(getattr(resources, "instance_count", None) or 1),
-            environment_variables={str(k): str(v) for k, v in (node.environment_variables or {}).items()},
+            environment_variables={str(k): str(v) for k, v in (getattr(node, "environment_variables", None) or {}).items()},
+            sweep=node if is_sweep else None,
         )
     return topological_order(steps)
 
@@ -509,8 +512,14 @@ def run_step(
     stream: bool = False,
     label: str = "",
     env: Mapping[str, str] | None = None,
+    stop: Callable[[], None] | None = None,
+    live_progress: bool = True,
 ) -> StepResult:
-    """Snapshot, resolve and run one step; raise StepFailed when any of its processes fails."""
+    """Snapshot, resolve and run one step; raise StepFailed when any of its processes fails.
+
+    `stop` is called about 5 times a second while the step runs; what it raises ends the step's processes and
+    propagates (a sweep ends a trial its early-termination policy stopped). `live_progress=False` leaves out
+    the updating progress line (trials running side by side)."""
     start = time.monotonic()
     snapshot = snapshot_code(step, step_dir / "snapshot")
     outputs = _step_outputs(step, step_dir)
@@ -544,7 +553,13 @@ def run_step(
     ok = False
     error: BaseException | None = None
     # With --stream the log itself is shown; an updating line would cut into it.
-    progress = None if stream else ProgressDisplay(logs_dir / PROGRESS_FILE, out, label=f"{step.name}: ")
+    progress = None if stream or not live_progress else ProgressDisplay(logs_dir / PROGRESS_FILE, out, label=f"{step.name}: ")
+
+    def tick() -> bool:
+        if stop is not None:
+            stop()
+        return progress.poll() if progress is not None else False
+
     try:
         for extra, log_path in zip(per_process, log_paths):
             handle = open(log_path, "wb")
@@ -555,7 +570,7 @@ def run_step(
                     start_new_session=True,  # its own process group: the runner ends it whole
                 )
             )
-        failed = _wait(processes, log_paths[0], start, step.name, out, stream, progress.poll if progress else None)
+        failed = _wait(processes, log_paths[0], start, step.name, out, stream, tick)
         if failed is not None:
             rank, code = failed
             raise StepFailed(step.name, code, log_paths[rank], tail(log_paths[rank]), rank if world > 1 else None)
@@ -651,7 +666,10 @@ def run_pipeline(
         error: BaseException | None = None
         try:
             for index, step in enumerate(steps, 1):
-                result.steps[step.name] = run_step(
+                run = run_step
+                if step.sweep is not None:
+                    from pipelines.sweep_local import run_sweep_step as run
+                result.steps[step.name] = run(
                     step,
                     run_dir / step.name,
                     result.steps,

@@ -7,6 +7,8 @@
     python pipelines/submit.py --dry-run --set model_name=...   # print the pipeline YAML, no network
     python pipelines/submit.py --validate                       # every component + the pipeline, offline
     python pipelines/submit.py --local                          # same pipeline here: tiny model, sample data
+    python pipelines/submit.py --local --sweep-set "learning_rate=choice(0.001,0.005)" --sweep-set "lora_r=choice(4,8)"
+                                                                # sweep Fine-Tune (pipelines/sweep.py; --sweep sweep.yaml)
     python pipelines/submit.py --maas --model azureml://registries/azureml/models/Phi-4-mini-instruct/versions/1 \\
         --set train_data=chats.jsonl                            # serverless fine-tuning (pipelines/maas.py)
 
@@ -121,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Locally, HF_TOKEN in your environment is used when set",
     )
 
+    sweep = parser.add_argument_group("hyperparameter sweep of Fine-Tune (pipelines/sweep.py)")
+    sweep.add_argument("--sweep", metavar="FILE", help="a sweep YAML: search_space, sampling_algorithm, objective, limits, "
+                       "early_termination (Azure ML's sweep job keys)")
+    sweep.add_argument("--sweep-set", action="append", default=[], metavar="NAME=EXPR",
+                       help="sweep one Fine-Tune input, e.g. lora_r=choice(8,16) or warmup_ratio=uniform(0,0.1); repeatable")
+
     add_workspace_arguments(parser.add_argument_group("workspace"))
     parser.add_argument("--stream", action="store_true", help="wait for the job and stream its logs (with --local: echo step logs)")
 
@@ -176,6 +184,7 @@ def settings_from_args(
 ):
     """PipelineSettings from the CLI; `inputs`/`step_inputs` default to those parsed from --set."""
     from pipelines.factory import SAMPLE_DATA, PipelineSettings, parse_set_options
+    from pipelines.sweep import sweep_from_args
 
     if inputs is None:
         inputs, step_inputs = parse_set_options(args.set)
@@ -193,6 +202,7 @@ def settings_from_args(
         require_training_data=require_training_data,
         hf_token_secret=getattr(args, "hf_token_secret", None),
         register_identity=args.register_identity,
+        sweep=sweep_from_args(getattr(args, "sweep", None), getattr(args, "sweep_set", [])),
     )
 
 
@@ -374,7 +384,12 @@ def run_local(args: argparse.Namespace) -> int:
     uses_tiny_model = not inputs.get("model_path") and not inputs.get("model_name")
     applied: dict = {}
     if uses_tiny_model:  # LOCAL_PROFILE suits the tiny random model only; a real base model gets the YAML defaults
-        inputs, step_inputs, applied = local_runner.apply_local_profile(inputs, step_inputs)
+        from pipelines.sweep import STEP, input_name, sweep_from_args
+
+        swept = {input_name(n) for n in sweep_from_args(args.sweep, args.sweep_set).search_space} if (
+            args.sweep or args.sweep_set) else set()
+        profile = {k: v for k, v in local_runner.LOCAL_PROFILE.items() if k not in swept | {f"{STEP}.{n}" for n in swept}}
+        inputs, step_inputs, applied = local_runner.apply_local_profile(inputs, step_inputs, profile)
     if not inputs.get("train_data") and not inputs.get("train_folder"):
         inputs["train_data"] = str(SAMPLE_DATA)
         print(f"training data: {SAMPLE_DATA.relative_to(REPO_ROOT)} (the sample; --set train_data=... to change)")

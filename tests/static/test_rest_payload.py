@@ -51,8 +51,9 @@ def rest_payload(job) -> dict:
     body = request_payload(job)
     components = {}
     for step, node in job.jobs.items():
-        component = node.component
-        body["properties"]["jobs"][step]["componentId"] = f"<component {component.name}:{component.version}>"
+        component = node.trial if node.type == "sweep" else node.component
+        if node.type != "sweep":  # a sweep node carries its trial component inline (trial.properties.componentSpec)
+            body["properties"]["jobs"][step]["componentId"] = f"<component {component.name}:{component.version}>"
         env = component.environment
         components[step] = {
             "component": f"{component.name}:{component.version}",
