@@ -24,8 +24,10 @@ $(VENV)/.scanner: $(VENV)/.installed infra/requirements-scan.txt
 
 install: $(VENV)/.installed
 
+# ARGS reaches submit.py through the environment and shlex, not through the recipe's shell, so values such as
+# choice(0.001,0.005) or 'Support bot v2 (July data)' arrive as typed (make exports command-line variables).
 local: install
-	$(BIN)/python pipelines/submit.py --local $(ARGS)
+	$(BIN)/python -c 'import os, runpy, shlex, sys; sys.argv[1:] = ["--local", *shlex.split(os.environ.get("ARGS", ""))]; runpy.run_path("pipelines/submit.py", run_name="__main__")'
 
 test: install $(VENV)/.scanner
 	$(BIN)/python -m pytest $(ARGS)
