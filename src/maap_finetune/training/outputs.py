@@ -100,6 +100,7 @@ def write_outputs(config: FinetuneConfig, env: Environment, source, result) -> d
     summary: dict[str, Any] = {
         "base_model": source.display_name,
         "peft_method": config.peft_method,
+        "training_method": config.training_method,
         "precision": result.precision,
         "world_size": result.world_size,
         "steps": result.global_step,
@@ -126,6 +127,7 @@ def write_outputs(config: FinetuneConfig, env: Environment, source, result) -> d
         "default_chat_template_added": result.added_chat_template,
         "merge_parity": parity,
         **peak_memory_bytes(),
+        **result.extra,
     }
     plot_loss_curve(result.log_history, adapter_dir / LOSS_CURVE_FILE, result.validation)
     write_summary(adapter_dir / SUMMARY_FILE, summary)
@@ -148,6 +150,8 @@ def write_outputs(config: FinetuneConfig, env: Environment, source, result) -> d
         task=CHAT_TASK if getattr(result.tokenizer, "chat_template", None) else TEXT_TASK,
         # Inside Azure ML: where this output lives, so Register need not upload it again.
         metadata={"base_model": source.display_name, "peft_method": config.peft_method,
+                  "training_method": config.training_method,
+                  **({"dpo_beta": config.beta} if config.training_method == "dpo" else {}),
                   **job_output_metadata(MLFLOW_MODEL_OUTPUT)},
     )
 
