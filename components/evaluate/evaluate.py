@@ -150,14 +150,13 @@ def run(config: Config) -> dict:
         raise ConfigErrors(problems, header="evaluate: invalid quality gate")
     base_source = fetch_hub_model(resolve_model_source(config.model_path, config.model_name))
     tuned_source = resolve_model_source(config.mlflow_model, None)
+    # Preference rows are examples whose reference is the chosen answer, and pairs to rank.
+    examples = generation.read_examples(prepared.split_path("test"), prepared.format, config.max_eval_samples)
     pairs = None
     if prepared.format == "preference":
         from maap_finetune.evaluation import preference
 
         pairs = preference.read_pairs(prepared.split_path("test"), config.max_eval_samples)
-        examples = preference.chosen_examples(pairs)
-    else:
-        examples = generation.read_examples(prepared.split_path("test"), prepared.format, config.max_eval_samples)
     if not examples:
         raise UserError(
             f"{prepared.split_path('test')}: the test split is empty; give Data Prep a test_ratio above 0 "

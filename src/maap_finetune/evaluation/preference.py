@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from maap_finetune.common.errors import UserError
-from maap_finetune.evaluation.generation import Example
 from maap_finetune.evaluation.metrics import PAIR_METRICS
 
 PREFERENCE_METRICS = PAIR_METRICS["preference"]
@@ -42,15 +41,6 @@ def read_pairs(path: str | Path, limit: int) -> list[dict[str, Any]]:
                                 "rejected message lists")
             pairs.append({**row, "line": number})
     return pairs
-
-
-def chosen_examples(pairs: Sequence[dict]) -> list[Example]:
-    """Each pair as a chat example whose reference is the chosen answer (for loss and generations)."""
-    return [
-        Example(line=p["line"], reference="".join(m["content"] for m in p["chosen"]),
-                messages=[*p["prompt"], *p["chosen"]], tools=p.get("tools") or None)
-        for p in pairs
-    ]
 
 
 def pair_logps(loaded, pairs: Sequence[dict], max_seq_length: int, batch_size: int) -> list[tuple[float, float]]:
