@@ -194,6 +194,8 @@ class TaskAdapter:
             result.append(Schema(schema.name, fill(schema.columns), fill(schema.optional)))
         if self.task == "chat" and "messages" in overrides:
             result = [Schema("messages", {"messages": (overrides["messages"],)})]
+        if self.task == "preference" and overrides:  # the keys name the columns, whatever the source layout
+            result = [s for s in result if s.name != "aoai_dpo"]
         if self.task == "translation" and ("source" in overrides or "target" in overrides):
             result = [s for s in result if s.name == "source_target"]  # the keys name the columns
         return result
