@@ -158,8 +158,8 @@ class PreferenceMetricsCallback(MlflowMetricsCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         super().on_log(args, state, control, logs=logs, **kwargs)
-        if not state.is_world_process_zero or not logs:
-            return
+        if not state.is_world_process_zero or not logs or "final_eval_loss" in logs:
+            return  # the closing evaluation repeats the last eval_steps one under eval_ names (TRL's prefix)
         names = [*DPO_METRICS, *(f"eval_{name}" for name in DPO_METRICS)]
         tracking.log_metrics({name: logs[name] for name in names if name in logs}, step=state.global_step)
 
