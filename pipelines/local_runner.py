@@ -725,7 +725,7 @@ def registered_model_folder(uri: str, tracking_uri: str, cache_dir: Path | str =
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging), tracking_uri=tracking_uri)
     except MlflowException as err:
         shutil.rmtree(staging, ignore_errors=True)
-        raise UserError(f"model_path {uri}: not found in the MLflow registry at {tracking_uri} ({err.message})") from None
+        raise UserError(f"model_path {uri}: not in the MLflow registry at {tracking_uri} ({err.message})") from None
     if not (Path(local) / "MLmodel").is_file():
         shutil.rmtree(staging, ignore_errors=True)
         raise UserError(f"model_path {uri}: the registered version is not an MLflow model folder (no MLmodel)")

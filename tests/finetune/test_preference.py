@@ -270,3 +270,22 @@ def test_sigkill_then_rerun_resumes_dpo_from_latest_complete_checkpoint(tmp_path
     assert summary["resumed_from_checkpoint"] == latest and summary["resumed_at_step"] == int(latest.split("-")[1])
     assert summary["steps"] == 12 and summary["steps_this_run"] == 12 - summary["resumed_at_step"]
     assert (Path(out["mlflow_model"]) / "MLmodel").is_file()
+
+
+def test_full_fine_tune_dpo_scores_against_a_frozen_reference_copy(tmp_path, tiny_model_dir, prepared_pairs,
+                                                                   mlflow_tracking, monkeypatch):
+    summary, client, run_id = _dpo_run(tmp_path, prepared_pairs, tiny_model_dir, monkeypatch, peft_method="none",
+                                       learning_rate=0.001, max_steps=4, logging_steps=2)
+    assert summary["reference_model"] == "frozen copy of the base" and summary["steps"] == 4
+    assert summary["merge_parity"]["applicable"] is False
+    margins = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "rewards/margins"))
+    assert margins[0] == (1, pytest.approx(0.0, abs=1e-6)) and margins[-1][1] != 0.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(__import__("importlib").util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
+def test_dpo_with_qlora_trains_in_bf16(tmp_path, tiny_model_dir, prepared_pairs, mlflow_tracking, monkeypatch):
+    summary, _, _ = _dpo_run(tmp_path, prepared_pairs, tiny_model_dir, monkeypatch, peft_method="qlora",
+                             max_steps=3)
+    assert summary["steps"] == 3 and summary["precision"] == "bf16" and summary["merge_parity"]["passed"]
