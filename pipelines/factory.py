@@ -64,6 +64,7 @@ PIPELINE_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "chat_template": (("data_prep", "chat_template"), ("finetune", "chat_template")),
     "trust_remote_code": (("finetune", "trust_remote_code"), ("evaluate", "trust_remote_code")),
     "peft_method": (("finetune", "peft_method"),),
+    "training_method": (("finetune", "training_method"),),
     "lora_r": (("finetune", "lora_r"),),
     "lora_alpha": (("finetune", "lora_alpha"),),
     "lora_dropout": (("finetune", "lora_dropout"),),
@@ -354,6 +355,7 @@ def resolve_inputs(
                 values[name] = _check_local_input(name, convert_value(name, pipeline_input_spec(name), value))
             except ValueError as err:
                 problems.append(str(err))
+    problems += _method_problems(values)
     has_path, has_name = values.get("model_path") is not None, values.get("model_name") is not None
     if has_path and has_name:
         problems.append("set one base model, not both: model_path (a folder or Azure ML model) or model_name "
@@ -366,6 +368,24 @@ def resolve_inputs(
     if problems:
         raise ConfigErrors(problems, header="invalid pipeline inputs")
     return values
+
+
+def _method_problems(values: Mapping[str, Any]) -> list[str]:
+    """Preference data trains with DPO and DPO trains on preference data: say so before submitting.
+    A `models:/` URI names the local MLflow registry, which only `--local` reads."""
+    problems = []
+    task, method = values.get("task"), values.get("training_method")
+    if task == "preference" and method != "dpo":
+        problems.append(f"task preference prepares chosen/rejected pairs, which training_method {method} cannot learn "
+                        "from; add --set training_method=dpo")
+    elif method == "dpo" and task != "preference":
+        problems.append(f"training_method dpo needs preference pairs, but task is {task}; add --set task=preference "
+                        "(or use training_method sft)")
+    path = getattr(values.get("model_path"), "path", None)
+    if isinstance(path, str) and path.startswith("models:/"):
+        problems.append(f"model_path {path} is a model of the local MLflow registry, which only submit.py --local "
+                        "reads; in Azure ML give azureml:<name>:<version>")
+    return problems
 
 
 def resolve_step_inputs(step_inputs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -487,6 +507,7 @@ def build_pipeline(settings: PipelineSettings):
         chat_template,
         trust_remote_code,
         peft_method,
+        training_method,
         lora_r,
         lora_alpha,
         lora_dropout,
@@ -528,6 +549,7 @@ def build_pipeline(settings: PipelineSettings):
             chat_template=chat_template,
             trust_remote_code=trust_remote_code,
             peft_method=peft_method,
+            training_method=training_method,
             lora_r=lora_r,
             lora_alpha=lora_alpha,
             lora_dropout=lora_dropout,

@@ -723,6 +723,36 @@ def ensure_tiny_model(cache_dir: Path | str = TINY_MODEL_DIR, seed: int = 0, out
     return cache_dir
 
 
+REGISTERED_MODELS_DIR = Path(".maap") / "registered"
+
+
+def registered_model_folder(uri: str, tracking_uri: str, cache_dir: Path | str = REGISTERED_MODELS_DIR) -> Path:
+    """The folder of a model in the local MLflow registry (`models:/<name>/<version>`), downloaded once:
+    what the local run passes as model_path to chain runs (DPO on a registered SFT model)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", uri[len("models:/"):]).strip("-")
+    folder = Path(cache_dir).resolve() / name
+    if (folder / "MLmodel").is_file():
+        return folder
+    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging), tracking_uri=tracking_uri)
+    except MlflowException as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(f"model_path {uri}: not in the MLflow registry at {tracking_uri} ({err.message})") from None
+    if not (Path(local) / "MLmodel").is_file():
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(f"model_path {uri}: the registered version is not an MLflow model folder (no MLmodel)")
+    shutil.rmtree(folder, ignore_errors=True)
+    Path(local).rename(folder)
+    shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
 def apply_local_profile(
     inputs: Mapping[str, Any], step_inputs: Mapping[str, Mapping[str, Any]], profile: Mapping[str, Any] = LOCAL_PROFILE
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:

@@ -381,6 +381,13 @@ def run_local(args: argparse.Namespace) -> int:
 
     workdir = Path.cwd()
     inputs, step_inputs = parse_set_options(args.set)
+    if str(inputs.get("model_path") or "").startswith("models:/"):  # chaining: a model this registry holds
+        uri = inputs["model_path"]
+        tracking_uri = local_runner.absolute_tracking_uri(args.tracking_uri or local_runner.DEFAULT_TRACKING_URI,
+                                                          workdir)
+        inputs["model_path"] = str(local_runner.registered_model_folder(
+            uri, tracking_uri, workdir / local_runner.REGISTERED_MODELS_DIR))
+        print(f"base model: {uri} from {tracking_uri}, at {inputs['model_path']}")
     uses_tiny_model = not inputs.get("model_path") and not inputs.get("model_name")
     applied: dict = {}
     if uses_tiny_model:  # LOCAL_PROFILE suits the tiny random model only; a real base model gets the YAML defaults

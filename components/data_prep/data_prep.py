@@ -24,10 +24,10 @@ from maap_finetune.common.cli import StrictParser, bounded
 from maap_finetune.common.errors import ConfigErrors, UserError, exit_on_user_error
 
 TEMPLATES_FILE = Path(__file__).resolve().parent / "templates.yaml"
-TASKS = ("chat", "instruction", "classification", "ner", "translation", "qa", "summarization", "text")
+TASKS = ("chat", "instruction", "classification", "ner", "translation", "qa", "summarization", "text", "preference")
 KEY_FLAGS = ("messages_key", "prompt_key", "input_key", "completion_key", "text_key", "label_key", "token_key",
              "tag_key", "source_key", "target_key", "context_key", "question_key", "answers_key", "document_key",
-             "summary_key")
+             "summary_key", "chosen_key", "rejected_key")
 
 
 @dataclass
@@ -146,15 +146,15 @@ def _task_templates(task: str, system_prompt: str | None, prompt_template: str |
             problems.append("templates_file does not apply to task text (raw text has no templates); remove it")
         else:
             templates.update(_templates_file(templates_file, task, templates, problems))
-            if task == "chat":
+            if task in ("chat", "preference"):
                 system_prompt = system_prompt if system_prompt is not None else templates.get("system")
-    if task in ("chat", "text"):
+    if task in ("chat", "text", "preference"):
         if prompt_template is not None or completion_template is not None:
             problems.append(f"prompt_template and completion_template do not apply to task {task} "
                             "(its rows are used as they are); remove them")
         if task == "text" and system_prompt is not None:
             problems.append("system_prompt does not apply to task text (raw text has no turns); remove it")
-        return {"system": system_prompt} if task == "chat" else {}
+        return {"system": system_prompt} if task in ("chat", "preference") else {}
     if system_prompt is not None:
         templates["system"] = system_prompt
     if prompt_template is not None:
@@ -298,7 +298,8 @@ def run(config: Config) -> dict[str, Any]:
     tokenizer = load_tokenizer(config.model_path, config.chat_template) if config.model_path is not None else None
     adapter = TaskAdapter(config.task, config.keys, config.templates, label_names=config.label_names,
                           source_lang=config.source_lang, target_lang=config.target_lang,
-                          system_prompt=config.templates.get("system") if config.task == "chat" else None)
+                          system_prompt=config.templates.get("system") if config.task in ("chat", "preference")
+                          else None)
     with tracking.step_run():
         tracking.log_params({"task": config.task, "on_invalid": config.on_invalid,
                              "validation_ratio": config.validation_ratio, "test_ratio": config.test_ratio,
@@ -365,6 +366,8 @@ def _report_metrics(report: dict[str, Any]) -> dict[str, float]:
         **{f"prompt_overlap_{name}": count for name, count in report["prompt_overlap_with_train"].items()},
         "estimated_training_tokens_per_epoch": report["estimated_training_tokens_per_epoch"]["tokens"],
     }
+    if report.get("preference") and report["preference"]["per_split"]["train"]["pairs"]:
+        metrics["train_chosen_longer_ratio"] = report["preference"]["per_split"]["train"]["chosen_longer_ratio"]
     unit = report["lengths"]["unit"]
     train = report["lengths"]["per_split"]["train"]["tokens" if unit == "tokens" else "characters"]
     if train and train.get("count"):

@@ -41,7 +41,7 @@ class Config:
 
 
 def build_parser() -> StrictParser:
-    from maap_finetune.evaluation.gate import GATE_OFF
+    from maap_finetune.evaluation.gate import GATE_AUTO, GATE_OFF
     from maap_finetune.evaluation.metrics import METRICS
 
     parser = StrictParser(description="Evaluate the base and the fine-tuned model on the test split.")
@@ -55,7 +55,7 @@ def build_parser() -> StrictParser:
     parser.add_argument("--max_seq_length", type=bounded(int, 16), required=True)
     parser.add_argument("--eval_batch_size", type=bounded(int, 1, 1024), required=True)
     parser.add_argument("--sample_generations", type=bounded(int, 0, 1000), required=True)
-    parser.add_argument("--gate_metric", choices=[*METRICS, GATE_OFF], required=True)
+    parser.add_argument("--gate_metric", choices=[*METRICS, GATE_OFF, GATE_AUTO], required=True)
     parser.add_argument("--gate_threshold", type=float, default=None)
     parser.add_argument("--gate_min_improvement", type=float, default=None)
     parser.add_argument("--evaluation", type=Path, required=True)
@@ -82,8 +82,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     return config
 
 
-def evaluate_model(label: str, model_dir: str, tokenizer_dir: str, examples, generate_rows, config, prepared) -> dict:
-    """Loss, generations and task metrics of one model; the model is freed before returning."""
+def evaluate_model(label: str, model_dir: str, tokenizer_dir: str, examples, generate_rows, config, prepared,
+                   pairs=None) -> dict:
+    """Loss, generations and task metrics of one model (with `pairs`, how it ranks them); the model is
+    freed before returning."""
     import gc
 
     import torch
@@ -104,6 +106,12 @@ def evaluate_model(label: str, model_dir: str, tokenizer_dir: str, examples, gen
     called = [(out, ex.reference_calls) for out, ex in zip(outputs, chosen) if ex.reference_calls is not None]
     values.update(tool_calls.tool_call_metrics([o for o, _ in called], [r for _, r in called]))
     prompts = [generation.prompt_text(ex, loaded.tokenizer) for ex in chosen]
+    logps = None
+    if pairs is not None:
+        from maap_finetune.evaluation import preference
+
+        logps = preference.pair_logps(loaded, pairs, config.max_seq_length, config.eval_batch_size)
+        values.update(preference.preference_metrics(logps))
     del loaded
     gc.collect()
     if torch.cuda.is_available():
@@ -120,6 +128,7 @@ def evaluate_model(label: str, model_dir: str, tokenizer_dir: str, examples, gen
         "outputs": outputs,
         "references": references,
         "prompts": prompts,
+        "pair_logps": logps,
     }
 
 
@@ -134,13 +143,20 @@ def run(config: Config) -> dict:
     prepared = load_prepared(config.test_data)
     if prepared.task not in metrics.TASKS:
         raise UserError(f"{prepared.root / 'metadata.json'}: task {prepared.task!r} is not one of {', '.join(metrics.TASKS)}")
-    quality_gate = gate.Gate(config.gate_metric, config.gate_threshold, config.gate_min_improvement)
+    gate_metric = gate.resolve_metric(config.gate_metric, prepared.task)
+    quality_gate = gate.Gate(gate_metric, config.gate_threshold, config.gate_min_improvement)
     problems = gate.gate_problems(quality_gate, prepared.task)
     if problems:
         raise ConfigErrors(problems, header="evaluate: invalid quality gate")
     base_source = fetch_hub_model(resolve_model_source(config.model_path, config.model_name))
     tuned_source = resolve_model_source(config.mlflow_model, None)
+    # Preference rows are examples whose reference is the chosen answer, and pairs to rank.
     examples = generation.read_examples(prepared.split_path("test"), prepared.format, config.max_eval_samples)
+    pairs = None
+    if prepared.format == "preference":
+        from maap_finetune.evaluation import preference
+
+        pairs = preference.read_pairs(prepared.split_path("test"), config.max_eval_samples)
     if not examples:
         raise UserError(
             f"{prepared.split_path('test')}: the test split is empty; give Data Prep a test_ratio above 0 "
@@ -158,9 +174,10 @@ def run(config: Config) -> dict:
     base_tokenizer = tuned_source.tokenizer if uses_tools else base_source.tokenizer
 
     results = {
-        "base": evaluate_model("base", base_source.model, base_tokenizer, examples, generate_rows, config, prepared),
+        "base": evaluate_model("base", base_source.model, base_tokenizer, examples, generate_rows, config, prepared,
+                               pairs),
         "finetuned": evaluate_model(
-            "fine-tuned", tuned_source.model, tuned_source.tokenizer, examples, generate_rows, config, prepared
+            "fine-tuned", tuned_source.model, tuned_source.tokenizer, examples, generate_rows, config, prepared, pairs
         ),
     }
     base_values, tuned_values = results["base"]["metrics"], results["finetuned"]["metrics"]
@@ -183,6 +200,12 @@ def run(config: Config) -> dict:
             **{k: v for k, v in lineage.model_metadata(config.mlflow_model).items() if k in ("peft_method", "merged")},
         },
     }
+    if pairs is not None:
+        from maap_finetune.evaluation import preference
+
+        beta = lineage.model_metadata(config.mlflow_model).get("dpo_beta")
+        summary["implicit_reward"] = preference.implicit_reward(
+            results["base"]["pair_logps"], results["finetuned"]["pair_logps"], beta)
     decision = gate.decide(quality_gate, base_values, tuned_values)
     samples = [
         {
@@ -214,7 +237,7 @@ def run(config: Config) -> dict:
                 "task": prepared.task,
                 "rows_evaluated": len(examples),
                 "base_model": base_source.display_name,
-                "gate_metric": config.gate_metric,
+                "gate_metric": gate_metric,
                 "gate_threshold": config.gate_threshold,
                 "gate_min_improvement": config.gate_min_improvement,
                 "max_new_tokens": config.max_new_tokens,
@@ -224,6 +247,9 @@ def run(config: Config) -> dict:
         flat.update({f"finetuned_{k}": v for k, v in tuned_values.items()})
         flat.update({f"delta_{k}": v for k, v in summary["deltas"].items()})
         flat["quality_gate_passed"] = 1.0 if decision["passed"] else 0.0
+        if "implicit_reward" in summary:
+            flat["implicit_reward_accuracy"] = summary["implicit_reward"]["accuracy"]
+            flat["implicit_reward_margin"] = summary["implicit_reward"]["mean_margin"]
         tracking.log_metrics({k: v for k, v in flat.items() if math.isfinite(v)})
         if tracking.is_main_process():
             import mlflow

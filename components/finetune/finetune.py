@@ -1,4 +1,5 @@
-"""Fine-Tune step: LoRA / DoRA / QLoRA / QDoRA / full fine-tune of a causal LM with TRL's SFTTrainer.
+"""Fine-Tune step: LoRA / DoRA / QLoRA / QDoRA / full fine-tune of a causal LM with TRL's SFTTrainer,
+or preference tuning with its DPOTrainer (training_method dpo, on Data Prep's task preference).
 
 Run it as the component does (one process, or N under torchrun / Azure ML PyTorch distribution):
 
@@ -58,6 +59,10 @@ def build_parser() -> StrictParser:
     p.add_argument("--max_seq_length", type=bounded(int, 16), required=True)
     p.add_argument("--train_on_prompt", type=str2bool, required=True)
     p.add_argument("--batching", choices=C.BATCHING, required=True)
+    p.add_argument("--training_method", choices=C.TRAINING_METHODS, required=True)
+    p.add_argument("--beta", type=bounded(float, 0.001, 10.0), required=True)
+    p.add_argument("--loss_type", choices=C.DPO_LOSS_TYPES, required=True)
+    p.add_argument("--max_prompt_length", type=bounded(int, 1), default=None)
     p.add_argument("--logging_steps", type=bounded(int, 1), required=True)
     p.add_argument("--save_steps", type=bounded(int, 1), required=True)
     p.add_argument("--save_total_limit", type=bounded(int, 1), required=True)
@@ -86,10 +91,9 @@ def run(config: C.FinetuneConfig) -> dict:
     from maap_finetune.data.prepared import load_prepared
     from maap_finetune.models.hub import fetch_hub_model
     from maap_finetune.models.source import resolve_model_source
-    from maap_finetune.training import builders, outputs, preflight
+    from maap_finetune.training import builders, outputs, preference, preflight, session
     from maap_finetune.training.environment import Environment
     from maap_finetune.training.plan import resolve_plan
-    from maap_finetune.training.session import train
 
     env = Environment.detect()
     plan = resolve_plan(config, env, builders.build_deepspeed_config(config))  # every `auto` resolved, once
@@ -98,6 +102,7 @@ def run(config: C.FinetuneConfig) -> dict:
     facts = preflight.read_model_facts(model_config, config.trust_remote_code)
     preflight.preflight(config, env, facts, plan)
     prepared = load_prepared(config.train_data)
+    preference.check_data_matches_method(config, prepared)
     if prepared.split_rows["train"] == 0:
         raise UserError(f"{config.train_data}: the train split is empty; nothing to fine-tune on")
     if config.eval_steps is not None and prepared.split_rows["validation"] == 0:
@@ -107,6 +112,7 @@ def run(config: C.FinetuneConfig) -> dict:
         )
 
     with tracking.step_run():
+        train = preference.train if config.training_method == "dpo" else session.train
         result = train(config, plan, source, prepared)
         if tracking.is_main_process():
             summary = outputs.write_outputs(config, source, result)

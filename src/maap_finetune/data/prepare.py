@@ -10,6 +10,10 @@ Two streaming passes keep memory bounded whatever the input size:
    for the split label) assigns rows to train/validation/test; each record is rendered into the
    contract's row format, written to its split file, and measured (characters, or tokens with the
    base model's tokenizer), and its prompt hash is kept to report prompt overlap between splits.
+
+Task `preference` splits by prompt instead of by row: every pair of one prompt lands in the same
+split (the ratios count prompts), and a training pair whose prompt is in an explicit validation or
+test input is removed from train, so no prompt is in two splits.
 """
 
 from __future__ import annotations
@@ -56,6 +60,11 @@ class SplitStats:
     tokens: array = field(default_factory=lambda: array("I"))
     prompt_hashes: array = field(default_factory=lambda: array("q"))
     label_counts: dict[str, int] = field(default_factory=dict)  # classification labels / NER tags written
+    # preference: the length of each side (characters; tokens of the completion with a tokenizer)
+    chosen_chars: array = field(default_factory=lambda: array("I"))
+    rejected_chars: array = field(default_factory=lambda: array("I"))
+    chosen_tokens: array = field(default_factory=lambda: array("I"))
+    rejected_tokens: array = field(default_factory=lambda: array("I"))
 
 
 @dataclass
@@ -123,6 +132,8 @@ class TokenCounter:
 
     def count(self, rows: list[dict]) -> list[int]:
         tok = self.tokenizer
+        if "chosen" in rows[0]:
+            return [prompt + max(chosen, rejected) for prompt, chosen, rejected in self.count_pairs(rows)]
         if "text" in rows[0]:
             encoded = tok([r["text"] for r in rows], add_special_tokens=True)["input_ids"]
         elif self.has_template and any("tools" in r for r in rows):  # tools differ per row: one by one
@@ -136,6 +147,28 @@ class TokenCounter:
             encoded = tok(texts, add_special_tokens=True)["input_ids"]
         return [len(ids) for ids in encoded]
 
+    def count_pairs(self, rows: list[dict]) -> list[tuple[int, int, int]]:
+        """Preference rows: (prompt tokens, chosen tokens, rejected tokens), as DPO tokenizes them."""
+        tok = self.tokenizer
+        counts = []
+        for row in rows:
+            tools = row.get("tools")
+            if self.has_template:
+                def render(messages, generation):
+                    return tok.apply_chat_template(messages, tools=tools, tokenize=False,
+                                                   add_generation_prompt=generation)
+                texts = [render(row["prompt"], True), render(row["prompt"] + row["chosen"], False),
+                         render(row["prompt"] + row["rejected"], False)]
+                special = False
+            else:
+                prompt = "\n".join(m["content"] for m in row["prompt"])
+                texts = [prompt] + [prompt + "\n" + "".join(m["content"] for m in row[side])
+                                    for side in ("chosen", "rejected")]
+                special = True
+            prompt_n, chosen_n, rejected_n = (len(ids) for ids in tok(texts, add_special_tokens=special)["input_ids"])
+            counts.append((prompt_n, max(0, chosen_n - prompt_n), max(0, rejected_n - prompt_n)))
+        return counts
+
 
 def ingest(inputs: list[InputSpec], adapter: TaskAdapter, problems: Problems, workdir: Path,
            chunker: TextChunker | None = None) -> dict[str, Any]:
@@ -146,6 +179,11 @@ def ingest(inputs: list[InputSpec], adapter: TaskAdapter, problems: Problems, wo
     duplicates["train_rows_also_in_validation_or_test"] = 0
     inputs_info: dict[str, dict] = {}
     eval_hashes: set[int] = set()
+    eval_prompts: set[int] = set()  # preference: prompts of explicit validation/test pairs
+    train_groups = array("q")  # preference: the prompt hash of each train-pool row (its split group)
+    preference = adapter.task == "preference"
+    if preference:
+        duplicates["train_rows_prompt_in_validation_or_test"] = 0
     seen: set[int] = set()
     rows_read = rows_rejected = 0
     # Explicit validation/test inputs first, so a train row repeating one of them is the one removed.
@@ -180,6 +218,15 @@ def ingest(inputs: list[InputSpec], adapter: TaskAdapter, problems: Problems, wo
                     if digest in seen:
                         duplicates[spec.pool] += 1
                         continue
+                    if preference:
+                        prompt = content_hash(dumps(rec["prompt"]))
+                        if spec.pool == "train" and prompt in eval_prompts:
+                            duplicates["train_rows_prompt_in_validation_or_test"] += 1
+                            continue
+                        if spec.pool == "train":
+                            train_groups.append(prompt)
+                        else:
+                            eval_prompts.add(prompt)
                     seen.add(digest)
                     if spec.pool != "train":
                         eval_hashes.add(digest)
@@ -203,6 +250,7 @@ def ingest(inputs: list[InputSpec], adapter: TaskAdapter, problems: Problems, wo
         "rows_read": rows_read + undecodable,
         "rows_rejected": rows_rejected + undecodable,
         "pool_paths": {pool: workdir / f"pool_{pool}.jsonl" for pool in pools},
+        "train_groups": train_groups if preference else None,
     }
 
 
@@ -212,10 +260,21 @@ def _input_had_problems(problems: Problems, files: list) -> bool:
 
 
 def split_labels(n: int, validation_ratio: float, test_ratio: float, seed: int,
-                 explicit: set[str]) -> tuple[Any, dict[str, int]]:
-    """Seeded, exact-size assignment of the train pool's rows to splits (0 train, 1 validation, 2 test)."""
+                 explicit: set[str], groups: Any = None) -> tuple[Any, dict[str, int]]:
+    """Seeded, exact-size assignment of the train pool's rows to splits (0 train, 1 validation, 2 test).
+
+    With `groups` (one key per row), whole groups are assigned and the ratios count groups."""
     import numpy as np
 
+    if groups is not None:
+        keys = np.frombuffer(groups, dtype=np.int64) if hasattr(groups, "typecode") else np.asarray(groups)
+        # Groups numbered by first appearance: the hash values themselves change per process.
+        unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        rank = np.empty(len(unique), dtype=np.int64)
+        rank[np.argsort(first)] = np.arange(len(unique))
+        group_labels, _ = split_labels(len(unique), validation_ratio, test_ratio, seed, explicit)
+        labels = group_labels[rank[inverse.reshape(-1)]]
+        return labels, {"validation": int((labels == 1).sum()), "test": int((labels == 2).sum())}
     n_val = 0 if "validation" in explicit else int(round(n * validation_ratio))
     n_test = 0 if "test" in explicit else int(round(n * test_ratio))
     if n - n_val - n_test < 1:
@@ -240,11 +299,18 @@ def emit(pool_paths: dict[str, Path], counts: dict[str, int], adapter: TaskAdapt
     train_prompts: set[int] = set()
     task = adapter.task
     is_text = task == "text"
+    is_preference = task == "preference"
     count_labels = task in ("classification", "ner")
 
     def flush(name: str) -> None:
         if pending[name]:
-            stats[name].tokens.extend(token_counter.count(pending[name]))
+            if is_preference:
+                for prompt, chosen, rejected in token_counter.count_pairs(pending[name]):
+                    stats[name].tokens.append(prompt + max(chosen, rejected))
+                    stats[name].chosen_tokens.append(chosen)
+                    stats[name].rejected_tokens.append(rejected)
+            else:
+                stats[name].tokens.extend(token_counter.count(pending[name]))
             pending[name].clear()
 
     try:
@@ -266,10 +332,18 @@ def emit(pool_paths: dict[str, Path], counts: dict[str, int], adapter: TaskAdapt
                             counts[label] = counts.get(label, 0) + 1
                     if is_text:
                         split.chars.append(len(out["text"]))
+                        prompt = hash(dumps(out["text"]))
+                    elif is_preference:
+                        chosen = sum(len(m["content"]) for m in out["chosen"])
+                        rejected = sum(len(m["content"]) for m in out["rejected"])
+                        split.chosen_chars.append(chosen)
+                        split.rejected_chars.append(rejected)
+                        split.chars.append(sum(len(m["content"]) for m in out["prompt"]) + max(chosen, rejected))
+                        prompt = hash(dumps(out["prompt"]))
                     else:
                         messages = out["messages"]
                         split.chars.append(sum([len(m["content"]) for m in messages]))
-                    prompt = hash(dumps(out["text"] if is_text else messages[:-1]))
+                        prompt = hash(dumps(messages[:-1]))
                     if name == "train":
                         train_prompts.add(prompt)
                     else:
@@ -317,7 +391,8 @@ def prepare(inputs: list[InputSpec], adapter: TaskAdapter, out_dir: Path, *, val
                 + (":\n" + problems.summary() if problems else "")
             )
         explicit = {spec.pool for spec in inputs if spec.pool != "train"}
-        labels, _ = split_labels(counts["train"], validation_ratio, test_ratio, seed, explicit)
+        labels, _ = split_labels(counts["train"], validation_ratio, test_ratio, seed, explicit,
+                                 groups=ingested["train_groups"])
         if tokenizer is not None and adapter.uses_tools:
             from maap_finetune.data.chat_template import check_tools_support
 

@@ -34,6 +34,9 @@ KINDS: dict[str, str] = {
     "invalid_tag": "an NER tag that is not O, B-<type> or I-<type>",
     "length_mismatch": "tokens and tags have different lengths",
     "answer_span_mismatch": "an answer's text is not found in the context at its answer_start",
+    "prompt_not_user": "a preference prompt that does not end with a user turn (or chosen/rejected share no prompt)",
+    "completion_role": "a chosen or rejected answer holding a message that is not the assistant's",
+    "identical_pair": "a preference pair whose chosen and rejected answers are identical",
     "unreadable_file": "a file that cannot be read at all",
 }
 # An input with no rows at all is not a row problem: Data Prep stops with a UserError naming it.

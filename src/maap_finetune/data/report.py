@@ -36,6 +36,30 @@ def length_summary(values, max_seq_length: int | None) -> dict[str, Any]:
     return summary
 
 
+def preference_lengths(stats: dict[str, SplitStats], tokens: bool) -> dict[str, Any]:
+    """Chosen and rejected lengths per split, and how often chosen is the longer one: DPO's summed
+    log-probabilities favour whichever side the data makes longer (length bias)."""
+    import numpy as np
+
+    out: dict[str, Any] = {"unit": "tokens" if tokens else "characters", "per_split": {}}
+    for name in SPLIT_NAMES:
+        split = stats[name]
+        chosen, rejected = (split.chosen_tokens, split.rejected_tokens) if tokens else (
+            split.chosen_chars, split.rejected_chars)
+        c, r = np.frombuffer(chosen, dtype=np.uint32), np.frombuffer(rejected, dtype=np.uint32)
+        pairs = int(c.size)
+        out["per_split"][name] = {
+            "pairs": pairs,
+            "chosen": length_summary(chosen, None),
+            "rejected": length_summary(rejected, None),
+            "chosen_longer": int((c > r).sum()),
+            "rejected_longer": int((c < r).sum()),
+            "same_length": int((c == r).sum()),
+            "chosen_longer_ratio": round(float((c > r).mean()), 4) if pairs else None,
+        }
+    return out
+
+
 def build_report(result: PrepareResult, *, task: str, on_invalid: str, max_seq_length: int,
                  tokenizer_name: str | None) -> dict[str, Any]:
     stats: dict[str, SplitStats] = result.split_stats
@@ -81,6 +105,7 @@ def build_report(result: PrepareResult, *, task: str, on_invalid: str, max_seq_l
         "label_counts": result.label_counts,
         "text_chunking": result.text_chunking,
         "lengths": lengths,
+        "preference": preference_lengths(stats, tokens) if task == "preference" else None,
         "estimated_training_tokens_per_epoch": {"tokens": per_epoch, "method": method},
     }
 
@@ -115,6 +140,9 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"- Exact duplicates removed: train {dup['train']}, validation {dup['validation']}, test {dup['test']}; "
               f"train rows repeating a validation/test row (removed from train): "
               f"{dup['train_rows_also_in_validation_or_test']}"]
+    if "train_rows_prompt_in_validation_or_test" in dup:
+        lines.append(f"- Train pairs whose prompt is in the validation/test input (removed from train): "
+                     f"{dup['train_rows_prompt_in_validation_or_test']}")
     if report["prompt_overlap_with_train"]:
         lines.append("- Rows whose prompt also appears in train (different answer): "
                      + ", ".join(f"{k} {v}" for k, v in report["prompt_overlap_with_train"].items()))
@@ -125,6 +153,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         counts = report["label_counts"] or {}
         lines += [f"| {label} | " + " | ".join(str(counts.get(s, {}).get(label, 0)) for s in SPLIT_NAMES) + " |"
                   for label in report["label_set"]]
+        lines.append("")
+    if report.get("preference"):
+        pref = report["preference"]
+        lines += [f"## Chosen and rejected lengths ({pref['unit']})", "",
+                  "DPO sums log-probabilities over each answer, so a dataset whose chosen answers are mostly the "
+                  "longer (or shorter) ones can teach length instead of quality.", "",
+                  "| split | pairs | chosen mean | chosen p50 | rejected mean | rejected p50 | chosen longer | "
+                  "rejected longer | same |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, entry in pref["per_split"].items():
+            if not entry["pairs"]:
+                lines.append(f"| {name} | 0 | | | | | | | |")
+                continue
+            c, r = entry["chosen"], entry["rejected"]
+            lines.append(f"| {name} | {entry['pairs']} | {c['mean']} | {c['p50']:g} | {r['mean']} | {r['p50']:g} | "
+                         f"{entry['chosen_longer']} ({entry['chosen_longer_ratio']:.0%}) | {entry['rejected_longer']} "
+                         f"| {entry['same_length']} |")
         lines.append("")
     lengths = report["lengths"]
     unit = lengths["unit"]

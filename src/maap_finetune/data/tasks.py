@@ -23,7 +23,7 @@ from maap_finetune.data.function_calling import check_tool_call_id, check_tool_c
 from maap_finetune.data.jsonfast import loads
 from maap_finetune.data.problems import RowError
 
-TASKS = ("chat", "instruction", "classification", "ner", "translation", "qa", "summarization", "text")
+TASKS = ("chat", "instruction", "classification", "ner", "translation", "qa", "summarization", "text", "preference")
 MAX_LABELS = 10_000
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 OPENAI_MESSAGE_FIELDS = ("role", "content", "name", "weight", "tool_calls", "tool_call_id")
@@ -60,6 +60,7 @@ KEY_INPUTS: dict[str, dict[str, str]] = {
     "qa": {"context": "context_key", "question": "question_key", "answers": "answers_key"},
     "summarization": {"document": "document_key", "summary": "summary_key"},
     "text": {"text": "text_key"},
+    "preference": {"prompt": "prompt_key", "chosen": "chosen_key", "rejected": "rejected_key"},
 }
 
 SCHEMAS: dict[str, list[Schema]] = {
@@ -87,6 +88,12 @@ SCHEMAS: dict[str, list[Schema]] = {
                                     "summary": ("summary", "highlights")}),
     ],
     "text": [Schema("text", {"text": ("text", "content")})],
+    "preference": [
+        Schema("aoai_dpo", {"prompt": ("input",), "chosen": ("preferred_output",),
+                            "rejected": ("non_preferred_output",)}),
+        Schema("prompt_chosen_rejected", {"prompt": ("prompt",), "chosen": ("chosen",), "rejected": ("rejected",)}),
+        Schema("implicit_prompt", {"chosen": ("chosen",), "rejected": ("rejected",)}),
+    ],
 }
 
 # Placeholders each template may use, per task.
@@ -100,6 +107,7 @@ TEMPLATE_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
     "summarization": {"prompt": ("document",), "completion": ("summary",)},
     "chat": {},
     "text": {},
+    "preference": {},
 }
 
 
@@ -167,7 +175,7 @@ class TaskAdapter:
         self.ignored_columns: dict[str, int] = {}
         self.chat_style: str | None = None
         self.uses_tools = False  # some row has tools, tool calls or tool messages (needs a tools template)
-        self.output_format = "text" if task == "text" else "messages"
+        self.output_format = {"text": "text", "preference": "preference"}.get(task, "messages")
 
     # ----- layout detection -------------------------------------------------------------------
     def _schemas_with_keys(self, keys: dict[str, str | None]) -> list[Schema]:
@@ -186,6 +194,8 @@ class TaskAdapter:
             result.append(Schema(schema.name, fill(schema.columns), fill(schema.optional)))
         if self.task == "chat" and "messages" in overrides:
             result = [Schema("messages", {"messages": (overrides["messages"],)})]
+        if self.task == "preference" and overrides:  # the keys name the columns, whatever the source layout
+            result = [s for s in result if s.name != "aoai_dpo"]
         if self.task == "translation" and ("source" in overrides or "target" in overrides):
             result = [s for s in result if s.name == "source_target"]  # the keys name the columns
         return result
@@ -252,7 +262,7 @@ class TaskAdapter:
 
     def _count_ignored(self, row: dict, columns: dict[str, str]) -> None:
         """Columns the task does not read are dropped, and counted in the report (up to 100 names)."""
-        used = (*columns.values(), "tools") if self.task == "chat" else columns.values()
+        used = (*columns.values(), "tools") if self.task in ("chat", "preference") else columns.values()
         for name in row:
             if name not in used and (name in self.ignored_columns or len(self.ignored_columns) < 100):
                 self.ignored_columns[name] = self.ignored_columns.get(name, 0) + 1
@@ -537,6 +547,11 @@ class TaskAdapter:
         return {"document": _text(row[columns["document"]], columns["document"]),
                 "summary": _text(row[columns["summary"]], columns["summary"])}
 
+    def _extract_preference(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
+        from maap_finetune.data.preference import extract_preference
+
+        return extract_preference(self, row, columns, tabular)
+
     def _extract_text(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
         return {"text": _text(row[columns["text"]], columns["text"])}
 
@@ -573,7 +588,7 @@ class TaskAdapter:
     def render(self, record: dict) -> dict:
         """The output row of the contract for one record."""
         task, t = self.task, self.templates
-        if task == "text":
+        if task in ("text", "preference"):  # preference: the system prompt is added at extraction
             return record
         if task == "chat":
             messages = record["messages"]
@@ -633,6 +648,8 @@ def prompt_part(task: str, output_row: dict) -> Any:
     """The part of an output row that is the prompt (for overlap between splits)."""
     if task == "text":
         return output_row["text"]
+    if task == "preference":
+        return output_row["prompt"]
     return output_row["messages"][:-1]
 
 
@@ -640,6 +657,8 @@ def row_text(output_row: dict) -> str:
     """All the text of an output row (for character statistics)."""
     if "text" in output_row:
         return output_row["text"]
+    if "prompt" in output_row:
+        return "".join(m["content"] for m in (*output_row["prompt"], *output_row["chosen"], *output_row["rejected"]))
     return "".join(m["content"] for m in output_row["messages"])
 
 

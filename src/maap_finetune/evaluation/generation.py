@@ -4,6 +4,7 @@ An example is a prompt and the reference the model should produce:
 - `messages` rows (every supervised task): the prompt is every turn but the last, rendered with the
   tokenizer's chat template and the generation prompt; the reference is the last (assistant) turn.
   Loss counts the reference tokens only (the template's closing tokens of that turn included).
+- `preference` rows: the prompt, and the chosen answer as the reference (as a `messages` row).
 - `text` rows: loss counts every token; for generation the first half of the text (in tokens) is
   the prompt and the rest is the reference.
 
@@ -61,6 +62,10 @@ def _example(row: Any, data_format: str, path: Path, number: int) -> Example:
     where = f"{path}, line {number}"
     if not isinstance(row, dict):
         raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if data_format == "preference":
+        if not isinstance(row.get("prompt"), list) or not isinstance(row.get("chosen"), list):
+            raise UserError(f"{where}: a preference row needs prompt and chosen message lists")
+        row = {"messages": [*row["prompt"], *row["chosen"]], "tools": row.get("tools")}
     if data_format == "text":
         text = row.get("text")
         if not isinstance(text, str) or not text.strip():

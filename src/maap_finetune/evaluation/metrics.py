@@ -11,7 +11,9 @@ metrics computed on greedy generations:
 | translation    | bleu, chrf (0-100, sacrebleu's scale)           | sacrebleu                |
 | summarization  | rouge1, rouge2, rougeL (F-measure, 0-1)         | rouge-score              |
 
-chat, instruction and text get loss/perplexity plus sample generations in the report.
+chat, instruction and text get loss/perplexity plus sample generations in the report. preference
+gets loss/perplexity of the chosen answers plus how the model ranks chosen against rejected
+(`maap_finetune.evaluation.preference`).
 
 Completions are read back with the templates Data Prep recorded in metadata.json (`templates`):
 the literal text around `{label}`, `{answer}`, `{target}`, `{summary}` or `{entities}` in the
@@ -55,6 +57,10 @@ METRICS: dict[str, MetricInfo] = {
         MetricInfo("rouge1", True, "mean ROUGE-1 F-measure (rouge-score, stemmed)"),
         MetricInfo("rouge2", True, "mean ROUGE-2 F-measure (rouge-score, stemmed)"),
         MetricInfo("rougeL", True, "mean ROUGE-L F-measure (rouge-score, stemmed)"),
+        MetricInfo("preference_accuracy", True, "share of test pairs where log p(chosen) > log p(rejected)"),
+        MetricInfo("preference_margin", True, "mean log p(chosen) - log p(rejected) over test pairs (nats)"),
+        MetricInfo("chosen_logp", True, "mean summed log-probability of the chosen answers"),
+        MetricInfo("rejected_logp", False, "mean summed log-probability of the rejected answers"),
     )
 }
 
@@ -68,13 +74,17 @@ TASK_GENERATION_METRICS: dict[str, tuple[str, ...]] = {
     "ner": ("entity_precision", "entity_recall", "entity_f1"),
     "translation": ("bleu", "chrf"),
     "summarization": ("rouge1", "rouge2", "rougeL"),
+    "preference": (),  # ranked, not generated: see PAIR_METRICS
 }
 TASKS = tuple(TASK_GENERATION_METRICS)
+PAIR_METRICS: dict[str, tuple[str, ...]] = {
+    "preference": ("preference_accuracy", "preference_margin", "chosen_logp", "rejected_logp"),
+}
 
 
 def task_metrics(task: str) -> tuple[str, ...]:
     """All metrics measured for `task`, loss first."""
-    return LOSS_METRICS + TASK_GENERATION_METRICS[task]
+    return LOSS_METRICS + TASK_GENERATION_METRICS[task] + PAIR_METRICS.get(task, ())
 
 
 def higher_is_better(metric: str) -> bool:

@@ -44,6 +44,16 @@ def _md_cell(text: str) -> str:
     return _clip(text).replace("|", "\\|").replace("\r", "").replace("\n", "<br>") or " "
 
 
+def implicit_reward_lines(metrics: dict[str, Any]) -> list[str]:
+    """Preference runs: DPO's implicit reward of the fine-tuned model, the base as reference."""
+    reward = metrics.get("implicit_reward")
+    if not reward:
+        return []
+    beta = f"beta {reward['beta']}" if reward["beta"] is not None else "per unit of beta"
+    return [f"- Implicit reward (fine-tuned vs base as reference, {beta}): ranks chosen above rejected in "
+            f"{_num(reward['accuracy'])} of {reward['pairs']} pairs; mean margin {_num(reward['mean_margin'])}"]
+
+
 def write_markdown(path: Path, metrics: dict[str, Any], decision: dict[str, Any], samples: Sequence[dict]) -> Path:
     lines = [
         "# Evaluation report",
@@ -51,6 +61,7 @@ def write_markdown(path: Path, metrics: dict[str, Any], decision: dict[str, Any]
         f"- Task: `{metrics['task']}`; test rows evaluated: {metrics['rows_evaluated']} of {metrics['rows_in_test_split']}",
         f"- Base model: `{metrics['lineage']['base_model']}`",
         f"- Quality gate: **{'passed' if decision['passed'] else 'failed'}** — {decision['reason']}",
+        *implicit_reward_lines(metrics),
         "",
         "## Metrics",
         "",

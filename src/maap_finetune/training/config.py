@@ -21,6 +21,11 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 INIT_LORA_WEIGHTS = ("default", "gaussian", "pissa", "olora")
 BATCHING = ("padding_free", "group_by_length", "packing", "padded")
 LIGER = ("auto", "true", "false")
+TRAINING_METHODS = ("sft", "dpo")  # no orpo: see maap_finetune.training.preference
+# trl 1.16's DPOConfig.loss_type values except exo_pair (it needs label_smoothing > 0, not an input
+# here); tests/finetune/test_preference.py compares them with the installed trl's list.
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+                  "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,11 @@ class FinetuneConfig:
     max_seq_length: int
     train_on_prompt: bool
     batching: str
+    # preference tuning (maap_finetune.training.preference)
+    training_method: str
+    beta: float
+    loss_type: str
+    max_prompt_length: int | None
     # bookkeeping
     logging_steps: int
     save_steps: int

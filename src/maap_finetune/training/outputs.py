@@ -103,6 +103,7 @@ def write_outputs(config: FinetuneConfig, source, result) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "base_model": source.display_name,
         "peft_method": config.peft_method,
+        "training_method": config.training_method,
         "precision": result.plan.precision,
         "plan": result.plan.as_dict(),
         "world_size": result.world_size,
@@ -130,6 +131,7 @@ def write_outputs(config: FinetuneConfig, source, result) -> dict[str, Any]:
         "default_chat_template_added": result.added_chat_template,
         "merge_parity": parity,
         **peak_memory_bytes(),
+        **result.extra,
     }
     plot_loss_curve(result.log_history, adapter_dir / LOSS_CURVE_FILE, result.validation)
     write_summary(adapter_dir / SUMMARY_FILE, summary)
@@ -152,6 +154,8 @@ def write_outputs(config: FinetuneConfig, source, result) -> dict[str, Any]:
         task=CHAT_TASK if getattr(result.tokenizer, "chat_template", None) else TEXT_TASK,
         # Inside Azure ML: where this output lives, so Register need not upload it again.
         metadata={"base_model": source.display_name, "peft_method": config.peft_method,
+                  "training_method": config.training_method,
+                  **({"dpo_beta": config.beta} if config.training_method == "dpo" else {}),
                   **job_output_metadata(MLFLOW_MODEL_OUTPUT)},
     )
 

@@ -216,8 +216,11 @@ def preflight(
             f"set max_seq_length to {model.context_length} or less"
         )
 
-    # --- validation during training -------------------------------------------------------------
+    # --- validation during training, training method ----------------------------------------------
     problems.extend(validation_problems(config))
+    from maap_finetune.training.preference import training_method_problems
+
+    problems.extend(training_method_problems(config))
 
     if problems:
         raise ConfigErrors(problems, header="fine-tune preflight found problems; nothing was loaded")

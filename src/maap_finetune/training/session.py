@@ -56,6 +56,7 @@ class TrainResult:
     log_history: list[dict[str, Any]] = field(default_factory=list)
     parity_inputs: list[list[int]] = field(default_factory=list)
     trained_logits: list | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific summary fields (training.preference)
 
 
 def _world_size() -> int:

@@ -1,0 +1,377 @@
+"""Preference tuning (training_method dpo): TRL's DPOTrainer on Data Prep's `preference` rows.
+
+The session mirrors `training.session.train` (the same PEFT config, precision, DeepSpeed config,
+checkpoints with COMPLETE markers and resume, validation callbacks, outputs), with these differences:
+- With an adapter the reference model is the base with the adapter disabled (TRL's PEFT path), so no
+  second copy is loaded; a full fine-tune (peft_method none) loads a frozen reference copy.
+- Pairs are tokenized here as TRL does (the prompt rendered with the generation prompt, each answer
+  from where prompt and prompt+answer diverge), because trl 1.x dropped DPOConfig.max_prompt_length and
+  because TRL's Arrow dataset would give every message every key another row's messages have (a
+  `tool_calls: None` a template may render). Prompts longer than max_prompt_length keep their end.
+- DPO's own metrics (rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies,
+  logps/chosen, logps/rejected) go to the step's MLflow run at every logging step.
+
+ORPO is not offered: trl 1.16 ships ORPOTrainer only under `trl.experimental`, which TRL says "may
+change or be removed in any release without deprecation"; its stable API has DPO and KTO.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from dataclasses import dataclass, fields
+from typing import Any
+
+from maap_finetune.common import tracking
+from maap_finetune.common.errors import UserError
+from maap_finetune.training.config import FinetuneConfig
+from maap_finetune.training.data import TokenizeStats
+from maap_finetune.training.monitoring import CountingCollator, MlflowMetricsCallback
+
+log = logging.getLogger(__name__)
+
+DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+               "logps/rejected")
+PREFERENCE_FORMAT = "preference"
+
+
+def training_method_problems(config: FinetuneConfig) -> list[str]:
+    """What training_method needs from the other inputs (part of preflight: config only)."""
+    problems = []
+    if config.training_method != "dpo":
+        if config.max_prompt_length is not None:
+            problems.append("max_prompt_length applies to training_method dpo; leave it out for sft")
+        return problems
+    if config.batching in ("packing", "group_by_length"):
+        problems.append(
+            f"batching {config.batching} is not available with training_method dpo (TRL's DPOTrainer pads each "
+            "batch of pairs); set batching padded"
+        )
+    if config.max_tokens_per_batch is not None:
+        problems.append("max_tokens_per_batch applies to training_method sft (DPO batches pairs of "
+                        "per_device_train_batch_size); leave it out")
+    if config.train_on_prompt:
+        problems.append("train_on_prompt has no meaning with training_method dpo (DPO scores the answers only); "
+                        "set train_on_prompt false")
+    if config.init_lora_weights in ("pissa", "olora"):
+        problems.append(
+            f"init_lora_weights {config.init_lora_weights} changes the base weights, so the DPO reference (the base "
+            "with the adapter disabled) would not be the starting model; use init_lora_weights default or gaussian"
+        )
+    if config.max_prompt_length is not None and config.max_prompt_length >= config.max_seq_length:
+        problems.append(
+            f"max_prompt_length {config.max_prompt_length} leaves no room for the answers within max_seq_length "
+            f"{config.max_seq_length}; set it below max_seq_length"
+        )
+    return problems
+
+
+def check_data_matches_method(config: FinetuneConfig, prepared) -> None:
+    """Preference pairs train with dpo only, and dpo trains on preference pairs only."""
+    where = prepared.root / "metadata.json"
+    if prepared.format == PREFERENCE_FORMAT and config.training_method != "dpo":
+        raise UserError(
+            f"{where}: the data is preference pairs (Data Prep task preference), which training_method "
+            f"{config.training_method} cannot learn from; set training_method dpo"
+        )
+    if prepared.format != PREFERENCE_FORMAT and config.training_method == "dpo":
+        raise UserError(
+            f"{where}: training_method dpo needs preference pairs, but the data is task {prepared.task}; prepare "
+            "chosen/rejected pairs with Data Prep task preference, or set training_method sft"
+        )
+
+
+# ----- tokenization ------------------------------------------------------------------------------
+
+@dataclass
+class PairStats(TokenizeStats):
+    prompt_truncated: int = 0  # prompts cut to max_prompt_length (their end kept)
+    chosen_tokens: int = 0
+    rejected_tokens: int = 0
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def tokenize_pair(tokenizer, row: dict[str, Any]) -> tuple[list[int], list[int], list[int]]:
+    """(prompt_ids, chosen_ids, rejected_ids) of one row, as TRL's DPOTrainer tokenizes conversations."""
+    tools = row.get("tools") or None
+
+    def encode(messages, generation: bool) -> list[int]:
+        text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    prompt = encode(row["prompt"], True)
+    chosen = encode(row["prompt"] + row["chosen"], False)
+    rejected = encode(row["prompt"] + row["rejected"], False)
+    cut = min(_common_prefix(prompt, chosen), _common_prefix(prompt, rejected))
+    return prompt[:cut], chosen[cut:], rejected[cut:]
+
+
+def tokenize_pairs(tokenizer, rows, max_seq_length: int, max_prompt_length: int | None, split: str):
+    """Tokenize every pair; cut prompts to `max_prompt_length`; leave out pairs whose prompt fills
+    `max_seq_length` (nothing of the answers would be scored); count pairs the collator will cut."""
+    stats = PairStats()
+    examples = []
+    for index, row in enumerate(rows):
+        stats.rows += 1
+        prompt, chosen, rejected = tokenize_pair(tokenizer, row)
+        if max_prompt_length is not None and len(prompt) > max_prompt_length:
+            prompt = prompt[-max_prompt_length:]
+            stats.prompt_truncated += 1
+        if len(prompt) >= max_seq_length:
+            stats.dropped_no_target += 1
+            stats.dropped_rows.append(index + 1)
+            continue
+        if len(prompt) + max(len(chosen), len(rejected)) > max_seq_length:
+            stats.truncated += 1
+        stats.tokens += min(len(prompt) + len(chosen), max_seq_length) + min(len(prompt) + len(rejected),
+                                                                            max_seq_length)
+        stats.chosen_tokens += len(chosen)
+        stats.rejected_tokens += len(rejected)
+        stats.target_tokens += len(chosen) + len(rejected)
+        examples.append({"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected})
+    for count, what in ((stats.prompt_truncated, f"had prompts longer than max_prompt_length {max_prompt_length} "
+                         "(their start was cut)"),
+                        (stats.truncated, f"were longer than max_seq_length {max_seq_length} (their answers' ends "
+                         "are cut)"),
+                        (stats.dropped_no_target, f"have prompts that fill max_seq_length {max_seq_length} and are "
+                         "left out")):
+        if count:
+            log.warning("%s: %d of %d pairs %s", split, count, stats.rows, what)
+    return examples, stats
+
+
+class PairCountingCollator(CountingCollator):
+    """Count real tokens and padded slots of preference batches (each pair is two sequences)."""
+
+    def __call__(self, examples):
+        batch = self.inner(examples)
+        self.counter.tokens += int(batch["attention_mask"].sum())
+        self.counter.slots += int(batch["input_ids"].numel())
+        return batch
+
+
+class PreferenceMetricsCallback(MlflowMetricsCallback):
+    """The SFT metrics plus DPO's rewards, margins, accuracies and log-probabilities (and their eval_ forms)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        super().on_log(args, state, control, logs=logs, **kwargs)
+        if not state.is_world_process_zero or not logs or "final_eval_loss" in logs:
+            return  # the closing evaluation repeats the last eval_steps one under eval_ names (TRL's prefix)
+        names = [*DPO_METRICS, *(f"eval_{name}" for name in DPO_METRICS)]
+        tracking.log_metrics({name: logs[name] for name in names if name in logs}, step=state.global_step)
+
+
+# ----- the session -------------------------------------------------------------------------------
+
+def dpo_config(config: FinetuneConfig, plan):
+    """DPOConfig: the SFT run's TrainingArguments (one builder for both) plus DPO's own fields."""
+    from transformers import TrainingArguments
+    from trl import DPOConfig
+
+    from maap_finetune.training import builders
+
+    sft = builders.build_sft_config(config, plan)
+    common = {f.name: getattr(sft, f.name) for f in fields(TrainingArguments) if f.init}
+    return DPOConfig(
+        **common,
+        beta=config.beta,
+        loss_type=[config.loss_type],
+        max_length=config.max_seq_length,  # the collator cuts prompt + answer here (keeping the start)
+        precompute_ref_log_probs=False,
+    )
+
+
+def _make_trainer_class():
+    from trl import DPOTrainer
+
+    class PreferenceTrainer(DPOTrainer):
+        """DPOTrainer taking pairs tokenized by `tokenize_pairs` (see the module docstring)."""
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            return dataset
+
+    return PreferenceTrainer
+
+
+def _uses_tools(row: dict) -> bool:
+    from maap_finetune.data.function_calling import row_uses_tools
+
+    return row_uses_tools({"tools": row.get("tools"), "messages": [*row["prompt"], *row["chosen"], *row["rejected"]]})
+
+
+def train(config: FinetuneConfig, plan, source, prepared):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, set_seed
+
+    from maap_finetune.common.progress import ProgressWriter
+    from maap_finetune.data.chat_template import check_tools_support
+    from maap_finetune.training import builders
+    from maap_finetune.training.checkpoints import (
+        CompleteMarkerCallback,
+        latest_complete_checkpoint,
+        remove_partial_checkpoints,
+    )
+    from maap_finetune.training.monitoring import ProgressCallback, TokenCounter
+    from maap_finetune.training.session import (
+        PARITY_EXAMPLES,
+        PARITY_MAX_TOKENS,
+        TrainResult,
+        _empty_cuda_cache,
+        _sum_across_ranks,
+        _world_size,
+        load_tokenizer,
+    )
+    from maap_finetune.training.plan import log_plan
+    from maap_finetune.training.validation import best_outcome, build_callbacks
+
+    args = dpo_config(config, plan)  # first: process group and ZeRO-3 zero.Init (as for SFT)
+    world = _world_size()
+    set_seed(config.seed)
+    tokenizer, added_template = load_tokenizer(config, source, "messages")
+    for split in ("train", "validation"):
+        for line, row in enumerate(prepared.rows(split), start=1):
+            if _uses_tools(row):
+                check_tools_support(tokenizer, str(config.chat_template or source.display_name),
+                                    f"{prepared.split_path(split)} line {line}")
+                break
+    train_examples, train_stats = tokenize_pairs(
+        tokenizer, prepared.rows("train"), config.max_seq_length, config.max_prompt_length, "train")
+    eval_examples, eval_stats = tokenize_pairs(
+        tokenizer, prepared.rows("validation"), config.max_seq_length, config.max_prompt_length, "validation")
+    if not train_examples:
+        raise UserError("no training pair left room for its answers; raise max_seq_length or set max_prompt_length")
+    if config.eval_steps is not None and not eval_examples:
+        raise UserError("eval_steps needs validation pairs, but none left room for its answers; raise max_seq_length")
+
+    if tracking.is_main_process():
+        remove_partial_checkpoints(config.checkpoints)
+    resume = latest_complete_checkpoint(config.checkpoints)
+    if resume is not None:
+        log.info("resuming from %s", resume)
+
+    model = AutoModelForCausalLM.from_pretrained(source.model, **builders.build_model_kwargs(config, plan))
+    if getattr(source, "hub_id", None):
+        model.config._name_or_path = source.hub_id
+    model.config.use_cache = False
+    if config.is_quantized and plan.deepspeed_stage != 3:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.gradient_checkpointing,
+            gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+        )
+
+    counter = TokenCounter()
+    callbacks = [
+        CompleteMarkerCallback(config.save_total_limit, keep_best=config.load_best_model_at_end),
+        PreferenceMetricsCallback(counter, world),
+        *build_callbacks(config),
+    ]
+    progress = ProgressWriter()
+    if progress.enabled:
+        callbacks.append(ProgressCallback(progress, counter, world))
+    trainer = _make_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_examples),
+        eval_dataset=Dataset.from_list(eval_examples) if eval_examples else None,
+        processing_class=tokenizer,
+        peft_config=builders.build_peft_config(config),
+        callbacks=callbacks,
+    )
+    trainer.data_collator = PairCountingCollator(trainer.data_collator, counter)
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    tracking.log_params({
+        **config.as_params(),
+        "base_model": source.display_name,
+        **plan.as_params(),
+        "world_size": world,
+        "train_examples": len(train_examples),
+        "validation_examples": len(eval_examples),
+        "trainable_parameters": trainable,
+        "reference_model": "base with the adapter disabled" if config.uses_adapter else "frozen copy of the base",
+    })
+    log_plan(plan, config.adapter)
+    tracking.log_metrics({
+        "train_pairs_truncated": train_stats.truncated,
+        "train_pairs_dropped_prompt_too_long": train_stats.dropped_no_target,
+        "train_prompts_truncated": train_stats.prompt_truncated,
+        "validation_pairs_truncated": eval_stats.truncated,
+    })
+
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    validation = best_outcome(config, trainer.state, trainer.callback_handler.callbacks)
+    if validation["stopped_early"]:
+        log.info("%s", validation["stop_reason"])
+    tokens, slots = _sum_across_ranks([counter.tokens, counter.slots], plan.cuda)
+    eval_loss, final_eval = None, {}
+    if eval_examples:
+        prefix = "eval" if config.eval_steps is None else "final_eval"
+        final_eval = trainer.evaluate(metric_key_prefix=prefix)
+        eval_loss = final_eval[f"{prefix}_loss"]
+    trainer.save_model(str(config.adapter))  # every rank: ZeRO-3 gathers the shards here
+
+    parity_inputs = [(e["prompt_ids"] + e["chosen_ids"])[:PARITY_MAX_TOKENS]
+                     for e in (eval_examples or train_examples)[:PARITY_EXAMPLES]]
+    trained_logits = None
+    if tracking.is_main_process() and plan.deepspeed_stage != 3:
+        from maap_finetune.training.merge import logits_of
+
+        trained_logits = logits_of(trainer.accelerator.unwrap_model(trainer.model).eval(), parity_inputs)
+
+    history = list(trainer.state.log_history)
+    logged = [e["loss"] for e in history if "loss" in e]
+    last_train = next((e for e in reversed(history) if "rewards/margins" in e), {})
+    result = TrainResult(
+        tokenizer=tokenizer,
+        plan=plan,
+        world_size=world,
+        train_stats=train_stats,
+        eval_stats=eval_stats,
+        added_chat_template=added_template,
+        resumed_from=resume.name if resume else None,
+        resumed_at_step=int(resume.name.split("-")[1]) if resume else 0,
+        global_step=int(trainer.state.global_step),
+        epoch=float(trainer.state.epoch or 0.0),
+        train_runtime_s=float(output.metrics.get("train_runtime", 0.0)),
+        train_tokens=tokens,
+        train_slots=slots,
+        train_loss=output.metrics.get("train_loss"),
+        final_logged_loss=logged[-1] if logged else None,
+        eval_loss=eval_loss,
+        trainable_parameters=int(trainable),
+        total_parameters=int(total),
+        validation=validation,
+        log_history=history,
+        parity_inputs=parity_inputs,
+        trained_logits=trained_logits,
+    )
+    result.extra = summary_extra(config, train_stats, last_train, final_eval)
+    del trainer, model
+    gc.collect()
+    _empty_cuda_cache(plan)
+    return result
+
+
+def summary_extra(config: FinetuneConfig, stats: PairStats, last_train: dict, final_eval: dict) -> dict[str, Any]:
+    """training_summary.json's DPO fields: the method and its settings, and the last logged DPO metrics."""
+    return {
+        "training_method": "dpo",
+        "beta": config.beta,
+        "loss_type": config.loss_type,
+        "max_prompt_length": config.max_prompt_length,
+        "reference_model": "base with the adapter disabled" if config.uses_adapter else "frozen copy of the base",
+        "batching": "padded pairs",
+        "train_prompts_truncated": stats.prompt_truncated,
+        "train_chosen_tokens": stats.chosen_tokens,
+        "train_rejected_tokens": stats.rejected_tokens,
+        "last_logged": {name: last_train[name] for name in DPO_METRICS if name in last_train},
+        "final_eval": {k: v for k, v in final_eval.items() if any(k.endswith(m) for m in DPO_METRICS)},
+    }
