@@ -106,6 +106,7 @@ def test_dpo_loss_matches_a_hand_computation_on_two_pairs(tmp_path, tiny_model_d
 
     from maap_finetune.training import builders, preference
     from maap_finetune.training.environment import Environment
+    from maap_finetune.training.plan import resolve_plan
 
     beta = 0.25
     config = load_entry("finetune").parse_args(_dpo_argv(tmp_path, prepared_pairs, tiny_model_dir, beta=beta,
@@ -113,7 +114,7 @@ def test_dpo_loss_matches_a_hand_computation_on_two_pairs(tmp_path, tiny_model_d
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     rows = [json.loads(line) for line in (prepared_pairs / "train.jsonl").read_text().splitlines()[:2]]
     examples, _ = preference.tokenize_pairs(tokenizer, rows, config.max_seq_length, None, "train")
-    args = preference.dpo_config(config, Environment.detect(), None)
+    args = preference.dpo_config(config, resolve_plan(config, Environment.detect(), None))
     trainer = preference._make_trainer_class()(
         model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args,
         train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
