@@ -221,11 +221,11 @@ def train(config: FinetuneConfig, plan, source, prepared):
     from maap_finetune.training.session import (
         PARITY_EXAMPLES,
         PARITY_MAX_TOKENS,
-        TrainResult,
         _empty_cuda_cache,
         _sum_across_ranks,
         _world_size,
         load_tokenizer,
+        result_from_trainer,
     )
     from maap_finetune.training.plan import log_plan
     from maap_finetune.training.validation import best_outcome, build_callbacks
@@ -320,38 +320,20 @@ def train(config: FinetuneConfig, plan, source, prepared):
 
     parity_inputs = [(e["prompt_ids"] + e["chosen_ids"])[:PARITY_MAX_TOKENS]
                      for e in (eval_examples or train_examples)[:PARITY_EXAMPLES]]
-    trained_logits = None
-    if tracking.is_main_process() and plan.deepspeed_stage != 3:
-        from maap_finetune.training.merge import logits_of
-
-        trained_logits = logits_of(trainer.accelerator.unwrap_model(trainer.model).eval(), parity_inputs)
-
-    history = list(trainer.state.log_history)
-    logged = [e["loss"] for e in history if "loss" in e]
-    last_train = next((e for e in reversed(history) if "rewards/margins" in e), {})
-    result = TrainResult(
+    last_train = next((e for e in reversed(trainer.state.log_history) if "rewards/margins" in e), {})
+    result = result_from_trainer(
+        trainer, output, plan, resume, parity_inputs,
         tokenizer=tokenizer,
-        plan=plan,
         world_size=world,
         train_stats=train_stats,
         eval_stats=eval_stats,
         added_chat_template=added_template,
-        resumed_from=resume.name if resume else None,
-        resumed_at_step=int(resume.name.split("-")[1]) if resume else 0,
-        global_step=int(trainer.state.global_step),
-        epoch=float(trainer.state.epoch or 0.0),
-        train_runtime_s=float(output.metrics.get("train_runtime", 0.0)),
         train_tokens=tokens,
         train_slots=slots,
-        train_loss=output.metrics.get("train_loss"),
-        final_logged_loss=logged[-1] if logged else None,
         eval_loss=eval_loss,
         trainable_parameters=int(trainable),
         total_parameters=int(total),
         validation=validation,
-        log_history=history,
-        parity_inputs=parity_inputs,
-        trained_logits=trained_logits,
     )
     result.extra = summary_extra(config, train_stats, last_train, final_eval)
     del trainer, model

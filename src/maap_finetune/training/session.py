@@ -222,43 +222,51 @@ def train(config: FinetuneConfig, plan: TrainingPlan, source, prepared) -> Train
         )
 
     parity_inputs = [e["input_ids"][:PARITY_MAX_TOKENS] for e in (eval_examples or train_examples)[:PARITY_EXAMPLES]]
-    trained_logits = None
-    if tracking.is_main_process() and plan.deepspeed_stage != 3:  # ZeRO-3 shards: no lone forward
-        from maap_finetune.training.merge import logits_of
-
-        trained = trainer.accelerator.unwrap_model(trainer.model).eval()
-        trained_logits = logits_of(trained, parity_inputs)
-
-    history = list(trainer.state.log_history)
-    logged = [e["loss"] for e in history if "loss" in e]
-    result = TrainResult(
+    result = result_from_trainer(
+        trainer, output, plan, resume, parity_inputs,
         tokenizer=tokenizer,
-        plan=plan,
         world_size=world,
         train_stats=train_stats,
         eval_stats=eval_stats,
         added_chat_template=added_template,
-        resumed_from=resume.name if resume else None,
-        resumed_at_step=int(resume.name.split("-")[1]) if resume else 0,
-        global_step=int(trainer.state.global_step),
-        epoch=float(trainer.state.epoch or 0.0),
-        train_runtime_s=float(output.metrics.get("train_runtime", 0.0)),
         train_tokens=tokens,
         train_slots=slots,
-        train_loss=output.metrics.get("train_loss"),
-        final_logged_loss=logged[-1] if logged else None,
         eval_loss=eval_loss,
         trainable_parameters=int(trainable),
         total_parameters=int(total),
         validation=validation,
-        log_history=history,
-        parity_inputs=parity_inputs,
-        trained_logits=trained_logits,
     )
     del trainer, model
     gc.collect()
     _empty_cuda_cache(plan)
     return result
+
+
+
+def result_from_trainer(trainer, output, plan: TrainingPlan, resume, parity_inputs, **fields) -> TrainResult:
+    """The TrainResult of a finished run (SFT or DPO): what the trainer's state and history say, plus the
+    trained model's logits on `parity_inputs` for the merge check (not under ZeRO-3: no lone forward)."""
+    trained_logits = None
+    if tracking.is_main_process() and plan.deepspeed_stage != 3:
+        from maap_finetune.training.merge import logits_of
+
+        trained_logits = logits_of(trainer.accelerator.unwrap_model(trainer.model).eval(), parity_inputs)
+    history = list(trainer.state.log_history)
+    logged = [e["loss"] for e in history if "loss" in e]
+    return TrainResult(
+        plan=plan,
+        resumed_from=resume.name if resume else None,
+        resumed_at_step=int(resume.name.split("-")[1]) if resume else 0,
+        global_step=int(trainer.state.global_step),
+        epoch=float(trainer.state.epoch or 0.0),
+        train_runtime_s=float(output.metrics.get("train_runtime", 0.0)),
+        train_loss=output.metrics.get("train_loss"),
+        final_logged_loss=logged[-1] if logged else None,
+        log_history=history,
+        parity_inputs=parity_inputs,
+        trained_logits=trained_logits,
+        **fields,
+    )
 
 
 def save_initial_adapter(config: FinetuneConfig, peft_model):
