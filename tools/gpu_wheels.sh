@@ -12,7 +12,7 @@
 #   bash tools/gpu_wheels.sh            # then: du -sh .whl/*
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-/work/main/.venv/bin/python}
+PY=${PYTHON:-.venv/bin/python}  # the project venv (make install)
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
            --platform manylinux_2_24_x86_64 --platform manylinux_2_34_x86_64)
 pin() {  # the train-gpu pin of $1

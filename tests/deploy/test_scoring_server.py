@@ -47,7 +47,8 @@ def _server_pin() -> str:
 def _ensure_server() -> Path:
     wanted = " ".join([_server_pin(), *EXTRA])
     stamp = VENV / ".maap-stamp"
-    digest = hashlib.sha256(f"{wanted} {sys.prefix}".encode()).hexdigest()
+    # The venv's scripts carry its absolute path in their shebangs: a venv made elsewhere is rebuilt.
+    digest = hashlib.sha256(f"{wanted} {sys.prefix} {VENV}".encode()).hexdigest()
     server = VENV / "bin" / "azmlinfsrv"
     if server.exists() and stamp.exists() and stamp.read_text() == digest:
         return server
