@@ -35,6 +35,11 @@ from maap_finetune.common.secrets import HF_TOKEN_SECRET_ENV
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS_DIR = REPO_ROOT / "components"
 SAMPLE_DATA = REPO_ROOT / "data" / "sample" / "chat.jsonl"
+NO_TRAINING_DATA = (
+    "set the training data: --set train_data=<file> (.jsonl, .json, .csv, .tsv, .parquet; a local path is "
+    "uploaded, or azureml:<data>:<version>) or --set train_folder=<folder of shards>; "
+    f"submit.py --sample-data trains on the bundled {SAMPLE_DATA.relative_to(REPO_ROOT)} instead"
+)
 STEP_NAMES = ("data_prep", "finetune", "evaluate", "register", "export_onnx")
 GPU_STEPS = ("finetune", "evaluate")  # run on `compute`
 CPU_STEPS = ("data_prep", "register", "export_onnx")  # run on `cpu_compute` (defaults to `compute`)
@@ -344,11 +349,7 @@ def resolve_inputs(
             problems.append(str(err))
     given = [name for name in ("train_data", "train_folder") if overrides.get(name) not in (None, "")]
     if require_training_data and not given:
-        problems.append(
-            "set the training data: --set train_data=<file> (.jsonl, .json, .csv, .tsv, .parquet; a local path is "
-            "uploaded, or azureml:<data>:<version>) or --set train_folder=<folder of shards>; "
-            f"submit.py --sample-data trains on the bundled {SAMPLE_DATA.relative_to(REPO_ROOT)} instead"
-        )
+        problems.append(NO_TRAINING_DATA)
     for name, value in list(values.items()):
         if name not in overrides and value is not None:
             try:

@@ -128,12 +128,16 @@ def plan(args: argparse.Namespace, workdir: Path) -> MaasPlan:
         problems.append("task text has no chat completion form; serverless chat fine-tuning needs conversations")
     if prefix is None:
         prefix = input_spec("register", OUTPUT_NAME_INPUT).default
+    if not data_prep_values.get("train_data") and not data_prep_values.get("train_folder"):
+        # As for a pipeline submission: no silent training on the bundled sample.
+        from pipelines.factory import NO_TRAINING_DATA, SAMPLE_DATA
+
+        if getattr(args, "sample_data", False):
+            data_prep_values["train_data"] = str(SAMPLE_DATA)
+        else:
+            problems.append(NO_TRAINING_DATA)
     if problems:
         raise ConfigErrors(problems, header="cannot plan the serverless fine-tuning job")
-    if not data_prep_values.get("train_data") and not data_prep_values.get("train_folder"):
-        from pipelines.factory import SAMPLE_DATA
-
-        data_prep_values["train_data"] = str(SAMPLE_DATA)
     argv = data_prep_argv(data_prep_values, workdir)
     notes = [] if hyperparameters else ["no epochs/learning_rate/per_device_train_batch_size set: the service "
                                         "picks its defaults for the model"]
@@ -232,7 +236,11 @@ def run(args: argparse.Namespace, connect) -> int:
 
     workdir = Path.cwd() / "runs" / f"maas-{time.strftime('%Y%m%d-%H%M%S')}"
     maas_plan = plan(args, workdir)
-    train, validation = run_data_prep(maas_plan, workdir, args.tracking_uri or "sqlite:///mlruns.db")
+    # Absolute, as the local runner makes it: Data Prep runs in its component folder, not here.
+    from pipelines.local_runner import DEFAULT_TRACKING_URI, absolute_tracking_uri
+
+    tracking_uri = absolute_tracking_uri(args.tracking_uri or DEFAULT_TRACKING_URI, Path.cwd())
+    train, validation = run_data_prep(maas_plan, workdir, tracking_uri)
     sha = file_sha256(train, validation)
     for note in maas_plan.notes:
         print(f"note: {note}")

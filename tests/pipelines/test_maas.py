@@ -104,3 +104,17 @@ def test_bad_rows_stop_before_any_upload(workspace, tmp_path, capfd):
     err = capfd.readouterr().err
     assert rc == 2 and not workspace.connect.called
     assert "Data Prep stopped" in err and "nothing was uploaded or submitted" in err
+
+
+def test_no_training_data_is_refused_and_the_default_store_is_in_the_working_folder(workspace, tmp_path, capfd):
+    """As for a pipeline submission: the bundled sample only on purpose. The default MLflow store is the
+    working folder's mlruns.db (Data Prep runs in its component folder, which must stay clean)."""
+    rc = submit.main(["--maas", "--dry-run", "--model", MODEL])
+    err = capfd.readouterr().err
+    assert rc == 2 and "set the training data" in err and "--sample-data" in err
+    component_store = REPO_ROOT / "components" / "data_prep" / "mlruns.db"
+    existed = component_store.exists()
+    assert submit.main(["--maas", "--dry-run", "--model", MODEL, "--sample-data"]) == 0
+    assert "data prep (chat)" in capfd.readouterr().out
+    assert (tmp_path / "mlruns.db").is_file()  # workspace fixture: the working folder is tmp_path
+    assert component_store.exists() == existed
