@@ -30,8 +30,8 @@ by `local_settings()`; `run_pipeline()` runs any PipelineJob.
 
 from __future__ import annotations
 
-import hashlib
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -377,23 +377,33 @@ class _Tracking:
             self.client.log_batch(run_id, params=items)
 
 
+_SQLITE = "sqlite:///"
+
+
+def _sqlite_file(uri: str) -> str | None:
+    """The database file of a `sqlite:///<file>` tracking URI (relative or absolute); None for other stores."""
+    if not uri.startswith(_SQLITE) or ":memory:" in uri:
+        return None
+    return uri[len(_SQLITE) :]
+
+
 def store_lock(tracking_uri: str, timeout_s: float = 300):
     """An inter-process lock beside a `sqlite:///` store (`<file>.lock`); a no-op for other stores."""
     from filelock import FileLock
 
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix) or ":memory:" in tracking_uri:
+    database = _sqlite_file(tracking_uri)
+    if database is None:
         return contextlib.nullcontext()
-    database = Path(tracking_uri[len(prefix) :].split("?", 1)[0])
-    database.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(database) + ".lock", timeout=timeout_s)
+    path = Path(database.split("?", 1)[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path) + ".lock", timeout=timeout_s)
 
 
 def absolute_tracking_uri(uri: str, base: Path) -> str:
     """Make a relative `sqlite:///file.db` absolute: steps run in their snapshot folder, not here."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
-        return prefix + str((base / uri[len(prefix) :]).resolve())
+    database = _sqlite_file(uri)
+    if database is not None and not database.startswith("/"):
+        return _SQLITE + str((base / database).resolve())
     return uri
 
 
