@@ -6,6 +6,8 @@ unreachable model id surfaces as a page of retries and a traceback from deep ins
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,22 +46,16 @@ def fetch_hub_model(source: ModelSource) -> ModelSource:
     return replace(source, model=folder, tokenizer=tokenizer, hub_id=source.model)
 
 
-class hub_errors:
+@contextmanager
+def hub_errors(model_id: str) -> Iterator[None]:
     """Turn the Hub's errors for `model_id` into one UserError line; anything else propagates."""
-
-    def __init__(self, model_id: str):
-        self.model_id = model_id
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, err, tb):
-        if err is None:
-            return False
+    try:
+        yield
+    except Exception as err:
         reason = describe_hub_error(err)
         if reason is None:
-            return False
-        raise UserError(f"cannot fetch base model {self.model_id!r} from the Hugging Face Hub: {reason}. Fix: {FIX}") from None
+            raise
+        raise UserError(f"cannot fetch base model {model_id!r} from the Hugging Face Hub: {reason}. Fix: {FIX}") from None
 
 
 def describe_hub_error(err: BaseException) -> str | None:
