@@ -207,28 +207,25 @@ def _uses_tools(row: dict) -> bool:
 
 def train(config: FinetuneConfig, plan, source, prepared):
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, set_seed
+    from transformers import set_seed
 
-    from maap_finetune.common.progress import ProgressWriter
     from maap_finetune.data.chat_template import check_tools_support
     from maap_finetune.training import builders
-    from maap_finetune.training.checkpoints import (
-        CompleteMarkerCallback,
-        latest_complete_checkpoint,
-        remove_partial_checkpoints,
-    )
-    from maap_finetune.training.monitoring import ProgressCallback, TokenCounter
+    from maap_finetune.training.monitoring import TokenCounter
+    from maap_finetune.training.plan import log_plan
     from maap_finetune.training.session import (
         PARITY_EXAMPLES,
         PARITY_MAX_TOKENS,
         _empty_cuda_cache,
         _sum_across_ranks,
         _world_size,
+        load_base_model,
         load_tokenizer,
         result_from_trainer,
+        resume_checkpoint,
+        training_callbacks,
     )
-    from maap_finetune.training.plan import log_plan
-    from maap_finetune.training.validation import best_outcome, build_callbacks
+    from maap_finetune.training.validation import best_outcome
 
     args = dpo_config(config, plan)  # first: process group and ZeRO-3 zero.Init (as for SFT)
     world = _world_size()
@@ -249,33 +246,10 @@ def train(config: FinetuneConfig, plan, source, prepared):
     if config.eval_steps is not None and not eval_examples:
         raise UserError("eval_steps needs validation pairs, but none left room for its answers; raise max_seq_length")
 
-    if tracking.is_main_process():
-        remove_partial_checkpoints(config.checkpoints)
-    resume = latest_complete_checkpoint(config.checkpoints)
-    if resume is not None:
-        log.info("resuming from %s", resume)
-
-    model = AutoModelForCausalLM.from_pretrained(source.model, **builders.build_model_kwargs(config, plan))
-    if getattr(source, "hub_id", None):
-        model.config._name_or_path = source.hub_id
-    model.config.use_cache = False
-    if config.is_quantized and plan.deepspeed_stage != 3:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.gradient_checkpointing,
-            gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
-        )
-
+    resume = resume_checkpoint(config)
+    model = load_base_model(config, plan, source, args)
     counter = TokenCounter()
-    callbacks = [
-        CompleteMarkerCallback(config.save_total_limit, keep_best=config.load_best_model_at_end),
-        PreferenceMetricsCallback(counter, world),
-        *build_callbacks(config),
-    ]
-    progress = ProgressWriter()
-    if progress.enabled:
-        callbacks.append(ProgressCallback(progress, counter, world))
+    callbacks = training_callbacks(config, counter, world, PreferenceMetricsCallback(counter, world))
     trainer = _make_trainer_class()(
         model=model,
         args=args,

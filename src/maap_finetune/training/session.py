@@ -108,7 +108,7 @@ def check_function_calling(tokenizer, config: FinetuneConfig, source, prepared) 
 
 def train(config: FinetuneConfig, plan: TrainingPlan, source, prepared) -> TrainResult:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, set_seed
+    from transformers import set_seed
     from trl import SFTTrainer
 
     # TrainingArguments first: it sets up the process group and, for ZeRO-3, the DeepSpeed config that
@@ -134,37 +134,10 @@ def train(config: FinetuneConfig, plan: TrainingPlan, source, prepared) -> Train
             "give Data Prep a validation_ratio above 0 (or validation_data), or leave eval_steps out"
         )
 
-    if tracking.is_main_process():
-        remove_partial_checkpoints(config.checkpoints)
-    resume = latest_complete_checkpoint(config.checkpoints)
-    if resume is not None:
-        log.info("resuming from %s", resume)
-
-    model_kwargs = builders.build_model_kwargs(config, plan)
-    model = AutoModelForCausalLM.from_pretrained(source.model, **model_kwargs)
-    if getattr(source, "hub_id", None):
-        # Loaded from a Hub snapshot in the cache: record the id, not the cache path, so the adapter's
-        # base_model_name_or_path and the merged model's config name the model users know.
-        model.config._name_or_path = source.hub_id
-    model.config.use_cache = False  # training: no KV cache (it would also hide packed-sequence boundaries)
-    if config.is_quantized and plan.deepspeed_stage != 3:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=config.gradient_checkpointing,
-            gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
-        )
-
+    resume = resume_checkpoint(config)
+    model = load_base_model(config, plan, source, args)
     counter = TokenCounter()
-    callbacks = [
-        CompleteMarkerCallback(config.save_total_limit, keep_best=config.load_best_model_at_end),
-        MlflowMetricsCallback(counter, world),
-        *build_callbacks(config),
-    ]
-    progress = ProgressWriter()
-    if progress.enabled:
-        callbacks.append(ProgressCallback(progress, counter, world))
+    callbacks = training_callbacks(config, counter, world, MlflowMetricsCallback(counter, world))
     trainer = _trainer_class(plan, SFTTrainer)(
         model=model,
         args=args,
@@ -241,6 +214,50 @@ def train(config: FinetuneConfig, plan: TrainingPlan, source, prepared) -> Train
     _empty_cuda_cache(plan)
     return result
 
+
+
+def resume_checkpoint(config: FinetuneConfig):
+    """The newest complete checkpoint to resume from (None: start afresh); rank 0 first removes partial ones."""
+    if tracking.is_main_process():
+        remove_partial_checkpoints(config.checkpoints)
+    resume = latest_complete_checkpoint(config.checkpoints)
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    return resume
+
+
+def load_base_model(config: FinetuneConfig, plan: TrainingPlan, source, args):
+    """The base model as the plan says (precision, attention, quantization), ready for PEFT training."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(source.model, **builders.build_model_kwargs(config, plan))
+    if getattr(source, "hub_id", None):
+        # Loaded from a Hub snapshot in the cache: record the id, not the cache path, so the adapter's
+        # base_model_name_or_path and the merged model's config name the model users know.
+        model.config._name_or_path = source.hub_id
+    model.config.use_cache = False  # training: no KV cache (it would also hide packed-sequence boundaries)
+    if config.is_quantized and plan.deepspeed_stage != 3:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=config.gradient_checkpointing,
+            gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+        )
+    return model
+
+
+def training_callbacks(config: FinetuneConfig, counter: TokenCounter, world: int, metrics_callback) -> list:
+    """COMPLETE markers, the method's MLflow metrics, validation/early stopping, and live progress when asked."""
+    callbacks = [
+        CompleteMarkerCallback(config.save_total_limit, keep_best=config.load_best_model_at_end),
+        metrics_callback,
+        *build_callbacks(config),
+    ]
+    progress = ProgressWriter()
+    if progress.enabled:
+        callbacks.append(ProgressCallback(progress, counter, world))
+    return callbacks
 
 
 def result_from_trainer(trainer, output, plan: TrainingPlan, resume, parity_inputs, **fields) -> TrainResult:
