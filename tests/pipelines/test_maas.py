@@ -106,9 +106,11 @@ def test_bad_rows_stop_before_any_upload(workspace, tmp_path, capfd):
     assert "Data Prep stopped" in err and "nothing was uploaded or submitted" in err
 
 
-def test_no_training_data_is_refused_and_the_default_store_is_in_the_working_folder(workspace, tmp_path, capfd):
+def test_no_training_data_is_refused_and_the_default_store_is_in_the_working_folder(workspace, tmp_path, capfd,
+                                                                                   monkeypatch):
     """As for a pipeline submission: the bundled sample only on purpose. The default MLflow store is the
     working folder's mlruns.db (Data Prep runs in its component folder, which must stay clean)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # a store named in the environment would win
     rc = submit.main(["--maas", "--dry-run", "--model", MODEL])
     err = capfd.readouterr().err
     assert rc == 2 and "set the training data" in err and "--sample-data" in err
