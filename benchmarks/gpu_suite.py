@@ -6,6 +6,12 @@ ZeRO-3: loss goes down, merge works). Run by benchmarks/gpu_suite.sh; without CU
     python benchmarks/gpu_suite.py --part throughput zero3   # writes benchmarks/results/h200-<date>.json; ZeRO-3 test
     python benchmarks/gpu_suite.py --part quant              # the QLoRA / QDoRA tests (needs bitsandbytes)
     python benchmarks/gpu_suite.py --child <contender>   # one contender in its own process (used by --part throughput)
+    python benchmarks/gpu_suite.py --rehearse --part throughput --results /tmp/r   # the same code on the CPU
+
+`--rehearse` runs every step of the throughput part (child processes, both trainers, the token count,
+the micro-batch probe, the report) on the CPU with a Phi-3 of the same architecture shrunk to a few MB,
+so that a mistake in the suite shows up in CI, not in a device run of 15 minutes. Its numbers mean
+nothing and it writes rehearsal-<date>.json; Liger is left out (Triton kernels need CUDA).
 
 The model is built from Phi-3-mini's configuration (3.8B parameters) with random weights, in bf16; nothing
 is downloaded. Each contender runs in its own process so its peak memory is its own. MFU counts
@@ -23,6 +29,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,16 +37,33 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "src"))
 
 H200_DENSE_BF16_TFLOPS = 989.0
-SEQ = 2048
-WARMUP_STEPS, TIMED_STEPS = 2, 6
-MICRO_BATCH = 4  # examples per step for the throughput comparison (all contenders)
-PROBE_BATCHES = (4, 8, 16, 32, 64)
 # microsoft/Phi-3-mini-4k-instruct's config.json, without downloading it.
 PHI3_MINI = dict(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
                  num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
                  rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=32000,
                  pad_token_id=32000)
 CONTENDERS = ("trl_best", "component", "component_liger")
+
+
+@dataclass(frozen=True)
+class Setup:
+    device: str
+    model: dict
+    seq: int
+    micro_batch: int  # examples per step for the throughput comparison (all contenders)
+    warmup_steps: int
+    timed_steps: int
+    probe_batches: tuple[int, ...]
+    contenders: tuple[str, ...]
+    report_prefix: str
+
+
+H200 = Setup(device="cuda", model=PHI3_MINI, seq=2048, micro_batch=4, warmup_steps=2, timed_steps=6,
+             probe_batches=(4, 8, 16, 32, 64), contenders=CONTENDERS, report_prefix="h200")
+REHEARSAL = Setup(device="cpu", model={**PHI3_MINI, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                                       "num_attention_heads": 4, "num_key_value_heads": 4},
+                  seq=64, micro_batch=2, warmup_steps=1, timed_steps=2, probe_batches=(1, 2, 4),
+                  contenders=("trl_best", "component"), report_prefix="rehearsal")
 
 
 def cuda_available() -> bool:
@@ -69,6 +93,31 @@ def flops_per_token(params: int, layers: int, hidden: int, seq: int) -> float:
     return 4.0 * params + 6.0 * layers * seq * hidden
 
 
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def reset_peak_memory(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_bytes(device: str) -> int:
+    """Peak GPU memory allocated by tensors; on the CPU (rehearsal) the process's peak resident set."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated()
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def attention() -> str:
     """flash_attention_2 where flash-attn is installed, else sdpa; the same for every contender."""
     import importlib.util
@@ -76,13 +125,13 @@ def attention() -> str:
     return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
 
 
-def build_model():
+def build_model(setup: Setup):
     import torch
     from transformers import Phi3Config, Phi3ForCausalLM
 
     torch.manual_seed(0)
-    config = Phi3Config(**PHI3_MINI)
-    with torch.device("cuda"):
+    config = Phi3Config(**setup.model)
+    with torch.device(setup.device):
         torch.set_default_dtype(torch.bfloat16)
         model = Phi3ForCausalLM._from_config(config, attn_implementation=attention())
         torch.set_default_dtype(torch.float32)
@@ -90,19 +139,20 @@ def build_model():
     return model
 
 
-def synthetic_examples(n: int, vocab: int) -> list[dict]:
+def synthetic_examples(n: int, setup: Setup) -> list[dict]:
     import torch
 
     generator = torch.Generator().manual_seed(0)
+    seq, vocab = setup.seq, setup.model["vocab_size"]
     rows = []
     for _ in range(n):
-        ids = torch.randint(100, vocab - 100, (SEQ,), generator=generator).tolist()
-        labels = [-100] * (SEQ // 4) + ids[SEQ // 4:]  # a prompt quarter, not learned
-        rows.append({"input_ids": ids, "labels": labels, "length": SEQ})
+        ids = torch.randint(100, vocab - 100, (seq,), generator=generator).tolist()
+        labels = [-100] * (seq // 4) + ids[seq // 4:]  # a prompt quarter, not learned
+        rows.append({"input_ids": ids, "labels": labels, "length": seq})
     return rows
 
 
-def make_trainer(contender: str, micro_batch: int, steps: int, out: Path):
+def make_trainer(contender: str, setup: Setup, out: Path):
     """The contender's SFTTrainer: TRL's recommended settings, or the component's own plan and builders."""
     from datasets import Dataset
     from peft import LoraConfig
@@ -110,14 +160,15 @@ def make_trainer(contender: str, micro_batch: int, steps: int, out: Path):
 
     from maap_finetune.models.tiny import SAMPLE_DATA, build_tokenizer
 
-    model = build_model()
+    steps = setup.warmup_steps + setup.timed_steps
+    model = build_model(setup)
     tokenizer = build_tokenizer([SAMPLE_DATA])  # only its pad token is used: the examples are token ids already
-    data = Dataset.from_list(synthetic_examples(micro_batch * (steps + 1), PHI3_MINI["vocab_size"]))
+    data = Dataset.from_list(synthetic_examples(setup.micro_batch * (steps + 1), setup))
     if contender == "trl_best":
-        args = SFTConfig(output_dir=str(out), per_device_train_batch_size=micro_batch, max_steps=steps,
+        args = SFTConfig(output_dir=str(out), per_device_train_batch_size=setup.micro_batch, max_steps=steps,
                          padding_free=True, max_length=None, gradient_checkpointing=False, bf16=True,
                          learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=0.03, report_to="none",
-                         save_strategy="no", logging_steps=10**6, disable_tqdm=True)
+                         save_strategy="no", logging_steps=10**6, disable_tqdm=True, use_cpu=setup.device == "cpu")
         peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
         trainer_class = SFTTrainer
@@ -130,20 +181,35 @@ def make_trainer(contender: str, micro_batch: int, steps: int, out: Path):
 
         config = load_entry("finetune").parse_args(argv_from_spec(
             "finetune", train_data=REPO, model_name="phi-3-mini-random", adapter=out / "a", mlflow_model=out / "m",
-            checkpoints=out / "c", per_device_train_batch_size=micro_batch, max_steps=steps, max_seq_length=SEQ,
-            use_liger_kernel="true" if contender == "component_liger" else "false", save_steps=10**6,
-            logging_steps=10**6))
+            checkpoints=out / "c", per_device_train_batch_size=setup.micro_batch, max_steps=steps,
+            max_seq_length=setup.seq, use_liger_kernel="true" if contender == "component_liger" else "false",
+            precision="bf16", save_steps=10**6, logging_steps=10**6))
         plan = resolve_plan(config, Environment.detect(), None)
         args = builders.build_sft_config(config, plan)
         peft_config = builders.build_peft_config(config)
         trainer_class = _trainer_class(plan, SFTTrainer)
-    trainer = trainer_class(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                            peft_config=peft_config)
-    return trainer
+    return trainer_class(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                         peft_config=peft_config)
 
 
-def child(contender: str, out: Path) -> dict:
-    import torch
+class TokenCount:
+    """Wraps a collator to count the tokens each batch carries (input and loss), so tokens/s is measured,
+    not assumed from the micro-batch size, and a contender that drops or pads tokens shows."""
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.inputs: list[int] = []
+        self.targets: list[int] = []
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        mask = batch.get("attention_mask")
+        self.inputs.append(int(mask.sum()) if mask is not None else int(batch["input_ids"].numel()))
+        self.targets.append(int((batch["labels"][..., 1:] != -100).sum()))
+        return batch
+
+
+def child(contender: str, setup: Setup, out: Path) -> dict:
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
@@ -151,62 +217,75 @@ def child(contender: str, out: Path) -> dict:
             self.times = []
 
         def on_step_end(self, args, state, control, **kwargs):
-            torch.cuda.synchronize()
+            synchronize(setup.device)
             self.times.append(time.perf_counter())
 
-    trainer = make_trainer(contender, MICRO_BATCH, WARMUP_STEPS + TIMED_STEPS, out)
+    trainer = make_trainer(contender, setup, out)
+    counter = TokenCount(trainer.data_collator)
+    trainer.data_collator = counter
     timer = StepTimer()
     trainer.add_callback(timer)
-    torch.cuda.reset_peak_memory_stats()
-    trainer.train()
-    peak = torch.cuda.max_memory_allocated()
-    timed = timer.times[WARMUP_STEPS - 1:]
+    reset_peak_memory(setup.device)
+    output = trainer.train()
+    peak = peak_memory_bytes(setup.device)
+    timed = timer.times[setup.warmup_steps - 1:]
     seconds = timed[-1] - timed[0]
-    tokens = MICRO_BATCH * SEQ * TIMED_STEPS
-    model = trainer.model
-    params = sum(p.numel() for p in model.parameters())
+    # Batches of the timed steps; the dataloader may prefetch one more, which is not counted.
+    steps = setup.warmup_steps + setup.timed_steps
+    tokens = sum(counter.inputs[setup.warmup_steps:steps])
+    params = sum(p.numel() for p in trainer.model.parameters())
     result = {
-        "contender": contender, "micro_batch": MICRO_BATCH, "seq": SEQ, "tokens_per_second": tokens / seconds,
+        "contender": contender, "micro_batch": setup.micro_batch, "seq": setup.seq,
+        "tokens_per_step": counter.inputs[setup.warmup_steps:steps],
+        "loss_tokens_per_step": counter.targets[setup.warmup_steps:steps],
+        "tokens_per_second": tokens / seconds, "train_loss": output.training_loss,
         "peak_memory_gib": peak / 2**30, "parameters": params,
-        "flops_per_token": flops_per_token(params, PHI3_MINI["num_hidden_layers"], PHI3_MINI["hidden_size"], SEQ),
-        "largest_micro_batch": largest_micro_batch(trainer),
+        "flops_per_token": flops_per_token(params, setup.model["num_hidden_layers"], setup.model["hidden_size"],
+                                          setup.seq),
+        "largest_micro_batch": largest_micro_batch(trainer, setup),
     }
     print("RESULT " + json.dumps(result), flush=True)
     return result
 
 
-def largest_micro_batch(trainer) -> int:
-    """The largest of PROBE_BATCHES whose forward + backward fits, with the contender's collator and kernels."""
+def largest_micro_batch(trainer, setup: Setup) -> int:
+    """The largest of the probe sizes whose forward + backward fits, with the contender's collator and kernels."""
     import torch
 
     fits = 0
-    rows = synthetic_examples(max(PROBE_BATCHES), PHI3_MINI["vocab_size"])
+    rows = synthetic_examples(max(setup.probe_batches), setup)
     trainer.model.train()
-    for size in PROBE_BATCHES:
+    for size in setup.probe_batches:
         try:
             batch = trainer.data_collator(rows[:size])
-            batch = {k: v.to("cuda") if hasattr(v, "to") else v for k, v in batch.items()}
             trainer.training_step(trainer.model, batch)
             trainer.model.zero_grad(set_to_none=True)
             fits = size
-        except torch.cuda.OutOfMemoryError:
+        except torch.OutOfMemoryError:
             break
         finally:
-            torch.cuda.empty_cache()
+            if setup.device == "cuda":
+                torch.cuda.empty_cache()
     return fits
 
 
-def run_throughput(results: Path) -> dict:
-    report = {"date": datetime.date.today().isoformat(), "seq": SEQ, "micro_batch": MICRO_BATCH,
-              "timed_steps": TIMED_STEPS, "model": "Phi-3-mini architecture, random init, bf16, LoRA r=16 all-linear",
+def run_throughput(setup: Setup, results: Path, rehearse: bool) -> dict:
+    report = {"date": datetime.date.today().isoformat(), "seq": setup.seq, "micro_batch": setup.micro_batch,
+              "timed_steps": setup.timed_steps, "rehearsal": rehearse,
+              "model": "Phi-3-mini architecture, random init, bf16, LoRA r=16 all-linear"
+                       + (" (shrunk: a CPU rehearsal, numbers mean nothing)" if rehearse else ""),
               "spec_bf16_tflops": H200_DENSE_BF16_TFLOPS, "contenders": {}}
     import torch
 
-    report["device"] = torch.cuda.get_device_name(0)
-    report["matmul_bf16_tflops"] = matmul_peak_tflops()
-    torch.cuda.empty_cache()
-    for contender in CONTENDERS:
-        done = subprocess.run([sys.executable, __file__, "--child", contender], capture_output=True, text=True,
+    if setup.device == "cuda":
+        report["device"] = torch.cuda.get_device_name(0)
+        report["matmul_bf16_tflops"] = matmul_peak_tflops()
+        torch.cuda.empty_cache()
+    else:
+        report["device"] = "cpu"
+    for contender in setup.contenders:
+        command = [sys.executable, __file__, "--child", contender] + (["--rehearse"] if rehearse else [])
+        done = subprocess.run(command, capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO}"})
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if done.returncode != 0 or not lines:
@@ -214,20 +293,23 @@ def run_throughput(results: Path) -> dict:
             print(f"{contender}: failed\n{done.stderr[-3000:]}", flush=True)
             continue
         result = json.loads(lines[-1][len("RESULT "):])
-        achieved = result["tokens_per_second"] * result["flops_per_token"] / 1e12
-        result["mfu_vs_spec"] = achieved / H200_DENSE_BF16_TFLOPS
-        result["mfu_vs_measured_matmul"] = achieved / report["matmul_bf16_tflops"]
+        if "matmul_bf16_tflops" in report:
+            achieved = result["tokens_per_second"] * result["flops_per_token"] / 1e12
+            result["mfu_vs_spec"] = achieved / H200_DENSE_BF16_TFLOPS
+            result["mfu_vs_measured_matmul"] = achieved / report["matmul_bf16_tflops"]
         report["contenders"][contender] = result
-        print(f"{contender}: {result['tokens_per_second']:.0f} tokens/s, peak {result['peak_memory_gib']:.1f} GiB, "
-              f"MFU {result['mfu_vs_spec']:.1%} of spec / {result['mfu_vs_measured_matmul']:.1%} of measured matmul, "
-              f"largest micro-batch {result['largest_micro_batch']}", flush=True)
+        mfu = (f"MFU {result['mfu_vs_spec']:.1%} of spec / {result['mfu_vs_measured_matmul']:.1%} of measured "
+               "matmul, " if "mfu_vs_spec" in result else "")
+        print(f"{contender}: {result['tokens_per_second']:.0f} tokens/s, peak {result['peak_memory_gib']:.2f} GiB, "
+              f"{mfu}largest micro-batch {result['largest_micro_batch']}, train loss {result['train_loss']:.4f}",
+              flush=True)
     best = report["contenders"].get("trl_best", {})
-    for name, result in report["contenders"].items():
+    for result in report["contenders"].values():
         if "tokens_per_second" in result and "tokens_per_second" in best:
             result["speed_vs_trl_best"] = result["tokens_per_second"] / best["tokens_per_second"]
             result["memory_vs_trl_best"] = result["peak_memory_gib"] / best["peak_memory_gib"]
     results.mkdir(parents=True, exist_ok=True)
-    path = results / f"h200-{report['date']}.json"
+    path = results / f"{setup.report_prefix}-{report['date']}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
     return report
@@ -247,17 +329,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part", nargs="+", choices=["throughput", *TESTS], default=["throughput", *TESTS])
     parser.add_argument("--child", choices=CONTENDERS)
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--rehearse", action="store_true",
+                        help="run the suite's code on the CPU with a shrunk model (CI); its numbers mean nothing")
     args = parser.parse_args(argv)
-    if not cuda_available():
+    if not args.rehearse and not cuda_available():
         print("skipped: no CUDA")
         return 0
+    setup = REHEARSAL if args.rehearse else H200
     if args.child:
-        child(args.child, Path("/tmp") / f"gpu_suite_{args.child}")
+        child(args.child, setup, Path("/tmp") / f"gpu_suite_{args.child}")
         return 0
     status = 0
     for part in args.part:
         if part == "throughput":
-            run_throughput(args.results)
+            run_throughput(setup, args.results, args.rehearse)
         else:
             status = run_tests(part) or status
     return status

@@ -1,0 +1,69 @@
+"""The GPU suite without a GPU: it starts and skips cleanly through its real entry points, and its rehearsal
+runs every step of the throughput part on the CPU, so that a mistake in it shows here and not in a short
+device run."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import COMPONENTS_DIR
+
+REPO = COMPONENTS_DIR.parent
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_cuda(), reason="this machine has CUDA: the suite would run, not skip")
+@pytest.mark.parametrize("command", [
+    [sys.executable, "benchmarks/gpu_suite.py"],
+    ["bash", "benchmarks/gpu_suite.sh", "throughput", "zero3"],
+    ["bash", "benchmarks/gpu_suite.sh", "quant"],
+])
+def test_gpu_suite_skips_without_cuda(command):
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={"PATH": f"{REPO / '.venv' / 'bin'}:{sys.executable.rsplit('/', 1)[0]}:/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "skipped: no CUDA"
+
+
+def test_mfu_flop_count():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_suite import flops_per_token
+
+    # 4 x params per token for LoRA, plus causal attention 6 x layers x seq x hidden.
+    assert flops_per_token(params=10, layers=2, hidden=3, seq=5) == 4 * 10 + 6 * 2 * 5 * 3
+
+
+def test_rehearsal_runs_the_suite_on_the_cpu(tmp_path):
+    done = subprocess.run([sys.executable, "benchmarks/gpu_suite.py", "--rehearse", "--part", "throughput", "zero3",
+                           "quant", "--results", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_suite import REHEARSAL
+
+    (report_path,) = tmp_path.glob("rehearsal-*.json")
+    report = json.loads(report_path.read_text())
+    contenders = report["contenders"]
+    assert set(contenders) == {"trl_best", "component"}, contenders
+    for name, result in contenders.items():
+        assert "error" not in result, (name, result.get("error"))
+        # Every timed step carried the full micro-batch, unpadded, and learned from the same tokens.
+        assert result["tokens_per_step"] == [REHEARSAL.micro_batch * REHEARSAL.seq] * REHEARSAL.timed_steps
+        assert result["tokens_per_second"] > 0 and result["peak_memory_gib"] > 0
+        assert result["largest_micro_batch"] == max(REHEARSAL.probe_batches)
+        assert math.isfinite(result["train_loss"])
+    # Same model, data, objective and learning rate: the contenders differ in speed, not in what they compute.
+    assert contenders["component"]["loss_tokens_per_step"] == contenders["trl_best"]["loss_tokens_per_step"]
+    assert contenders["component"]["train_loss"] == pytest.approx(contenders["trl_best"]["train_loss"], rel=1e-4)
+    assert contenders["component"]["speed_vs_trl_best"] > 0
+    # The GPU tests' selections exist (pytest exits 5 when -k selects nothing); here they skip without CUDA.
+    assert done.stdout.count("skipped") >= 2, done.stdout
