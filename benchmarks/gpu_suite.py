@@ -269,6 +269,13 @@ def largest_micro_batch(trainer, setup: Setup) -> int:
     return fits
 
 
+def child_environment() -> dict[str, str]:
+    """This process's environment with the repository importable. PYTHONPATH is extended, never replaced:
+    on the device machine it holds the carried wheels (benchmarks/gpu_suite.sh installs them in /tmp/site)."""
+    path = [str(REPO / "src"), str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(path))}
+
+
 def run_throughput(setup: Setup, results: Path, rehearse: bool) -> dict:
     report = {"date": datetime.date.today().isoformat(), "seq": setup.seq, "micro_batch": setup.micro_batch,
               "timed_steps": setup.timed_steps, "rehearsal": rehearse,
@@ -286,7 +293,7 @@ def run_throughput(setup: Setup, results: Path, rehearse: bool) -> dict:
     for contender in setup.contenders:
         command = [sys.executable, __file__, "--child", contender] + (["--rehearse"] if rehearse else [])
         done = subprocess.run(command, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO}"})
+                              env=child_environment())
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if done.returncode != 0 or not lines:
             report["contenders"][contender] = {"error": done.stderr[-3000:]}
@@ -321,14 +328,15 @@ TESTS = {"zero3": "zero3", "quant": "quantized"}  # part -> pytest -k expression
 def run_tests(part: str) -> int:
     """The GPU-only tests CI skips: they train (the loss goes down) and merge (parity passes)."""
     return subprocess.call([sys.executable, "-m", "pytest", "tests/finetune/test_gpu.py", "-q", "-p", "no:cacheprovider",
-                            "-rs", "-k", TESTS[part]], cwd=REPO, env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO}"})
+                            "-rs", "-k", TESTS[part]], cwd=REPO, env=child_environment())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", nargs="+", choices=["throughput", *TESTS], default=["throughput", *TESTS])
     parser.add_argument("--child", choices=CONTENDERS)
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--results", type=Path,
+                        help="where the report goes (default benchmarks/results; a rehearsal's: a temporary folder)")
     parser.add_argument("--rehearse", action="store_true",
                         help="run the suite's code on the CPU with a shrunk model (CI); its numbers mean nothing")
     args = parser.parse_args(argv)
@@ -336,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         print("skipped: no CUDA")
         return 0
     setup = REHEARSAL if args.rehearse else H200
+    if args.results is None:
+        import tempfile
+
+        args.results = Path(tempfile.mkdtemp(prefix="gpu_suite_")) if args.rehearse else REPO / "benchmarks" / "results"
     if args.child:
         child(args.child, setup, Path("/tmp") / f"gpu_suite_{args.child}")
         return 0

@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
 # The GPU suite, run on the device machine from the repository root (see benchmarks/gpu_suite.py).
-# Two calls, because bitsandbytes does not fit in the same 64 MiB carry as the rest (tools/gpu_wheels.sh):
-#   call 1, carry [".whl/core"]:  bash benchmarks/gpu_suite.sh throughput zero3   (budget: <= 7 min on one H200)
-#   call 2, carry [".whl/quant"]: bash benchmarks/gpu_suite.sh quant              (budget: <= 2 min)
+# One call, carry [".whl/gpu"] (tools/gpu_wheels.sh makes it, 53 MiB):
+#   bash benchmarks/gpu_suite.sh throughput zero3 quant     (budget: <= 8 min on one H200)
+# Rehearsed on the CPU in CI: python benchmarks/gpu_suite.py --rehearse (tests/finetune/test_gpu_suite_offline.py).
 # Results: benchmarks/results/h200-<date>.json (copied to $OUT when set, so it comes back).
-# Without CUDA it prints "skipped: no CUDA" and exits 0.
+# Without CUDA it prints "skipped: no CUDA" and exits 0. GPU_SUITE_REHEARSE=1 runs it all on the CPU instead
+# (carried wheels included: build them with PYVER=<this Python> tools/gpu_wheels.sh), to try the carry here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-parts=("${@:-throughput}")
-if ! python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+parts=("${@:-throughput}")  # throughput zero3 quant
+rehearse=()
+if [ "${GPU_SUITE_REHEARSE:-0}" = 1 ]; then
+  rehearse=(--rehearse)
+elif ! python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   exec python3 benchmarks/gpu_suite.py --part "${parts[@]}"  # prints "skipped: no CUDA", exits 0
 fi
-for set in .whl/core .whl/quant; do
-  if ls "$set"/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$set"/*.whl
-  fi
-done
+wheels=${GPU_SUITE_WHEELS:-.whl/gpu}
+if ls "$wheels"/*.whl >/dev/null 2>&1; then
+  rm -rf /tmp/site
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$wheels"/*.whl
+else
+  echo "no $wheels: run tools/gpu_wheels.sh here and carry .whl/gpu" >&2
+  exit 2
+fi
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 status=0
-python3 benchmarks/gpu_suite.py --part "${parts[@]}" || status=$?
+python3 benchmarks/gpu_suite.py --part "${parts[@]}" "${rehearse[@]}" || status=$?
 if [ -n "${OUT:-}" ] && ls benchmarks/results/h200-*.json >/dev/null 2>&1; then
   cp benchmarks/results/h200-*.json "$OUT"/
 fi

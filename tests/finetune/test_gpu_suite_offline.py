@@ -43,6 +43,15 @@ def test_mfu_flop_count():
     assert flops_per_token(params=10, layers=2, hidden=3, seq=5) == 4 * 10 + 6 * 2 * 5 * 3
 
 
+def test_children_keep_the_carried_packages(monkeypatch):
+    """On the device the carried wheels are on PYTHONPATH; a child that lost them would skip or fail."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_suite import child_environment
+
+    monkeypatch.setenv("PYTHONPATH", "/tmp/site")
+    assert child_environment()["PYTHONPATH"].split(":") == [str(REPO / "src"), str(REPO), "/tmp/site"]
+
+
 def test_rehearsal_runs_the_suite_on_the_cpu(tmp_path):
     done = subprocess.run([sys.executable, "benchmarks/gpu_suite.py", "--rehearse", "--part", "throughput", "zero3",
                            "quant", "--results", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
