@@ -611,11 +611,11 @@ def _wait(processes, first_log: Path, start: float, name: str, out: TextIO, stre
     offset = 0
     while True:
         codes = [process.poll() for process in processes]
+        if stream:  # after the poll: a process that has ended has written all it will, the last lines included
+            offset = _echo_new(first_log, offset, out)
         for rank, code in enumerate(codes):
             if code not in (None, 0):
                 return rank, code
-        if stream:
-            offset = _echo_new(first_log, offset, out)
         if all(code == 0 for code in codes):
             return None
         live = tick() if tick is not None else False

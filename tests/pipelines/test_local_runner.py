@@ -292,6 +292,22 @@ def test_a_failing_step_stops_the_run_with_name_code_and_log_tail(fake_repo, tmp
     assert status == {"failing": "FAILED", "produced": "FINISHED", "broken": "FAILED"}
 
 
+def test_a_failing_step_with_stream_echoes_its_last_lines(fake_repo, tmp_path):
+    """--stream shows the log as it grows; a step that fails shows its last words too, not only the tail."""
+    from azure.ai.ml import dsl
+
+    make, fail = fakes.load(fake_repo, "make"), fakes.load(fake_repo, "fail")
+
+    @dsl.pipeline(name="failing_streamed")
+    def pipeline(text):
+        fail(data=make(text=text).outputs.data)
+
+    out = io.StringIO()
+    with pytest.raises(StepFailed):
+        run_pipeline(pipeline(text="x"), workdir=tmp_path, tracking_uri=None, out=out, stream=True)
+    assert "something went wrong: bad row 7" in out.getvalue()
+
+
 def test_live_progress_comes_from_the_steps_progress_file(fake_repo, tmp_path):
     from azure.ai.ml import dsl
 
