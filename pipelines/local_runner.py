@@ -738,22 +738,33 @@ REGISTERED_MODELS_DIR = Path(".maap") / "registered"
 
 def registered_model_folder(uri: str, tracking_uri: str, cache_dir: Path | str = REGISTERED_MODELS_DIR) -> Path:
     """The folder of a model in the local MLflow registry (`models:/<name>/<version>`), downloaded once:
-    what the local run passes as model_path to chain runs (DPO on a registered SFT model)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    what the local run passes as model_path to chain runs (DPO on a registered SFT model).
 
+    The cache is keyed by the store as well as the name and version: two stores each hold their own
+    `models:/maap-finetuned/1`. The store is the registry too, as it is for the pipeline's Register step."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    store = absolute_tracking_uri(tracking_uri, Path.cwd())
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", uri[len("models:/"):]).strip("-")
-    folder = Path(cache_dir).resolve() / name
+    folder = Path(cache_dir).resolve() / f"{name}-{hashlib.sha256(store.encode()).hexdigest()[:12]}"
     if (folder / "MLmodel").is_file():
         return folder
     staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging), tracking_uri=tracking_uri)
+        # Resolved with a client of this store: a models:/ download asks the process-wide registry instead.
+        client = MlflowClient(tracking_uri=store, registry_uri=store)
+        found = get_model_name_and_version(client, uri)  # (name, version), or (model id,) for models:/m-...
+        source = (client.get_logged_model(found[0]).artifact_location if len(found) == 1
+                  else client.get_model_version_download_uri(*found))
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging), tracking_uri=store)
     except MlflowException as err:
         shutil.rmtree(staging, ignore_errors=True)
-        raise UserError(f"model_path {uri}: not in the MLflow registry at {tracking_uri} ({err.message})") from None
+        raise UserError(f"model_path {uri}: not in the MLflow registry at {store} ({err.message})") from None
     if not (Path(local) / "MLmodel").is_file():
         shutil.rmtree(staging, ignore_errors=True)
         raise UserError(f"model_path {uri}: the registered version is not an MLflow model folder (no MLmodel)")
