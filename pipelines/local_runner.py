@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from maap_finetune.common.errors import UserError
-from maap_finetune.common.progress import PROGRESS_ENV, PROGRESS_FILE, ProgressDisplay
+from maap_finetune.common.progress import PROGRESS_ENV, PROGRESS_FILE, ProgressDisplay, read_new_bytes
 
 # Input overrides for the local run, applied only where the user did not --set the same key, and
 # printed at the start of the run. Why each one:
@@ -629,12 +629,8 @@ def _wait(processes, first_log: Path, start: float, name: str, out: TextIO, stre
 
 
 def _echo_new(path: Path, offset: int, out: TextIO) -> int:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            data = handle.read()
-    except OSError:
-        return offset
+    """Write what the log gained since `offset`, partial lines too (--stream shows output as it comes)."""
+    data = read_new_bytes(path, offset)
     if data:
         out.write(data.decode("utf-8", errors="replace"))
         out.flush()
