@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from maap_finetune.common.errors import UserError
-from maap_finetune.common.progress import PROGRESS_ENV, PROGRESS_FILE, ProgressDisplay
+from maap_finetune.common.progress import PROGRESS_ENV, PROGRESS_FILE, ProgressDisplay, read_new_bytes
 
 # Input overrides for the local run, applied only where the user did not --set the same key, and
 # printed at the start of the run. Why each one:
@@ -611,11 +611,11 @@ def _wait(processes, first_log: Path, start: float, name: str, out: TextIO, stre
     offset = 0
     while True:
         codes = [process.poll() for process in processes]
+        if stream:  # after the poll: a process that has ended has written all it will, the last lines included
+            offset = _echo_new(first_log, offset, out)
         for rank, code in enumerate(codes):
             if code not in (None, 0):
                 return rank, code
-        if stream:
-            offset = _echo_new(first_log, offset, out)
         if all(code == 0 for code in codes):
             return None
         live = tick() if tick is not None else False
@@ -629,12 +629,8 @@ def _wait(processes, first_log: Path, start: float, name: str, out: TextIO, stre
 
 
 def _echo_new(path: Path, offset: int, out: TextIO) -> int:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            data = handle.read()
-    except OSError:
-        return offset
+    """Write what the log gained since `offset`, partial lines too (--stream shows output as it comes)."""
+    data = read_new_bytes(path, offset)
     if data:
         out.write(data.decode("utf-8", errors="replace"))
         out.flush()
@@ -738,22 +734,33 @@ REGISTERED_MODELS_DIR = Path(".maap") / "registered"
 
 def registered_model_folder(uri: str, tracking_uri: str, cache_dir: Path | str = REGISTERED_MODELS_DIR) -> Path:
     """The folder of a model in the local MLflow registry (`models:/<name>/<version>`), downloaded once:
-    what the local run passes as model_path to chain runs (DPO on a registered SFT model)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    what the local run passes as model_path to chain runs (DPO on a registered SFT model).
 
+    The cache is keyed by the store as well as the name and version: two stores each hold their own
+    `models:/maap-finetuned/1`. The store is the registry too, as it is for the pipeline's Register step."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    store = absolute_tracking_uri(tracking_uri, Path.cwd())
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", uri[len("models:/"):]).strip("-")
-    folder = Path(cache_dir).resolve() / name
+    folder = Path(cache_dir).resolve() / f"{name}-{hashlib.sha256(store.encode()).hexdigest()[:12]}"
     if (folder / "MLmodel").is_file():
         return folder
     staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging), tracking_uri=tracking_uri)
+        # Resolved with a client of this store: a models:/ download asks the process-wide registry instead.
+        client = MlflowClient(tracking_uri=store, registry_uri=store)
+        found = get_model_name_and_version(client, uri)  # (name, version), or (model id,) for models:/m-...
+        source = (client.get_logged_model(found[0]).artifact_location if len(found) == 1
+                  else client.get_model_version_download_uri(*found))
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging), tracking_uri=store)
     except MlflowException as err:
         shutil.rmtree(staging, ignore_errors=True)
-        raise UserError(f"model_path {uri}: not in the MLflow registry at {tracking_uri} ({err.message})") from None
+        raise UserError(f"model_path {uri}: not in the MLflow registry at {store} ({err.message})") from None
     if not (Path(local) / "MLmodel").is_file():
         shutil.rmtree(staging, ignore_errors=True)
         raise UserError(f"model_path {uri}: the registered version is not an MLflow model folder (no MLmodel)")

@@ -5,8 +5,10 @@
     python pipelines/submit.py --maas --dry-run --model ... --set train_data=chats.jsonl   # print the job, no network
 
 Data Prep runs here first, with the same checks and the same report as the pipeline's first step, so
-bad rows fail before anything is uploaded or paid for. The prepared train and validation splits are
-uploaded as data assets (versioned by content) and a chat-completion job is created with
+bad rows fail before anything is uploaded or paid for. It runs as the local runner runs any pipeline
+node: its YAML command rendered as text and run with `bash -c` in a snapshot of its code, so a value
+quoted wrongly for Azure fails here too. The prepared train and validation splits are uploaded as data
+assets (versioned by content) and a chat-completion job is created with
 `azure.ai.ml.finetuning.create_finetuning_job`. Serverless fine-tuning offers only a few knobs:
 `HYPERPARAMETERS` maps ours to the service's names (those of the azure-ai-ml samples); any other input
 is an error that says what to do instead.
@@ -19,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,8 +29,6 @@ from typing import Any
 
 from maap_finetune.common.errors import ConfigErrors, UserError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_PREP_SCRIPT = REPO_ROOT / "components" / "data_prep" / "data_prep.py"
 # Our input -> the serverless job's hyperparameter (names as in the azureml-examples MaaS notebook and CLI sample).
 HYPERPARAMETERS = {
     "epochs": "num_train_epochs",
@@ -54,7 +53,7 @@ NOT_OFFERED = {
 @dataclass
 class MaasPlan:
     model: str
-    data_prep_argv: list[str]
+    data_prep_inputs: dict[str, Any]  # Data Prep's inputs set here (converted); the rest take the YAML defaults
     hyperparameters: dict[str, str]
     output_model_name_prefix: str
     experiment: str
@@ -65,7 +64,7 @@ def _format(value: Any) -> str:
     return format(value, ".10g") if isinstance(value, float) else str(value)
 
 
-def plan(args: argparse.Namespace, workdir: Path) -> MaasPlan:
+def plan(args: argparse.Namespace) -> MaasPlan:
     """Check the CLI for a serverless job and map its inputs; collect every problem first. No network."""
     from pipelines.factory import PIPELINE_INPUTS, convert_value, input_spec, load_step_component, parse_set_options
 
@@ -133,45 +132,52 @@ def plan(args: argparse.Namespace, workdir: Path) -> MaasPlan:
         from pipelines.factory import NO_TRAINING_DATA, SAMPLE_DATA
 
         if getattr(args, "sample_data", False):
-            data_prep_values["train_data"] = str(SAMPLE_DATA)
+            data_prep_values["train_data"] = convert_value("--sample-data", input_spec("data_prep", "train_data"),
+                                                           str(SAMPLE_DATA))
         else:
             problems.append(NO_TRAINING_DATA)
     if problems:
         raise ConfigErrors(problems, header="cannot plan the serverless fine-tuning job")
-    argv = data_prep_argv(data_prep_values, workdir)
     notes = [] if hyperparameters else ["no epochs/learning_rate/per_device_train_batch_size set: the service "
                                         "picks its defaults for the model"]
-    return MaasPlan(model=args.model, data_prep_argv=argv, hyperparameters=hyperparameters,
+    return MaasPlan(model=args.model, data_prep_inputs=data_prep_values, hyperparameters=hyperparameters,
                     output_model_name_prefix=prefix, experiment=args.experiment, notes=notes)
 
 
-def data_prep_argv(values: dict[str, Any], workdir: Path) -> list[str]:
-    """Data Prep's command line: the component YAML's defaults, overridden by `values`."""
-    from pipelines.factory import load_step_component
+def data_prep_step(values: dict[str, Any]):
+    """Data Prep with `values` as a one-node pipeline, planned by the local runner like any pipeline node."""
+    from azure.ai.ml import dsl
 
-    argv: list[str] = []
-    for name, spec in load_step_component("data_prep").inputs.items():
-        value = values.get(name, getattr(spec, "default", None))
-        if value is None:
-            continue
-        value = getattr(value, "path", value)  # Input(...) -> its path
-        argv += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
-    return argv + ["--prepared_data", str(workdir / "prepared_data"), "--data_report", str(workdir / "data_report")]
+    from pipelines.factory import load_step_component
+    from pipelines.local_runner import plan_pipeline
+
+    component = load_step_component("data_prep")
+
+    @dsl.pipeline(name="maas_data_prep", display_name="Data Prep for serverless fine-tuning")
+    def maas_data_prep():
+        data_prep = component(**values)  # the DSL names the node after this variable
+        return {"prepared_data": data_prep.outputs.prepared_data}
+
+    (step,) = plan_pipeline(maas_data_prep())
+    return step
 
 
 def run_data_prep(maas_plan: MaasPlan, workdir: Path, tracking_uri: str) -> tuple[Path, Path]:
-    """Data Prep in a subprocess, as the pipeline runs it; its report prints here. Returns train, validation."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT / "src"), env.get("PYTHONPATH")]))
-    env.setdefault("MLFLOW_TRACKING_URI", tracking_uri)
+    """Data Prep through the local runner, as `--local` runs it; its log prints here. Returns train, validation."""
+    from pipelines.local_runner import StepFailed, run_step, sigterm_unwinds
+
+    step = data_prep_step(maas_plan.data_prep_inputs)
+    # A store named in the environment wins, as it does for Data Prep run by hand.
+    env = {} if os.environ.get("MLFLOW_TRACKING_URI") else {"MLFLOW_TRACKING_URI": tracking_uri}
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"data prep (here, before anything is uploaded): {workdir}", flush=True)
-    done = subprocess.run([sys.executable, str(DATA_PREP_SCRIPT), *maas_plan.data_prep_argv], env=env,
-                          cwd=DATA_PREP_SCRIPT.parent, check=False)
-    if done.returncode != 0:
-        raise UserError(f"Data Prep stopped (exit code {done.returncode}; see above); nothing was uploaded or "
-                        "submitted. Fix the data, or --set on_invalid=skip to drop the bad rows")
-    prepared = workdir / "prepared_data"
+    try:
+        with sigterm_unwinds():
+            result = run_step(step, workdir / step.name, {}, env=env, stream=True, out=sys.stdout)
+    except StepFailed as err:
+        raise UserError(f"Data Prep stopped (exit code {err.exit_code}; see above, log: {err.log_path}); nothing was "
+                        "uploaded or submitted. Fix the data, or --set on_invalid=skip to drop the bad rows") from None
+    prepared = result.outputs["prepared_data"]
     meta = json.loads((prepared / "metadata.json").read_text(encoding="utf-8"))
     splits = meta["splits"]
     if splits["validation"]["rows"] == 0:
@@ -235,8 +241,8 @@ def run(args: argparse.Namespace, connect) -> int:
     from pipelines.submit import azure_errors
 
     workdir = Path.cwd() / "runs" / f"maas-{time.strftime('%Y%m%d-%H%M%S')}"
-    maas_plan = plan(args, workdir)
-    # Absolute, as the local runner makes it: Data Prep runs in its component folder, not here.
+    maas_plan = plan(args)
+    # Absolute, as the local runner makes it: Data Prep runs in its snapshot folder, not here.
     from pipelines.local_runner import DEFAULT_TRACKING_URI, absolute_tracking_uri
 
     tracking_uri = absolute_tracking_uri(args.tracking_uri or DEFAULT_TRACKING_URI, Path.cwd())

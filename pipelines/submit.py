@@ -180,14 +180,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def settings_from_args(
-    args: argparse.Namespace, *, require_base_model: bool = True, require_training_data: bool = True, inputs=None, step_inputs=None
+    args: argparse.Namespace, *, require_base_model: bool = True, require_training_data: bool = True, inputs=None,
+    step_inputs=None, sweep=None,
 ):
-    """PipelineSettings from the CLI; `inputs`/`step_inputs` default to those parsed from --set."""
+    """PipelineSettings from the CLI; `inputs`/`step_inputs` default to those parsed from --set, `sweep` to the
+    one read from --sweep/--sweep-set (run_local reads it first, and passes it)."""
     from pipelines.factory import SAMPLE_DATA, PipelineSettings, parse_set_options
     from pipelines.sweep import sweep_from_args
 
     if inputs is None:
         inputs, step_inputs = parse_set_options(args.set)
+    if sweep is None:
+        sweep = sweep_from_args(getattr(args, "sweep", None), getattr(args, "sweep_set", []))
     if getattr(args, "sample_data", False) and not (inputs.get("train_data") or inputs.get("train_folder")):
         inputs = {**inputs, "train_data": str(SAMPLE_DATA)}
     return PipelineSettings(
@@ -202,7 +206,7 @@ def settings_from_args(
         require_training_data=require_training_data,
         hf_token_secret=getattr(args, "hf_token_secret", None),
         register_identity=args.register_identity,
-        sweep=sweep_from_args(getattr(args, "sweep", None), getattr(args, "sweep_set", [])),
+        sweep=sweep,
     )
 
 
@@ -378,9 +382,11 @@ def submit(args: argparse.Namespace) -> int:
 def run_local(args: argparse.Namespace) -> int:
     from pipelines import local_runner
     from pipelines.factory import REPO_ROOT, SAMPLE_DATA, PipelineSettings, build_pipeline, parse_set_options
+    from pipelines.sweep import STEP, swept_inputs, sweep_from_args
 
     workdir = Path.cwd()
     inputs, step_inputs = parse_set_options(args.set)
+    sweep = sweep_from_args(args.sweep, args.sweep_set)  # read once: LOCAL_PROFILE leaves the swept inputs alone
     if str(inputs.get("model_path") or "").startswith("models:/"):  # chaining: a model this registry holds
         uri = inputs["model_path"]
         tracking_uri = local_runner.absolute_tracking_uri(args.tracking_uri or local_runner.DEFAULT_TRACKING_URI,
@@ -391,10 +397,7 @@ def run_local(args: argparse.Namespace) -> int:
     uses_tiny_model = not inputs.get("model_path") and not inputs.get("model_name")
     applied: dict = {}
     if uses_tiny_model:  # LOCAL_PROFILE suits the tiny random model only; a real base model gets the YAML defaults
-        from pipelines.sweep import STEP, input_name, sweep_from_args
-
-        swept = {input_name(n) for n in sweep_from_args(args.sweep, args.sweep_set).search_space} if (
-            args.sweep or args.sweep_set) else set()
+        swept = swept_inputs(sweep)
         profile = {k: v for k, v in local_runner.LOCAL_PROFILE.items() if k not in swept | {f"{STEP}.{n}" for n in swept}}
         inputs, step_inputs, applied = local_runner.apply_local_profile(inputs, step_inputs, profile)
     if not inputs.get("train_data") and not inputs.get("train_folder"):
@@ -402,7 +405,8 @@ def run_local(args: argparse.Namespace) -> int:
         print(f"training data: {SAMPLE_DATA.relative_to(REPO_ROOT)} (the sample; --set train_data=... to change)")
 
     def settings(require_base_model: bool) -> PipelineSettings:
-        from_args = settings_from_args(args, require_base_model=require_base_model, inputs=inputs, step_inputs=step_inputs)
+        from_args = settings_from_args(args, require_base_model=require_base_model, inputs=inputs, step_inputs=step_inputs,
+                                       sweep=sweep)
         return dataclasses.replace(from_args, compute=None, cpu_compute=None)  # no clusters on this machine
 
     build_pipeline(settings(require_base_model=False))  # every problem in the user's values, before the tiny model

@@ -292,6 +292,22 @@ def test_a_failing_step_stops_the_run_with_name_code_and_log_tail(fake_repo, tmp
     assert status == {"failing": "FAILED", "produced": "FINISHED", "broken": "FAILED"}
 
 
+def test_a_failing_step_with_stream_echoes_its_last_lines(fake_repo, tmp_path):
+    """--stream shows the log as it grows; a step that fails shows its last words too, not only the tail."""
+    from azure.ai.ml import dsl
+
+    make, fail = fakes.load(fake_repo, "make"), fakes.load(fake_repo, "fail")
+
+    @dsl.pipeline(name="failing_streamed")
+    def pipeline(text):
+        fail(data=make(text=text).outputs.data)
+
+    out = io.StringIO()
+    with pytest.raises(StepFailed):
+        run_pipeline(pipeline(text="x"), workdir=tmp_path, tracking_uri=None, out=out, stream=True)
+    assert "something went wrong: bad row 7" in out.getvalue()
+
+
 def test_live_progress_comes_from_the_steps_progress_file(fake_repo, tmp_path):
     from azure.ai.ml import dsl
 
@@ -509,3 +525,43 @@ def test_ensure_tiny_model_builds_once_and_reuses(tmp_path, monkeypatch):
     # A different seed is a different model: rebuilt.
     local_runner.ensure_tiny_model(tmp_path / "cache" / "tiny", seed=1, out=io.StringIO())
     assert len(calls) == 2
+
+
+def _store_with_model(tmp_path: Path, label: str, empty_db: Path) -> str:
+    """A SQLite MLflow store whose registry holds models:/maap-finetuned/1, a folder saying `label`."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    shutil.copy(empty_db, tmp_path / f"{label}.db")
+    uri = f"sqlite:///{tmp_path / label}.db"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.create_experiment("register", artifact_location=str(tmp_path / f"{label}-artifacts"))
+    run_id = client.create_run(experiment).info.run_id
+    model = tmp_path / f"{label}-model"
+    model.mkdir()
+    (model / "MLmodel").write_text("flavors: {}\n")
+    (model / "which.txt").write_text(label)
+    client.log_artifacts(run_id, str(model), "model")
+    client.create_registered_model("maap-finetuned")
+    assert client.create_model_version("maap-finetuned", f"runs:/{run_id}/model", run_id=run_id).version == 1
+    return uri
+
+
+def test_registered_model_folder_caches_each_store_apart(tmp_path, empty_mlflow_db, monkeypatch):
+    """Two stores both hold models:/maap-finetuned/1; each resolves to its own model, also from the cache."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # the store passed in decides, not the environment
+        monkeypatch.delenv(name, raising=False)
+    stores = {label: _store_with_model(tmp_path, label, empty_mlflow_db) for label in ("sft", "other")}
+    cache = tmp_path / "registered"
+    for _ in range(2):  # the second round comes from the cache
+        folders = {label: local_runner.registered_model_folder("models:/maap-finetuned/1", uri, cache)
+                   for label, uri in stores.items()}
+        assert {label: (folder / "which.txt").read_text() for label, folder in folders.items()} == {
+            "sft": "sft", "other": "other"}
+    assert len(list(cache.iterdir())) == 2
+    # A relative sqlite URI names the same store as its absolute form, so it finds the same cache entry.
+    assert local_runner.registered_model_folder("models:/maap-finetuned/1", "sqlite:///sft.db", cache) == folders["sft"]
+    with pytest.raises(UserError, match="models:/maap-finetuned/2: not in the MLflow registry at sqlite:///"):
+        local_runner.registered_model_folder("models:/maap-finetuned/2", stores["sft"], cache)

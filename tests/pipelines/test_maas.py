@@ -92,6 +92,27 @@ def test_inputs_serverless_fine_tuning_does_not_offer_are_errors_before_anything
     assert "Traceback" not in err
 
 
+def test_free_text_reaches_data_prep_through_the_components_own_command(workspace, tmp_path, capfd):
+    """Data Prep runs as the pipeline's node does: its YAML command rendered and run by bash, so the
+    YAML's quoting carries a value with spaces, parentheses, ; and $ through whole."""
+    text = "Answer in one line (two at most); never print $HOME"
+    rc = submit.main(["--dry-run", *_argv(tmp_path, "--set", f"data_prep.system_prompt={text}")])
+    out = capfd.readouterr().out
+    assert rc == 0
+    (command_file,) = (tmp_path / "runs").glob("maas-*/data_prep/command.json")
+    assert f"--system_prompt '{text}'" in json.loads(command_file.read_text())["command"]
+    train = Path(json.loads(out[out.index("{"):])["properties"]["fineTuningDetails"]["trainingData"]["uri"])
+    rows = [json.loads(line) for line in train.read_text(encoding="utf-8").splitlines()]
+    assert any(row["messages"][0] == {"role": "system", "content": text} for row in rows)  # rows that had none
+
+
+def test_a_value_no_command_line_can_carry_is_refused_as_the_pipeline_refuses_it(workspace, tmp_path, capfd):
+    rc = submit.main(["--dry-run", *_argv(tmp_path, "--set", "data_prep.system_prompt=Don't guess")])
+    err = capfd.readouterr().err
+    assert rc == 2 and not (tmp_path / "runs").exists()
+    assert "--set data_prep.system_prompt contains a single quote (')" in err and "templates_file" in err
+
+
 def test_bad_rows_stop_before_any_upload(workspace, tmp_path, capfd):
     bad = tmp_path / "bad.jsonl"
     good = SAMPLE_TOOLS.read_text(encoding="utf-8").splitlines()
@@ -101,9 +122,10 @@ def test_bad_rows_stop_before_any_upload(workspace, tmp_path, capfd):
     bad.write_text("\n".join([*good[1:], json.dumps(row)]) + "\n", encoding="utf-8")
     rc = submit.main(["--maas", "--model", MODEL, "--set", f"train_data={bad}",
                       "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}"])
-    err = capfd.readouterr().err
+    out, err = capfd.readouterr()
     assert rc == 2 and not workspace.connect.called
     assert "Data Prep stopped" in err and "nothing was uploaded or submitted" in err
+    assert "arguments" in out  # Data Prep's own report of the bad row, echoed from its log
 
 
 def test_no_training_data_is_refused_and_the_default_store_is_in_the_working_folder(workspace, tmp_path, capfd,

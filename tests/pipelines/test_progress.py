@@ -5,7 +5,13 @@ from __future__ import annotations
 import io
 import json
 
-from maap_finetune.common.progress import ProgressDisplay, ProgressTail, ProgressWriter, format_progress
+from maap_finetune.common.progress import (
+    ProgressDisplay,
+    ProgressTail,
+    ProgressWriter,
+    format_progress,
+    read_new_bytes,
+)
 
 
 def test_format_progress_shows_step_loss_throughput_and_eta():
@@ -28,6 +34,22 @@ def test_tail_returns_complete_records_only(tmp_path):
         handle.write('_steps": 2}\n')
     assert tail.read() == [{"step": 2, "max_steps": 2}]
     assert not ProgressWriter(None).enabled  # outside the runner: MAAP_PROGRESS_FILE unset, nothing written
+
+
+def test_the_tail_and_the_streamed_log_share_one_reader(tmp_path):
+    """read_new_bytes serves both: the progress tail keeps a partial line back, --stream's echo shows it."""
+    from pipelines.local_runner import _echo_new
+
+    path = tmp_path / "std_log.txt"
+    assert read_new_bytes(path, 0) == b""  # not created yet
+    path.write_bytes(b"loading\nstep 1 of")
+    assert read_new_bytes(path, 8) == b"step 1 of"
+    out = io.StringIO()
+    assert _echo_new(path, 0, out) == 17 and out.getvalue() == "loading\nstep 1 of"  # partial line and all
+    with open(path, "ab") as handle:
+        handle.write(b" 2\n")
+    assert _echo_new(path, 17, out) == 20 and out.getvalue() == "loading\nstep 1 of 2\n"
+    assert _echo_new(tmp_path / "missing.txt", 5, out) == 5
 
 
 def test_display_updates_one_line_on_a_terminal(tmp_path):

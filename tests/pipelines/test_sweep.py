@@ -153,3 +153,31 @@ def test_dry_run_shows_the_sweep_node_and_a_bad_sweep_exits_2(capsys):
     assert node["limits"] == {"max_total_trials": 4}
     assert submit.main(["--dry-run", "--sample-data", "--sweep-set", "lora_r=choice(8,16)", "--set", "lora_r=8"]) == 2
     assert "'lora_r' is both set (--set) and swept" in capsys.readouterr().err
+
+
+def test_local_reads_the_sweep_once_and_keeps_the_swept_inputs_out_of_the_profile(monkeypatch, tmp_path, capsys):
+    """run_local reads --sweep/--sweep-set once, and the pipeline it runs sweeps what the user asked."""
+    from pipelines import local_runner, submit, sweep
+
+    monkeypatch.chdir(tmp_path)
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    monkeypatch.setattr(local_runner, "ensure_tiny_model", lambda cache_dir, **kw: tiny)
+    reads = []
+    monkeypatch.setattr(sweep, "load_sweep_file", lambda path: reads.append(path) or load_sweep_file(path))
+    ran = {}
+
+    def fake_run(job, **kwargs):
+        ran["job"] = job
+        return local_runner.LocalRunResult("rid", tmp_path / "runs" / "rid", "sqlite:////x/mlruns.db", "maap-finetune",
+                                           "parent", {}, 1.0)
+
+    monkeypatch.setattr(local_runner, "run_pipeline", fake_run)
+    path = tmp_path / "sweep.yaml"
+    path.write_text("search_space:\n  learning_rate: {type: choice, values: [0.001, 0.01]}\n")
+    assert submit.main(["--local", "--sweep", str(path), "--sweep-set", "lora_r=[4,8]"]) == 0
+    assert reads == [str(path)]
+    finetune = ran["job"].jobs["finetune"]
+    assert finetune.type == "sweep" and set(finetune.search_space) == {"learning_rate", "lora_r"}
+    profile = capsys.readouterr().out.split("local profile", 1)[1].splitlines()[0]
+    assert "epochs=3" in profile and "learning_rate" not in profile  # swept, so not set by the profile

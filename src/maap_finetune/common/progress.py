@@ -42,6 +42,16 @@ class ProgressWriter:
             handle.write(json.dumps(record, separators=(",", ":")) + "\n")
 
 
+def read_new_bytes(path: str | os.PathLike, offset: int) -> bytes:
+    """What a growing file holds past `offset` (b"" while it does not exist yet); the caller advances its offset."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read()
+    except FileNotFoundError:
+        return b""
+
+
 class ProgressTail:
     """Read the records appended to a progress file since the last call (complete lines only)."""
 
@@ -50,12 +60,7 @@ class ProgressTail:
         self.offset = 0
 
     def read(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.path, "rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read()
-        except FileNotFoundError:
-            return []
+        data = read_new_bytes(self.path, self.offset)
         end = data.rfind(b"\n") + 1
         self.offset += end
         records = []
