@@ -3,8 +3,8 @@
 # suite touches, at the versions .library/device/KINDS.md lists; torch is this machine's 2.13.0 CPU build,
 # the image's is 2.11.0+cu130), the carried wheel set built for this Python, and benchmarks/gpu_suite.sh
 # run through, pip install included, with GPU_SUITE_REHEARSE=1. It shows a wheel missing from the carry
-# (an ImportError) or an import broken by the image's versions before device time is spent. It downloads
-# about 300 MB once (/tmp/gpu_carry_venv is kept); the CUDA paths themselves are not rehearsed.
+# (an ImportError) or an import broken by the image's versions before device time is spent. The venv
+# (/tmp/gpu_carry_venv, kept for the next time) is 1.6 GB, mostly torch; the CUDA paths are not rehearsed.
 #
 #   bash tools/rehearse_gpu_carry.sh
 set -euo pipefail
