@@ -68,6 +68,13 @@ ABLATIONS = {
     "batching: max_tokens_per_batch 1024 (about 4 examples)": {"kind": "component",
                                                                "overrides": {"max_tokens_per_batch": 1024}},
 }
+# Tried on the component with a Trainer argument it has no input for (--trials); kept only if one wins.
+TRIALS = {
+    "trial: optim adamw_torch_fused": {"kind": "component", "overrides": {}, "trainer_args": {"optim": "adamw_torch_fused"}},
+    # Recompiles for every new padding-free batch length: one round shows it (a few minutes).
+    "trial: torch_compile": {"kind": "component", "overrides": {}, "trainer_args": {"torch_compile": True},
+                             "first_round_only": True},
+}
 NOT_RUN = {"kernels: use_liger_kernel true": "Liger's kernels are Triton GPU kernels; not runnable on CPU "
                                              "(benchmarks/gpu_suite.sh measures them on a GPU)"}
 
@@ -204,6 +211,13 @@ def run_component(model_dir: str, prepared: Path, out: Path, spec: dict, facts: 
             peaks.append(_peak_rss_mb())
 
     Trainer.train = train_then_note_peak
+    if spec.get("trainer_args"):
+        import dataclasses
+
+        from maap_finetune.training import builders
+
+        build = builders.build_sft_config
+        builders.build_sft_config = lambda *a, **k: dataclasses.replace(build(*a, **k), **spec["trainer_args"])
     settings = {**{k: v for k, v in SHARED.items()}, **spec["overrides"]}
     summary = load_entry("finetune").main(argv_from_spec(
         "finetune", train_data=prepared, model_path=model_dir, adapter=out / "adapter",
@@ -220,9 +234,19 @@ def _peak_rss_mb() -> float:
 
 
 class _CpuClock:
-    """CPU seconds this process spent inside trainer.train() (robust to other load on shared cores)."""
+    """CPU seconds this process spent inside trainer.train() (robust to other load on shared cores), and its
+    resident memory when training started (what imports and the loaded model hold before any step)."""
 
     spent = 0.0
+    rss_at_train_start_mb = 0.0
+
+
+def _rss_now_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _install_cpu_clock() -> None:
@@ -231,6 +255,7 @@ def _install_cpu_clock() -> None:
     original = Trainer.train
 
     def timed(self, *args, **kwargs):
+        _CpuClock.rss_at_train_start_mb = _rss_now_mb()
         before = resource.getrusage(resource.RUSAGE_SELF)
         try:
             return original(self, *args, **kwargs)
@@ -255,6 +280,7 @@ def child(spec_json: str, model_dir: str, prepared: str, out: str, facts_json: s
     runner = run_component if spec["kind"] == "component" else run_trl
     result = runner(model_dir, Path(prepared), Path(out), spec, facts)
     result["train_cpu_s"] = _CpuClock.spent
+    result["rss_at_train_start_mb"] = _CpuClock.rss_at_train_start_mb
     result["tokens_per_second"] = result["tokens"] / result["train_runtime_s"]
     result["tokens_per_cpu_second"] = result["tokens"] / _CpuClock.spent
     result["tokens_per_step"] = result["tokens"] / result["steps"]
@@ -279,7 +305,8 @@ def spawn(spec: dict, model_dir: Path, prepared: Path, out: Path, facts: dict) -
 # ---------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------
-METRICS = ("tokens_per_second", "tokens_per_cpu_second", "peak_rss_mb", "test_loss", "tokens_per_step")
+METRICS = ("tokens_per_second", "tokens_per_cpu_second", "peak_rss_mb", "rss_at_train_start_mb", "test_loss",
+           "tokens_per_step")
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -318,9 +345,9 @@ def markdown(report: dict) -> str:
         "", f"Note: {report['note']}" if report["note"] else "", "",
         f"Base model (untrained) test loss: {report['base_test_loss']:.4f}. Median over {report['rounds']} "
         "alternated rounds, [min, max] in brackets; ratios are medians against trl_best.", "",
-        "| contender | tokens/s (wall) | tokens per CPU-s | x trl_best (CPU-s) | peak RSS MB | tokens/step "
-        "| test loss | vs trl_best loss |",
-        "|---|---|---|---|---|---|---|---|",
+        "| contender | tokens/s (wall) | tokens per CPU-s | x trl_best (CPU-s) | peak RSS MB | RSS at train start MB "
+        "| tokens/step | test loss | vs trl_best loss |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, s in report["summary"].items():
         def cell(key, fmt):
@@ -331,10 +358,11 @@ def markdown(report: dict) -> str:
         rounds = len(report["runs"][label])
         name = label if rounds == report["rounds"] else f"{label} ({rounds} run{'s' if rounds > 1 else ''})"
         lines.append(f"| {name} | {cell('tokens_per_second', '.0f')} | {cell('tokens_per_cpu_second', '.0f')} | "
-                     f"{ratio:.2f}x | {cell('peak_rss_mb', '.0f')} | {s['tokens_per_step']['median']:.0f} | "
+                     f"{ratio:.2f}x | {cell('peak_rss_mb', '.0f')} | {cell('rss_at_train_start_mb', '.0f')} | "
+                     f"{s['tokens_per_step']['median']:.0f} | "
                      f"{cell('test_loss', '.4f')} | {loss:+.2%} |")
     for label, why in report["not_run"].items():
-        lines.append(f"| {label} | not run: {why} | | | | | | |")
+        lines.append(f"| {label} | not run: {why} | | | | | | | |")
     lines += ["", "trl_defaults uses SFTConfig's defaults (batch 8, lr 2e-5, linear schedule, gradient checkpointing, "
               "loss on every token): a reference, not a like-for-like contender.", ""]
     return "\n".join(lines)
@@ -351,6 +379,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the contenders")
     parser.add_argument("--ablation_rounds", type=int, default=1, help="rounds that also run the ablation rows")
     parser.add_argument("--no_ablations", action="store_true")
+    parser.add_argument("--trials", action="store_true", help="also run the TRIALS rows in every round")
+    parser.add_argument("--only", help="comma-separated contenders to run (default: all)")
     parser.add_argument("--machine", default=re.sub(r"[^A-Za-z0-9_.-]", "-", platform.node()) or "machine")
     parser.add_argument("--note", default="", help="written into the report (such as other load on the machine)")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -379,7 +409,9 @@ def main() -> None:
         report["base_test_loss"] = test_loss(str(model_dir), prepared)
         print(f"{report['data']}; base test loss {report['base_test_loss']:.4f}", flush=True)
         for round_index in range(args.rounds):
-            lineup = dict(CONTENDERS)
+            lineup = {k: v for k, v in CONTENDERS.items() if not args.only or k in args.only.split(",")}
+            if args.trials:
+                lineup.update({k: v for k, v in TRIALS.items() if round_index == 0 or not v.get("first_round_only")})
             if not args.no_ablations and round_index < args.ablation_rounds:
                 lineup.update(ABLATIONS)
             order = list(lineup.items())
