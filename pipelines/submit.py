@@ -8,7 +8,8 @@
     python pipelines/submit.py --validate                       # every component + the pipeline, offline
     python pipelines/submit.py --local                          # same pipeline here: tiny model, sample data
     python pipelines/submit.py --local --sweep-set "learning_rate=choice(0.001,0.005)" --sweep-set "lora_r=choice(4,8)"
-                                                                # sweep Fine-Tune (pipelines/sweep.py; --sweep sweep.yaml)
+                                                                # sweep Fine-Tune (pipelines/sweep.py; --sweep sweep.yaml,
+                                                                # --sweep-limit trial_timeout=7200)
     python pipelines/submit.py --maas --model azureml://registries/azureml/models/Phi-4-mini-instruct/versions/1 \\
         --set train_data=chats.jsonl                            # serverless fine-tuning (pipelines/maas.py)
 
