@@ -7,8 +7,6 @@ from __future__ import annotations
 import io
 import json
 
-import pytest
-
 from pipelines.local_runner import StepFailed, run_pipeline
 from tests.pipelines.test_sweep_local import component
 
@@ -30,8 +28,8 @@ Path(args.out, "model.txt").write_text(str(args.lr))
 
 
 def run_sweep(root, monkeypatch, lrs, concurrent, **limits):
-    """Run a one-node pipeline sweeping `lrs` (grid, in order) under `limits` (seconds); return (result or error, MLflow
-    client, trial runs by name, stdout)."""
+    """Run a one-node pipeline sweeping `lrs` (grid, in order) under `limits` (seconds); return (result or error,
+    trial runs by name, stdout, workdir)."""
     from azure.ai.ml import dsl
     from azure.ai.ml.entities._job import job_limits
     from azure.ai.ml.sweep import Choice
@@ -79,7 +77,8 @@ def test_trial_timeout_stops_the_trial_marks_it_killed_and_the_finished_trial_is
     assert summary["best_trial"] == "trial_1"
     assert [(r["trial"], r["status"], r["final_eval_loss"], r["note"]) for r in summary["trials"]] == [
         ("trial_1", "completed", 0.5, ""), ("trial_2", "stopped", 0.1, "trial_timeout 12 s reached")]
-    assert result.steps["train"].outputs["out"] == (result.run_dir / "train" / "trials" / "trial_1" / "outputs" / "out").resolve()
+    best_out = result.run_dir / "train" / "trials" / "trial_1" / "outputs" / "out"
+    assert result.steps["train"].outputs["out"] == best_out.resolve()
     assert 12 <= next(r for r in summary["trials"] if r["trial"] == "trial_2")["seconds"] < 30
 
 
