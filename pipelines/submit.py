@@ -8,7 +8,8 @@
     python pipelines/submit.py --validate                       # every component + the pipeline, offline
     python pipelines/submit.py --local                          # same pipeline here: tiny model, sample data
     python pipelines/submit.py --local --sweep-set "learning_rate=choice(0.001,0.005)" --sweep-set "lora_r=choice(4,8)"
-                                                                # sweep Fine-Tune (pipelines/sweep.py; --sweep sweep.yaml)
+                                                                # sweep Fine-Tune (pipelines/sweep.py; --sweep sweep.yaml,
+                                                                # --sweep-limit trial_timeout=7200)
     python pipelines/submit.py --maas --model azureml://registries/azureml/models/Phi-4-mini-instruct/versions/1 \\
         --set train_data=chats.jsonl                            # serverless fine-tuning (pipelines/maas.py)
 
@@ -128,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "early_termination (Azure ML's sweep job keys)")
     sweep.add_argument("--sweep-set", action="append", default=[], metavar="NAME=EXPR",
                        help="sweep one Fine-Tune input, e.g. lora_r=choice(8,16) or warmup_ratio=uniform(0,0.1); repeatable")
+    sweep.add_argument("--sweep-limit", action="append", default=[], metavar="KEY=N",
+                       help="set one of the sweep's limits: max_total_trials, max_concurrent_trials, timeout or "
+                       "trial_timeout (whole seconds >= 60), e.g. trial_timeout=7200; repeatable")
 
     add_workspace_arguments(parser.add_argument_group("workspace"))
     parser.add_argument("--stream", action="store_true", help="wait for the job and stream its logs (with --local: echo step logs)")
@@ -191,7 +195,8 @@ def settings_from_args(
     if inputs is None:
         inputs, step_inputs = parse_set_options(args.set)
     if sweep is None:
-        sweep = sweep_from_args(getattr(args, "sweep", None), getattr(args, "sweep_set", []))
+        sweep = sweep_from_args(getattr(args, "sweep", None), getattr(args, "sweep_set", []),
+                                getattr(args, "sweep_limit", []))
     if getattr(args, "sample_data", False) and not (inputs.get("train_data") or inputs.get("train_folder")):
         inputs = {**inputs, "train_data": str(SAMPLE_DATA)}
     return PipelineSettings(
@@ -386,7 +391,8 @@ def run_local(args: argparse.Namespace) -> int:
 
     workdir = Path.cwd()
     inputs, step_inputs = parse_set_options(args.set)
-    sweep = sweep_from_args(args.sweep, args.sweep_set)  # read once: LOCAL_PROFILE leaves the swept inputs alone
+    # read once: LOCAL_PROFILE leaves the swept inputs alone
+    sweep = sweep_from_args(args.sweep, args.sweep_set, args.sweep_limit)
     if str(inputs.get("model_path") or "").startswith("models:/"):  # chaining: a model this registry holds
         uri = inputs["model_path"]
         tracking_uri = local_runner.absolute_tracking_uri(args.tracking_uri or local_runner.DEFAULT_TRACKING_URI,

@@ -2,6 +2,7 @@
 
     python pipelines/submit.py --compute gpu-cluster --sweep sweep.yaml ...
     python pipelines/submit.py --local --sweep-set "learning_rate=choice(0.001,0.005)" --sweep-set "lora_r=choice(4,8)"
+    python pipelines/submit.py --compute gpu-cluster --sweep sweep.yaml --sweep-limit trial_timeout=7200
 
 A sweep file follows Azure ML's sweep job YAML (every key optional but `search_space`):
 
@@ -11,13 +12,17 @@ A sweep file follows Azure ML's sweep job YAML (every key optional but `search_s
       warmup_ratio: {type: uniform, min_value: 0.0, max_value: 0.1}
     sampling_algorithm: grid            # random | grid | bayesian (default: grid when every dimension is a choice)
     objective: {primary_metric: final_eval_loss, goal: minimize}
-    limits: {max_total_trials: 6, max_concurrent_trials: 2}
+    limits: {max_total_trials: 6, max_concurrent_trials: 2, timeout: 86400, trial_timeout: 7200}   # seconds
     early_termination: {type: bandit, slack_factor: 0.1, evaluation_interval: 1, delay_evaluation: 2}
 
 `--sweep-set name=expr` adds or replaces one dimension: choice(a,b,...), uniform(lo,hi), loguniform(lo,hi),
 quniform(lo,hi,q), qloguniform(lo,hi,q), normal(mu,sigma), lognormal(mu,sigma), qnormal(mu,sigma,q),
 qlognormal(mu,sigma,q), randint(upper) ([a,b,...] is short for choice), as azure.ai.ml.sweep defines them (loguniform's bounds are natural
-logs). A name is a Fine-Tune input (`lora_r`, `warmup_ratio`, or `finetune.warmup_ratio`).
+logs). A name is a Fine-Tune input (`lora_r`, `warmup_ratio`, or `finetune.warmup_ratio`). `--sweep-limit key=N`
+sets or replaces one of `limits` (max_total_trials, max_concurrent_trials, timeout, trial_timeout).
+
+`timeout` ends the whole sweep after that many seconds, `trial_timeout` each trial (azure.ai.ml.sweep.SweepJobLimits).
+Both are whole seconds >= 60: the SDK raises a shorter one to 60 s without a word (the service would read it as days).
 
 The primary metric is what each trial logs to its MLflow run and the sweep minimizes:
 - `final_eval_loss` (default): the validation loss of the weights that ship, logged once per trial.
@@ -60,6 +65,8 @@ DISTRIBUTIONS: dict[str, tuple[tuple[str, ...], str]] = {
 BAYESIAN_DISTRIBUTIONS = ("choice", "uniform", "quniform")
 _EXPRESSION = re.compile(r"^\s*([a-z]+)\s*\((.*)\)\s*$", re.DOTALL)
 _KEYS = {"search_space", "sampling_algorithm", "objective", "limits", "early_termination"}
+LIMITS = ("max_total_trials", "max_concurrent_trials", "timeout", "trial_timeout")
+MIN_TIMEOUT_S = 60  # azure.ai.ml's _get_floored_timeout raises anything shorter to 60 s
 _POLICY_KEYS = {"bandit": {"slack_factor", "slack_amount", "evaluation_interval", "delay_evaluation"},
                 "median_stopping": {"evaluation_interval", "delay_evaluation"}}
 
@@ -75,6 +82,8 @@ class SweepSpec:
     goal: str = "minimize"
     max_total_trials: int | None = None  # None: the grid's size (grid, or random over choices only)
     max_concurrent_trials: int | None = None  # None: as Azure ML, all at once
+    timeout: int | None = None  # seconds for the whole sweep; None: no limit
+    trial_timeout: int | None = None  # seconds for each trial; None: no limit
     early_termination: dict[str, Any] | None = None  # {"type": "bandit"|"median_stopping", ...}
 
     @property
@@ -183,27 +192,71 @@ def load_sweep_file(path: str | Path) -> SweepSpec:
     spec.primary_metric = objective.get("primary_metric", spec.primary_metric)
     spec.goal = str(objective.get("goal", spec.goal)).lower()
     limits = data.get("limits") or {}
-    unknown_limits = set(limits) - {"max_total_trials", "max_concurrent_trials"}
+    if not isinstance(limits, Mapping):
+        problems.append(f"{where}: limits must map {', '.join(LIMITS)} to numbers")
+        limits = {}
+    unknown_limits = set(limits) - set(LIMITS)
     if unknown_limits:
-        problems.append(f"{where}: limits: unknown {', '.join(sorted(unknown_limits))}; "
-                        "limits: max_total_trials, max_concurrent_trials")
-    spec.max_total_trials = limits.get("max_total_trials")
-    spec.max_concurrent_trials = limits.get("max_concurrent_trials")
+        problems.append(f"{where}: limits: unknown {', '.join(sorted(map(str, unknown_limits)))}; "
+                        f"limits: {', '.join(LIMITS)}")
+    for key in LIMITS:
+        setattr(spec, key, limits.get(key))
+        problem = limit_problem(key, limits.get(key))
+        if problem:
+            problems.append(f"{where}: {problem}")
     spec.early_termination = data.get("early_termination")
     if problems:
         raise ConfigErrors(problems, header="invalid sweep file")
     return spec
 
 
-def sweep_from_args(sweep_file: str | None, sweep_sets: Iterable[str]) -> SweepSpec | None:
-    """The sweep from --sweep and --sweep-set (each --sweep-set adds or replaces a dimension); None without both."""
+def limit_problem(key: str, value: Any) -> str | None:
+    """What is wrong with the value of limits.<key> (None: nothing, or not given)."""
+    if value is None:
+        return None
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if key in ("timeout", "trial_timeout"):
+        if not whole or value < MIN_TIMEOUT_S:
+            return (f"limits.{key} must be whole seconds >= {MIN_TIMEOUT_S} (Azure ML's SDK raises a shorter one to "
+                    f"{MIN_TIMEOUT_S} s); got {value!r}")
+    elif not whole or not 1 <= value <= 1000:
+        return f"limits.{key} must be a whole number from 1 to 1000 (Azure ML's bounds); got {value!r}"
+    return None
+
+
+def _apply_sweep_limits(spec: SweepSpec, sweep_limits: Iterable[str]) -> list[str]:
+    """Set spec's limits from --sweep-limit key=N items; the problems found."""
+    problems = []
+    for item in sweep_limits:
+        key, sep, text = (part.strip() for part in item.partition("="))
+        if not sep or key not in LIMITS:
+            problems.append(f"--sweep-limit {item!r}: expected key=N with key one of {', '.join(LIMITS)}, "
+                            "e.g. trial_timeout=7200")
+            continue
+        try:
+            value: Any = int(text)
+        except ValueError:
+            value = text
+        problem = limit_problem(key, value)
+        if problem:
+            problems.append(f"--sweep-limit {item!r}: {problem}")
+        setattr(spec, key, value)
+    return problems
+
+
+def sweep_from_args(sweep_file: str | None, sweep_sets: Iterable[str], sweep_limits: Iterable[str] = ()) -> SweepSpec | None:
+    """The sweep from --sweep, --sweep-set (each adds or replaces a dimension) and --sweep-limit (each sets one of
+    `limits`); None without --sweep and --sweep-set."""
     from maap_finetune.common.errors import ConfigErrors
 
-    sweep_sets = list(sweep_sets)
+    sweep_sets, sweep_limits = list(sweep_sets), list(sweep_limits)
     if not sweep_file and not sweep_sets:
+        if sweep_limits:
+            raise ConfigErrors([f"--sweep-limit {sweep_limits[0]!r}: there is no sweep to limit; add --sweep FILE or "
+                                "--sweep-set name=expr"], header="invalid --sweep-limit")
         return None
     spec = load_sweep_file(sweep_file) if sweep_file else SweepSpec()
-    problems = []
+    problems = _apply_sweep_limits(spec, sweep_limits)
     for item in sweep_sets:
         name, sep, text = item.partition("=")
         if not sep or not name.strip():
@@ -214,7 +267,7 @@ def sweep_from_args(sweep_file: str | None, sweep_sets: Iterable[str]) -> SweepS
         except ValueError as err:
             problems.append(str(err))
     if problems:
-        raise ConfigErrors(problems, header="invalid --sweep-set")
+        raise ConfigErrors(problems, header="invalid --sweep-set or --sweep-limit")
     return spec
 
 
@@ -321,10 +374,7 @@ def check_sweep(spec: SweepSpec, inputs: Mapping[str, Any], step_inputs: Mapping
                         f"logs to MLflow); got {spec.primary_metric!r}")
     if spec.goal != "minimize":
         problems.append(f"objective.goal must be minimize for {spec.primary_metric} (a loss); got {spec.goal!r}")
-    for key in ("max_total_trials", "max_concurrent_trials"):
-        value = getattr(spec, key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000):
-            problems.append(f"limits.{key} must be a whole number from 1 to 1000 (Azure ML's bounds); got {value!r}")
+    problems += [problem for key in LIMITS if (problem := limit_problem(key, getattr(spec, key)))]
     if spec.max_total_trials is None and spec.grid_size() is None:
         problems.append("limits.max_total_trials is needed when a dimension is not a choice (no grid to count)")
     if spec.seed is not None and (algorithm != "random" or isinstance(spec.seed, bool) or not isinstance(spec.seed, int)):
@@ -426,6 +476,8 @@ def sweep_node(node, spec: SweepSpec):
         sampling_algorithm=sampling(spec),
         max_total_trials=spec.total_trials,
         max_concurrent_trials=spec.max_concurrent_trials,
+        timeout=spec.timeout,
+        trial_timeout=spec.trial_timeout,
         early_termination_policy=termination_policy(spec.early_termination),
     )
     swept.resources = node.resources

@@ -11,10 +11,14 @@ input values, under `<run>/<node>/trials/trial_<n>/`:
 - early termination: each running trial's primary metric history is read from its MLflow run (what Azure
   ML's service reads) and `sweep_policy.should_stop` decides; a stopped trial's processes are ended and its
   run marked KILLED with the reason (tag maap.stop_reason);
+- time limits: a trial running longer than limits.trial_timeout is stopped the same way ("trial_timeout <n> s
+  reached"); once the sweep has run limits.timeout seconds its running trials are stopped ("sweep timeout <n> s
+  reached") and no queued trial starts (status skipped). A stopped trial is never the best one (its outputs are
+  unfinished); when no trial completed, the step fails naming the limit that ended them;
 - the best trial: the completed trial with the best value of the primary metric it logged (Azure ML ranks a
   trial by its best logged value); its outputs are the node's, so downstream steps read them;
-- the summary (trials x hyperparameters x primary metric, best first) goes to `<run>/<node>/sweep/`
-  (summary.md, summary.json, summary.png) and to the sweep run's artifacts.
+- the summary (trials x hyperparameters x primary metric, best first, with why each trial ended) goes to
+  `<run>/<node>/sweep/` (summary.md, summary.json, summary.png) and to the sweep run's artifacts.
 """
 
 from __future__ import annotations
@@ -37,15 +41,17 @@ POLL_S = 1.0  # how often a running trial's metrics are read for early terminati
 
 
 class TrialStopped(Exception):
-    """The early-termination policy stopped a trial."""
+    """The early-termination policy or a time limit stopped a trial."""
 
 
 @dataclasses.dataclass
 class Trial:
     index: int
     params: dict[str, Any]
-    status: str = "queued"  # queued | running | completed | stopped | failed
+    status: str = "queued"  # queued | running | completed | stopped | failed | skipped (not started: sweep timeout)
     run_id: str | None = None
+    started: float | None = None  # time.monotonic() when it started
+    limit: str | None = None  # the limit that stopped or skipped it: "trial_timeout" | "timeout"
     result: StepResult | None = None
     metric: float | None = None
     seconds: float = 0.0
@@ -67,15 +73,30 @@ class _TrialTracking:
 
 
 class _Monitor:
-    """Applies the early-termination policy to running trials, from their MLflow metric histories."""
+    """Applies the time limits and the early-termination policy (from MLflow metric histories) to running trials."""
 
     def __init__(self, tracking: _Tracking | None, metric: str, goal: str, policy: Mapping[str, Any] | None,
-                 trials: list[Trial], cancel: threading.Event):
+                 trials: list[Trial], cancel: threading.Event, *, timeout: int | None = None,
+                 trial_timeout: int | None = None, start: float = 0.0):
         self.tracking, self.metric, self.goal, self.policy = tracking, metric, goal, policy
         self.trials, self.cancel = trials, cancel
+        self.timeout, self.trial_timeout, self.start = timeout, trial_timeout, start
         self.lock = threading.Lock()
         self.evaluated: dict[int, int] = {}
         self.last_read: dict[int, float] = {}
+
+    def sweep_timed_out(self) -> str | None:
+        """The reason when the sweep has run limits.timeout seconds; None before (or without a timeout)."""
+        if self.timeout and time.monotonic() - self.start >= self.timeout:
+            return f"sweep timeout {self.timeout} s reached"
+        return None
+
+    def limit_reached(self, trial: Trial) -> tuple[str, str] | None:
+        """(limit, reason) when a time limit ends the running `trial`; None otherwise."""
+        if self.trial_timeout and trial.started is not None and time.monotonic() - trial.started >= self.trial_timeout:
+            return "trial_timeout", f"trial_timeout {self.trial_timeout} s reached"
+        reason = self.sweep_timed_out()
+        return ("timeout", reason) if reason else None
 
     def history(self, trial: Trial) -> list[float]:
         if self.tracking is None or trial.run_id is None:
@@ -87,6 +108,10 @@ class _Monitor:
         def check() -> None:
             if self.cancel.is_set():
                 raise KeyboardInterrupt  # Ctrl-C or SIGTERM reached the runner: end this trial too
+            reached = self.limit_reached(trial)
+            if reached:
+                trial.limit, trial.note = reached
+                raise TrialStopped(trial.note)
             now = time.monotonic()
             if self.policy is None or now - self.last_read.get(trial.index, 0.0) < POLL_S:
                 return
@@ -143,6 +168,7 @@ def run_sweep_step(step: StepPlan, step_dir: Path, results: Mapping[str, StepRes
     metric, goal = node.objective.primary_metric, str(node.objective.goal).lower()
     limits = node.limits
     total = limits.max_total_trials
+    timeout, trial_timeout = limits.timeout, limits.trial_timeout
     policy = _policy_dict(node.early_termination)
     if algorithm == "bayesian":
         print(f"{label}{step.name}: note: bayesian sampling runs in Azure ML only; locally the trials are sampled "
@@ -154,8 +180,11 @@ def run_sweep_step(step: StepPlan, step_dir: Path, results: Mapping[str, StepRes
     world = step.process_count * step.instance_count
     concurrency = max(1, min(limits.max_concurrent_trials or len(trials), (os.cpu_count() or 1) // world, len(trials)))
     seed_note = f", seed {seed}" if algorithm == "random" else ""
+    time_limits = ", ".join(f"{name} {value} s" for name, value in (("timeout", timeout), ("trial_timeout", trial_timeout))
+                            if value)
     print(f"{label}{step.name}: sweep of {len(trials)} trials ({algorithm}{seed_note}), {concurrency} at a time; "
-          f"primary metric {metric} ({goal})" + (f"; early termination: {policy}" if policy else ""), file=out, flush=True)
+          f"primary metric {metric} ({goal})" + (f"; early termination: {policy}" if policy else "")
+          + (f"; limits: {time_limits}" if time_limits else ""), file=out, flush=True)
 
     sweep_run_id = None
     if tracking is not None:
@@ -164,26 +193,30 @@ def run_sweep_step(step: StepPlan, step_dir: Path, results: Mapping[str, StepRes
         sweep_run_id = tracking.start(step.name, {k: v for k, v in tags.items() if v})
         tracking.log_params(sweep_run_id, {"sampling_algorithm": algorithm, "seed": seed, "primary_metric": metric,
                                            "goal": goal, "max_total_trials": total, "max_concurrent_trials": concurrency,
+                                           "timeout": timeout, "trial_timeout": trial_timeout,
                                            "early_termination": json.dumps(policy) if policy else None,
                                            "search_space": json.dumps(space)})
     cancel = threading.Event()
-    monitor = _Monitor(tracking, metric, goal, policy, trials, cancel)
+    monitor = _Monitor(tracking, metric, goal, policy, trials, cancel, timeout=timeout, trial_timeout=trial_timeout,
+                       start=start)
     ok, error = False, None
     try:
         _run_trials(step, step_dir, results, trials, concurrency, monitor, tracking, sweep_run_id, out, stream, label, env)
         best = _best_trial(trials, goal)
-        if best is None:
-            last = next((t for t in reversed(trials) if t.status == "failed"), trials[-1])
-            log = step_dir / "trials" / f"trial_{last.index}" / "logs" / "std_log.txt"
-            raise StepFailed(f"{step.name} (sweep: no trial completed with {metric})", 1, log, tail(log))
         summary = write_summary(step_dir / "sweep", trials, metric, goal, best)
+        if tracking is not None:
+            tracking.client.log_artifacts(sweep_run_id, str(summary), artifact_path="sweep")
+        if best is None:
+            last = next((t for t in reversed(trials) if t.status in ("failed", "stopped")), trials[-1])
+            log = step_dir / "trials" / f"trial_{last.index}" / "logs" / "std_log.txt"
+            raise StepFailed(f"{step.name} (sweep: no trial completed with {metric}{_limits_note(trials)}; "
+                             f"summary: {summary / 'summary.md'})", 1, log, tail(log))
         if tracking is not None:
             client = tracking.client
             client.log_metric(sweep_run_id, metric, best.metric)
             tracking.log_params(sweep_run_id, {f"best.{k}": v for k, v in best.params.items()})
             client.set_tag(sweep_run_id, "maap.best_trial", f"trial_{best.index}")
             client.set_tag(sweep_run_id, "maap.best_trial_run_id", best.run_id or "")
-            client.log_artifacts(sweep_run_id, str(summary), artifact_path="sweep")
         ok = True
     except BaseException as err:
         error = err
@@ -196,6 +229,16 @@ def run_sweep_step(step: StepPlan, step_dir: Path, results: Mapping[str, StepRes
     print(f"{label}{step.name}: best trial_{best.index} ({_format(best.params)}): {metric} {best.metric:.4f}; "
           f"summary: {summary / 'summary.md'}; done in {seconds:.1f} s", file=out, flush=True)
     return StepResult(step.name, seconds, best.result.outputs, best.result.log_paths, sweep_run_id)
+
+
+def _limits_note(trials: list[Trial]) -> str:
+    """Which time limits ended trials, and how to give them more time ("" when none did)."""
+    ended = {}
+    for trial in trials:
+        if trial.limit:
+            ended.setdefault(trial.limit, (trial.note.removeprefix("not started: "), []))[1].append(f"trial_{trial.index}")
+    return "".join(f"; {reason} (ended {', '.join(names)}): raise limits.{limit} in the sweep file or with "
+                   f"--sweep-limit {limit}=N" for limit, (reason, names) in ended.items())
 
 
 def _format(params: Mapping[str, Any]) -> str:
@@ -211,9 +254,14 @@ def _run_trials(step, step_dir, results, trials, concurrency, monitor, tracking,
         trial_tracking = None
         if tracking is not None:
             trial_tracking = _TrialTracking(tracking, trial, {"mlflow.parentRunId": sweep_run_id, "maap.sweep_trial": str(trial.index)})
+        timed_out = monitor.sweep_timed_out()
+        if timed_out:  # as Azure ML, no trial starts once the sweep's time is up
+            trial.status, trial.limit, trial.note = "skipped", "timeout", f"not started: {timed_out}"
+            print(f"{label}{step.name} trial_{trial.index}: {trial.note}", file=out, flush=True)
+            return
         print(f"{label}{step.name} trial_{trial.index}: {_format(trial.params)}", file=out, flush=True)
         trial.status = "running"
-        started = time.monotonic()
+        trial.started = started = time.monotonic()
         try:
             trial.result = run_step(plan, step_dir / "trials" / plan.name, results, tracking=trial_tracking,
                                     parent_run_id=sweep_run_id, out=out, stream=stream and concurrency == 1,
@@ -265,20 +313,22 @@ def _best_trial(trials: list[Trial], goal: str) -> Trial | None:
 
 
 def _ranked(trials: list[Trial], goal: str) -> list[Trial]:
-    order = {"completed": 0, "stopped": 1, "failed": 2, "queued": 3, "running": 3}
+    order = {"completed": 0, "stopped": 1, "failed": 2, "skipped": 3, "queued": 3, "running": 3}
     sign = 1 if goal == "minimize" else -1
     return sorted(trials, key=lambda t: (order[t.status], t.metric is None, sign * (t.metric or 0.0), t.index))
 
 
-def write_summary(folder: Path, trials: list[Trial], metric: str, goal: str, best: Trial) -> Path:
-    """summary.json, summary.md and summary.png: trials x hyperparameters x primary metric, best first."""
+def write_summary(folder: Path, trials: list[Trial], metric: str, goal: str, best: Trial | None) -> Path:
+    """summary.json, summary.md and summary.png: trials x hyperparameters x primary metric, best first, with why
+    each trial ended (note); `best` None when no trial completed."""
     folder.mkdir(parents=True, exist_ok=True)
     names = list(trials[0].params) if trials else []
     ranked = _ranked(trials, goal)
     rows = [{"rank": rank, "trial": f"trial_{t.index}", "status": t.status, **t.params, metric: t.metric,
              "seconds": round(t.seconds, 1), "mlflow_run_id": t.run_id, "note": t.note}
             for rank, t in enumerate(ranked, 1)]
-    (folder / "summary.json").write_text(json.dumps({"primary_metric": metric, "goal": goal, "best_trial": f"trial_{best.index}",
+    best_name = f"trial_{best.index}" if best else None
+    (folder / "summary.json").write_text(json.dumps({"primary_metric": metric, "goal": goal, "best_trial": best_name,
                                                      "trials": rows}, indent=2) + "\n", encoding="utf-8")
     header = ["rank", "trial", "status", *names, metric, "seconds", "note"]
 
@@ -286,7 +336,7 @@ def write_summary(folder: Path, trials: list[Trial], metric: str, goal: str, bes
         text = f"{value:.6g}" if isinstance(value, float) else ("" if value is None else str(value))
         return text.replace("|", "\\|")
 
-    lines = [f"# Sweep: {metric} ({goal}), best trial_{best.index}", "",
+    lines = [f"# Sweep: {metric} ({goal}), " + (f"best {best_name}" if best else "no trial completed"), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(row.get(key)) for key in header) + " |" for row in rows]
     (folder / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -294,7 +344,7 @@ def write_summary(folder: Path, trials: list[Trial], metric: str, goal: str, bes
     return folder
 
 
-def _plot(path: Path, ranked: list[Trial], metric: str, best: Trial) -> None:
+def _plot(path: Path, ranked: list[Trial], metric: str, best: Trial | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -48,6 +48,33 @@ def test_sweep_file_reads_azure_keys_and_names_every_problem(tmp_path):
         load_sweep_file(tmp_path / "missing.yaml")
 
 
+def test_time_limits_read_from_the_file_and_sweep_limit_and_refused_when_not_whole_seconds_from_60(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("search_space:\n  lora_r: 'choice(4,8)'\nlimits: {timeout: 86400, trial_timeout: 3600}\n")
+    spec = sweep_from_args(str(path), [], ["trial_timeout=7200", "max_total_trials=1"])  # the flag replaces the file's
+    assert (spec.timeout, spec.trial_timeout, spec.max_total_trials) == (86400, 7200, 1)
+    assert check_sweep(spec, {}, {}) == []
+    # The SDK raises a timeout under 60 s to 60 (SweepJobLimits); a fraction it drops: both refused, naming file and key.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("search_space:\n  lora_r: 'choice(4,8)'\nlimits: {timeout: 30, trial_timeout: 90.5, wall_clock: 5}\n")
+    with pytest.raises(ConfigErrors) as err:
+        load_sweep_file(bad)
+    assert err.value.problems == [
+        f"{bad}: limits: unknown wall_clock; limits: max_total_trials, max_concurrent_trials, timeout, trial_timeout",
+        f"{bad}: limits.timeout must be whole seconds >= 60 (Azure ML's SDK raises a shorter one to 60 s); got 30",
+        f"{bad}: limits.trial_timeout must be whole seconds >= 60 (Azure ML's SDK raises a shorter one to 60 s); got 90.5",
+    ]
+    with pytest.raises(ConfigErrors) as err:
+        sweep_from_args(None, ["lora_r=[4,8]"], ["timeout=1h", "trial_timout=60", "trial_timeout=true"])
+    assert [p.split(":")[0] for p in err.value.problems] == [
+        "--sweep-limit 'timeout=1h'", "--sweep-limit 'trial_timout=60'", "--sweep-limit 'trial_timeout=true'"]
+    assert "expected key=N with key one of" in err.value.problems[1]
+    with pytest.raises(ConfigErrors, match="no sweep to limit"):
+        sweep_from_args(None, [], ["timeout=3600"])
+    assert check_sweep(spec_of("lora_r=[4,8]", trial_timeout=59), {}, {}) == [
+        "limits.trial_timeout must be whole seconds >= 60 (Azure ML's SDK raises a shorter one to 60 s); got 59"]
+
+
 def test_sweep_set_adds_to_the_file_and_grid_is_the_default_over_choices(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("search_space:\n  lora_r: {type: choice, values: [8, 16]}\n")
@@ -151,6 +178,10 @@ def test_dry_run_shows_the_sweep_node_and_a_bad_sweep_exits_2(capsys):
     assert node["type"] == "sweep" and node["sampling_algorithm"] == "grid"
     assert node["objective"] == {"goal": "minimize", "primary_metric": "final_eval_loss"}
     assert node["limits"] == {"max_total_trials": 4}
+    assert submit.main(["--dry-run", "--sample-data", "--sweep-set", "lora_r=[8,16]", "--sweep-limit", "timeout=7200",
+                        "--sweep-limit", "trial_timeout=3600"]) == 0
+    node = yaml.safe_load(capsys.readouterr().out)["jobs"]["finetune"]
+    assert node["limits"] == {"max_total_trials": 2, "timeout": 7200, "trial_timeout": 3600}
     assert submit.main(["--dry-run", "--sample-data", "--sweep-set", "lora_r=choice(8,16)", "--set", "lora_r=8"]) == 2
     assert "'lora_r' is both set (--set) and swept" in capsys.readouterr().err
 

@@ -23,7 +23,7 @@ search_space:
   warmup_ratio: {type: uniform, min_value: 0.0, max_value: 0.1}
 sampling_algorithm: {type: random, seed: 7}
 objective: {primary_metric: eval_loss, goal: minimize}
-limits: {max_total_trials: 8, max_concurrent_trials: 2}
+limits: {max_total_trials: 8, max_concurrent_trials: 2, timeout: 86400}
 early_termination: {type: bandit, slack_factor: 0.1, evaluation_interval: 1, delay_evaluation: 2}
 """
 
@@ -32,7 +32,8 @@ early_termination: {type: bandit, slack_factor: 0.1, evaluation_interval: 1, del
 def job(tmp_path_factory):
     sweep_file = tmp_path_factory.mktemp("sweep") / "sweep.yaml"
     sweep_file.write_text(SWEEP_FILE)
-    spec = sweep_from_args(str(sweep_file), ["learning_rate=choice(1e-4,2e-4,5e-4)", "lora_r=choice(8,16)"])
+    spec = sweep_from_args(str(sweep_file), ["learning_rate=choice(1e-4,2e-4,5e-4)", "lora_r=choice(8,16)"],
+                           ["trial_timeout=7200"])
     return build_pipeline(PipelineSettings(
         compute="gpu-cluster", cpu_compute="cpu-cluster", instance_count=2, process_count_per_instance=4,
         inputs={"model_name": "microsoft/Phi-3-mini-4k-instruct", "train_data": str(SAMPLE_DATA)},
@@ -63,7 +64,8 @@ def test_finetune_is_a_sweep_node_with_the_objective_limits_and_policy(payload):
     assert node["type"] == "sweep" and node["computeId"] == "gpu-cluster"
     assert node["objective"] == {"goal": "minimize", "primary_metric": "eval_loss"}
     assert node["sampling_algorithm"] == {"type": "random", "seed": 7}
-    assert node["limits"] == {"max_total_trials": 8, "max_concurrent_trials": 2}
+    # timeout from the file, trial_timeout from --sweep-limit; a pipeline's sweep node carries seconds
+    assert node["limits"] == {"max_total_trials": 8, "max_concurrent_trials": 2, "timeout": 86400, "trial_timeout": 7200}
     assert node["early_termination"] == {"policy_type": "Bandit", "slack_factor": 0.1, "evaluation_interval": 1,
                                          "delay_evaluation": 2}
     assert node["search_space"] == {
