@@ -155,6 +155,16 @@ def test_weight_zero_turns_are_context_and_every_weight_one_turn_is_learned(toke
     assert "Paris.<|end|>" in _prompt_text(tokenizer, ids, labels)
 
 
+def test_train_on_prompt_learns_everything_but_weight_zero_turns(tokenizer):
+    ids, labels = tokenize_messages(tokenizer, WEIGHTED, train_on_prompt=True)
+    reference = tokenizer.apply_chat_template(WEIGHTED, return_dict=True)["input_ids"]
+    assert ids == reference
+    assert _prompt_text(tokenizer, ids, labels) == "Paris.<|end|>\n"  # the weight-0 turn only
+    plain = [{k: v for k, v in m.items() if k != "weight"} for m in WEIGHTED]
+    ids, labels = tokenize_messages(tokenizer, plain, train_on_prompt=True)
+    assert labels == ids  # no weights: every token
+
+
 def test_tool_call_turns_are_learned_and_tool_results_are_not(tokenizer):
     ids, labels = tokenize_messages(tokenizer, TOOL_CHAT, train_on_prompt=False, tools=TOOLS)
     learned = _learned_text(tokenizer, ids, labels)

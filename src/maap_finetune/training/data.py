@@ -69,20 +69,22 @@ def _common_prefix(a: str, b: str) -> int:
 
 
 def assistant_spans(
-    tokenizer, messages: Sequence[dict], tools: list | None = None
+    tokenizer, messages: Sequence[dict], tools: list | None = None, weight: int = 1
 ) -> tuple[str, list[tuple[int, int]]]:
-    """Render `messages` and return the text and the character spans of every learned assistant turn."""
+    """Render `messages` and return the text and the character spans of every assistant turn of `weight`:
+    1 (absent counts as 1) for the turns learned, 0 for those kept as context only."""
     full = _render(tokenizer, messages, add_generation_prompt=False, tools=tools)
     spans = []
     for i, message in enumerate(messages):
-        if message.get("role") != "assistant" or message.get("weight", 1) == 0:
+        if message.get("role") != "assistant" or message.get("weight", 1) != weight:
             continue
         prompt = _render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools) if i else ""
         if not full.startswith(prompt):
             raise UserError(
                 "the chat template renders a conversation differently from its own prefix (the turns before an "
                 "assistant message plus the generation prompt), so assistant tokens cannot be located; "
-                "use a prefix-preserving template or set train_on_prompt true"
+                "use a prefix-preserving template, or set train_on_prompt true (and drop weight 0 from the rows: "
+                "its turns must be located too)"
             )
         if i == len(messages) - 1:
             end = len(full)  # the last turn owns everything the template appends (end-of-turn, EOS)
@@ -95,16 +97,29 @@ def assistant_spans(
 def tokenize_messages(
     tokenizer, messages: Sequence[dict], train_on_prompt: bool, tools: list | None = None
 ) -> tuple[list[int], list[int]]:
+    """Token ids and labels: assistant turns learned, the rest -100; with `train_on_prompt` every token is
+    learned except the assistant turns of weight 0, which the data marks as context in either mode."""
+    if train_on_prompt:
+        text, excluded = assistant_spans(tokenizer, messages, tools, weight=0) if _has_weight_zero(messages) else (
+            _render(tokenizer, messages, add_generation_prompt=False, tools=tools), [])
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = encoded["input_ids"]
+        return ids, [IGNORE_INDEX if _inside(offsets, excluded) else token_id
+                     for token_id, offsets in zip(ids, encoded["offset_mapping"])]
     text, spans = assistant_spans(tokenizer, messages, tools)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = encoded["input_ids"]
-    if train_on_prompt:
-        return ids, list(ids)
-    labels = []
-    for token_id, (start, end) in zip(ids, encoded["offset_mapping"]):
-        inside = any(s <= start < e and end <= e for s, e in spans)
-        labels.append(token_id if inside else IGNORE_INDEX)
-    return ids, labels
+    return ids, [token_id if _inside(offsets, spans) else IGNORE_INDEX
+                 for token_id, offsets in zip(ids, encoded["offset_mapping"])]
+
+
+def _has_weight_zero(messages: Sequence[dict]) -> bool:
+    return any(m.get("role") == "assistant" and m.get("weight", 1) == 0 for m in messages)
+
+
+def _inside(offsets: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
+    start, end = offsets
+    return any(s <= start < e and end <= e for s, e in spans)
 
 
 def tokenize_text(tokenizer, text: str) -> tuple[list[int], list[int]]:
