@@ -287,7 +287,7 @@ def is_local_path(path: str) -> bool:
     return not _URI_SCHEME.match(path)
 
 
-def _check_local_input(label: str, value) -> Any:
+def check_local_input(label: str, value) -> Any:
     """Make a local path absolute and prove it exists with the right kind (file or folder)."""
     from azure.ai.ml import Input
 
@@ -344,7 +344,7 @@ def resolve_inputs(
         if name in unknown:
             continue
         try:
-            values[name] = _check_local_input(name, convert_value(name, pipeline_input_spec(name), value))
+            values[name] = check_local_input(name, convert_value(name, pipeline_input_spec(name), value))
         except ValueError as err:
             problems.append(str(err))
     given = [name for name in ("train_data", "train_folder") if overrides.get(name) not in (None, "")]
@@ -353,7 +353,7 @@ def resolve_inputs(
     for name, value in list(values.items()):
         if name not in overrides and value is not None:
             try:
-                values[name] = _check_local_input(name, convert_value(name, pipeline_input_spec(name), value))
+                values[name] = check_local_input(name, convert_value(name, pipeline_input_spec(name), value))
             except ValueError as err:
                 problems.append(str(err))
     problems += _method_problems(values)
@@ -410,7 +410,7 @@ def resolve_step_inputs(step_inputs: Mapping[str, Mapping[str, Any]]) -> dict[st
             else:
                 try:
                     converted = convert_value(label, component_inputs[name], value)
-                    resolved.setdefault(step, {})[name] = _check_local_input(label, converted)
+                    resolved.setdefault(step, {})[name] = check_local_input(label, converted)
                 except ValueError as err:
                     problems.append(str(err))
     if problems:

@@ -66,7 +66,14 @@ def _format(value: Any) -> str:
 
 def plan(args: argparse.Namespace) -> MaasPlan:
     """Check the CLI for a serverless job and map its inputs; collect every problem first. No network."""
-    from pipelines.factory import PIPELINE_INPUTS, convert_value, input_spec, load_step_component, parse_set_options
+    from pipelines.factory import (
+        PIPELINE_INPUTS,
+        check_local_input,
+        convert_value,
+        input_spec,
+        load_step_component,
+        parse_set_options,
+    )
 
     problems: list[str] = []
     if getattr(args, "local", False) or getattr(args, "validate", False):
@@ -92,7 +99,7 @@ def plan(args: argparse.Namespace) -> MaasPlan:
             continue
         step, component_input = PIPELINE_INPUTS[name][0]
         try:
-            value = convert_value(f"--set {name}", input_spec(step, component_input), raw)
+            value = check_local_input(f"--set {name}", convert_value(f"--set {name}", input_spec(step, component_input), raw))
         except ValueError as err:
             problems.append(str(err))
             continue
@@ -119,7 +126,8 @@ def plan(args: argparse.Namespace) -> MaasPlan:
                 problems.append(f"--set data_prep.{name}: {NOT_OFFERED[name]}")
             else:
                 try:
-                    data_prep_values[name] = convert_value(f"--set data_prep.{name}", component.inputs[name], raw)
+                    label = f"--set data_prep.{name}"
+                    data_prep_values[name] = check_local_input(label, convert_value(label, component.inputs[name], raw))
                 except ValueError as err:
                     problems.append(str(err))
     task = data_prep_values.get("task") or input_spec("data_prep", "task").default

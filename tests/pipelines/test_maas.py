@@ -142,3 +142,12 @@ def test_no_training_data_is_refused_and_the_default_store_is_in_the_working_fol
     assert "data prep (chat)" in capfd.readouterr().out
     assert (tmp_path / "mlruns.db").is_file()  # workspace fixture: the working folder is tmp_path
     assert component_store.exists() == existed
+
+
+def test_a_missing_local_file_is_refused_before_data_prep_runs(workspace, tmp_path, capfd):
+    rc = submit.main(["--dry-run", "--maas", "--model", MODEL, "--set", f"train_data={tmp_path / 'nope.jsonl'}",
+                      "--set", f"data_prep.validation_data={tmp_path}"])
+    err = capfd.readouterr().err
+    assert rc == 2 and not (tmp_path / "runs").exists() and not workspace.connect.called
+    assert f"--set train_data: local path does not exist: {tmp_path / 'nope.jsonl'}" in err
+    assert f"--set data_prep.validation_data: expected a file (uri_file), got a folder: {tmp_path}" in err
