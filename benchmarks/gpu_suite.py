@@ -276,59 +276,70 @@ def child_environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(path))}
 
 
-def run_throughput(setup: Setup, results: Path, rehearse: bool) -> dict:
-    report = {"date": datetime.date.today().isoformat(), "seq": setup.seq, "micro_batch": setup.micro_batch,
-              "timed_steps": setup.timed_steps, "rehearsal": rehearse,
-              "model": "Phi-3-mini architecture, random init, bf16, LoRA r=16 all-linear"
-                       + (" (shrunk: a CPU rehearsal, numbers mean nothing)" if rehearse else ""),
-              "spec_bf16_tflops": H200_DENSE_BF16_TFLOPS, "contenders": {}}
+def run_throughput(setup: Setup, report: dict) -> None:
+    """Fill report["throughput"]: each contender's tokens/s, peak memory, MFU and largest micro-batch."""
     import torch
 
+    throughput = report["throughput"] = {"seq": setup.seq, "micro_batch": setup.micro_batch,
+                                         "timed_steps": setup.timed_steps, "contenders": {}}
     if setup.device == "cuda":
-        report["device"] = torch.cuda.get_device_name(0)
-        report["matmul_bf16_tflops"] = matmul_peak_tflops()
+        throughput["matmul_bf16_tflops"] = matmul_peak_tflops()
         torch.cuda.empty_cache()
-    else:
-        report["device"] = "cpu"
     for contender in setup.contenders:
-        command = [sys.executable, __file__, "--child", contender] + (["--rehearse"] if rehearse else [])
-        done = subprocess.run(command, capture_output=True, text=True,
-                              env=child_environment())
+        command = [sys.executable, __file__, "--child", contender] + (["--rehearse"] if report["rehearsal"] else [])
+        done = subprocess.run(command, capture_output=True, text=True, env=child_environment())
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if done.returncode != 0 or not lines:
-            report["contenders"][contender] = {"error": done.stderr[-3000:]}
+            throughput["contenders"][contender] = {"error": done.stderr[-3000:]}
             print(f"{contender}: failed\n{done.stderr[-3000:]}", flush=True)
             continue
         result = json.loads(lines[-1][len("RESULT "):])
-        if "matmul_bf16_tflops" in report:
+        if "matmul_bf16_tflops" in throughput:
             achieved = result["tokens_per_second"] * result["flops_per_token"] / 1e12
             result["mfu_vs_spec"] = achieved / H200_DENSE_BF16_TFLOPS
-            result["mfu_vs_measured_matmul"] = achieved / report["matmul_bf16_tflops"]
-        report["contenders"][contender] = result
+            result["mfu_vs_measured_matmul"] = achieved / throughput["matmul_bf16_tflops"]
+        throughput["contenders"][contender] = result
         mfu = (f"MFU {result['mfu_vs_spec']:.1%} of spec / {result['mfu_vs_measured_matmul']:.1%} of measured "
                "matmul, " if "mfu_vs_spec" in result else "")
         print(f"{contender}: {result['tokens_per_second']:.0f} tokens/s, peak {result['peak_memory_gib']:.2f} GiB, "
               f"{mfu}largest micro-batch {result['largest_micro_batch']}, train loss {result['train_loss']:.4f}",
               flush=True)
-    best = report["contenders"].get("trl_best", {})
-    for result in report["contenders"].values():
+    best = throughput["contenders"].get("trl_best", {})
+    for result in throughput["contenders"].values():
         if "tokens_per_second" in result and "tokens_per_second" in best:
             result["speed_vs_trl_best"] = result["tokens_per_second"] / best["tokens_per_second"]
             result["memory_vs_trl_best"] = result["peak_memory_gib"] / best["peak_memory_gib"]
-    results.mkdir(parents=True, exist_ok=True)
-    path = results / f"{setup.report_prefix}-{report['date']}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {path}")
-    return report
 
 
 TESTS = {"zero3": "zero3", "quant": "quantized"}  # part -> pytest -k expression over tests/finetune/test_gpu.py
 
 
-def run_tests(part: str) -> int:
-    """The GPU-only tests CI skips: they train (the loss goes down) and merge (parity passes)."""
-    return subprocess.call([sys.executable, "-m", "pytest", "tests/finetune/test_gpu.py", "-q", "-p", "no:cacheprovider",
-                            "-rs", "-k", TESTS[part]], cwd=REPO, env=child_environment())
+def run_tests(part: str, report: dict) -> int:
+    """The GPU-only tests CI skips: they train (the loss goes down) and merge (parity passes). Each test's
+    outcome and what it recorded (losses, precision, merge parity) go to report["tests"]."""
+    import tempfile
+    import xml.etree.ElementTree as ElementTree
+
+    with tempfile.TemporaryDirectory() as tmp:
+        junit = Path(tmp) / "junit.xml"
+        status = subprocess.call([sys.executable, "-m", "pytest", "tests/finetune/test_gpu.py", "-q", "-p",
+                                  "no:cacheprovider", "-rs", "-k", TESTS[part], f"--junitxml={junit}",
+                                  "-o", "junit_family=xunit1"], cwd=REPO, env=child_environment())
+        cases = ElementTree.parse(junit).getroot().iter("testcase") if junit.is_file() else []
+        for case in cases:
+            outcome = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed")
+            detail = next((child.get("message", "") for child in case if child.tag in ("failure", "error", "skipped")), "")
+            properties = {prop.get("name"): prop.get("value") for prop in case.iter("property")}
+            report.setdefault("tests", {})[case.get("name")] = {
+                "part": part, "outcome": outcome, "seconds": float(case.get("time", 0)), **properties,
+                **({"message": detail[:2000]} if detail else {})}
+    return status
+
+
+def write_report(report: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,12 +362,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(args.child, setup, Path("/tmp") / f"gpu_suite_{args.child}")
         return 0
+    import torch
+
+    report = {"date": datetime.date.today().isoformat(), "rehearsal": args.rehearse, "parts": args.part,
+              "device": torch.cuda.get_device_name(0) if setup.device == "cuda" else "cpu",
+              "torch": torch.__version__, "model": "Phi-3-mini architecture, random init, bf16, LoRA r=16 all-linear"
+              + (" (shrunk: a CPU rehearsal, numbers mean nothing)" if args.rehearse else ""),
+              "spec_bf16_tflops": H200_DENSE_BF16_TFLOPS}
+    path = args.results / f"{setup.report_prefix}-{report['date']}.json"
     status = 0
-    for part in args.part:
+    for part in args.part:  # the report is rewritten after each part, so a run cut short keeps what it measured
         if part == "throughput":
-            run_throughput(setup, args.results, args.rehearse)
+            run_throughput(setup, report)
         else:
-            status = run_tests(part) or status
+            status = run_tests(part, report) or status
+        write_report(report, path)
     return status
 
 
