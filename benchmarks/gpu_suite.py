@@ -269,6 +269,17 @@ def largest_micro_batch(trainer, setup: Setup) -> int:
     return fits
 
 
+class Deadline:
+    """The suite's time budget: a device command is killed at its limit, so each child gets what is left and
+    a part that cannot start in time is recorded as not run, with the report already written."""
+
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+
 def child_environment() -> dict[str, str]:
     """This process's environment with the repository importable. PYTHONPATH is extended, never replaced:
     on the device machine it holds the carried wheels (benchmarks/gpu_suite.sh installs them in /tmp/site)."""
@@ -276,7 +287,7 @@ def child_environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(path))}
 
 
-def run_throughput(setup: Setup, report: dict) -> None:
+def run_throughput(setup: Setup, report: dict, deadline: Deadline) -> None:
     """Fill report["throughput"]: each contender's tokens/s, peak memory, MFU and largest micro-batch."""
     import torch
 
@@ -287,7 +298,13 @@ def run_throughput(setup: Setup, report: dict) -> None:
         torch.cuda.empty_cache()
     for contender in setup.contenders:
         command = [sys.executable, __file__, "--child", contender] + (["--rehearse"] if report["rehearsal"] else [])
-        done = subprocess.run(command, capture_output=True, text=True, env=child_environment())
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, env=child_environment(),
+                                  timeout=max(1.0, deadline.left()))
+        except subprocess.TimeoutExpired as expired:
+            throughput["contenders"][contender] = {"error": f"stopped at the suite's deadline after {expired.timeout:.0f} s"}
+            print(f"{contender}: stopped at the suite's deadline", flush=True)
+            continue
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if done.returncode != 0 or not lines:
             throughput["contenders"][contender] = {"error": done.stderr[-3000:]}
@@ -314,7 +331,7 @@ def run_throughput(setup: Setup, report: dict) -> None:
 TESTS = {"zero3": "zero3", "quant": "quantized"}  # part -> pytest -k expression over tests/finetune/test_gpu.py
 
 
-def run_tests(part: str, report: dict) -> int:
+def run_tests(part: str, report: dict, deadline: Deadline) -> int:
     """The GPU-only tests CI skips: they train (the loss goes down) and merge (parity passes). Each test's
     outcome and what it recorded (losses, precision, merge parity) go to report["tests"]."""
     import tempfile
@@ -322,9 +339,14 @@ def run_tests(part: str, report: dict) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
-        status = subprocess.call([sys.executable, "-m", "pytest", "tests/finetune/test_gpu.py", "-q", "-p",
-                                  "no:cacheprovider", "-rs", "-k", TESTS[part], f"--junitxml={junit}",
-                                  "-o", "junit_family=xunit1"], cwd=REPO, env=child_environment())
+        try:
+            status = subprocess.call([sys.executable, "-m", "pytest", "tests/finetune/test_gpu.py", "-q", "-p",
+                                      "no:cacheprovider", "-rs", "-k", TESTS[part], f"--junitxml={junit}",
+                                      "-o", "junit_family=xunit1"], cwd=REPO, env=child_environment(),
+                                     timeout=max(1.0, deadline.left()))
+        except subprocess.TimeoutExpired as expired:
+            report.setdefault("not_run", {})[part] = f"stopped at the suite's deadline after {expired.timeout:.0f} s"
+            return 1
         cases = ElementTree.parse(junit).getroot().iter("testcase") if junit.is_file() else []
         for case in cases:
             outcome = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed")
@@ -337,9 +359,13 @@ def run_tests(part: str, report: dict) -> int:
 
 
 def write_report(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {path}", flush=True)
+    """Write the report, and into $OUT too when set (the device tool brings back what is there, also from a
+    command killed at its limit)."""
+    text = json.dumps(report, indent=2) + "\n"
+    for target in filter(None, [path, os.environ.get("OUT") and Path(os.environ["OUT"]) / path.name]):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        print(f"wrote {target}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", choices=CONTENDERS)
     parser.add_argument("--results", type=Path,
                         help="where the report goes (default benchmarks/results; a rehearsal's: a temporary folder)")
+    parser.add_argument("--deadline_s", type=float, default=540,
+                        help="the suite's budget in seconds (a device command runs at most 600)")
     parser.add_argument("--rehearse", action="store_true",
                         help="run the suite's code on the CPU with a shrunk model (CI); its numbers mean nothing")
     args = parser.parse_args(argv)
@@ -370,12 +398,16 @@ def main(argv: list[str] | None = None) -> int:
               + (" (shrunk: a CPU rehearsal, numbers mean nothing)" if args.rehearse else ""),
               "spec_bf16_tflops": H200_DENSE_BF16_TFLOPS}
     path = args.results / f"{setup.report_prefix}-{report['date']}.json"
+    deadline = Deadline(args.deadline_s)
     status = 0
     for part in args.part:  # the report is rewritten after each part, so a run cut short keeps what it measured
-        if part == "throughput":
-            run_throughput(setup, report)
+        if deadline.left() < 30:
+            report.setdefault("not_run", {})[part] = f"the suite's deadline ({args.deadline_s:.0f} s) was reached"
+            status = 1
+        elif part == "throughput":
+            run_throughput(setup, report, deadline)
         else:
-            status = run_tests(part, report) or status
+            status = run_tests(part, report, deadline) or status
         write_report(report, path)
     return status
 

@@ -3,7 +3,9 @@
 # One call, carry [".whl/gpu"] (tools/gpu_wheels.sh makes it, 53 MiB):
 #   bash benchmarks/gpu_suite.sh throughput zero3 quant     (budget: <= 8 min on one H200)
 # Rehearsed on the CPU in CI: python benchmarks/gpu_suite.py --rehearse (tests/finetune/test_gpu_suite_offline.py).
-# Results: benchmarks/results/h200-<date>.json (copied to $OUT when set, so it comes back).
+# Results: benchmarks/results/h200-<date>.json, also written to $OUT after each part with gpu_suite.log, so they
+# come back even from a command killed at its limit; copy h200-<date>.json from the run's files_at into
+# benchmarks/results/ here and commit it. gpu_suite.py stops starting work at --deadline_s (540 s).
 # Without CUDA it prints "skipped: no CUDA" and exits 0. GPU_SUITE_REHEARSE=1 runs it all on the CPU instead
 # (carried wheels included: build them with PYVER=<this Python> tools/gpu_wheels.sh), to try the carry here.
 set -euo pipefail
@@ -24,9 +26,6 @@ else
   exit 2
 fi
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-status=0
-python3 benchmarks/gpu_suite.py --part "${parts[@]}" "${rehearse[@]}" || status=$?
-if [ -n "${OUT:-}" ] && ls benchmarks/results/h200-*.json >/dev/null 2>&1; then
-  cp benchmarks/results/h200-*.json "$OUT"/
-fi
-exit $status
+# The report goes to $OUT as well after each part (gpu_suite.py), and so does the whole log.
+log=${OUT:-/tmp}/gpu_suite.log
+python3 benchmarks/gpu_suite.py --part "${parts[@]}" "${rehearse[@]}" 2>&1 | tee "$log"

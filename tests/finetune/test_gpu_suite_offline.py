@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -80,3 +81,17 @@ def test_rehearsal_runs_the_suite_on_the_cpu(tmp_path):
     assert {name.split("[")[0] for name in tests} == {"test_quantized_methods_train_and_merge_in_bf16",
                                                       "test_lora_under_zero3_saves_a_non_empty_adapter"}
     assert len(tests) == 3 and all(t["outcome"] == "skipped" and t["message"] for t in tests.values()), tests
+
+
+def test_parts_past_the_deadline_are_recorded_as_not_run_and_the_report_reaches_out(tmp_path):
+    """A device command is killed at its limit: what the suite could not start is in the report, and the
+    report is in $OUT (what the device tool brings back)."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "benchmarks/gpu_suite.py", "--rehearse", "--deadline_s", "1", "--part",
+                           "throughput", "zero3", "--results", str(tmp_path / "results")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "OUT": str(out)})
+    assert done.returncode == 1, done.stderr[-2000:]
+    (report_path,) = out.glob("rehearsal-*.json")
+    report = json.loads(report_path.read_text())
+    assert set(report["not_run"]) == {"throughput", "zero3"} and "throughput" not in report
+    assert (tmp_path / "results" / report_path.name).read_text() == report_path.read_text()
