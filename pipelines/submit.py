@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--sweep", metavar="FILE", help="a sweep YAML: search_space, sampling_algorithm, objective, limits, "
                        "early_termination (Azure ML's sweep job keys)")
     sweep.add_argument("--sweep-set", action="append", default=[], metavar="NAME=EXPR",
-                       help="sweep one Fine-Tune input, e.g. lora_r=choice(8,16) or warmup_ratio=uniform(0,0.1); repeatable")
+                       help="sweep one Fine-Tune input, e.g. lora_r=choice(8,16) or warmup_ratio=uniform(0,0.1) (a "
+                       "dimension that is not a choice needs --sweep-limit max_total_trials=N); repeatable")
     sweep.add_argument("--sweep-limit", action="append", default=[], metavar="KEY=N",
                        help="set one of the sweep's limits: max_total_trials, max_concurrent_trials, timeout or "
                        "trial_timeout (whole seconds >= 60), e.g. trial_timeout=7200; repeatable")

@@ -219,7 +219,7 @@ def render(folder: Path) -> str:
         "ml_client.jobs.create_or_update(my_pipeline(), experiment_name=\"maap-finetune\")",
         "```",
         "",
-        "The whole pipeline (data prep → fine-tune → evaluate → register) is built by `pipelines/factory.py` and "
+        "The whole pipeline (data prep → fine-tune → evaluate → register → export ONNX) is built by `pipelines/factory.py` and "
         "submitted with `python pipelines/submit.py`; see the repository README.",
         "",
     ]
