@@ -181,9 +181,14 @@ def compare_logits(loaded, onnx_dir: Path, examples, max_seq_length: int, execut
     if not scored:
         return {"scored_tokens": 0, "top1_agreement": None, "loss_pytorch": None, "loss_onnx": None, "loss_delta": None}
     loss_pt, loss_ox = nll["pytorch"] / scored, nll["onnx"] / scored
+    from scipy.stats import binomtest
+
+    interval = binomtest(agree, scored).proportion_ci(confidence_level=0.95, method="wilson")
     return {
         "scored_tokens": scored,
+        "agreeing_tokens": agree,
         "top1_agreement": agree / scored,
+        "top1_agreement_ci95": [float(interval.low), float(interval.high)],
         "loss_pytorch": loss_pt,
         "loss_onnx": loss_ox,
         "loss_delta": loss_ox - loss_pt,
