@@ -136,3 +136,16 @@ def test_a_request_without_input_data_is_a_400_with_the_fix(served):
     status, answer = _post(url, deploy.SAMPLE_REQUEST["input_data"])  # the bare OpenAI-style body
     assert status == 400
     assert '"input_data"' in answer["error"]
+
+
+
+def test_temperature_zero_is_accepted_and_answers_are_deterministic(served):
+    """OpenAI-style clients send temperature 0 for a deterministic answer; sampling refused it (HTTP 500)."""
+    url, log = served
+    data = {"messages": [{"role": "user", "content": "Do you sell helmets?"}], "max_tokens": 16}
+    answers = []
+    for request in (data, data, {**data, "temperature": 0}):
+        status, answer = _post(url, {"input_data": request})
+        assert status == 200, log.read_text()[-3000:]
+        answers.append(answer[0]["choices"][0]["message"]["content"])
+    assert answers[0] == answers[1] == answers[2]

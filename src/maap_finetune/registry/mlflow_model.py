@@ -52,6 +52,7 @@ def save_mlflow_model(
         raise ValueError("the tokenizer has no chat_template; the llm/v1/chat task needs one to render requests")
     if input_example is None:
         input_example = INPUT_EXAMPLE_CHAT if task == CHAT_TASK else "What is the warranty on a new bike?"
+    greedy_unless_configured(model)
     # Generation stops at the tokens the model's generation config names (Phi-3: <|end|> and EOS).
     model_config = {"max_new_tokens": 64}
     mlflow.transformers.save_model(
@@ -64,6 +65,21 @@ def save_mlflow_model(
         pip_requirements=pip_requirements or _default_requirements(),
     )
     return path
+
+
+def greedy_unless_configured(model: Any) -> None:
+    """Make greedy decoding the saved model's default unless its generation config chooses.
+
+    transformers' text-generation pipeline (what the served MLflow model runs) samples with temperature 0.7
+    when the model's generation config leaves `do_sample` unset, so the same request got a different answer
+    each time, and `temperature: 0` (what chat clients send for a deterministic answer) raised "`temperature`
+    has to be a strictly positive float". An explicit `do_sample=False` keeps `generate()`'s own default:
+    greedy, and temperature 0 accepted. MLflow fixes the llm/v1/chat signature (no `do_sample` input, no
+    params), so a request cannot switch to sampling; temperature, top_p and top_k then have no effect
+    (transformers warns). A base model whose generation config sets `do_sample` keeps its choice."""
+    config = getattr(model, "generation_config", None)
+    if config is not None and config.do_sample is None:
+        config.do_sample = False
 
 
 def _default_requirements() -> list[str]:
