@@ -15,7 +15,6 @@ export_report.json/.md -> register as <registered_model_name>-onnx when every ch
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -24,8 +23,9 @@ from pathlib import Path
 
 from maap_finetune.common.cli import StrictParser, bounded, str2bool
 from maap_finetune.common.errors import ConfigErrors, UserError, exit_on_user_error
+from maap_finetune.export.registration import ONNX_SUFFIX
+from maap_finetune.registry.names import registration_name_problems
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,249}$")
 
 
 @dataclass(frozen=True)
@@ -77,10 +77,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     from maap_finetune.export.builder import INT4_BLOCK_SIZES
 
     config = Config(**vars(build_parser().parse_args(argv)))
-    problems = []
-    if not MODEL_NAME.match(config.registered_model_name):
-        problems.append(f"--registered_model_name {config.registered_model_name!r}: use letters, digits, '-', '_' "
-                        "and '.', starting with a letter or digit, at most 250 characters (-onnx is appended)")
+    problems = registration_name_problems(config.registered_model_name, config.registry_name, suffix=ONNX_SUFFIX)
     if config.int4_block_size not in INT4_BLOCK_SIZES:
         problems.append(f"--int4_block_size {config.int4_block_size}: use one of {', '.join(map(str, INT4_BLOCK_SIZES))}")
     if not (config.mlflow_model / "MLmodel").is_file():

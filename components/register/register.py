@@ -14,7 +14,6 @@ run finds the version tagged with its pipeline run id and registers nothing new.
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,9 +21,8 @@ from pathlib import Path
 
 from maap_finetune.common.cli import StrictParser
 from maap_finetune.common.errors import ConfigErrors, UserError, exit_on_user_error
+from maap_finetune.registry.names import registration_name_problems
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
-REGISTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,32}$")
 
 
 @dataclass(frozen=True)
@@ -58,14 +56,7 @@ def build_parser() -> StrictParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
     config = Config(**vars(build_parser().parse_args(argv)))
-    problems = []
-    if not MODEL_NAME.match(config.registered_model_name):
-        problems.append(
-            f"--registered_model_name {config.registered_model_name!r}: use letters, digits, '-', '_' and '.', "
-            "starting with a letter or digit, at most 255 characters"
-        )
-    if config.registry_name is not None and not REGISTRY_NAME.match(config.registry_name):
-        problems.append(f"--registry_name {config.registry_name!r}: 3-33 letters, digits, '-' or '_'")
+    problems = registration_name_problems(config.registered_model_name, config.registry_name)
     if not (config.mlflow_model / "MLmodel").is_file():
         problems.append(f"--mlflow_model {config.mlflow_model}: MLmodel is missing (give Fine-Tune's mlflow_model output)")
     if config.model_format == "adapter":
