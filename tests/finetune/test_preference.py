@@ -290,3 +290,26 @@ def test_dpo_with_qlora_trains_in_bf16(tmp_path, tiny_model_dir, prepared_pairs,
     summary, _, _ = _dpo_run(tmp_path, prepared_pairs, tiny_model_dir, monkeypatch, peft_method="qlora",
                              max_steps=3)
     assert summary["steps"] == 3 and summary["precision"] == "bf16" and summary["merge_parity"]["passed"]
+
+
+def test_dpo_pairs_with_tool_calls_and_a_template_without_tools_stop_before_the_model_loads(
+        tmp_path, tiny_model_dir, prepared_pairs, mlflow_tracking, monkeypatch):
+    import shutil
+
+    from trl.chat_template_utils import phi3_chat_template
+
+    data = shutil.copytree(prepared_pairs, tmp_path / "pairs")
+    rows = [json.loads(line) for line in (data / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    rows[1] = {**rows[1], "tools": tools}  # the second train pair calls tools
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    template = tmp_path / "phi3.jinja"
+    template.write_text(phi3_chat_template, encoding="utf-8")
+
+    def no_model_load(*args, **kwargs):
+        raise AssertionError("the model must not load")
+
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", no_model_load)
+    with pytest.raises(UserError) as info:
+        load_entry("finetune").main(_dpo_argv(tmp_path, data, tiny_model_dir, chat_template=template))
+    assert "train.jsonl line 2 has function calling" in str(info.value)

@@ -209,7 +209,6 @@ def train(config: FinetuneConfig, plan, source, prepared):
     from datasets import Dataset
     from transformers import set_seed
 
-    from maap_finetune.data.chat_template import check_tools_support
     from maap_finetune.training import builders
     from maap_finetune.training.monitoring import TokenCounter
     from maap_finetune.training.plan import log_plan
@@ -219,6 +218,7 @@ def train(config: FinetuneConfig, plan, source, prepared):
         _empty_cuda_cache,
         _sum_across_ranks,
         _world_size,
+        check_function_calling,
         load_base_model,
         load_tokenizer,
         result_from_trainer,
@@ -231,12 +231,7 @@ def train(config: FinetuneConfig, plan, source, prepared):
     world = _world_size()
     set_seed(config.seed)
     tokenizer, added_template = load_tokenizer(config, source, "messages")
-    for split in ("train", "validation"):
-        for line, row in enumerate(prepared.rows(split), start=1):
-            if _uses_tools(row):
-                check_tools_support(tokenizer, str(config.chat_template or source.display_name),
-                                    f"{prepared.split_path(split)} line {line}")
-                break
+    check_function_calling(tokenizer, config, source, prepared, uses_tools=_uses_tools)
     train_examples, train_stats = tokenize_pairs(
         tokenizer, prepared.rows("train"), config.max_seq_length, config.max_prompt_length, "train")
     eval_examples, eval_stats = tokenize_pairs(

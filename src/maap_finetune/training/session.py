@@ -93,14 +93,16 @@ def load_tokenizer(config: FinetuneConfig, source, data_format: str):
     return tokenizer, added
 
 
-def check_function_calling(tokenizer, config: FinetuneConfig, source, prepared) -> None:
-    """Data with function calling needs a template that renders it; stop before the model loads if not."""
+def check_function_calling(tokenizer, config: FinetuneConfig, source, prepared, uses_tools=None) -> None:
+    """Data with function calling needs a template that renders it; stop before the model loads if not.
+    `uses_tools(row)` says whether a row calls tools (default: a chat row's; DPO passes its pairs')."""
     from maap_finetune.data.chat_template import check_tools_support
     from maap_finetune.data.function_calling import row_uses_tools
 
+    uses_tools = uses_tools or row_uses_tools
     for split in ("train", "validation"):
         for line, row in enumerate(prepared.rows(split), start=1):
-            if row_uses_tools(row):
+            if uses_tools(row):
                 model = config.chat_template or source.display_name
                 check_tools_support(tokenizer, str(model), f"{prepared.split_path(split)} line {line}")
                 return
