@@ -128,7 +128,8 @@ def _fix(row: StepCheck, rows: list[StepCheck], sizes) -> str:
     for the CPU steps where it holds them, or (Export ONNX) leaving the step out."""
     on_gpu = row.step in GPU_STEPS
     shared = [(r.memory_bytes, r.disk_bytes) for r in rows if r.compute == row.compute and r.memory_bytes is not None]
-    bigger = smallest_fitting(shared, sizes, gpu=on_gpu)
+    gpu_memory = (row.vm.gpu_memory_gb or 0) if on_gpu else 0  # a bigger GPU size keeps the GPU memory it had
+    bigger = smallest_fitting(shared, sizes, gpu=on_gpu, min_gpu_memory_gb=gpu_memory)
     flag = "--compute" if on_gpu else "--cpu-compute"
     fixes = [f"a {flag} cluster of a size that fits, such as {bigger.describe()}" if bigger else
              f"a {flag} cluster larger than every size in maap_finetune/capacity/vm_sizes.json"]

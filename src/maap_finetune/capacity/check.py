@@ -162,11 +162,13 @@ def fits(size: VmSize, needs: Iterable[tuple[float, float]], limit: float) -> bo
 
 
 def smallest_fitting(needs: Iterable[tuple[float, float]], sizes: Mapping[str, VmSize], *, gpu: bool,
-                     limit: float = USE_LIMIT) -> VmSize | None:
+                     limit: float = USE_LIMIT, min_gpu_memory_gb: float = 0) -> VmSize | None:
     """The VM size that holds every (memory, disk) of `needs`: current generation first, then the least memory,
-    then the fewest vCPUs, then the name. CPU sizes only unless `gpu` (GPU sizes only)."""
+    then the fewest vCPUs, then the name. CPU sizes only unless `gpu` (GPU sizes with at least
+    `min_gpu_memory_gb` in all only)."""
     needs = list(needs)
-    candidates = {s.name: s for s in sizes.values() if (s.gpus > 0) == gpu and fits(s, needs, limit)}
+    candidates = {s.name: s for s in sizes.values() if (s.gpus > 0) == gpu and fits(s, needs, limit)
+                  and (s.gpu_memory_gb or 0) >= min_gpu_memory_gb}
     ranked = sorted(candidates.values(), key=lambda s: (s.previous_generation, s.memory_bytes, s.vcpus, s.name))
     return ranked[0] if ranked else None
 
