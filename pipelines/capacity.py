@@ -26,7 +26,8 @@ from pipelines.factory import GPU_STEPS, REPO_ROOT, is_local_path
 
 BICEP = REPO_ROOT / "infra" / "main.bicep"
 _WORKSPACE_MODEL = re.compile(r"^azureml:(?P<name>[^:/@]+):(?P<version>[^:/@]+)$")
-_REGISTRY_MODEL = re.compile(r"^azureml://registries/(?P<registry>[^/]+)/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$")
+_REGISTRY_MODEL = re.compile(
+    r"^azureml://registries/(?P<registry>[^/]+)/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$")
 
 
 def bicep_defaults(path: Path = BICEP) -> dict[str, str]:
@@ -71,8 +72,18 @@ def parameters_of_azure_model(model, label: str) -> ParameterCount:
     return ParameterCount(size // 2, f"{label} tag {MODEL_SIZE_TAG} ({size} bytes, bf16 assumed)")
 
 
+def azure_registry_client(name: str):
+    """An MLClient for the Azure ML registry `name` (registry models are read from there, not the workspace)."""
+    from azure.ai.ml import MLClient
+    from azure.identity import DefaultAzureCredential
+
+    return MLClient(DefaultAzureCredential(), registry_name=name)
+
+
 def base_model_parameters(inputs: dict[str, Any], ml_client=None, registry_client=None) -> ParameterCount:
-    """The parameters of the base model that `inputs` (model_path or model_name) names."""
+    """The parameters of the base model that `inputs` (model_path or model_name) names. Without `ml_client` (a dry
+    run) nothing is read from Azure, and the Hub only from the local cache; `registry_client(name)` gives the client
+    of a registry (default: azure_registry_client)."""
     path, name = inputs.get("model_path"), inputs.get("model_name")
     path = str(getattr(path, "path", path) or "")
     if path and is_local_path(path):
@@ -80,9 +91,9 @@ def base_model_parameters(inputs: dict[str, Any], ml_client=None, registry_clien
     workspace, registry = _WORKSPACE_MODEL.match(path), _REGISTRY_MODEL.match(path)
     if workspace or registry:
         match = workspace or registry
-        client = ml_client if workspace else (registry_client(match["registry"]) if registry_client else None)
-        if client is None:
+        if ml_client is None:
             return ParameterCount(None, f"{path}: a dry run reads no workspace or registry")
+        client = ml_client if workspace else (registry_client or azure_registry_client)(match["registry"])
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
@@ -107,7 +118,7 @@ def placement(job, settings, computes: dict[str, Any] | None = None) -> tuple[di
     defaults = bicep_defaults()
     placed = {}
     for step, node in job.jobs.items():
-        cluster = node.compute
+        cluster = node.compute or job.settings.default_compute  # a node without one runs on the pipeline's
         if computes is not None:
             placed[step] = (cluster, getattr(computes.get(cluster), "size", None))
             continue

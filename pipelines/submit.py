@@ -355,14 +355,6 @@ def check_computes(ml_client, settings) -> dict:
     return found
 
 
-def registry_client(args: argparse.Namespace):
-    """A function giving an MLClient for an Azure ML registry by name (the capacity check reads registry models)."""
-    from azure.ai.ml import MLClient
-    from azure.identity import DefaultAzureCredential
-
-    return lambda name: MLClient(DefaultAzureCredential(), registry_name=name)
-
-
 def with_default_base_model(settings, out):
     """Fill in Phi-3-mini when no base model is set, and say so (dry run and submit alike)."""
     if not (settings.inputs.get("model_path") or settings.inputs.get("model_name")):
@@ -394,8 +386,8 @@ def submit(args: argparse.Namespace) -> int:
     ml_client = connect(args)
     with azure_errors("checking the compute"):
         computes = check_computes(ml_client, settings)
-        check_capacity(job, settings, computes=computes, ml_client=ml_client, registry_client=registry_client(args),
-                       force=args.force, out=sys.stdout)
+    with azure_errors("reading the base model's size"):  # before anything is uploaded
+        check_capacity(job, settings, computes=computes, ml_client=ml_client, force=args.force, out=sys.stdout)
     with azure_errors("submitting the pipeline"):
         created = ml_client.jobs.create_or_update(job, experiment_name=args.experiment)
     print(f"submitted pipeline job {created.name} to experiment {args.experiment!r}")

@@ -13,9 +13,8 @@ from maap_finetune.capacity.check import (GIB, STEP_COSTS, VM_SIZES, check_steps
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PHI3_MINI_PARAMETERS = 3_821_079_552  # tests/capacity/test_parameters.py counts it from the config
-DEFAULT_PLACEMENT = {"data_prep": ("cpu-cluster", "Standard_DS3_v2"), "finetune": ("gpu-cluster", "Standard_NC24ads_A100_v4"),
-                     "evaluate": ("gpu-cluster", "Standard_NC24ads_A100_v4"), "register": ("cpu-cluster", "Standard_DS3_v2"),
-                     "export_onnx": ("cpu-cluster", "Standard_DS3_v2")}
+CPU, GPU = ("cpu-cluster", "Standard_DS3_v2"), ("gpu-cluster", "Standard_NC24ads_A100_v4")  # before Standard_E8ds_v5
+DEFAULT_PLACEMENT = {"data_prep": CPU, "finetune": GPU, "evaluate": GPU, "register": CPU, "export_onnx": CPU}
 
 
 def test_every_vm_row_cites_its_azure_docs_page_and_has_its_figures():
@@ -88,7 +87,8 @@ def test_the_committed_costs_follow_the_contract():
             assert set(entry[kind]) >= {"intercept_bytes", "bytes_per_param"}, (step, kind)
     # The provisional memory lines pass through issue 19's measured points.
     costs = load_step_costs()
-    for step, (small, large) in {"finetune": (2.32, 4.56), "evaluate": (1.22, 3.13), "export_onnx": (2.46, 6.91)}.items():
+    measured = {"finetune": (2.32, 4.56), "evaluate": (1.22, 3.13), "export_onnx": (2.46, 6.91)}  # GB, issue 19
+    for step, (small, large) in measured.items():
         assert costs.steps[step].memory.at(168_000_000) == pytest.approx(small * 1e9, rel=1e-3)
         assert costs.steps[step].memory.at(542_000_000) == pytest.approx(large * 1e9, rel=1e-3)
 

@@ -66,7 +66,8 @@ def save_tiny_safetensors(path: Path, dtype="bfloat16") -> int:
     import torch
     from safetensors.torch import save_file
 
-    tensors = {"a.weight": torch.zeros(3, 5, dtype=getattr(torch, dtype)), "b.bias": torch.zeros(7, dtype=getattr(torch, dtype))}
+    kind = getattr(torch, dtype)
+    tensors = {"a.weight": torch.zeros(3, 5, dtype=kind), "b.bias": torch.zeros(7, dtype=kind)}
     save_file(tensors, str(path))
     return 3 * 5 + 7
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from maap_finetune.capacity.check import DEFAULT_HEADROOM, default_cpu_size, find_vm_size, fits, load_step_costs, load_vm_sizes
+from maap_finetune.capacity.check import (DEFAULT_HEADROOM, default_cpu_size, find_vm_size, fits, load_step_costs,
+                                          load_vm_sizes)
 from maap_finetune.capacity.parameters import parameters_of_config
 
 from pipelines.capacity import bicep_defaults

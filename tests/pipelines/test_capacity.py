@@ -123,7 +123,8 @@ def test_a_hub_model_is_read_from_the_local_cache_in_a_dry_run(monkeypatch, tmp_
                         lambda repo_id, filename, local_files_only: asked.append(local_files_only) or str(cached))
     assert submit.main(["--dry-run", "--sample-data", "--set", "model_name=microsoft/Phi-3-mini-4k-instruct"]) == 0
     assert asked == [True]  # a dry run touches no network
-    assert "3.82 B parameters, from microsoft/Phi-3-mini-4k-instruct config.json (phi3 shapes)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "3.82 B parameters, from microsoft/Phi-3-mini-4k-instruct config.json (phi3 shapes)" in err
 
 
 def test_validate_lists_a_step_that_does_not_fit(monkeypatch, phi3_mini, capsys):
