@@ -5,7 +5,7 @@
 //
 // Creates: Log Analytics + Application Insights, a storage account, a key vault and a container
 // registry (the workspace's dependencies), the workspace (system-assigned identity), and two
-// AmlCompute clusters (GPU for fine-tune/evaluate, CPU for data prep/register) that scale to
+// AmlCompute clusters (GPU for fine-tune/evaluate, CPU for data prep/register/export ONNX) that scale to
 // zero nodes when idle, have a managed identity, and accept no public SSH.
 //
 // Security scan: tests/infra/test_security_scan.py runs checkov on this folder. Every skipped
@@ -34,11 +34,11 @@ param gpuVmSize string = 'Standard_NC24ads_A100_v4'
 @minValue(1)
 param gpuMaxNodes int = 2
 
-@description('Name of the CPU cluster (data prep and register run here).')
+@description('Name of the CPU cluster (data prep, register and export ONNX run here).')
 param cpuClusterName string = 'cpu-cluster'
 
-@description('VM size of the CPU cluster nodes.')
-param cpuVmSize string = 'Standard_DS3_v2'
+@description('VM size of the CPU cluster nodes: it holds Export ONNX of Phi-3-mini with 20% to spare (infra/README.md, "CPU cluster size"; tests/infra/test_cpu_cluster_size.py).')
+param cpuVmSize string = 'Standard_E8ds_v5'
 
 @description('Most CPU nodes the cluster scales out to.')
 @minValue(1)

@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     where = parser.add_argument_group("compute")
     where.add_argument("--compute", help="compute cluster for the GPU steps (fine-tune, evaluate); required to submit")
     where.add_argument("--cpu-compute", help="compute cluster for the CPU steps (data prep, register); default: --compute")
+    where.add_argument(
+        "--force", action="store_true",
+        help="submit even when the capacity check predicts a step too big for its cluster's VM (a warning instead)",
+    )
     where.add_argument("--instance-count", "--nodes", type=int, default=1, metavar="N", help="nodes for fine-tune (default 1)")
     where.add_argument(
         "--process-count-per-instance", "--processes-per-node", type=int, default=1, metavar="N",
@@ -223,7 +227,18 @@ def settings_from_args(
 def validate(args: argparse.Namespace) -> int:
     from pipelines.validate import component_files, validate_repo
 
-    problems = validate_repo(settings_from_args(args, require_base_model=False, require_training_data=False))
+    settings = settings_from_args(args, require_base_model=False, require_training_data=False)
+    problems = validate_repo(settings)
+    if not problems and (settings.inputs.get("model_path") or settings.inputs.get("model_name")):
+        from maap_finetune.common.errors import ConfigErrors
+
+        from pipelines.capacity import check_capacity
+        from pipelines.factory import build_pipeline
+
+        try:
+            check_capacity(build_pipeline(settings), settings, force=args.force)
+        except ConfigErrors as err:
+            problems = err.problems
     if problems:
         print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''}:", file=sys.stderr)
         for problem in problems:
@@ -310,13 +325,15 @@ def _compute_listing(ml_client, clusters_only: bool = False) -> str:
     return f"available {label}: " + ", ".join(f"{c.name} ({c.type})" for c in sorted(shown, key=lambda c: c.name))
 
 
-def check_computes(ml_client, settings) -> None:
-    """Each compute the pipeline uses exists and is a cluster (AmlCompute) big enough for fine-tune."""
+def check_computes(ml_client, settings) -> dict:
+    """Each compute the pipeline uses exists and is a cluster (AmlCompute) big enough for fine-tune; returns them by
+    name."""
     from azure.core.exceptions import ResourceNotFoundError
 
     from maap_finetune.common.errors import UserError
 
     names = [settings.compute] + ([settings.cpu_compute] if settings.cpu_compute and settings.cpu_compute != settings.compute else [])
+    found = {}
     for name in names:
         flag = "--compute" if name == settings.compute else "--cpu-compute"
         try:
@@ -334,6 +351,8 @@ def check_computes(ml_client, settings) -> None:
             raise UserError(
                 f"--instance-count {settings.instance_count} exceeds {name!r}'s max_instances ({max_instances})"
             )
+        found[name] = compute
+    return found
 
 
 def with_default_base_model(settings, out):
@@ -347,12 +366,14 @@ def with_default_base_model(settings, out):
 def submit(args: argparse.Namespace) -> int:
     from maap_finetune.common.errors import ConfigErrors, UserError
 
+    from pipelines.capacity import check_capacity
     from pipelines.factory import build_pipeline, pipeline_yaml, validate_job
 
     if args.dry_run:
         settings = with_default_base_model(settings_from_args(args), sys.stderr)
         job = build_pipeline(settings)
         print(pipeline_yaml(job), end="")
+        check_capacity(job, settings, force=args.force)  # infra/main.bicep's VM sizes; prints the table
         return 0
     if not args.compute:
         raise UserError("--compute is required to submit to Azure ML (or use --local, --dry-run or --validate)")
@@ -364,7 +385,9 @@ def submit(args: argparse.Namespace) -> int:
 
     ml_client = connect(args)
     with azure_errors("checking the compute"):
-        check_computes(ml_client, settings)
+        computes = check_computes(ml_client, settings)
+    with azure_errors("reading the base model's size"):  # before anything is uploaded
+        check_capacity(job, settings, computes=computes, ml_client=ml_client, force=args.force, out=sys.stdout)
     with azure_errors("submitting the pipeline"):
         created = ml_client.jobs.create_or_update(job, experiment_name=args.experiment)
     print(f"submitted pipeline job {created.name} to experiment {args.experiment!r}")
