@@ -179,6 +179,11 @@ def test_batched_tokenizer_equals_the_row_by_row_reference(tokenizer, template, 
         tokenizer.chat_template = original
 
 
+def test_forked_workers_give_the_same_examples_in_order(tokenizer):
+    rows = _rows(random.Random(7), 1200, with_tools=True)  # three batches of BATCH_ROWS
+    assert tokenize_rows(tokenizer, rows, 64, False, "train", workers=2) == tokenize_rows(tokenizer, rows, 64, False, "train")
+
+
 def test_a_template_that_is_not_prefix_preserving_is_refused_as_before(tokenizer):
     tokenizer.chat_template, original = (
         "{% for m in messages %}{{ m['role'] + ':' + m['content'] + '|' }}{% endfor %}"

@@ -14,6 +14,7 @@ every other assistant turn is (tool-call turns included). A row's `tools` go to 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -165,7 +166,8 @@ def _encode_chats(tokenizer, chats, train_on_prompt: bool) -> list[tuple[np.ndar
     end <= e; learned inside learned turns, or, with `train_on_prompt`, everywhere but weight-0 turns."""
     rendered = _spans_of_chats(tokenizer, chats, weight=0 if train_on_prompt else 1)
     texts = [text for text, _ in rendered]
-    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False,
+                        return_token_type_ids=False)
     ids_per_row, offsets_per_row = encoded["input_ids"], encoded["offset_mapping"]
     lengths = np.fromiter(map(len, ids_per_row), dtype=np.int64, count=len(texts))
     total = int(lengths.sum())
@@ -269,31 +271,66 @@ def _encode_batch(tokenizer, rows: Sequence[dict[str, Any]], train_on_prompt: bo
 
 BATCH_ROWS = 512  # rows per batched render / tokenizer call
 
+_worker: tuple | None = None  # (tokenizer, train_on_prompt) in a forked worker
+
+
+def _init_worker(tokenizer, train_on_prompt: bool) -> None:
+    global _worker
+    _worker = (tokenizer, train_on_prompt)
+
+
+def _encode_flat(batch: list[dict[str, Any]], tokenizer=None, train_on_prompt: bool | None = None):
+    """A batch's rows as (lengths, ids, labels), three flat int64 arrays: cheap to send between processes."""
+    if tokenizer is None:
+        tokenizer, train_on_prompt = _worker
+    encoded = _encode_batch(tokenizer, batch, train_on_prompt)
+    lengths = np.fromiter((len(ids) for ids, _ in encoded), dtype=np.int64, count=len(encoded))
+    if not len(encoded):
+        return lengths, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ids = np.concatenate([np.asarray(ids, dtype=np.int64) for ids, _ in encoded])
+    labels = np.concatenate([np.asarray(labels, dtype=np.int64) for _, labels in encoded])
+    return lengths, ids, labels
+
 
 def iter_tokenized(
-    tokenizer, rows: Iterable[dict[str, Any]], max_seq_length: int, train_on_prompt: bool, stats: TokenizeStats
+    tokenizer, rows: Iterable[dict[str, Any]], max_seq_length: int, train_on_prompt: bool, stats: TokenizeStats,
+    workers: int = 1,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(ids, labels) of every row that keeps a learnable token, truncated to `max_seq_length` (keeping the
-    start), as int64 arrays; `stats` counts what happened."""
+    start), as int64 arrays; `stats` counts what happened. With `workers` > 1 the batches are encoded by that
+    many forked processes (the rendering is Python, one core each), in order."""
     iterator = iter(rows)
-    while batch := list(islice(iterator, BATCH_ROWS)):
-        for ids, labels in _encode_batch(tokenizer, batch, train_on_prompt):
-            stats.rows += 1
-            ids, labels = np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)
-            if len(ids) > max_seq_length:
-                stats.truncated += 1
-                ids, labels = ids[:max_seq_length], labels[:max_seq_length]
-            learned = int(np.count_nonzero(labels != IGNORE_INDEX))
-            if not learned:
-                stats.dropped_no_target += 1
-                stats.dropped_rows.append(stats.rows)
-                continue
-            stats.tokens += len(ids)
-            stats.target_tokens += learned
-            yield ids, labels
+    batches = iter(lambda: list(islice(iterator, BATCH_ROWS)), [])
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = stack.enter_context(ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("fork"),
+                initializer=_init_worker, initargs=(tokenizer, train_on_prompt)))
+            encoded = pool.map(_encode_flat, batches)
+        else:
+            encoded = (_encode_flat(batch, tokenizer, train_on_prompt) for batch in batches)
+        for lengths, flat_ids, flat_labels in encoded:
+            bounds = np.concatenate(([0], np.cumsum(lengths))).tolist()
+            for start, stop in zip(bounds[:-1], bounds[1:]):
+                stats.rows += 1
+                if stop - start > max_seq_length:
+                    stats.truncated += 1
+                    stop = start + max_seq_length
+                ids, labels = flat_ids[start:stop], flat_labels[start:stop]
+                learned = int(np.count_nonzero(labels != IGNORE_INDEX))
+                if not learned:
+                    stats.dropped_no_target += 1
+                    stats.dropped_rows.append(stats.rows)
+                    continue
+                stats.tokens += len(ids)
+                stats.target_tokens += learned
+                yield ids, labels
 
 
-def _warn(stats: TokenizeStats, max_seq_length: int, split: str) -> None:
+def log_counts(stats: TokenizeStats, max_seq_length: int, split: str) -> None:
     if stats.truncated:
         log.warning(
             "%s: %d of %d examples were longer than max_seq_length %d and were truncated",
@@ -309,15 +346,16 @@ def _warn(stats: TokenizeStats, max_seq_length: int, split: str) -> None:
 
 
 def tokenize_rows(
-    tokenizer, rows: Iterable[dict[str, Any]], max_seq_length: int, train_on_prompt: bool, split: str
+    tokenizer, rows: Iterable[dict[str, Any]], max_seq_length: int, train_on_prompt: bool, split: str,
+    workers: int = 1,
 ) -> tuple[list[dict[str, list[int]]], TokenizeStats]:
     """Tokenize every row, truncate to `max_seq_length` (keeping the start) and count what happened."""
     stats = TokenizeStats()
     examples = [
         {"input_ids": ids.tolist(), "labels": labels.tolist(), "length": len(ids)}
-        for ids, labels in iter_tokenized(tokenizer, rows, max_seq_length, train_on_prompt, stats)
+        for ids, labels in iter_tokenized(tokenizer, rows, max_seq_length, train_on_prompt, stats, workers)
     ]
-    _warn(stats, max_seq_length, split)
+    log_counts(stats, max_seq_length, split)
     return examples, stats
 
 
