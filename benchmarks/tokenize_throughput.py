@@ -175,6 +175,7 @@ def main(argv=None) -> dict:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_average_before": [round(x, 2) for x in load_before],
                     "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+        "command": "python benchmarks/tokenize_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "baseline_ref": args.baseline_ref, "rounds": args.rounds, "workers": workers, "results": results,
     }
     if args.out:
@@ -194,7 +195,7 @@ def markdown(report: dict) -> str:
         f"Baseline: training/data.py at {report['baseline_ref']}. Median of {report['rounds']} alternated rounds; "
         "every round's outputs checked equal. Tokens per second of wall time, and per CPU second of the process.",
         "",
-        f"batched-workers: {report['workers']} forked processes (what rank 0 uses, one per core it may run on).",
+        f"Command: `{report['command']}`. batched-workers: {report['workers']} forked processes (what rank 0 uses, one per core it may run on).",
         "",
         "| tokenizer | data | rows | tokens/row | main tok/s | batched tok/s | batched-parallel tok/s | "
         "batched-workers tok/s | main tok/cpu-s | batched tok/cpu-s | speedup (batched, parallel, workers) |",

@@ -8,6 +8,11 @@ learned when it lies inside such a span. The end-of-turn token (`<|end|>`) and, 
 the EOS the template appends, fall inside the span. The result goes to SFTTrainer as a
 pre-tokenized dataset (`input_ids`, `labels`), so TRL does no second tokenization.
 
+Rows go in batches of BATCH_ROWS: every render of a batch is one `apply_chat_template` call, every text one
+tokenizer call (the Rust tokenizer encodes a batch at once), and the mask comes from numpy over the token
+offsets; `iter_tokenized(workers=N)` spreads the batches over N forked processes. The ids, labels and counts
+equal the row-by-row algorithm's (tests/finetune/test_tokenize_equivalence.py keeps it as the reference).
+
 Rows in the Azure OpenAI format: an assistant message with `"weight": 0` is context, not learned;
 every other assistant turn is (tool-call turns included). A row's `tools` go to the template.
 """
@@ -56,12 +61,6 @@ def ensure_chat_template(tokenizer) -> bool:
         return False
     tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     return True
-
-
-def _render(tokenizer, messages: Sequence[dict], add_generation_prompt: bool, tools: list | None = None) -> str:
-    return tokenizer.apply_chat_template(
-        list(messages), tools=tools or None, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
 
 
 def _render_many(tokenizer, conversations: list[Sequence[dict]], add_generation_prompt: bool, tools) -> list[str]:
@@ -204,10 +203,6 @@ def tokenize_messages(
     return ids.tolist(), labels.tolist()
 
 
-def _has_weight_zero(messages: Sequence[dict]) -> bool:
-    return any(m.get("role") == "assistant" and m.get("weight", 1) == 0 for m in messages)
-
-
 def _with_eos(tokenizer, ids: list[int]) -> list[int]:
     if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
         return ids + [tokenizer.eos_token_id]
@@ -232,11 +227,6 @@ def _common_prefix_ids(a: list[int], b: list[int]) -> int:
     while i < min(len(a), len(b)) and a[i] == b[i]:
         i += 1
     return i
-
-
-def tokenize_row(tokenizer, row: dict[str, Any], train_on_prompt: bool) -> tuple[list[int], list[int]]:
-    ids, labels = _encode_batch(tokenizer, [row], train_on_prompt)[0]
-    return list(map(int, ids)), list(map(int, labels))
 
 
 def _encode_batch(tokenizer, rows: Sequence[dict[str, Any]], train_on_prompt: bool) -> list[tuple]:

@@ -60,7 +60,9 @@ def key_of(tokenizer, prepared, max_seq_length: int, train_on_prompt: bool) -> s
         "tokenizer_class": type(tokenizer).__name__,
     }
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    digest.update(tokenizer.backend_tokenizer.to_str().encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # the Rust tokenizer: vocabulary, merges, rules
+    digest.update(backend.to_str().encode() if backend is not None else
+                  json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     for split in SPLITS:
         with open(prepared.split_path(split), "rb") as handle:
             digest.update(hashlib.file_digest(handle, "sha256").digest())
