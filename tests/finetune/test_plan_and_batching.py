@@ -24,6 +24,7 @@ def test_plan_resolves_every_auto_once(tmp_path):
     assert plan.as_dict() == {
         "device": "cuda", "precision": "bf16", "attn_implementation": "flash_attention_2", "use_liger_kernel": True,
         "batching": "padding_free", "max_tokens_per_batch": None, "deepspeed_stage": 2,
+        "tokenized_on": None, "tokenize_seconds": None,  # filled in by the session once the data is tokenized
     }
     params = plan.as_params()
     assert params["plan.deepspeed_stage"] == 2 and params["plan.max_tokens_per_batch"] == "none"

@@ -102,6 +102,12 @@ def test_two_cpu_processes_gloo(tmp_path, tiny_model_dir, prepared_chat):
     assert (Path(out["adapter"]) / "adapter_model.safetensors").is_file()
     assert (Path(out["mlflow_model"]) / "MLmodel").is_file()
     assert summary["merge_parity"]["passed"]
+    # Tokenized once: rank 0 wrote the Arrow files, rank 1 memory-mapped them; the plan says where and how long.
+    assert "on rank 0 into" in logs[0] and "on rank 0 into" not in logs[1]
+    assert "memory-mapping the data rank 0 tokenized" in logs[1]
+    plan = json.loads((Path(out["adapter"]) / "plan.json").read_text())
+    assert plan["tokenized_on"] == "rank 0" and plan["tokenize_seconds"] > 0
+    assert (Path(out["checkpoints"]) / "tokenized" / "tokenized.json").is_file()
     # One MLflow run, logged by rank 0 only.
     import mlflow
 

@@ -8,16 +8,25 @@ learned when it lies inside such a span. The end-of-turn token (`<|end|>`) and, 
 the EOS the template appends, fall inside the span. The result goes to SFTTrainer as a
 pre-tokenized dataset (`input_ids`, `labels`), so TRL does no second tokenization.
 
+Rows go in batches of BATCH_ROWS: every render of a batch is one `apply_chat_template` call, every text one
+tokenizer call (the Rust tokenizer encodes a batch at once), and the mask comes from numpy over the token
+offsets; `iter_tokenized(workers=N)` spreads the batches over N forked processes. The ids, labels and counts
+equal the row-by-row algorithm's (tests/finetune/test_tokenize_equivalence.py keeps it as the reference).
+
 Rows in the Azure OpenAI format: an assistant message with `"weight": 0` is context, not learned;
 every other assistant turn is (tool-call turns included). A row's `tools` go to the template.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from typing import Any
+
+import numpy as np
 
 from maap_finetune.common.errors import UserError
 
@@ -54,18 +63,92 @@ def ensure_chat_template(tokenizer) -> bool:
     return True
 
 
-def _render(tokenizer, messages: Sequence[dict], add_generation_prompt: bool, tools: list | None = None) -> str:
+def _render_many(tokenizer, conversations: list[Sequence[dict]], add_generation_prompt: bool, tools) -> list[str]:
+    """One batched `apply_chat_template` call: each conversation renders as it would alone."""
+    if not conversations:
+        return []
     return tokenizer.apply_chat_template(
-        list(messages), tools=tools or None, tokenize=False, add_generation_prompt=add_generation_prompt
+        [list(c) for c in conversations], tools=tools or None, tokenize=False,
+        add_generation_prompt=add_generation_prompt,
     )
 
 
 def _common_prefix(a: str, b: str) -> int:
+    """Length of the longest common prefix, by bisection over C-speed `startswith` (no per-character loop)."""
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    if b.startswith(a[:n] if n < len(a) else a):
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if b.startswith(a[lo:mid], lo):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+_PREFIX_ERROR = (
+    "the chat template renders a conversation differently from its own prefix (the turns before an "
+    "assistant message plus the generation prompt), so assistant tokens cannot be located; "
+    "use a prefix-preserving template, or set train_on_prompt true (and drop weight 0 from the rows: "
+    "its turns must be located too)"
+)
+
+
+def _turns(messages: Sequence[dict], weight: int) -> list[int]:
+    return [i for i, m in enumerate(messages) if m.get("role") == "assistant" and m.get("weight", 1) == weight]
+
+
+def _tools_key(tools) -> str | None:
+    import json
+
+    return json.dumps(tools, default=str) if tools else None
+
+
+def _spans_of_chats(tokenizer, chats: Sequence[tuple[Sequence[dict], list | None]], weight: int):
+    """For each (messages, tools): the rendered text and the character spans of its assistant turns of `weight`.
+
+    The span of turn i starts where "the turns before it plus the generation prompt" ends (that render must be a
+    prefix of the whole conversation) and ends where "the conversation up to and including it" stops agreeing
+    with the whole (the last turn owns everything the template appends: end-of-turn, EOS). Every render is one
+    batched `apply_chat_template` call per distinct `tools` (two: with and without the generation prompt)."""
+    groups: dict[str | None, list[int]] = {}
+    for index, (_, tools) in enumerate(chats):
+        groups.setdefault(_tools_key(tools), []).append(index)
+    results: list[tuple[str, list[tuple[int, int]]]] = [("", [])] * len(chats)
+    for members in groups.values():
+        tools = chats[members[0]][1]
+        plain, prompted, plans = [], [], []
+        for index in members:
+            messages = chats[index][0]
+            if not messages:
+                raise UserError("a prepared row has an empty messages list")
+            plan = [len(plain)]
+            plain.append(messages)
+            for i in _turns(messages, weight):
+                prompt_at = cut_at = None
+                if i:
+                    prompt_at = len(prompted)
+                    prompted.append(messages[:i])
+                if i != len(messages) - 1:
+                    cut_at = len(plain)
+                    plain.append(messages[: i + 1])
+                plan.append((prompt_at, cut_at))
+            plans.append(plan)
+        plain_text = _render_many(tokenizer, plain, False, tools)
+        prompt_text = _render_many(tokenizer, prompted, True, tools)
+        for index, (full_at, *turns) in zip(members, plans):
+            full = plain_text[full_at]
+            spans = []
+            for prompt_at, cut_at in turns:
+                prompt = "" if prompt_at is None else prompt_text[prompt_at]
+                if not full.startswith(prompt):
+                    raise UserError(_PREFIX_ERROR)
+                end = len(full) if cut_at is None else _common_prefix(plain_text[cut_at], full)
+                spans.append((len(prompt), end))
+            results[index] = (full, spans)
+    return results
 
 
 def assistant_spans(
@@ -73,25 +156,42 @@ def assistant_spans(
 ) -> tuple[str, list[tuple[int, int]]]:
     """Render `messages` and return the text and the character spans of every assistant turn of `weight`:
     1 (absent counts as 1) for the turns learned, 0 for those kept as context only."""
-    full = _render(tokenizer, messages, add_generation_prompt=False, tools=tools)
-    spans = []
-    for i, message in enumerate(messages):
-        if message.get("role") != "assistant" or message.get("weight", 1) != weight:
-            continue
-        prompt = _render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools) if i else ""
-        if not full.startswith(prompt):
-            raise UserError(
-                "the chat template renders a conversation differently from its own prefix (the turns before an "
-                "assistant message plus the generation prompt), so assistant tokens cannot be located; "
-                "use a prefix-preserving template, or set train_on_prompt true (and drop weight 0 from the rows: "
-                "its turns must be located too)"
-            )
-        if i == len(messages) - 1:
-            end = len(full)  # the last turn owns everything the template appends (end-of-turn, EOS)
-        else:
-            end = _common_prefix(_render(tokenizer, messages[: i + 1], add_generation_prompt=False, tools=tools), full)
-        spans.append((len(prompt), end))
-    return full, spans
+    return _spans_of_chats(tokenizer, [(messages, tools)], weight)[0]
+
+
+def _encode_chats(tokenizer, chats, train_on_prompt: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Token ids and labels of many conversations: one batched render, one batched (parallel, Rust) tokenizer
+    call, and the mask from numpy over the offsets. A token is inside a span (s, e) when s <= start < e and
+    end <= e; learned inside learned turns, or, with `train_on_prompt`, everywhere but weight-0 turns."""
+    rendered = _spans_of_chats(tokenizer, chats, weight=0 if train_on_prompt else 1)
+    texts = [text for text, _ in rendered]
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False,
+                        return_token_type_ids=False)
+    ids_per_row, offsets_per_row = encoded["input_ids"], encoded["offset_mapping"]
+    lengths = np.fromiter(map(len, ids_per_row), dtype=np.int64, count=len(texts))
+    total = int(lengths.sum())
+    ids = np.fromiter(chain.from_iterable(ids_per_row), dtype=np.int64, count=total)
+    offsets = np.fromiter(chain.from_iterable(chain.from_iterable(offsets_per_row)), dtype=np.int64, count=2 * total)
+    # One line of text for the whole batch: row r starts at base[r], one character past the end of row r - 1,
+    # so no span of one row can reach a token of another.
+    base = np.zeros(len(texts), dtype=np.int64)
+    np.cumsum(np.fromiter((len(t) + 1 for t in texts), dtype=np.int64, count=len(texts))[:-1], out=base[1:])
+    token_base = np.repeat(base, lengths)
+    starts, ends = offsets[0::2] + token_base, offsets[1::2] + token_base
+    spans = np.array([(b + s, b + e) for b, (_, row) in zip(base.tolist(), rendered) for s, e in row if e > s],
+                     dtype=np.int64).reshape(-1, 2)
+    if len(spans):
+        # Exists a span with s <= start whose end e >= max(start + 1, end)  <=>  the running maximum of the
+        # ends of the spans (sorted by start) up to the last s <= start is >= max(start + 1, end).
+        order = np.argsort(spans[:, 0], kind="stable")
+        span_starts, reach = spans[order, 0], np.maximum.accumulate(spans[order, 1])
+        last = np.searchsorted(span_starts, starts, side="right") - 1
+        inside = (last >= 0) & (reach[np.maximum(last, 0)] >= np.maximum(starts + 1, ends))
+    else:
+        inside = np.zeros(total, dtype=bool)
+    labels = np.where(inside != train_on_prompt, ids, IGNORE_INDEX)
+    bounds = np.concatenate(([0], np.cumsum(lengths))).tolist()
+    return [(ids[a:b], labels[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def tokenize_messages(
@@ -99,41 +199,24 @@ def tokenize_messages(
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels: assistant turns learned, the rest -100; with `train_on_prompt` every token is
     learned except the assistant turns of weight 0, which the data marks as context in either mode."""
-    if train_on_prompt:
-        text, excluded = assistant_spans(tokenizer, messages, tools, weight=0) if _has_weight_zero(messages) else (
-            _render(tokenizer, messages, add_generation_prompt=False, tools=tools), [])
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = encoded["input_ids"]
-        return ids, [IGNORE_INDEX if _inside(offsets, excluded) else token_id
-                     for token_id, offsets in zip(ids, encoded["offset_mapping"])]
-    text, spans = assistant_spans(tokenizer, messages, tools)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = encoded["input_ids"]
-    return ids, [token_id if _inside(offsets, spans) else IGNORE_INDEX
-                 for token_id, offsets in zip(ids, encoded["offset_mapping"])]
+    ids, labels = _encode_chats(tokenizer, [(messages, tools)], train_on_prompt)[0]
+    return ids.tolist(), labels.tolist()
 
 
-def _has_weight_zero(messages: Sequence[dict]) -> bool:
-    return any(m.get("role") == "assistant" and m.get("weight", 1) == 0 for m in messages)
-
-
-def _inside(offsets: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
-    start, end = offsets
-    return any(s <= start < e and end <= e for s, e in spans)
+def _with_eos(tokenizer, ids: list[int]) -> list[int]:
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        return ids + [tokenizer.eos_token_id]
+    return ids
 
 
 def tokenize_text(tokenizer, text: str) -> tuple[list[int], list[int]]:
-    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
-        ids = ids + [tokenizer.eos_token_id]
+    ids = _with_eos(tokenizer, tokenizer(text, add_special_tokens=True)["input_ids"])
     return ids, list(ids)
 
 
 def tokenize_prompt_completion(tokenizer, prompt: str, completion: str, train_on_prompt: bool):
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    full_ids = tokenizer(prompt + completion, add_special_tokens=True)["input_ids"]
-    if tokenizer.eos_token_id is not None and (not full_ids or full_ids[-1] != tokenizer.eos_token_id):
-        full_ids = full_ids + [tokenizer.eos_token_id]
+    full_ids = _with_eos(tokenizer, tokenizer(prompt + completion, add_special_tokens=True)["input_ids"])
     cut = _common_prefix_ids(prompt_ids, full_ids)
     labels = list(full_ids) if train_on_prompt else [IGNORE_INDEX] * cut + full_ids[cut:]
     return full_ids, labels
@@ -146,38 +229,98 @@ def _common_prefix_ids(a: list[int], b: list[int]) -> int:
     return i
 
 
-def tokenize_row(tokenizer, row: dict[str, Any], train_on_prompt: bool) -> tuple[list[int], list[int]]:
-    if "messages" in row:
-        return tokenize_messages(tokenizer, row["messages"], train_on_prompt, row.get("tools"))
-    if "prompt" in row and "completion" in row:
-        prompt, completion = row["prompt"], row["completion"]
-        if isinstance(prompt, list) and isinstance(completion, list):
-            return tokenize_messages(tokenizer, prompt + completion, train_on_prompt)
-        return tokenize_prompt_completion(tokenizer, str(prompt), str(completion), train_on_prompt)
-    if "text" in row:
-        return tokenize_text(tokenizer, row["text"])
-    raise UserError(f"a prepared row has none of messages, prompt/completion or text (keys: {sorted(row)})")
-
-
-def tokenize_rows(
-    tokenizer, rows: Iterable[dict[str, Any]], max_seq_length: int, train_on_prompt: bool, split: str
-) -> tuple[list[dict[str, list[int]]], TokenizeStats]:
-    """Tokenize every row, truncate to `max_seq_length` (keeping the start) and count what happened."""
-    stats = TokenizeStats()
-    examples = []
+def _encode_batch(tokenizer, rows: Sequence[dict[str, Any]], train_on_prompt: bool) -> list[tuple]:
+    """(ids, labels) of each row, in order: conversations and texts in one batched call each."""
+    out: list[tuple] = [None] * len(rows)  # type: ignore[list-item]
+    chats, chat_at, texts, text_at = [], [], [], []
     for index, row in enumerate(rows):
-        stats.rows += 1
-        ids, labels = tokenize_row(tokenizer, row, train_on_prompt)
-        if len(ids) > max_seq_length:
-            stats.truncated += 1
-            ids, labels = ids[:max_seq_length], labels[:max_seq_length]
-        if all(label == IGNORE_INDEX for label in labels):
-            stats.dropped_no_target += 1
-            stats.dropped_rows.append(index + 1)
-            continue
-        stats.tokens += len(ids)
-        stats.target_tokens += sum(label != IGNORE_INDEX for label in labels)
-        examples.append({"input_ids": ids, "labels": labels, "length": len(ids)})
+        if "messages" in row:
+            chats.append((row["messages"], row.get("tools")))
+            chat_at.append(index)
+        elif "prompt" in row and "completion" in row:
+            prompt, completion = row["prompt"], row["completion"]
+            if isinstance(prompt, list) and isinstance(completion, list):
+                chats.append((prompt + completion, None))
+                chat_at.append(index)
+            else:
+                out[index] = tokenize_prompt_completion(tokenizer, str(prompt), str(completion), train_on_prompt)
+        elif "text" in row:
+            texts.append(row["text"])
+            text_at.append(index)
+        else:
+            raise UserError(f"a prepared row has none of messages, prompt/completion or text (keys: {sorted(row)})")
+    if chats:
+        for index, encoded in zip(chat_at, _encode_chats(tokenizer, chats, train_on_prompt)):
+            out[index] = encoded
+    if texts:
+        for index, ids in zip(text_at, tokenizer(texts, add_special_tokens=True)["input_ids"]):
+            ids = _with_eos(tokenizer, ids)
+            out[index] = (ids, ids)
+    return out
+
+
+BATCH_ROWS = 512  # rows per batched render / tokenizer call
+
+_worker: tuple | None = None  # (tokenizer, train_on_prompt) in a forked worker
+
+
+def _init_worker(tokenizer, train_on_prompt: bool) -> None:
+    global _worker
+    _worker = (tokenizer, train_on_prompt)
+
+
+def _encode_flat(batch: list[dict[str, Any]], tokenizer=None, train_on_prompt: bool | None = None):
+    """A batch's rows as (lengths, ids, labels), three flat int64 arrays: cheap to send between processes."""
+    if tokenizer is None:
+        tokenizer, train_on_prompt = _worker
+    encoded = _encode_batch(tokenizer, batch, train_on_prompt)
+    lengths = np.fromiter((len(ids) for ids, _ in encoded), dtype=np.int64, count=len(encoded))
+    if not len(encoded):
+        return lengths, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ids = np.concatenate([np.asarray(ids, dtype=np.int64) for ids, _ in encoded])
+    labels = np.concatenate([np.asarray(labels, dtype=np.int64) for _, labels in encoded])
+    return lengths, ids, labels
+
+
+def iter_tokenized(
+    tokenizer, rows: Iterable[dict[str, Any]], max_seq_length: int, train_on_prompt: bool, stats: TokenizeStats,
+    workers: int = 1,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, labels) of every row that keeps a learnable token, truncated to `max_seq_length` (keeping the
+    start), as int64 arrays; `stats` counts what happened. With `workers` > 1 the batches are encoded by that
+    many forked processes (the rendering is Python, one core each), in order."""
+    iterator = iter(rows)
+    batches = iter(lambda: list(islice(iterator, BATCH_ROWS)), [])
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = stack.enter_context(ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("fork"),
+                initializer=_init_worker, initargs=(tokenizer, train_on_prompt)))
+            encoded = pool.map(_encode_flat, batches)
+        else:
+            encoded = (_encode_flat(batch, tokenizer, train_on_prompt) for batch in batches)
+        for lengths, flat_ids, flat_labels in encoded:
+            bounds = np.concatenate(([0], np.cumsum(lengths))).tolist()
+            for start, stop in zip(bounds[:-1], bounds[1:]):
+                stats.rows += 1
+                if stop - start > max_seq_length:
+                    stats.truncated += 1
+                    stop = start + max_seq_length
+                ids, labels = flat_ids[start:stop], flat_labels[start:stop]
+                learned = int(np.count_nonzero(labels != IGNORE_INDEX))
+                if not learned:
+                    stats.dropped_no_target += 1
+                    stats.dropped_rows.append(stats.rows)
+                    continue
+                stats.tokens += len(ids)
+                stats.target_tokens += learned
+                yield ids, labels
+
+
+def log_counts(stats: TokenizeStats, max_seq_length: int, split: str) -> None:
     if stats.truncated:
         log.warning(
             "%s: %d of %d examples were longer than max_seq_length %d and were truncated",
@@ -190,6 +333,19 @@ def tokenize_rows(
             "raise max_seq_length to keep them",
             split, stats.dropped_no_target, shown, " ..." if stats.dropped_no_target > 10 else "",
         )
+
+
+def tokenize_rows(
+    tokenizer, rows: Iterable[dict[str, Any]], max_seq_length: int, train_on_prompt: bool, split: str,
+    workers: int = 1,
+) -> tuple[list[dict[str, list[int]]], TokenizeStats]:
+    """Tokenize every row, truncate to `max_seq_length` (keeping the start) and count what happened."""
+    stats = TokenizeStats()
+    examples = [
+        {"input_ids": ids.tolist(), "labels": labels.tolist(), "length": len(ids)}
+        for ids, labels in iter_tokenized(tokenizer, rows, max_seq_length, train_on_prompt, stats, workers)
+    ]
+    log_counts(stats, max_seq_length, split)
     return examples, stats
 
 

@@ -26,6 +26,10 @@ class TrainingPlan:
     max_tokens_per_batch: int | None  # token-budget batches when set, else per_device_train_batch_size examples
     deepspeed_stage: int | None
     ds_config: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    # Filled in once the data is tokenized (training.tokenized): "rank 0" (global rank 0 of this attempt; the
+    # other ranks memory-map its Arrow files) or "earlier attempt" (a restart reused them); rank 0's seconds.
+    tokenized_on: str | None = None
+    tokenize_seconds: float | None = None
 
     @property
     def cuda(self) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from maap_finetune.common import tracking
@@ -21,7 +21,7 @@ from maap_finetune.training.checkpoints import (
     remove_partial_checkpoints,
 )
 from maap_finetune.training.config import FinetuneConfig
-from maap_finetune.training.data import TokenizeStats, ensure_chat_template, tokenize_rows
+from maap_finetune.training.data import TokenizeStats, ensure_chat_template
 from maap_finetune.training.monitoring import CountingCollator, MlflowMetricsCallback, ProgressCallback, TokenCounter
 from maap_finetune.training.validation import best_outcome, build_callbacks
 from maap_finetune.training.plan import TrainingPlan, log_plan
@@ -109,7 +109,6 @@ def check_function_calling(tokenizer, config: FinetuneConfig, source, prepared, 
 
 
 def train(config: FinetuneConfig, plan: TrainingPlan, source, prepared) -> TrainResult:
-    from datasets import Dataset
     from transformers import set_seed
     from trl import SFTTrainer
 
@@ -122,15 +121,16 @@ def train(config: FinetuneConfig, plan: TrainingPlan, source, prepared) -> Train
     tokenizer, added_template = load_tokenizer(config, source, prepared.format)
     if prepared.format == "messages":
         check_function_calling(tokenizer, config, source, prepared)
-    train_examples, train_stats = tokenize_rows(
-        tokenizer, prepared.rows("train"), config.max_seq_length, config.train_on_prompt, "train"
-    )
-    eval_examples, eval_stats = tokenize_rows(
-        tokenizer, prepared.rows("validation"), config.max_seq_length, config.train_on_prompt, "validation"
-    )
-    if not train_examples:
+    from maap_finetune.training.tokenized import tokenize_once
+
+    data = tokenize_once(tokenizer, prepared, config.max_seq_length, config.train_on_prompt, config.checkpoints,
+                         args.main_process_first)
+    plan = replace(plan, tokenized_on=data.tokenized_on, tokenize_seconds=data.seconds)
+    train_examples, eval_examples = data.train, data.validation  # memory-mapped datasets
+    train_stats, eval_stats = data.train_stats, data.eval_stats
+    if not len(train_examples):
         raise UserError("no training example kept a learnable token; raise max_seq_length")
-    if config.eval_steps is not None and not eval_examples:
+    if config.eval_steps is not None and not len(eval_examples):
         raise UserError(
             "eval_steps needs validation examples, but the validation split has none with a learnable token; "
             "give Data Prep a validation_ratio above 0 (or validation_data), or leave eval_steps out"
@@ -143,8 +143,8 @@ def train(config: FinetuneConfig, plan: TrainingPlan, source, prepared) -> Train
     trainer = _trainer_class(plan, SFTTrainer)(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(train_examples),
-        eval_dataset=Dataset.from_list(eval_examples) if eval_examples else None,
+        train_dataset=train_examples,
+        eval_dataset=eval_examples if len(eval_examples) else None,
         processing_class=tokenizer,
         peft_config=builders.build_peft_config(config),
         callbacks=callbacks,
@@ -182,7 +182,7 @@ def train(config: FinetuneConfig, plan: TrainingPlan, source, prepared) -> Train
         log.info("the adapter and merged model are %s's (lowest %s)", validation["model_checkpoint"], "eval_loss")
     tokens, slots = _sum_across_ranks([counter.tokens, counter.slots], plan.cuda)
     eval_loss = None
-    if eval_examples:
+    if len(eval_examples):
         # The loss of the weights we save. With eval_steps the curve already ends with the last step's
         # evaluation; under another key this one does not add a second point there.
         prefix = "eval" if config.eval_steps is None else "final_eval"
@@ -196,7 +196,8 @@ def train(config: FinetuneConfig, plan: TrainingPlan, source, prepared) -> Train
             str(config.adapter), path_initial_model_for_weight_conversion=str(initial_adapter)
         )
 
-    parity_inputs = [e["input_ids"][:PARITY_MAX_TOKENS] for e in (eval_examples or train_examples)[:PARITY_EXAMPLES]]
+    parity_source = eval_examples if len(eval_examples) else train_examples
+    parity_inputs = [ids[:PARITY_MAX_TOKENS] for ids in parity_source[:PARITY_EXAMPLES]["input_ids"]]
     result = result_from_trainer(
         trainer, output, plan, resume, parity_inputs,
         tokenizer=tokenizer,

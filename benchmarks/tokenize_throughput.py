@@ -1,0 +1,216 @@
+"""Tokenization throughput: main's row-by-row `tokenize_rows` against the batched one, side by side.
+
+The baseline is `src/maap_finetune/training/data.py` as it is at `--baseline_ref` (read with `git show`, so
+both run in this process with the same tokenizer and rows). Rounds alternate the order of the contenders;
+each round tokenizes the whole generated split with max_seq_length 10^6 (nothing truncated) and both
+contenders' examples are checked equal. Reported per contender: tokens per wall second (median over the
+rounds) and tokens per CPU second of the process (every thread counted: a measure that holds on a shared
+machine). Two tokenizers, both built here and never downloaded: the tiny Phi-3 tokenizer (byte-level BPE,
+1,024 tokens, trained on data/sample) and a real-size one (byte-level BPE, 32,000 tokens, trained on this
+Python's standard-library sources) with Phi-3's chat template. Two data sets, generated from the same
+sources' text lines: single-turn chats (half with a system prompt) and 8-turn chats.
+
+    python benchmarks/tokenize_throughput.py                       # prints a table, writes nothing
+    python benchmarks/tokenize_throughput.py --out benchmarks/results/tokenize-cpu2-2026-12-01
+
+Contenders: `main` (baseline), `batched` (TOKENIZERS_PARALLELISM=false, as Fine-Tune's entry script sets
+it), `batched-parallel` (TOKENIZERS_PARALLELISM=true: the Rust tokenizer encodes a batch on every core) and
+`batched-workers` (one forked process per usable core, as rank 0 runs it in training.tokenized).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+CONTENDERS = ("main", "batched", "batched-parallel", "batched-workers")
+
+
+def baseline_module(ref: str):
+    source = subprocess.run(["git", "show", f"{ref}:src/maap_finetune/training/data.py"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp()) / "baseline_data.py"
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("baseline_data", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["baseline_data"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def stdlib_lines(max_bytes: int) -> list[str]:
+    """Text lines of this Python's standard library sources, in a fixed order, up to `max_bytes`."""
+    lines, size = [], 0
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            line = line.strip()
+            if len(line) > 20:
+                lines.append(line)
+                size += len(line)
+        if size >= max_bytes:
+            break
+    return lines
+
+
+def real_size_tokenizer(lines: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    from trl.chat_template_utils import phi3_chat_template
+
+    special = ["<unk>", "<s>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(lines, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="<|endoftext|>",
+                                   unk_token="<unk>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=special[3:])
+    fast.chat_template = phi3_chat_template
+    return fast
+
+
+def chats(lines: list[str], rows: int, turns: int, user_words: int, answer_words: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+
+    def text(words: int) -> str:
+        start, out = rng.randrange(len(lines)), []
+        while sum(len(x.split()) for x in out) < words:
+            out.append(lines[(start + len(out)) % len(lines)])
+        return " ".join(out)
+
+    result = []
+    for _ in range(rows):
+        messages = [{"role": "system", "content": text(12)}] if rng.random() < 0.5 else []
+        for _ in range(turns):
+            messages += [{"role": "user", "content": text(user_words)},
+                         {"role": "assistant", "content": text(answer_words)}]
+        result.append({"messages": messages})
+    return result
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the forked workers), every thread counted."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def measure(fn, tokenizer, rows, parallel: bool, workers: int):
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if parallel else "false"
+    kwargs = {"workers": workers} if workers > 1 else {}
+    wall, cpu = time.perf_counter(), _cpu_seconds()
+    examples, stats = fn(tokenizer, rows, 10**6, False, "train", **kwargs)
+    wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+    return examples, {"tokens": stats.tokens, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+                      "tokens_per_s": round(stats.tokens / wall), "tokens_per_cpu_s": round(stats.tokens / cpu)}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline_ref", default="fc38069")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--single_rows", type=int, default=1000)
+    parser.add_argument("--multi_rows", type=int, default=30)
+    parser.add_argument("--vocab_size", type=int, default=32000)
+    parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
+    args = parser.parse_args(argv)
+
+    from maap_finetune.models.tiny import SAMPLE_DATA, build_tokenizer
+    from maap_finetune.training import data as batched
+
+    baseline = baseline_module(args.baseline_ref)
+    lines = stdlib_lines(8_000_000)
+    started = time.perf_counter()
+    tokenizers = {"tiny (1,024)": build_tokenizer([SAMPLE_DATA]),
+                  f"real-size ({args.vocab_size:,})": real_size_tokenizer(lines, args.vocab_size)}
+    print(f"tokenizers built in {time.perf_counter() - started:.0f} s", flush=True)
+    datasets = {"single-turn": chats(lines, args.single_rows, 1, 40, 150, seed=1),
+                "8-turn": chats(lines, args.multi_rows, 8, 60, 300, seed=2)}
+    workers = len(os.sched_getaffinity(0))
+    functions = {"main": (baseline.tokenize_rows, False, 1), "batched": (batched.tokenize_rows, False, 1),
+                 "batched-parallel": (batched.tokenize_rows, True, 1),
+                 "batched-workers": (batched.tokenize_rows, False, workers)}
+    load_before = os.getloadavg()
+    results = []
+    for tok_name, tokenizer in tokenizers.items():
+        for data_name, rows in datasets.items():
+            rounds = {name: [] for name in CONTENDERS}
+            for r in range(args.rounds):
+                order = CONTENDERS if r % 2 == 0 else tuple(reversed(CONTENDERS))
+                outputs = {}
+                for name in order:
+                    fn, parallel, n = functions[name]
+                    outputs[name], numbers = measure(fn, tokenizer, rows, parallel, n)
+                    rounds[name].append(numbers)
+                assert all(outputs[name] == outputs["main"] for name in CONTENDERS), "outputs differ"
+                del outputs
+            tokens = rounds["main"][0]["tokens"]
+            entry = {"tokenizer": tok_name, "data": data_name, "rows": len(rows), "tokens": tokens,
+                     "tokens_per_row": round(tokens / len(rows)), "rounds": rounds}
+            for name in CONTENDERS:
+                entry[name] = {"tokens_per_s": statistics.median(x["tokens_per_s"] for x in rounds[name]),
+                               "tokens_per_cpu_s": statistics.median(x["tokens_per_cpu_s"] for x in rounds[name])}
+            entry["speedup"] = {name: round(entry[name]["tokens_per_s"] / entry["main"]["tokens_per_s"], 2)
+                                for name in CONTENDERS[1:]}
+            results.append(entry)
+            print(f"{tok_name:>20} {data_name:>12} {tokens / len(rows):>7.0f} tok/row  " + "  ".join(
+                f"{name} {entry[name]['tokens_per_s']:>9,.0f}/s ({entry[name]['tokens_per_cpu_s']:,.0f}/cpu-s)"
+                for name in CONTENDERS), flush=True)
+    report = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average_before": [round(x, 2) for x in load_before],
+                    "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+        "command": "python benchmarks/tokenize_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "baseline_ref": args.baseline_ref, "rounds": args.rounds, "workers": workers, "results": results,
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        args.out.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
+    return report
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    out = [
+        "# Tokenization throughput: main's row-by-row tokenize_rows vs the batched one",
+        "",
+        f"Machine: {m['cpus']} CPUs, {m['platform']}, Python {m['python']}; load average "
+        f"{m['load_average_before']} before, {m['load_average_after']} after (shared machine).",
+        f"Baseline: training/data.py at {report['baseline_ref']}. Median of {report['rounds']} alternated rounds; "
+        "every round's outputs checked equal. Tokens per second of wall time, and per CPU second of the process.",
+        "",
+        f"Command: `{report['command']}`. batched-workers: {report['workers']} forked processes (what rank 0 uses, one per core it may run on).",
+        "",
+        "| tokenizer | data | rows | tokens/row | main tok/s | batched tok/s | batched-parallel tok/s | "
+        "batched-workers tok/s | main tok/cpu-s | batched tok/cpu-s | speedup (batched, parallel, workers) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e in report["results"]:
+        out.append(
+            f"| {e['tokenizer']} | {e['data']} | {e['rows']} | {e['tokens_per_row']:,} | "
+            f"{e['main']['tokens_per_s']:,.0f} | {e['batched']['tokens_per_s']:,.0f} | "
+            f"{e['batched-parallel']['tokens_per_s']:,.0f} | {e['batched-workers']['tokens_per_s']:,.0f} | "
+            f"{e['main']['tokens_per_cpu_s']:,.0f} | {e['batched']['tokens_per_cpu_s']:,.0f} | "
+            f"{e['speedup']['batched']}x, {e['speedup']['batched-parallel']}x, {e['speedup']['batched-workers']}x |"
+        )
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()
