@@ -29,6 +29,7 @@ from typing import Any
 
 from maap_finetune.common.errors import ConfigErrors, UserError
 from pipelines import maas_catalog
+from pipelines.registry_models import REGISTRY_MODEL
 
 # Our input -> the serverless job's hyperparameter (names as in the azureml-examples MaaS notebook and CLI sample).
 HYPERPARAMETERS = {
@@ -40,7 +41,6 @@ HYPERPARAMETERS = {
 DATA_PREP_INPUTS = ("train_data", "train_folder", "validation_data", "test_data", "task", "on_invalid",
                     "validation_ratio", "test_ratio")
 OUTPUT_NAME_INPUT = "registered_model_name"  # names the registered output model
-REGISTRY_MODEL = re.compile(r"^azureml://registries/[^/]+/models/[^/]+/(versions|labels)/[^/]+$")
 # Why an input has no serverless counterpart, for the error message.
 NOT_OFFERED = {
     "model_path": "give the base model with --model (a registry model id); the service loads it itself",
@@ -275,6 +275,16 @@ def run(args: argparse.Namespace, connect) -> int:
     from pipelines.local_runner import DEFAULT_TRACKING_URI, absolute_tracking_uri
 
     tracking_uri = absolute_tracking_uri(args.tracking_uri or DEFAULT_TRACKING_URI, Path.cwd())
+    ml_client = None
+    if not args.dry_run:  # the model, regions and marketplace offer first: nothing runs or uploads for a refused job
+        from pipelines.maas_workspace import check_workspace
+        from pipelines.registry_models import parse
+
+        ml_client = connect(args)
+        with azure_errors("checking the model against the workspace"):
+            model = check_workspace(ml_client, maas_plan.model)
+        if parse(maas_plan.model).label and getattr(model, "id", None):
+            maas_plan.model = str(model.id)  # the version the label names, as the job records it
     train, validation = run_data_prep(maas_plan, workdir, tracking_uri)
     sha = file_sha256(train, validation)
     for note in maas_plan.notes:
@@ -284,7 +294,6 @@ def run(args: argparse.Namespace, connect) -> int:
         print("serverless fine-tuning job (REST payload; the local files are uploaded as data assets on submit):")
         print(json.dumps(rest_payload(job), indent=2))
         return 0
-    ml_client = connect(args)
     prefix = maas_plan.output_model_name_prefix
     with azure_errors("uploading the prepared data"):
         train_id = upload(ml_client, train, asset_name(prefix, "train"), "maap-finetune Data Prep train split")

@@ -365,6 +365,11 @@ def submit(args: argparse.Namespace) -> int:
     ml_client = connect(args)
     with azure_errors("checking the compute"):
         check_computes(ml_client, settings)
+    from pipelines.registry_models import check_registry_model, parse
+
+    if parse(settings.inputs.get("model_path")):  # its regions and dates (pipelines/registry_models.py)
+        with azure_errors("checking the registry model"):
+            check_registry_model(ml_client, str(settings.inputs["model_path"]))
     with azure_errors("submitting the pipeline"):
         created = ml_client.jobs.create_or_update(job, experiment_name=args.experiment)
     print(f"submitted pipeline job {created.name} to experiment {args.experiment!r}")
