@@ -1,6 +1,6 @@
 """Serverless fine-tuning (Model-as-a-Service) of the same data file the pipeline trains on.
 
-    python pipelines/submit.py --maas --model azureml://registries/azureml/models/Phi-4-mini-instruct/versions/1 \\
+    python pipelines/submit.py --maas --model azureml://registries/azureml/models/Phi-4-mini-instruct/labels/latest \\
         --set train_data=chats.jsonl --set epochs=2
     python pipelines/submit.py --maas --dry-run --model ... --set train_data=chats.jsonl   # print the job, no network
 
@@ -82,7 +82,7 @@ def plan(args: argparse.Namespace) -> MaasPlan:
         problems.append("--maas runs Data Prep here and trains in Azure; it does not combine with --local or --validate")
     if not args.model:
         problems.append("--maas needs --model, a registry model id such as "
-                        "azureml://registries/azureml/models/Phi-4-mini-instruct/versions/1")
+                        "azureml://registries/azureml/models/Phi-4-mini-instruct/labels/latest")
     elif not REGISTRY_MODEL.match(args.model):
         problems.append(f"--model {args.model!r} is not a registry model id; give "
                         "azureml://registries/<registry>/models/<name>/versions/<version> (the model card's asset id)")

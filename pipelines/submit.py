@@ -10,7 +10,7 @@
     python pipelines/submit.py --local --sweep-set "learning_rate=choice(0.001,0.005)" --sweep-set "lora_r=choice(4,8)"
                                                                 # sweep Fine-Tune (pipelines/sweep.py; --sweep sweep.yaml,
                                                                 # --sweep-limit trial_timeout=7200)
-    python pipelines/submit.py --maas --model azureml://registries/azureml/models/Phi-4-mini-instruct/versions/1 \\
+    python pipelines/submit.py --maas --model azureml://registries/azureml/models/Phi-4-mini-instruct/labels/latest \\
         --set train_data=chats.jsonl                            # serverless fine-tuning (pipelines/maas.py)
 
 Workspace: --subscription/--resource-group/--workspace, else the environment variables

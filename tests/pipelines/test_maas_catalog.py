@@ -62,3 +62,23 @@ def test_the_region_table_reads_registry_names_and_workspace_locations():
     assert not phi.marketplace and phi.runs_in("eastus2") and not phi.runs_in("swedencentral")
     assert maas_catalog.lookup("Llama-3.3-70B-Instruct").regions == ("West US 3",)  # its two rows, united
     assert maas_catalog.lookup("Meta-Llama-3-8B") is None  # no row: the service answers
+
+
+def test_a_model_without_a_row_is_planned_with_a_warning():
+    from pipelines import maas
+
+    args = submit.build_parser().parse_args(
+        ["--maas", "--dry-run", "--sample-data", "--model", "azureml://registries/azureml-meta/models/Meta-Llama-3-8B/versions/8"])
+    notes = maas.plan(args).notes
+    assert any(n.startswith("warning: Meta-Llama-3-8B is not in the serverless fine-tuning table") for n in notes)
+
+
+def test_the_readmes_examples_name_current_models_and_the_maas_one_is_in_the_table():
+    import re
+
+    from pipelines.factory import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    maas_models = re.findall(r"--maas --model azureml://registries/[^/]+/models/([^/\s`]+)/", readme)
+    assert maas_models and all(maas_catalog.lookup(name) and maas_catalog.lookup(name).regions for name in maas_models)
+    assert "Phi-3-mini-4k-instruct/versions/15`, the catalog's" not in readme  # retired 2025-08-30 (its tags)
