@@ -12,6 +12,8 @@ from tests.azure_fakes import FIXTURES, RECORDING_KEY, rest_entity, rest_payload
 
 # Fixture -> (kind, what the code reads of the entity the SDK makes of it).
 REBUILT = {
+    "compute_gpu-cluster": "compute",
+    "compute_cpu-cluster": "compute",
     "job_pipeline_created": "job",
     "model_maap-finetuned_1": "model",
     "model_other_1": "model",
@@ -55,6 +57,15 @@ def test_models_read_back_with_the_fields_the_service_adds(fixture, name, versio
     model = rest_entity("model", fixture)
     assert (model.name, model.version, model.job_name, model.type) == (name, version, job_name, "mlflow_model")
     assert model.creation_context.created_by
+
+
+@pytest.mark.parametrize(("fixture", "size", "max_instances"), [("compute_gpu-cluster", "STANDARD_NC24ADS_A100_V4", 4),
+                                                                  ("compute_cpu-cluster", None, None)])
+def test_clusters_read_back_as_amlcompute(fixture, size, max_instances):
+    compute = rest_entity("compute", fixture)
+    assert type(compute).__name__ == "AmlCompute" and compute.type == "amlcompute"
+    if size:
+        assert (compute.size, compute.max_instances) == (size, max_instances)
 
 
 def test_the_registry_workspace_and_subscription_read_back():
