@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maap_finetune.common.identity import IDENTITY_ENV
 from maap_finetune.common.secrets import HF_TOKEN_SECRET_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,8 @@ CPU_STEPS = ("data_prep", "register", "export_onnx")  # run on `cpu_compute` (de
 # Switches that decide whether a node is built, and their defaults: `--set export_onnx=false`.
 SWITCHES: dict[str, bool] = {"export_onnx": True}
 DISTRIBUTED_STEP = "finetune"  # gets instance_count and process_count_per_instance
-HUB_MODEL_STEPS = ("finetune", "evaluate", "register")  # load the base model (by Hub id, with a token if gated)
+HUB_MODEL_STEPS = ("finetune", "evaluate", "register")
+IDENTITY_STEPS = ("register", "export_onnx")  # run with settings.register_identity, and told so in MAAP_JOB_IDENTITY  # load the base model (by Hub id, with a token if gated)
 
 # Pipeline input -> the component inputs it feeds (step, input). Its type, bounds and default come
 # from the first; a static test proves every target agrees on type and default.
@@ -623,6 +625,10 @@ def build_pipeline(settings: PipelineSettings):
         return outputs
 
     job = finetune_pipeline(**values)
+    for step in IDENTITY_STEPS:  # the step's credential follows the identity given (maap_finetune.common.identity)
+        if step in job.jobs:
+            job.jobs[step].environment_variables = {
+                **(job.jobs[step].environment_variables or {}), IDENTITY_ENV: settings.register_identity}
     if settings.hf_token_secret:
         for step in HUB_MODEL_STEPS:
             job.jobs[step].environment_variables = {

@@ -1,6 +1,6 @@
 """Serverless fine-tuning (Model-as-a-Service) of the same data file the pipeline trains on.
 
-    python pipelines/submit.py --maas --model azureml://registries/azureml/models/Phi-4-mini-instruct/versions/1 \\
+    python pipelines/submit.py --maas --model azureml://registries/azureml/models/Phi-4-mini-instruct/labels/latest \\
         --set train_data=chats.jsonl --set epochs=2
     python pipelines/submit.py --maas --dry-run --model ... --set train_data=chats.jsonl   # print the job, no network
 
@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from maap_finetune.common.errors import ConfigErrors, UserError
+from pipelines import maas_catalog
+from pipelines.registry_models import REGISTRY_MODEL
 
 # Our input -> the serverless job's hyperparameter (names as in the azureml-examples MaaS notebook and CLI sample).
 HYPERPARAMETERS = {
@@ -39,7 +41,6 @@ HYPERPARAMETERS = {
 DATA_PREP_INPUTS = ("train_data", "train_folder", "validation_data", "test_data", "task", "on_invalid",
                     "validation_ratio", "test_ratio")
 OUTPUT_NAME_INPUT = "registered_model_name"  # names the registered output model
-REGISTRY_MODEL = re.compile(r"^azureml://registries/[^/]+/models/[^/]+/(versions|labels)/[^/]+$")
 # Why an input has no serverless counterpart, for the error message.
 NOT_OFFERED = {
     "model_path": "give the base model with --model (a registry model id); the service loads it itself",
@@ -57,6 +58,7 @@ class MaasPlan:
     hyperparameters: dict[str, str]
     output_model_name_prefix: str
     experiment: str
+    job_type: str = maas_catalog.CHAT_COMPLETION  # the serverless task (maas_catalog.TASKS)
     notes: list[str] = field(default_factory=list)
 
 
@@ -80,7 +82,7 @@ def plan(args: argparse.Namespace) -> MaasPlan:
         problems.append("--maas runs Data Prep here and trains in Azure; it does not combine with --local or --validate")
     if not args.model:
         problems.append("--maas needs --model, a registry model id such as "
-                        "azureml://registries/azureml/models/Phi-4-mini-instruct/versions/1")
+                        "azureml://registries/azureml/models/Phi-4-mini-instruct/labels/latest")
     elif not REGISTRY_MODEL.match(args.model):
         problems.append(f"--model {args.model!r} is not a registry model id; give "
                         "azureml://registries/<registry>/models/<name>/versions/<version> (the model card's asset id)")
@@ -94,6 +96,11 @@ def plan(args: argparse.Namespace) -> MaasPlan:
     hyperparameters: dict[str, str] = {}
     prefix = None
     for name, raw in inputs.items():
+        if name == "training_method":  # checked against maas_catalog.TRAINING_METHODS, which names more than sft/dpo
+            problem = maas_catalog.method_problem(str(raw))
+            if problem:
+                problems.append(problem)
+            continue
         if name not in PIPELINE_INPUTS:
             problems.append(f"--set {name}: no such pipeline input")
             continue
@@ -131,8 +138,20 @@ def plan(args: argparse.Namespace) -> MaasPlan:
                 except ValueError as err:
                     problems.append(str(err))
     task = data_prep_values.get("task") or input_spec("data_prep", "task").default
-    if task == "text":
-        problems.append("task text has no chat completion form; serverless chat fine-tuning needs conversations")
+    problem = maas_catalog.task_problem(task)
+    if problem:
+        problems.append(problem)
+    notes: list[str] = []
+    if args.model and REGISTRY_MODEL.match(args.model):
+        model_name = args.model.split("/")[5]
+        entry = maas_catalog.lookup(model_name)
+        if entry is None:
+            notes.append(f"warning: {model_name} is not in the serverless fine-tuning table ({maas_catalog.SOURCE}); "
+                         "the service decides whether and where it trains it")
+        elif not entry.regions:
+            problems.append(f"--model {args.model}: serverless fine-tuning trains {entry.name} in no region "
+                            f"({maas_catalog.SOURCE}); models it trains: {', '.join(maas_catalog.fine_tunable())}; "
+                            f"or fine-tune {model_name} on your own compute (--set model_path=...)")
     if prefix is None:
         prefix = input_spec("register", OUTPUT_NAME_INPUT).default
     if not data_prep_values.get("train_data") and not data_prep_values.get("train_folder"):
@@ -146,10 +165,12 @@ def plan(args: argparse.Namespace) -> MaasPlan:
             problems.append(NO_TRAINING_DATA)
     if problems:
         raise ConfigErrors(problems, header="cannot plan the serverless fine-tuning job")
-    notes = [] if hyperparameters else ["no epochs/learning_rate/per_device_train_batch_size set: the service "
-                                        "picks its defaults for the model"]
+    if not hyperparameters:
+        notes.append("no epochs/learning_rate/per_device_train_batch_size set: the service picks its defaults for "
+                     "the model")
     return MaasPlan(model=args.model, data_prep_inputs=data_prep_values, hyperparameters=hyperparameters,
-                    output_model_name_prefix=prefix, experiment=args.experiment, notes=notes)
+                    output_model_name_prefix=prefix, experiment=args.experiment, job_type=maas_catalog.TASKS[task][0],
+                    notes=notes)
 
 
 def data_prep_step(values: dict[str, Any]):
@@ -198,16 +219,16 @@ def run_data_prep(maas_plan: MaasPlan, workdir: Path, tracking_uri: str) -> tupl
 
 
 def build_job(maas_plan: MaasPlan, training_data: str, validation_data: str, dataset_sha256: str):
-    """The serverless chat-completion fine-tuning job (`azure.ai.ml.finetuning.create_finetuning_job`)."""
+    """The serverless fine-tuning job (`azure.ai.ml.finetuning.create_finetuning_job`) of the plan's task type."""
     import warnings
 
-    from azure.ai.ml.finetuning import FineTuningTaskType, create_finetuning_job
+    from azure.ai.ml.finetuning import create_finetuning_job
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the SDK marks the API experimental on every call
         return create_finetuning_job(
             model=maas_plan.model,
-            task=FineTuningTaskType.CHAT_COMPLETION,
+            task=maas_plan.job_type,
             training_data=training_data,
             validation_data=validation_data,
             hyperparameters=maas_plan.hyperparameters or None,
@@ -254,16 +275,25 @@ def run(args: argparse.Namespace, connect) -> int:
     from pipelines.local_runner import DEFAULT_TRACKING_URI, absolute_tracking_uri
 
     tracking_uri = absolute_tracking_uri(args.tracking_uri or DEFAULT_TRACKING_URI, Path.cwd())
+    ml_client = None
+    if not args.dry_run:  # the model, regions and marketplace offer first: nothing runs or uploads for a refused job
+        from pipelines.maas_workspace import check_workspace
+        from pipelines.registry_models import parse
+
+        ml_client = connect(args)
+        with azure_errors("checking the model against the workspace"):
+            model = check_workspace(ml_client, maas_plan.model)
+        if parse(maas_plan.model).label and getattr(model, "id", None):
+            maas_plan.model = str(model.id)  # the version the label names, as the job records it
     train, validation = run_data_prep(maas_plan, workdir, tracking_uri)
     sha = file_sha256(train, validation)
     for note in maas_plan.notes:
-        print(f"note: {note}")
+        print(note if note.startswith("warning: ") else f"note: {note}")
     if args.dry_run:
         job = build_job(maas_plan, str(train), str(validation), sha)
         print("serverless fine-tuning job (REST payload; the local files are uploaded as data assets on submit):")
         print(json.dumps(rest_payload(job), indent=2))
         return 0
-    ml_client = connect(args)
     prefix = maas_plan.output_model_name_prefix
     with azure_errors("uploading the prepared data"):
         train_id = upload(ml_client, train, asset_name(prefix, "train"), "maap-finetune Data Prep train split")

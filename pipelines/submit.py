@@ -10,7 +10,7 @@
     python pipelines/submit.py --local --sweep-set "learning_rate=choice(0.001,0.005)" --sweep-set "lora_r=choice(4,8)"
                                                                 # sweep Fine-Tune (pipelines/sweep.py; --sweep sweep.yaml,
                                                                 # --sweep-limit trial_timeout=7200)
-    python pipelines/submit.py --maas --model azureml://registries/azureml/models/Phi-4-mini-instruct/versions/1 \\
+    python pipelines/submit.py --maas --model azureml://registries/azureml/models/Phi-4-mini-instruct/labels/latest \\
         --set train_data=chats.jsonl                            # serverless fine-tuning (pipelines/maas.py)
 
 Workspace: --subscription/--resource-group/--workspace, else the environment variables
@@ -386,6 +386,11 @@ def submit(args: argparse.Namespace) -> int:
     ml_client = connect(args)
     with azure_errors("checking the compute"):
         computes = check_computes(ml_client, settings)
+    from pipelines.registry_models import check_registry_model, parse
+
+    if parse(settings.inputs.get("model_path")):  # its regions and dates (pipelines/registry_models.py)
+        with azure_errors("checking the registry model"):
+            check_registry_model(ml_client, str(settings.inputs["model_path"]))
     with azure_errors("reading the base model's size"):  # before anything is uploaded
         check_capacity(job, settings, computes=computes, ml_client=ml_client, force=args.force, out=sys.stdout)
     with azure_errors("submitting the pipeline"):

@@ -125,7 +125,18 @@ def poller(value):
 def _rest_types() -> dict[str, tuple[type, type]]:
     """kind -> (REST model the service returns, entity whose `_from_rest_object` reads it)."""
     from azure.ai.ml._restclient.arm_ml_service import models as rest
-    from azure.ai.ml.entities import Compute, Component, Environment, Job, Model, OnlineDeployment, OnlineEndpoint
+    from azure.ai.ml.entities import (
+        Compute,
+        Component,
+        Environment,
+        Job,
+        MarketplaceSubscription,
+        Model,
+        OnlineDeployment,
+        OnlineEndpoint,
+        Registry,
+        Workspace,
+    )
 
     return {
         "compute": (rest.ComputeResource, Compute),
@@ -135,12 +146,20 @@ def _rest_types() -> dict[str, tuple[type, type]]:
         "online_deployment": (rest.OnlineDeployment, OnlineDeployment),
         "environment": (rest.EnvironmentVersion, Environment),
         "component": (rest.ComponentVersion, Component),
+        "registry": (rest.Registry, Registry),
+        "workspace": (rest.Workspace, Workspace),
+        "marketplace_subscription": (rest.MarketplaceSubscription, MarketplaceSubscription),
     }
 
 
+RECORDING_KEY = "_recording"  # each fixture names the recorded response whose shape it follows; not part of it
+
+
 def rest_payload(fixture: str) -> dict:
-    """The JSON of tests/fixtures/azure_rest/<fixture>.json (a fresh copy)."""
-    return json.loads((FIXTURES / f"{fixture}.json").read_text())
+    """The JSON of tests/fixtures/azure_rest/<fixture>.json (a fresh copy), without its RECORDING_KEY."""
+    payload = json.loads((FIXTURES / f"{fixture}.json").read_text())
+    payload.pop(RECORDING_KEY, None)
+    return payload
 
 
 def from_rest(kind: str, payload: dict):

@@ -11,6 +11,7 @@ from unittest import mock
 import pytest
 
 from pipelines import maas, submit
+from tests.azure_fakes import fake_ml_client, rest_entity
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_TOOLS = REPO_ROOT / "data" / "sample" / "tools.jsonl"
@@ -36,9 +37,14 @@ def workspace(monkeypatch, tmp_path):
         id=f"azureml:/subscriptions/sub/resourceGroups/rg/workspaces/ws/data/{asset.name}/versions/{asset.version}")
     jobs = mock.create_autospec(JobOperations, instance=True)
     jobs.create_or_update.return_value = SimpleNamespace(name="calm_fig_7", studio_url="https://ml.azure.com/runs/calm_fig_7")
-    client = SimpleNamespace(data=data, jobs=jobs)
+    client = fake_ml_client()
+    client.data, client.jobs, client.workspace_name = data, jobs, "ws-ml"
+    client.workspaces.get.return_value = rest_entity("workspace", "workspace_ws-ml")
+    client.registries.get.return_value = rest_entity("registry", "registry_azureml")
+    client.models.get.return_value = rest_entity("model", "model_azureml_Phi-4-mini-instruct_1")
     connect = mock.Mock(return_value=client)
     monkeypatch.setattr(submit, "connect", connect)
+    monkeypatch.setattr("pipelines.registry_models.registry_client", lambda registry: client)
     return SimpleNamespace(client=client, connect=connect)
 
 
@@ -123,7 +129,7 @@ def test_bad_rows_stop_before_any_upload(workspace, tmp_path, capfd):
     rc = submit.main(["--maas", "--model", MODEL, "--set", f"train_data={bad}",
                       "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}"])
     out, err = capfd.readouterr()
-    assert rc == 2 and not workspace.connect.called
+    assert rc == 2 and not workspace.client.data.create_or_update.called and not workspace.client.jobs.create_or_update.called
     assert "Data Prep stopped" in err and "nothing was uploaded or submitted" in err
     assert "arguments" in out  # Data Prep's own report of the bad row, echoed from its log
 

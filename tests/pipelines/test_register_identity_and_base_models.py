@@ -12,7 +12,7 @@ from pipelines.factory import PipelineSettings, build_pipeline
 from tests.helpers import assert_one_error
 
 PHI3 = "model_name=microsoft/Phi-3-mini-4k-instruct"
-REGISTRY_MODEL = "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/15"
+REGISTRY_MODEL = "azureml://registries/azureml/models/Phi-4/versions/8"
 WORKSPACE_MODEL = "azureml:my-model:3"
 MODEL_STEPS = ("data_prep", "finetune", "evaluate", "register")
 

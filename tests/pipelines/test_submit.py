@@ -424,7 +424,8 @@ def test_hf_token_secret_puts_only_the_secret_name_on_the_model_loading_steps(ca
     assert submit.main(["--dry-run", "--sample-data", "--set", PHI3, "--hf-token-secret", "hf-token"]) == 0
     pipeline = yaml.safe_load(capsys.readouterr().out)
     for step in ("finetune", "evaluate", "register"):
-        assert pipeline["jobs"][step]["environment_variables"] == {"MAAP_HF_TOKEN_SECRET": "hf-token"}
+        assert pipeline["jobs"][step]["environment_variables"]["MAAP_HF_TOKEN_SECRET"] == "hf-token"
+        assert set(pipeline["jobs"][step]["environment_variables"]) <= {"MAAP_HF_TOKEN_SECRET", "MAAP_JOB_IDENTITY"}
     assert "environment_variables" not in pipeline["jobs"]["data_prep"]
     rc = submit.main(["--dry-run", "--sample-data", "--set", PHI3, "--hf-token-secret", "hf_token!"])
     assert_one_error(capsys, rc, "--hf-token-secret 'hf_token!'", "1-127 letters, digits and '-'")

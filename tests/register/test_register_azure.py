@@ -20,7 +20,7 @@ def azure_job(monkeypatch):
     """Inside a pipeline job, with an autospecced MLClient (tests/azure_fakes.py) and an empty model store."""
     for key, value in AZURE_ENV.items():
         monkeypatch.setenv(key, value)
-    for key in ("DEFAULT_IDENTITY_CLIENT_ID", "OBO_ENDPOINT"):
+    for key in ("DEFAULT_IDENTITY_CLIENT_ID", "OBO_ENDPOINT", "AZUREML_OBO_ENABLED", "MAAP_JOB_IDENTITY"):
         monkeypatch.delenv(key, raising=False)
     fake = patch_azure(monkeypatch, credential=False)  # the real credential classes: nothing is fetched
     fake.models = ModelStore(fake.client.models)
@@ -126,7 +126,7 @@ def test_job_credential_choice():
     from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
     assert isinstance(azure.job_credential({"DEFAULT_IDENTITY_CLIENT_ID": "cid"}), ManagedIdentityCredential)
-    assert isinstance(azure.job_credential({"OBO_ENDPOINT": "http://127.0.0.1:1/obo"}), AzureMLOnBehalfOfCredential)
+    assert isinstance(azure.job_credential({"AZUREML_OBO_ENABLED": "True"}), AzureMLOnBehalfOfCredential)
     assert isinstance(azure.job_credential({}), DefaultAzureCredential)
 
 

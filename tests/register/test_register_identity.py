@@ -16,8 +16,12 @@ from tests.azure_fakes import AZURE_JOB_ENV
 from tests.helpers import argv_from_spec, load_entry
 
 AZURE_ENV = AZURE_JOB_ENV
-MANAGED = {"DEFAULT_IDENTITY_CLIENT_ID": "11111111-2222-3333-4444-555555555555"}
-USER = {"OBO_ENDPOINT": "http://127.0.0.1:1/obo"}
+CLIENT_ID = "11111111-2222-3333-4444-555555555555"
+# As the pipeline runs the node (MAAP_JOB_IDENTITY from --register-identity) and Azure ML sets up each identity:
+# a user-identity job carries the cluster's DEFAULT_IDENTITY_CLIENT_ID too.
+MANAGED = {"MAAP_JOB_IDENTITY": "managed", "DEFAULT_IDENTITY_CLIENT_ID": CLIENT_ID}
+USER = {"MAAP_JOB_IDENTITY": "user", "AZUREML_OBO_ENABLED": "True", "OBO_ENDPOINT": "http://127.0.0.1:1/obo",
+        "DEFAULT_IDENTITY_CLIENT_ID": CLIENT_ID}
 
 
 def http_error(status: int, message: str):
@@ -46,7 +50,7 @@ def sdk(monkeypatch):
     client.models = models
     cls = mock.create_autospec(MLClient, return_value=client)
     monkeypatch.setattr("azure.ai.ml.MLClient", cls)
-    for key in ("DEFAULT_IDENTITY_CLIENT_ID", "OBO_ENDPOINT"):
+    for key in ("DEFAULT_IDENTITY_CLIENT_ID", "OBO_ENDPOINT", "AZUREML_OBO_ENABLED", "MAAP_JOB_IDENTITY"):
         monkeypatch.delenv(key, raising=False)
     for key, value in AZURE_ENV.items():
         monkeypatch.setenv(key, value)

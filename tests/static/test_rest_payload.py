@@ -30,7 +30,8 @@ from pipelines.factory import REPO_ROOT, SAMPLE_DATA, PipelineSettings, build_pi
 from tests.azure_fakes import request_payload
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
-REGISTRY_PHI3 = "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/15"
+# A current catalog model: Azure/azureml-assets assets/models/system/Phi-4/spec.yaml (version 8, no retirement tags).
+REGISTRY_PHI4 = "azureml://registries/azureml/models/Phi-4/versions/8"
 PIPELINES = {
     "default": PipelineSettings(
         compute="gpu-cluster", cpu_compute="cpu-cluster",
@@ -38,7 +39,7 @@ PIPELINES = {
     ),
     "deepspeed": PipelineSettings(
         compute="gpu-cluster", cpu_compute="cpu-cluster", instance_count=2, process_count_per_instance=4,
-        inputs={"model_path": REGISTRY_PHI3, "train_data": str(SAMPLE_DATA), "deepspeed_stage": 3},
+        inputs={"model_path": REGISTRY_PHI4, "train_data": str(SAMPLE_DATA), "deepspeed_stage": 3},
     ),
 }
 STEP_COMPUTE = {"data_prep": "cpu-cluster", "finetune": "gpu-cluster", "evaluate": "gpu-cluster", "register": "cpu-cluster",
@@ -123,7 +124,7 @@ def test_input_types(payload):
         assert "model_path" not in inputs
     else:
         assert inputs["deepspeed_stage"] == {"jobInputType": "literal", "value": "3"}
-        assert inputs["model_path"]["uri"] == REGISTRY_PHI3 and "model_name" not in inputs
+        assert inputs["model_path"]["uri"] == REGISTRY_PHI4 and "model_name" not in inputs
     # Every node input is bound to a pipeline input or an upstream output, never a copied value.
     for step, node in data["job"]["properties"]["jobs"].items():
         for input_name, value in node["inputs"].items():

@@ -3,7 +3,8 @@
 The pipeline carries only the secret's *name* (`MAAP_HF_TOKEN_SECRET`, set by `submit.py
 --hf-token-secret`); the step reads the value at run time with the job's identity, as Azure ML's
 docs prescribe for SDK v2 jobs (azure-keyvault-secrets + the job's credential). The value goes into
-this process's `HF_TOKEN` only: never into arguments, YAML, logs or MLflow.
+this process's `HF_TOKEN` only: never into arguments, YAML, logs or MLflow. The credential is
+`maap_finetune.common.identity.job_credential`'s, as Register's.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 from collections.abc import MutableMapping
 
 from maap_finetune.common.errors import UserError
+from maap_finetune.common.identity import job_credential
 
 HF_TOKEN_SECRET_ENV = "MAAP_HF_TOKEN_SECRET"
 KEY_VAULT_URL_ENV = "MAAP_KEY_VAULT_URL"
@@ -25,21 +27,6 @@ def check_secret_name(name: str, label: str = "--hf-token-secret") -> str:
     if not SECRET_NAME.match(name or ""):
         raise UserError(f"{label} {name!r}: a Key Vault secret name has 1-127 letters, digits and '-'")
     return name
-
-
-def job_credential(environ: MutableMapping[str, str] = os.environ):
-    """The identity a step runs as: the submitting user (OBO), the cluster's managed identity, or az login."""
-    if environ.get("OBO_ENDPOINT"):
-        from azure.ai.ml.identity import AzureMLOnBehalfOfCredential
-
-        return AzureMLOnBehalfOfCredential()
-    if environ.get("DEFAULT_IDENTITY_CLIENT_ID"):
-        from azure.identity import ManagedIdentityCredential
-
-        return ManagedIdentityCredential(client_id=environ["DEFAULT_IDENTITY_CLIENT_ID"])
-    from azure.identity import DefaultAzureCredential
-
-    return DefaultAzureCredential()
 
 
 def workspace_key_vault_url(credential, environ: MutableMapping[str, str] = os.environ) -> str:

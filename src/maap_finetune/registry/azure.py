@@ -1,14 +1,8 @@
 """Register in the Azure ML workspace (or an Azure ML registry) from inside a pipeline job.
 
-Uses only what the job has: its workspace from `AZUREML_ARM_*` (see `target.job_workspace`) and a
-credential from azure-identity, chosen by `job_credential`:
-1. `DEFAULT_IDENTITY_CLIENT_ID` set (the compute's user-assigned managed identity) ->
-   `ManagedIdentityCredential(client_id=...)`;
-2. `OBO_ENDPOINT` set (the job runs with the submitting user's identity, `identity: user_identity`) ->
-   `AzureMLOnBehalfOfCredential`;
-3. otherwise `DefaultAzureCredential` (environment variables, workload or managed identity).
-Which of those the job has follows the register node's identity (`submit.py --register-identity`):
-`user` gives 2., `managed` gives 1. (or 3. for a system-assigned identity).
+Uses only what the job has: its workspace from `AZUREML_ARM_*` (see `target.job_workspace`) and the
+credential of the identity the pipeline gave the register node (`submit.py --register-identity`, passed as
+`MAAP_JOB_IDENTITY`), chosen by `maap_finetune.common.identity.job_credential`, the one rule every step uses.
 
 The model is `Model(type="mlflow_model")`, so the workspace can deploy it to a managed online endpoint
 without a scoring script. Its path is Fine-Tune's output, `azureml://jobs/<job>/outputs/mlflow_model`
@@ -28,23 +22,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from maap_finetune.common.errors import UserError
+from maap_finetune.common.identity import MANAGED, identity_mode, job_credential, job_identity
 from maap_finetune.registry.model_info import ModelInfo
 from maap_finetune.registry.tags import PIPELINE_RUN_TAG
 from maap_finetune.registry.target import job_workspace
-
-
-def job_credential(environ: Mapping[str, str] = os.environ):
-    if environ.get("DEFAULT_IDENTITY_CLIENT_ID"):
-        from azure.identity import ManagedIdentityCredential
-
-        return ManagedIdentityCredential(client_id=environ["DEFAULT_IDENTITY_CLIENT_ID"])
-    if environ.get("OBO_ENDPOINT"):
-        from azure.ai.ml.identity import AzureMLOnBehalfOfCredential
-
-        return AzureMLOnBehalfOfCredential()
-    from azure.identity import DefaultAzureCredential
-
-    return DefaultAzureCredential()
 
 
 def job_ml_client(registry_name: str | None, environ: Mapping[str, str] = os.environ):
@@ -81,20 +62,11 @@ def find_version(ml_client, name: str, pipeline_run_id: str):
 ROLES = {"workspace": "AzureML Data Scientist", "registry": "AzureML Registry User"}
 
 
-def job_identity(environ: Mapping[str, str] = os.environ) -> str:
-    """The identity `job_credential` stands for, as the user chose it on submit."""
-    if environ.get("DEFAULT_IDENTITY_CLIENT_ID"):
-        return "the compute cluster's managed identity (--register-identity managed)"
-    if environ.get("OBO_ENDPOINT"):
-        return "the submitting user's identity (--register-identity user)"
-    return "the job's default credential (a system-assigned managed identity with --register-identity managed)"
-
-
 def _refused(err, target: str, where: str, scope: str, environ: Mapping[str, str]) -> UserError:
     from azure.core.exceptions import ClientAuthenticationError
 
     identity = job_identity(environ)
-    managed = "managed" in identity
+    managed = identity_mode(environ) == MANAGED
     fix = (f"grant that identity the {ROLES[target]!r} role on {scope} "
            + ("(infra/main.bicep grants it to the clusters it creates)" if managed else "(ask an owner to)")
            + f", or submit with --register-identity {'user' if managed else 'managed'}")
