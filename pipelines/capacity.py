@@ -80,10 +80,11 @@ def azure_registry_client(name: str):
     return MLClient(DefaultAzureCredential(), registry_name=name)
 
 
-def base_model_parameters(inputs: dict[str, Any], ml_client=None, registry_client=None) -> ParameterCount:
+def base_model_parameters(inputs: dict[str, Any], ml_client=None, registry_client=None,
+                          azure_model=None) -> ParameterCount:
     """The parameters of the base model that `inputs` (model_path or model_name) names. Without `ml_client` (a dry
     run) nothing is read from Azure, and the Hub only from the local cache; `registry_client(name)` gives the client
-    of a registry (default: azure_registry_client)."""
+    of a registry (default: azure_registry_client); `azure_model` is that model when the caller has read it already."""
     path, name = inputs.get("model_path"), inputs.get("model_name")
     path = str(getattr(path, "path", path) or "")
     if path and is_local_path(path):
@@ -91,6 +92,8 @@ def base_model_parameters(inputs: dict[str, Any], ml_client=None, registry_clien
     workspace, registry = _WORKSPACE_MODEL.match(path), _REGISTRY_MODEL.match(path)
     if workspace or registry:
         match = workspace or registry
+        if azure_model is not None:
+            return parameters_of_azure_model(azure_model, path)
         if ml_client is None:
             return ParameterCount(None, f"{path}: a dry run reads no workspace or registry")
         client = ml_client if workspace else (registry_client or azure_registry_client)(match["registry"])
@@ -165,12 +168,13 @@ def _refusal(row: StepCheck, fix: str) -> str:
 
 
 def check_capacity(job, settings, *, computes: dict[str, Any] | None = None, ml_client=None, registry_client=None,
-                   force: bool = False, out=None) -> list[StepCheck]:
+                   azure_model=None, force: bool = False, out=None) -> list[StepCheck]:
     """Print the capacity table to `out`; raise ConfigErrors for steps too big for their VM (a warning with `force`).
     An unknown VM size, or a base model whose parameters cannot be told, is a warning."""
     out = out or sys.stderr
     costs, sizes = load_step_costs(), load_vm_sizes()
-    counted = base_model_parameters(settings.inputs, ml_client=ml_client, registry_client=registry_client)
+    counted = base_model_parameters(settings.inputs, ml_client=ml_client, registry_client=registry_client,
+                                    azure_model=azure_model)
     placed, source = placement(job, settings, computes)
     rows = check_steps(placed, counted.parameters, costs, sizes)
     count = f"{counted.parameters / 1e9:.2f} B parameters, from {counted.how}" if counted.parameters else counted.how

@@ -388,11 +388,13 @@ def submit(args: argparse.Namespace) -> int:
         computes = check_computes(ml_client, settings)
     from pipelines.registry_models import check_registry_model, parse
 
+    registry_model = None
     if parse(settings.inputs.get("model_path")):  # its regions and dates (pipelines/registry_models.py)
         with azure_errors("checking the registry model"):
-            check_registry_model(ml_client, str(settings.inputs["model_path"]))
+            registry_model = check_registry_model(ml_client, str(settings.inputs["model_path"]))
     with azure_errors("reading the base model's size"):  # before anything is uploaded
-        check_capacity(job, settings, computes=computes, ml_client=ml_client, force=args.force, out=sys.stdout)
+        check_capacity(job, settings, computes=computes, ml_client=ml_client, azure_model=registry_model,
+                       force=args.force, out=sys.stdout)
     with azure_errors("submitting the pipeline"):
         created = ml_client.jobs.create_or_update(job, experiment_name=args.experiment)
     print(f"submitted pipeline job {created.name} to experiment {args.experiment!r}")

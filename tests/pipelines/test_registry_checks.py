@@ -79,7 +79,9 @@ def test_a_retired_registry_model_is_submitted_with_a_warning_naming_its_dates(a
 
 def test_a_current_registry_model_gets_no_warning(azure, capfd):
     assert submit_pipeline(PHI4) == 0
-    assert "warning:" not in capfd.readouterr().out
+    warnings = [line for line in capfd.readouterr().out.splitlines() if line.startswith("warning:")]
+    # the capacity check may say the size is unknown (no model_size_bytes tag); nothing names a date
+    assert not [line for line in warnings if "retirement" in line or "deprecat" in line], warnings
     azure.client.models.get.assert_called_once_with("Phi-4-mini-instruct", version="1")
 
 
