@@ -106,7 +106,7 @@ def test_workspace_and_registry_models_are_sized_from_their_tags(azure, model_pa
     rc = submit.main([*CLUSTERS, "--set", f"model_path={model_path}"])
     captured = assert_one_error(capsys, rc, "export_onnx on cpu-cluster (Standard_DS3_v2) needs about 45.9 GB")
     assert f"3.82 B parameters, from {model_path} tag model_size_bytes" in captured.out
-    get = azure.client.models.get.call_args  # by Register's check of a registry model, or by the capacity check
+    get = azure.client.models.get.call_args  # by the registry-model check, or by the capacity check
     assert azure.models.payloads and (get.args[:1] or (get.kwargs.get("name"),)) == ("sized",)
     assert get.kwargs.get("version") == "1"
     azure.client.jobs.create_or_update.assert_not_called()
