@@ -185,6 +185,8 @@ def ingest(inputs: list[InputSpec], adapter: TaskAdapter, problems: Problems, wo
     if preference:
         duplicates["train_rows_prompt_in_validation_or_test"] = 0
     seen: set[int] = set()
+    documents = {pool: 0 for pool in SPLIT_NAMES}  # text: documents with a chunk written
+    last_document = None
     rows_read = rows_rejected = 0
     # Explicit validation/test inputs first, so a train row repeating one of them is the one removed.
     ordered = sorted(inputs, key=lambda spec: spec.pool == "train")
@@ -204,13 +206,19 @@ def ingest(inputs: list[InputSpec], adapter: TaskAdapter, problems: Problems, wo
                 file_rows += 1
                 try:
                     record = adapter.extract(row, f"{display} line {lineno}", tabular)
+                    first = dumps(record)
+                    if b"\\u0000" in first:
+                        check_no_nul(record)
                 except RowError as err:
                     problems.add_row_error(display, lineno, err)
                     rows_rejected += 1
                     continue
-                records = [record] if chunker is None else [{"text": c} for c in chunker(record["text"])]
-                for rec in records:
-                    data = dumps(rec)
+                if chunker is None:
+                    encoded = [first]
+                else:
+                    encoded = [dumps({"text": c}) for c in chunker(record["text"])]
+                    document = content_hash(first)
+                for data in encoded:
                     digest = content_hash(data)
                     if spec.pool == "train" and digest in eval_hashes:
                         duplicates["train_rows_also_in_validation_or_test"] += 1
@@ -219,7 +227,7 @@ def ingest(inputs: list[InputSpec], adapter: TaskAdapter, problems: Problems, wo
                         duplicates[spec.pool] += 1
                         continue
                     if preference:
-                        prompt = content_hash(dumps(rec["prompt"]))
+                        prompt = content_hash(dumps(record["prompt"]))
                         if spec.pool == "train" and prompt in eval_prompts:
                             duplicates["train_rows_prompt_in_validation_or_test"] += 1
                             continue
@@ -227,6 +235,12 @@ def ingest(inputs: list[InputSpec], adapter: TaskAdapter, problems: Problems, wo
                             train_groups.append(prompt)
                         else:
                             eval_prompts.add(prompt)
+                    elif chunker is not None:
+                        if spec.pool == "train":
+                            train_groups.append(document)  # split by document: no document in two splits
+                        if document != last_document:
+                            documents[spec.pool] += 1
+                            last_document = document
                     seen.add(digest)
                     if spec.pool != "train":
                         eval_hashes.add(digest)
@@ -250,8 +264,25 @@ def ingest(inputs: list[InputSpec], adapter: TaskAdapter, problems: Problems, wo
         "rows_read": rows_read + undecodable,
         "rows_rejected": rows_rejected + undecodable,
         "pool_paths": {pool: workdir / f"pool_{pool}.jsonl" for pool in pools},
-        "train_groups": train_groups if preference else None,
+        "train_groups": train_groups if preference or chunker is not None else None,
+        "documents": documents if chunker is not None else None,
     }
+
+
+def check_no_nul(value: Any, where: str = "") -> None:
+    """Refuse a NUL character anywhere in a record's text: tokenizers and chat templates pass it on as
+    data, and no dataset means it (it is what a binary file or a broken export leaves behind)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise RowError("nul_character", where or None,
+                           f"the text holds a NUL character (\\u0000) at position {value.index(chr(0))}; "
+                           "remove it from the data")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_no_nul(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_no_nul(item, f"{where}[{i}]")
 
 
 def _input_had_problems(problems: Problems, files: list) -> bool:
@@ -399,6 +430,15 @@ def prepare(inputs: list[InputSpec], adapter: TaskAdapter, out_dir: Path, *, val
             check_tools_support(tokenizer, tokenizer_name, "the data")
         token_counter = TokenCounter(tokenizer) if tokenizer is not None else None
         stats, overlap = emit(ingested["pool_paths"], counts, adapter, out_dir, labels, token_counter)
+    text_chunking = None
+    if chunker is not None:
+        import numpy as np
+
+        keys = np.frombuffer(ingested["train_groups"], dtype=np.int64)
+        documents = {name: (0 if name == "train" else ingested["documents"][name])
+                     + int(np.unique(keys[labels == index]).size) for index, name in enumerate(SPLIT_NAMES)}
+        text_chunking = {**chunker.describe(), "split_by": "document", "documents": documents,
+                         "chunks": {name: stats[name].rows for name in SPLIT_NAMES}}
     label_set = adapter.label_set()
     return PrepareResult(
         rows_read=ingested["rows_read"],
@@ -415,6 +455,6 @@ def prepare(inputs: list[InputSpec], adapter: TaskAdapter, out_dir: Path, *, val
         layout=adapter.schema.name if adapter.schema else None,
         columns=dict(adapter.columns),
         ignored_columns=dict(adapter.ignored_columns),
-        text_chunking=chunker.describe() if chunker else None,
+        text_chunking=text_chunking,
         tokenizer_used=tokenizer is not None,
     )
