@@ -331,6 +331,9 @@ class TaskAdapter:
         binary = isinstance(value, bool) or (self.task == "classification" and (
             (type(value) is int and value in (0, 1))
             or (isinstance(value, str) and value.strip().lower() in ("0", "1", "true", "false"))))
+        if binary and not isinstance(value, bool) and (words & {"id", "idx", "index", "uid"}
+                                                       or str(name).lower().endswith("id")):
+            binary = False  # a row id that happens to be 0 or 1
         if not (words & _MARKER_WORDS or binary):
             return
         mapped = ", ".join(f"{r}={c}" for r, c in self.columns.items()) or "none yet"
