@@ -215,7 +215,7 @@ def column_notes(report: dict[str, Any]) -> list[str]:
         lines.append(f"- Trailing end-of-text markers (such as <|endoftext|>) stripped from "
                      f"{report['end_markers_stripped']} target(s)")
     fit = report.get("length_fit")
-    if fit:
+    if fit and (sum(fit["too_long"].values()) or sum(fit["shortened"].values())):
         shortened = sum(fit["shortened"].values())
         lines.append(f"- Rows longer than max_seq_length {fit['max_seq_length']}: "
                      + ", ".join(f"{k} {v}" for k, v in fit["too_long"].items())

@@ -327,6 +327,8 @@ class TaskAdapter:
             self.ignored_columns[name] = self.ignored_columns.get(name, 0) + 1
 
     def _refuse_meaningful(self, name: str, value: Any) -> None:
+        if self.task == "preference":
+            return  # the pair is the preference; scores beside it (UltraFeedback's score_chosen) only restate it
         words = set(re.split(r"[^a-z0-9]+", str(name).lower()))
         binary = isinstance(value, bool) or (self.task == "classification" and (
             (type(value) is int and value in (0, 1))
