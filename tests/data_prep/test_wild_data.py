@@ -57,6 +57,13 @@ def test_integer_class_ids_without_label_names_are_refused(prep, tmp_path, all_r
     assert "give label_names" in message
 
 
+def test_numbers_that_are_the_labels_themselves_are_listed_in_label_names(prep, tmp_path, all_rows_train):
+    rows = [{"text": f"review {i}", "label": 1 + i % 5} for i in range(10)]  # star ratings 1..5
+    report = prep(write_jsonl(tmp_path / "stars.jsonl", rows), task="classification", label_names="1,2,3,4,5",
+                  **all_rows_train)
+    assert report["label_counts"]["train"] == {str(n): 2 for n in range(1, 6)}
+
+
 def test_integer_ner_tags_without_label_names_name_label_names(prep, tmp_path, all_rows_train):
     rows = [{"tokens": ["Tom", "rode"], "ner_tags": [1, 0]}]
     with pytest.raises(UserError, match=r"line 1: field 'ner_tags\[0\]': tag 1 is an integer id .*label_names"):

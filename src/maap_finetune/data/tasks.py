@@ -558,8 +558,8 @@ class TaskAdapter:
                     f"{what} names in id order (e.g. label_names '"
                     + ("negative,positive" if self.task == "classification" else "O,B-PER,I-PER") + "')")
             return label
-        if isinstance(value, str) and value in self._label_index:
-            return value
+        if str(value) in self._label_index:  # a name, or a number that is itself one of the names (ratings 1..5)
+            return str(value)
         index = value if isinstance(value, int) else (int(value) if value.strip().lstrip("-").isdigit() else None)
         if index is not None and 0 <= index < len(self.label_names):
             return self.label_names[index]
