@@ -295,12 +295,6 @@ def check_lengths(stats: dict[str, SplitStats], max_seq_length: int, max_ratio: 
     """Say at once how many rows cannot fit; fail when more than `max_ratio` of them cannot."""
     fit = length_fit(stats, max_seq_length)
     too_long = sum(fit["too_long"].values())
-    shortened = sum(fit["shortened"].values())
-    if shortened:
-        cut = sum(fit["tokens_cut"].values())
-        print(f"data prep: {shortened} row(s) longer than max_seq_length {max_seq_length} had their prompt shortened "
-              f"(truncation prompt: {cut} tokens cut in all, {cut / shortened:.0f} per row on average); "
-              f"per split: " + ", ".join(f"{k} {v}" for k, v in fit["shortened"].items()), flush=True)
     if not too_long:
         return
     per_split = ", ".join(f"{k} {v}" for k, v in fit["too_long"].items())
@@ -325,7 +319,8 @@ def check_labels_in_train(stats: dict[str, SplitStats], adapter: TaskAdapter) ->
         f"{label!r} ({sum(stats[n].label_counts.get(label, 0) for n in ('validation', 'test'))} row(s): "
         + ", ".join(adapter.label_rows.get(label, [])) + ")" for label in unseen[:10])
     raise UserError(
-        f"label(s) only in the validation/test split, never in train: {details}. The model cannot learn them. "
+        f"label(s) of field {adapter.columns.get('label')!r} only in the validation/test split, never in train: "
+        f"{details}. The model cannot learn them. "
         "A truncated or mistyped file often leaves one; fix or remove those rows, add training rows for them, "
         "or give the splits explicitly (validation_data, test_data)")
 

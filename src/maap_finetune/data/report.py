@@ -221,7 +221,8 @@ def column_notes(report: dict[str, Any]) -> list[str]:
                      + ", ".join(f"{k} {v}" for k, v in fit["too_long"].items())
                      + f" ({fit['too_long_ratio']:.1%} of all rows); prompts shortened (truncation "
                      f"{report['truncation']}): " + ", ".join(f"{k} {v}" for k, v in fit["shortened"].items())
-                     + (f", {sum(fit['tokens_cut'].values())} tokens cut" if shortened else ""))
+                     + (f", {sum(fit['tokens_cut'].values())} tokens cut "
+                        f"({sum(fit['tokens_cut'].values()) / shortened:.0f} per shortened row)" if shortened else ""))
     return lines + ([""] if lines else [])
 
 
