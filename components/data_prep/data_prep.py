@@ -38,6 +38,8 @@ class Config:
     test_ratio: float
     seed: int
     max_seq_length: int
+    truncation: str
+    max_too_long_ratio: float
     prepared_data: Path
     data_report: Path
     train_data: Path | None = None
@@ -49,6 +51,7 @@ class Config:
     templates_file: Path | None = None
     keys: dict[str, str | None] = field(default_factory=dict)
     label_names: list[str] | None = None
+    drop_columns: list[str] = field(default_factory=list)
     source_lang: str | None = None
     target_lang: str | None = None
     system_prompt: str | None = None
@@ -68,7 +71,9 @@ def build_parser() -> StrictParser:
     parser.add_argument("--test_ratio", type=bounded(float, 0.0, 0.5), required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--max_seq_length", type=bounded(int, 16), required=True)
-    for name in (*KEY_FLAGS, "label_names", "source_lang", "target_lang", "system_prompt", "prompt_template",
+    parser.add_argument("--truncation", choices=("prompt", "none"), required=True)
+    parser.add_argument("--max_too_long_ratio", type=bounded(float, 0.0, 1.0), required=True)
+    for name in (*KEY_FLAGS, "label_names", "drop_columns", "source_lang", "target_lang", "system_prompt", "prompt_template",
                  "completion_template"):
         parser.add_argument(f"--{name}", default=None)
     parser.add_argument("--prepared_data", type=Path, required=True)
@@ -238,6 +243,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     return Config(
         task=args.task, on_invalid=args.on_invalid, validation_ratio=args.validation_ratio,
         test_ratio=args.test_ratio, seed=args.seed, max_seq_length=args.max_seq_length,
+        truncation=args.truncation, max_too_long_ratio=args.max_too_long_ratio,
+        drop_columns=[c.strip() for c in (args.drop_columns or "").split(",") if c.strip()],
         prepared_data=args.prepared_data, data_report=args.data_report, train_data=args.train_data,
         train_folder=args.train_folder, validation_data=args.validation_data, test_data=args.test_data,
         model_path=args.model_path, chat_template=args.chat_template, templates_file=args.templates_file, keys=keys,
@@ -299,11 +306,12 @@ def run(config: Config) -> dict[str, Any]:
     adapter = TaskAdapter(config.task, config.keys, config.templates, label_names=config.label_names,
                           source_lang=config.source_lang, target_lang=config.target_lang,
                           system_prompt=config.templates.get("system") if config.task in ("chat", "preference")
-                          else None)
+                          else None, drop_columns=config.drop_columns)
     with tracking.step_run():
         tracking.log_params({"task": config.task, "on_invalid": config.on_invalid,
                              "validation_ratio": config.validation_ratio, "test_ratio": config.test_ratio,
                              "seed": config.seed, "max_seq_length": config.max_seq_length,
+                         "truncation": config.truncation, "max_too_long_ratio": config.max_too_long_ratio,
                              **{spec.name: spec.path for spec in inputs}})
 
         def on_problems(problems) -> None:
@@ -314,7 +322,8 @@ def run(config: Config) -> dict[str, Any]:
         result = prepare(inputs, adapter, config.prepared_data, validation_ratio=config.validation_ratio,
                          test_ratio=config.test_ratio, seed=config.seed, on_invalid=config.on_invalid,
                          tokenizer=tokenizer, max_seq_length=config.max_seq_length, on_problems=on_problems,
-                         tokenizer_name=str(config.chat_template or config.model_path))
+                         tokenizer_name=str(config.chat_template or config.model_path),
+                         truncation=config.truncation, max_too_long_ratio=config.max_too_long_ratio)
         splits = {name: {"file": f"{name}.jsonl", "rows": result.split_stats[name].rows}
                   for name in ("train", "validation", "test")}
         templates_used = {k: v for k, v in config.templates.items() if v is not None}
@@ -351,6 +360,19 @@ def run(config: Config) -> dict[str, Any]:
         tracking.log_artifacts(config.data_report, "data_report")
         tracking.log_artifact(config.prepared_data / "metadata.json", "data_report")
     written = report["rows"]["written"]
+    from maap_finetune.data.report import column_notes
+
+    for line in column_notes(report):
+        if line:
+            print(f"data prep: {line[2:]}")
+    if report["text_chunking"] and report["text_chunking"].get("documents"):
+        chunking = report["text_chunking"]
+        print("data prep: split by document, then chunked: " + ", ".join(
+            f"{name} {chunking['documents'][name]} documents / {chunking['chunks'][name]} chunks"
+            for name in ("train", "validation", "test")))
+    if config.model_path is None and adapter.output_format == "messages":
+        print("data prep: no model_path, so lengths are counted in characters: rows longer than max_seq_length "
+              "are neither found nor shortened here; give model_path to check them")
     print(f"data prep ({config.task}): {result.rows_read} rows read, {result.rows_rejected} rejected, "
           f"{report['rows']['duplicates_removed']} duplicates removed; train {written['train']}, "
           f"validation {written['validation']}, test {written['test']} -> {config.prepared_data}")

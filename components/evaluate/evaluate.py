@@ -206,7 +206,7 @@ def run(config: Config) -> dict:
         beta = lineage.model_metadata(config.mlflow_model).get("dpo_beta")
         summary["implicit_reward"] = preference.implicit_reward(
             results["base"]["pair_logps"], results["finetuned"]["pair_logps"], beta)
-    decision = gate.decide(quality_gate, base_values, tuned_values)
+    decision = gate.decide(quality_gate, base_values, tuned_values, summary["loss_details"])
     samples = [
         {
             "line": examples[i].line,

@@ -154,3 +154,17 @@ def test_cuda_bf16_loss_and_generation_agree_with_cpu(finetuned_mlflow_model, pr
     assert gpu_loss == pytest.approx(cpu_loss, rel=0.02)  # bf16 weights and activations
     outputs, _ = generation.generate(gpu, examples, 16, 2048, 8)
     assert sum(bool(o) for o in outputs) >= len(outputs) // 2
+
+
+def test_gate_names_why_a_loss_is_not_a_number():
+    """0 tokens scored (every test row cut away) used to read "fine-tuned loss is nan"."""
+    details = {"base": {"scored_tokens": 0, "skipped_examples": 79}, "finetuned": {"scored_tokens": 0,
+                                                                                   "skipped_examples": 79}}
+    decision = gate.decide(gate.Gate("loss", min_improvement=0.0), {"loss": float("nan")}, {"loss": float("nan")},
+                           details)
+    assert not decision["passed"]
+    assert "0 tokens were scored (79 example(s) had nothing left to score" in decision["reason"]
+    assert "max_seq_length" in decision["reason"] and "is nan" not in decision["reason"]
+    diverged = gate.decide(gate.Gate("loss", threshold=2.0), {"loss": 3.0}, {"loss": float("nan")},
+                           {"finetuned": {"scored_tokens": 120, "skipped_examples": 0}})
+    assert "diverged" in diverged["reason"] and "nan" not in diverged["reason"].replace("NaN", "")

@@ -65,6 +65,10 @@ class SplitStats:
     rejected_chars: array = field(default_factory=lambda: array("I"))
     chosen_tokens: array = field(default_factory=lambda: array("I"))
     rejected_tokens: array = field(default_factory=lambda: array("I"))
+    # with a tokenizer: rows still longer than max_seq_length, and rows whose prompt was shortened
+    too_long: int = 0
+    shortened: int = 0
+    tokens_cut: int = 0
 
 
 @dataclass
@@ -84,6 +88,10 @@ class PrepareResult:
     ignored_columns: dict[str, int]
     text_chunking: dict | None
     tokenizer_used: bool
+    length_fit: dict | None = None  # with a tokenizer: rows too long and rows shortened (see `length_fit`)
+    absent_optional: dict[str, str] = field(default_factory=dict)  # optional role -> its *_key input
+    end_markers_stripped: int = 0
+    truncation: str = "none"
 
 
 class TextChunker:
@@ -185,6 +193,8 @@ def ingest(inputs: list[InputSpec], adapter: TaskAdapter, problems: Problems, wo
     if preference:
         duplicates["train_rows_prompt_in_validation_or_test"] = 0
     seen: set[int] = set()
+    documents = {pool: 0 for pool in SPLIT_NAMES}  # text: documents with a chunk written
+    last_document = None
     rows_read = rows_rejected = 0
     # Explicit validation/test inputs first, so a train row repeating one of them is the one removed.
     ordered = sorted(inputs, key=lambda spec: spec.pool == "train")
@@ -204,13 +214,19 @@ def ingest(inputs: list[InputSpec], adapter: TaskAdapter, problems: Problems, wo
                 file_rows += 1
                 try:
                     record = adapter.extract(row, f"{display} line {lineno}", tabular)
+                    first = dumps(record)
+                    if b"\\u0000" in first:
+                        check_no_nul(record)
                 except RowError as err:
                     problems.add_row_error(display, lineno, err)
                     rows_rejected += 1
                     continue
-                records = [record] if chunker is None else [{"text": c} for c in chunker(record["text"])]
-                for rec in records:
-                    data = dumps(rec)
+                if chunker is None:
+                    encoded = [first]
+                else:
+                    encoded = [dumps({"text": c}) for c in chunker(record["text"])]
+                    document = content_hash(first)
+                for data in encoded:
                     digest = content_hash(data)
                     if spec.pool == "train" and digest in eval_hashes:
                         duplicates["train_rows_also_in_validation_or_test"] += 1
@@ -219,7 +235,7 @@ def ingest(inputs: list[InputSpec], adapter: TaskAdapter, problems: Problems, wo
                         duplicates[spec.pool] += 1
                         continue
                     if preference:
-                        prompt = content_hash(dumps(rec["prompt"]))
+                        prompt = content_hash(dumps(record["prompt"]))
                         if spec.pool == "train" and prompt in eval_prompts:
                             duplicates["train_rows_prompt_in_validation_or_test"] += 1
                             continue
@@ -227,6 +243,12 @@ def ingest(inputs: list[InputSpec], adapter: TaskAdapter, problems: Problems, wo
                             train_groups.append(prompt)
                         else:
                             eval_prompts.add(prompt)
+                    elif chunker is not None:
+                        if spec.pool == "train":
+                            train_groups.append(document)  # split by document: no document in two splits
+                        if document != last_document:
+                            documents[spec.pool] += 1
+                            last_document = document
                     seen.add(digest)
                     if spec.pool != "train":
                         eval_hashes.add(digest)
@@ -250,8 +272,73 @@ def ingest(inputs: list[InputSpec], adapter: TaskAdapter, problems: Problems, wo
         "rows_read": rows_read + undecodable,
         "rows_rejected": rows_rejected + undecodable,
         "pool_paths": {pool: workdir / f"pool_{pool}.jsonl" for pool in pools},
-        "train_groups": train_groups if preference else None,
+        "train_groups": train_groups if preference or chunker is not None else None,
+        "documents": documents if chunker is not None else None,
     }
+
+
+def length_fit(stats: dict[str, SplitStats], max_seq_length: int) -> dict[str, Any]:
+    """Rows longer than max_seq_length (after any prompt truncation) and rows shortened, per split."""
+    rows = sum(stats[name].rows for name in SPLIT_NAMES)
+    too_long = sum(stats[name].too_long for name in SPLIT_NAMES)
+    return {
+        "max_seq_length": max_seq_length,
+        "rows": rows,
+        "too_long": {name: stats[name].too_long for name in SPLIT_NAMES},
+        "too_long_ratio": round(too_long / rows, 4) if rows else 0.0,
+        "shortened": {name: stats[name].shortened for name in SPLIT_NAMES},
+        "tokens_cut": {name: stats[name].tokens_cut for name in SPLIT_NAMES},
+    }
+
+
+def check_lengths(stats: dict[str, SplitStats], max_seq_length: int, max_ratio: float, truncation: str) -> None:
+    """Say at once how many rows cannot fit; fail when more than `max_ratio` of them cannot."""
+    fit = length_fit(stats, max_seq_length)
+    too_long = sum(fit["too_long"].values())
+    if not too_long:
+        return
+    per_split = ", ".join(f"{k} {v}" for k, v in fit["too_long"].items())
+    message = (f"{too_long} of {fit['rows']} rows ({fit['too_long_ratio']:.1%}) are longer than max_seq_length "
+               f"{max_seq_length} tokens ({per_split}); Fine-Tune cuts their end, which is the answer, and drops "
+               "those left with nothing to learn, and Evaluate scores what is left")
+    print(f"data prep: {message}", flush=True)
+    if too_long / fit["rows"] > max_ratio:
+        hint = ("" if truncation == "prompt" else "set truncation prompt to shorten the prompts, ")
+        raise UserError(
+            f"{message}. That is more than max_too_long_ratio {max_ratio:g}: raise max_seq_length (here and in "
+            f"Fine-Tune; the data report gives the lengths), {hint}shorten the rows, or raise max_too_long_ratio")
+
+
+def check_labels_in_train(stats: dict[str, SplitStats], adapter: TaskAdapter) -> None:
+    """A label that occurs in validation or test but never in train is one the model cannot learn."""
+    train = stats["train"].label_counts
+    unseen = sorted({label for name in ("validation", "test") for label in stats[name].label_counts} - set(train))
+    if not unseen:
+        return
+    details = "; ".join(
+        f"{label!r} ({sum(stats[n].label_counts.get(label, 0) for n in ('validation', 'test'))} row(s): "
+        + ", ".join(adapter.label_rows.get(label, [])) + ")" for label in unseen[:10])
+    raise UserError(
+        f"label(s) of field {adapter.columns.get('label')!r} only in the validation/test split, never in train: "
+        f"{details}. The model cannot learn them. "
+        "A truncated or mistyped file often leaves one; fix or remove those rows, add training rows for them, "
+        "or give the splits explicitly (validation_data, test_data)")
+
+
+def check_no_nul(value: Any, where: str = "") -> None:
+    """Refuse a NUL character anywhere in a record's text: tokenizers and chat templates pass it on as
+    data, and no dataset means it (it is what a binary file or a broken export leaves behind)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise RowError("nul_character", where or None,
+                           f"the text holds a NUL character (\\u0000) at position {value.index(chr(0))}; "
+                           "remove it from the data")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_no_nul(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_no_nul(item, f"{where}[{i}]")
 
 
 def _input_had_problems(problems: Problems, files: list) -> bool:
@@ -290,28 +377,68 @@ def split_labels(n: int, validation_ratio: float, test_ratio: float, seed: int,
 
 
 def emit(pool_paths: dict[str, Path], counts: dict[str, int], adapter: TaskAdapter, out_dir: Path,
-         labels: Any, token_counter: TokenCounter | None) -> tuple[dict[str, SplitStats], dict[str, int]]:
-    """Pass 2: render each record, write it to its split file and measure it."""
+         labels: Any, token_counter: TokenCounter | None, truncator: Any = None,
+         max_seq_length: int | None = None) -> tuple[dict[str, SplitStats], dict[str, int]]:
+    """Pass 2: render each record, measure it (shortening its prompt when it is too long and a
+    truncator is given) and write it to its split file."""
     adapter.prepare_render()
     stats = {name: SplitStats() for name in SPLIT_NAMES}
     writers = {name: open(out_dir / f"{name}.jsonl", "wb") for name in SPLIT_NAMES}
-    pending: dict[str, list[dict]] = {name: [] for name in SPLIT_NAMES}
+    pending: dict[str, list[tuple[dict, bytes | None, dict]]] = {name: [] for name in SPLIT_NAMES}
     train_prompts: set[int] = set()
     task = adapter.task
     is_text = task == "text"
     is_preference = task == "preference"
     count_labels = task in ("classification", "ner")
 
+    def commit(name: str, out: dict, line: bytes | None) -> None:
+        """Write one output row (its pool line when rendering left the record as it was) and measure it."""
+        writers[name].write(line if line is not None else dumps(out) + b"\n")
+        split = stats[name]
+        if is_text:
+            split.chars.append(len(out["text"]))
+            prompt = hash(dumps(out["text"]))
+        elif is_preference:
+            chosen = sum(len(m["content"]) for m in out["chosen"])
+            rejected = sum(len(m["content"]) for m in out["rejected"])
+            split.chosen_chars.append(chosen)
+            split.rejected_chars.append(rejected)
+            split.chars.append(sum(len(m["content"]) for m in out["prompt"]) + max(chosen, rejected))
+            prompt = hash(dumps(out["prompt"]))
+        else:
+            messages = out["messages"]
+            split.chars.append(sum([len(m["content"]) for m in messages]))
+            prompt = hash(dumps(messages[:-1]))
+        if name == "train":
+            train_prompts.add(prompt)
+        else:
+            split.prompt_hashes.append(prompt)
+
     def flush(name: str) -> None:
-        if pending[name]:
-            if is_preference:
-                for prompt, chosen, rejected in token_counter.count_pairs(pending[name]):
-                    stats[name].tokens.append(prompt + max(chosen, rejected))
-                    stats[name].chosen_tokens.append(chosen)
-                    stats[name].rejected_tokens.append(rejected)
-            else:
-                stats[name].tokens.extend(token_counter.count(pending[name]))
-            pending[name].clear()
+        batch = pending[name]
+        if not batch:
+            return
+        split = stats[name]
+        if is_preference:
+            for prompt, chosen, rejected in token_counter.count_pairs([out for out, _, _ in batch]):
+                split.tokens.append(prompt + max(chosen, rejected))
+                split.chosen_tokens.append(chosen)
+                split.rejected_tokens.append(rejected)
+            for out, line, _ in batch:
+                commit(name, out, line)
+        else:
+            for (out, line, record), tokens in zip(batch, token_counter.count([out for out, _, _ in batch])):
+                if tokens > max_seq_length and truncator is not None:
+                    shortened = truncator.shorten(record, out, tokens)
+                    if shortened is not None:
+                        split.shortened += 1
+                        split.tokens_cut += tokens - shortened.tokens
+                        out, line, tokens = shortened.row, None, shortened.tokens
+                if tokens > max_seq_length:
+                    split.too_long += 1
+                split.tokens.append(tokens)
+                commit(name, out, line)
+        batch.clear()
 
     try:
         for pool in SPLIT_NAMES:
@@ -323,35 +450,18 @@ def emit(pool_paths: dict[str, Path], counts: dict[str, int], adapter: TaskAdapt
                     name = SPLIT_NAMES[labels[index]] if pool == "train" else pool
                     record = loads(line)
                     out = adapter.render(record)
-                    writers[name].write(line if out is record else dumps(out) + b"\n")
                     split = stats[name]
                     split.rows += 1
                     if count_labels:
                         counts = split.label_counts
                         for label in ([record["label"]] if task == "classification" else record["tags"]):
                             counts[label] = counts.get(label, 0) + 1
-                    if is_text:
-                        split.chars.append(len(out["text"]))
-                        prompt = hash(dumps(out["text"]))
-                    elif is_preference:
-                        chosen = sum(len(m["content"]) for m in out["chosen"])
-                        rejected = sum(len(m["content"]) for m in out["rejected"])
-                        split.chosen_chars.append(chosen)
-                        split.rejected_chars.append(rejected)
-                        split.chars.append(sum(len(m["content"]) for m in out["prompt"]) + max(chosen, rejected))
-                        prompt = hash(dumps(out["prompt"]))
-                    else:
-                        messages = out["messages"]
-                        split.chars.append(sum([len(m["content"]) for m in messages]))
-                        prompt = hash(dumps(messages[:-1]))
-                    if name == "train":
-                        train_prompts.add(prompt)
-                    else:
-                        split.prompt_hashes.append(prompt)
-                    if token_counter is not None:
-                        pending[name].append(out)
-                        if len(pending[name]) >= _TOKEN_BATCH:
-                            flush(name)
+                    if token_counter is None:
+                        commit(name, out, line if out is record else None)
+                        continue
+                    pending[name].append((out, line if out is record else None, record))
+                    if len(pending[name]) >= _TOKEN_BATCH:
+                        flush(name)
         for name in SPLIT_NAMES:
             if token_counter is not None:
                 flush(name)
@@ -368,8 +478,11 @@ def emit(pool_paths: dict[str, Path], counts: dict[str, int], adapter: TaskAdapt
 def prepare(inputs: list[InputSpec], adapter: TaskAdapter, out_dir: Path, *, validation_ratio: float,
             test_ratio: float, seed: int, on_invalid: str, tokenizer: Any | None = None,
             max_seq_length: int = 2048, on_problems: Callable[[Problems], None] | None = None,
-            tokenizer_name: str = "model_path") -> PrepareResult:
-    """Run both passes; raise UserError (after `on_problems`) when on_invalid is fail and rows are bad."""
+            tokenizer_name: str = "model_path", truncation: str = "none",
+            max_too_long_ratio: float = 1.0) -> PrepareResult:
+    """Run both passes; raise UserError (after `on_problems`) when on_invalid is fail and rows are bad,
+    when more than `max_too_long_ratio` of the rows are still longer than `max_seq_length` (with a
+    tokenizer), or when a classification label occurs in validation/test but not in train."""
     problems = Problems()
     chunker = TextChunker(max_seq_length, tokenizer) if adapter.task == "text" else None
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -398,8 +511,27 @@ def prepare(inputs: list[InputSpec], adapter: TaskAdapter, out_dir: Path, *, val
 
             check_tools_support(tokenizer, tokenizer_name, "the data")
         token_counter = TokenCounter(tokenizer) if tokenizer is not None else None
-        stats, overlap = emit(ingested["pool_paths"], counts, adapter, out_dir, labels, token_counter)
+        truncator = None
+        if token_counter is not None and truncation == "prompt" and adapter.output_format == "messages":
+            from maap_finetune.data.truncation import PromptTruncator
+
+            truncator = PromptTruncator(adapter, token_counter, max_seq_length)
+        stats, overlap = emit(ingested["pool_paths"], counts, adapter, out_dir, labels, token_counter, truncator,
+                              max_seq_length)
+    if token_counter is not None and adapter.output_format == "messages":
+        check_lengths(stats, max_seq_length, max_too_long_ratio, truncation)
+    text_chunking = None
+    if chunker is not None:
+        import numpy as np
+
+        keys = np.frombuffer(ingested["train_groups"], dtype=np.int64)
+        documents = {name: (0 if name == "train" else ingested["documents"][name])
+                     + int(np.unique(keys[labels == index]).size) for index, name in enumerate(SPLIT_NAMES)}
+        text_chunking = {**chunker.describe(), "split_by": "document", "documents": documents,
+                         "chunks": {name: stats[name].rows for name in SPLIT_NAMES}}
     label_set = adapter.label_set()
+    if adapter.task == "classification":
+        check_labels_in_train(stats, adapter)
     return PrepareResult(
         rows_read=ingested["rows_read"],
         rows_valid=ingested["rows_read"] - ingested["rows_rejected"],
@@ -415,6 +547,10 @@ def prepare(inputs: list[InputSpec], adapter: TaskAdapter, out_dir: Path, *, val
         layout=adapter.schema.name if adapter.schema else None,
         columns=dict(adapter.columns),
         ignored_columns=dict(adapter.ignored_columns),
-        text_chunking=chunker.describe() if chunker else None,
+        text_chunking=text_chunking,
         tokenizer_used=tokenizer is not None,
+        length_fit=length_fit(stats, max_seq_length) if token_counter is not None else None,
+        absent_optional=adapter.absent_optional(),
+        end_markers_stripped=adapter.end_markers_stripped,
+        truncation=truncation if truncator is not None else "none",
     )

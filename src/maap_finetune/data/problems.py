@@ -38,6 +38,8 @@ KINDS: dict[str, str] = {
     "completion_role": "a chosen or rejected answer holding a message that is not the assistant's",
     "identical_pair": "a preference pair whose chosen and rejected answers are identical",
     "unreadable_file": "a file that cannot be read at all",
+    "nul_character": "a text holding a NUL character (\\u0000), which no dataset means",
+    "end_of_text_marker": "an end-of-text marker (such as <|endoftext|>) inside a target, where it would be learned as text",
 }
 # An input with no rows at all is not a row problem: Data Prep stops with a UserError naming it.
 

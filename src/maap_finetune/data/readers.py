@@ -128,7 +128,7 @@ def _iter_jsonl(data_file: DataFile, problems: Problems, handle=None) -> Iterato
                         f"invalid UTF-8 byte 0x{line[uerr.start]:02x} at column {uerr.start + 1}",
                     )
                     continue
-                problems.add(display, lineno, None, "invalid_json", f"invalid JSON: {err}")
+                problems.add(display, lineno, None, "invalid_json", f"invalid JSON: {_json_reason(str(err), line)}")
 
 
 def _iter_json(data_file: DataFile, problems: Problems) -> Iterator[tuple[int, object]]:
@@ -140,7 +140,7 @@ def _iter_json(data_file: DataFile, problems: Problems) -> Iterator[tuple[int, o
     if first == b"{":  # JSON Lines written with a .json name (datasets' to_json does this)
         yield from _iter_jsonl(data_file, problems, handle=binary)
         return
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(parse_constant=_refuse_constant)  # NaN/Infinity are refused, as in .jsonl
     text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="strict", newline="")
     with text:
         state = {"buf": "", "pos": 0, "line": 1, "eof": False}
@@ -213,13 +213,28 @@ def _iter_json(data_file: DataFile, problems: Problems) -> Iterator[tuple[int, o
                     try:
                         obj, end = decoder.raw_decode(state["buf"], state["pos"])
                         break
-                    except json.JSONDecodeError as err:
-                        too_big = len(state["buf"]) - state["pos"] > _MAX_JSON_ITEM_CHARS
-                        if too_big or not fill():
+                    except (json.JSONDecodeError, _ConstantError, RecursionError) as err:
+                        truncated = isinstance(err, json.JSONDecodeError) and (
+                            err.pos >= len(state["buf"]) - 16 or err.msg.startswith("Unterminated string"))
+                        if truncated and len(state["buf"]) - state["pos"] > _MAX_JSON_ITEM_CHARS:
                             problems.add(display, start_line, None, "invalid_json",
-                                         f"invalid JSON in item {item + 1}: {err.msg}; "
+                                         f"item {item + 1} is larger than {_MAX_JSON_ITEM_CHARS >> 20} MiB (the size "
+                                         "cap of one .json array item); split the file or write it as .jsonl; "
                                          "the rest of this file cannot be read")
                             return
+                        if truncated and fill():
+                            continue  # the item goes on in the next chunk
+                        if isinstance(err, json.JSONDecodeError):
+                            # The line of the error itself, not of the item's first line.
+                            line = state["line"] + state["buf"].count("\n", state["pos"], err.pos)
+                            reason = _json_reason(err.msg, state["buf"][err.pos:err.pos + 16])
+                        elif isinstance(err, RecursionError):
+                            line, reason = start_line, "depth limit exceeded (nested too deep)"
+                        else:
+                            line, reason = start_line, _json_reason("", err.args[0])
+                        problems.add(display, line, None, "invalid_json",
+                                     f"invalid JSON in item {item + 1}: {reason}; the rest of this file cannot be read")
+                        return
                 item += 1
                 advance(end)
                 expect_item = False
@@ -230,6 +245,26 @@ def _iter_json(data_file: DataFile, problems: Problems) -> Iterator[tuple[int, o
 
 class _StopFile(Exception):
     pass
+
+
+class _ConstantError(ValueError):
+    pass
+
+
+def _refuse_constant(name: str):
+    raise _ConstantError(name)
+
+
+_CONSTANTS = re.compile(r"-?\b(?:NaN|Infinity)\b")
+
+
+def _json_reason(message: str, text: str | bytes) -> str:
+    """The decoder's message, made plain where NaN or Infinity caused it (the same in .json and .jsonl)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if _CONSTANTS.search(text):
+        return "NaN and Infinity are not JSON numbers; write null or a number"
+    return message
 
 
 def _iter_delimited(data_file: DataFile, problems: Problems) -> Iterator[tuple[int, object]]:
@@ -286,6 +321,17 @@ def _has_surrogates(value: str) -> bool:
     return False
 
 
+def _drop_nulls(value):
+    """Nested values without the null fields Arrow adds: a struct column has every field any row has, so
+    one row's tool parameters gain the others' properties as `"period": null`, and every message gains
+    `tool_calls: null`. JSON rows never carry those, so they are dropped at every depth below the column."""
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
 def _iter_parquet(data_file: DataFile, problems: Problems) -> Iterator[tuple[int, object]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -297,7 +343,7 @@ def _iter_parquet(data_file: DataFile, problems: Problems) -> Iterator[tuple[int
         for batch in parquet.iter_batches(batch_size=4096):
             for record in batch.to_pylist():
                 row += 1
-                yield row, record
+                yield row, {k: _drop_nulls(v) if isinstance(v, (dict, list)) else v for k, v in record.items()}
     except (pa.ArrowException, ValueError) as err:
         problems.add(data_file.display, None, None, "unreadable_file", f"cannot read the Parquet file: {err}")
     finally:

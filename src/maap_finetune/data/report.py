@@ -90,6 +90,10 @@ def build_report(result: PrepareResult, *, task: str, on_invalid: str, max_seq_l
         "layout": result.layout,
         "columns": result.columns,
         "ignored_columns": result.ignored_columns,
+        "absent_optional_fields": result.absent_optional,
+        "end_markers_stripped": result.end_markers_stripped,
+        "truncation": result.truncation,
+        "length_fit": result.length_fit,
         "rows": {
             "read": result.rows_read,
             "valid": result.rows_valid,
@@ -125,6 +129,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         *[f"| {name} | {count} |" for name, count in rows["written"].items()],
         "",
     ]
+    lines += column_notes(report)
+    chunking = report.get("text_chunking") or {}
+    if chunking.get("documents"):
+        lines += ["## Text chunks (split by document, then chunked)", "", "| split | documents | chunks |",
+                  "|---|---:|---:|"]
+        lines += [f"| {name} | {chunking['documents'][name]} | {chunking['chunks'][name]} |" for name in SPLIT_NAMES]
+        lines.append("")
     if report["rejected_by_reason"]:
         lines += ["## Rejected rows by reason", "", "| reason | rows | meaning |", "|---|---:|---|"]
         lines += [f"| {k} | {v} | {KINDS[k]} |" for k, v in report["rejected_by_reason"].items()]
@@ -187,6 +198,32 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", f"Training tokens per epoch: {est['tokens']} ({est['method']}).", "",
               f"![length histogram]({HISTOGRAM_PNG})", ""]
     return "\n".join(lines)
+
+
+def column_notes(report: dict[str, Any]) -> list[str]:
+    """Lines on the columns dropped, the optional fields absent and the end-of-text markers stripped
+    (the data report's Markdown, and the console)."""
+    lines = []
+    if report["ignored_columns"]:
+        lines.append("- Columns dropped (not read by the task; rows holding each): "
+                     + ", ".join(f"{k} ({v})" for k, v in report["ignored_columns"].items()))
+    if report.get("absent_optional_fields"):
+        lines.append("- Optional fields absent from the data (name them with the input in brackets if the data "
+                     "has them under another name): "
+                     + ", ".join(f"{role} ({key})" for role, key in report["absent_optional_fields"].items()))
+    if report.get("end_markers_stripped"):
+        lines.append(f"- Trailing end-of-text markers (such as <|endoftext|>) stripped from "
+                     f"{report['end_markers_stripped']} target(s)")
+    fit = report.get("length_fit")
+    if fit and (sum(fit["too_long"].values()) or sum(fit["shortened"].values())):
+        shortened = sum(fit["shortened"].values())
+        lines.append(f"- Rows longer than max_seq_length {fit['max_seq_length']}: "
+                     + ", ".join(f"{k} {v}" for k, v in fit["too_long"].items())
+                     + f" ({fit['too_long_ratio']:.1%} of all rows); prompts shortened (truncation "
+                     f"{report['truncation']}): " + ", ".join(f"{k} {v}" for k, v in fit["shortened"].items())
+                     + (f", {sum(fit['tokens_cut'].values())} tokens cut "
+                        f"({sum(fit['tokens_cut'].values()) / shortened:.0f} per shortened row)" if shortened else ""))
+    return lines + ([""] if lines else [])
 
 
 def plot_histogram(result: PrepareResult, path: Path, max_seq_length: int) -> None:

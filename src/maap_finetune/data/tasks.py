@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from string import Formatter
 from typing import Any
 
+from maap_finetune.common.errors import UserError
 from maap_finetune.data.function_calling import check_tool_call_id, check_tool_calls, check_tools, check_weight
 from maap_finetune.data.jsonfast import loads
 from maap_finetune.data.problems import RowError
@@ -39,6 +40,14 @@ SHAREGPT_ROLES = {
     "model": "assistant",
 }
 _TAG = re.compile(r"^([BI])-(.+)$")
+_INTEGER = re.compile(r"^\s*-?\d+\s*$")
+# End-of-text markers of the formats accepted (OpenAI legacy completions, Llama, ChatML, Phi-3, Gemma):
+# the chat template adds the model's own, so a literal one in a target is learned as text.
+END_MARKERS = ("<|endoftext|>", "<|end_of_text|>", "<|im_end|>", "<|eot_id|>", "<|end|>", "</s>", "<eos>")
+# Words that make an unread column look like a label, a weight or a preference marker (see `_meaningful`).
+_MARKER_WORDS = {"label", "labels", "weight", "weights", "score", "scores", "rating", "ratings", "reward", "rewards",
+                 "preferred", "preference", "chosen", "rejected", "desirable", "undesirable", "accepted",
+                 "approved", "kto"}
 
 
 @dataclass(frozen=True)
@@ -157,7 +166,8 @@ class TaskAdapter:
 
     def __init__(self, task: str, keys: dict[str, str | None], templates: dict[str, Any],
                  label_names: Sequence[str] | None = None, source_lang: str | None = None,
-                 target_lang: str | None = None, system_prompt: str | None = None):
+                 target_lang: str | None = None, system_prompt: str | None = None,
+                 drop_columns: Sequence[str] = ()):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}")
         self.task = task
@@ -167,7 +177,13 @@ class TaskAdapter:
         self.source_lang = source_lang
         self.target_lang = target_lang
         self.system_prompt = system_prompt
+        self.keys = {name: value for name, value in keys.items() if value}  # the *_key inputs the user set
+        self.drop_columns = set(drop_columns)
         self.schemas = self._schemas_with_keys(keys)
+        self.label_rows: dict[str, list[str]] = {}  # classification: label -> first rows holding it
+        self.end_markers_stripped = 0
+        self._keys_checked = False
+        self._where = ""
         self.schema: Schema | None = None  # fixed by the first valid row
         self.columns: dict[str, str] = {}
         self.first_seen: str | None = None
@@ -233,19 +249,55 @@ class TaskAdapter:
                 )
             return schema, match
         if self.schema is not None:
-            need = ", ".join(repr(self.columns[r]) for r in self.schema.columns if self.columns[r] not in row)
+            roles = [r for r in self.schema.columns if self.columns[r] not in row]
+            need = ", ".join(repr(self.columns[r]) for r in roles)
         else:
+            roles = [r for s in self.schemas for r in s.columns]
             need = " or ".join(
                 "{" + ", ".join("|".join(c) for c in s.columns.values()) + "}" for s in self.schemas
             )
         found = ", ".join(repr(c) for c in row) or "none"
-        raise RowError("missing_column", None, f"missing column(s) {need} (columns found: {found})")
+        raise RowError("missing_column", None, f"missing column(s) {need} (columns found: {found})"
+                       + self._key_hint(roles))
+
+    def _key_hint(self, roles: Iterable[str]) -> str:
+        """Which `*_key` inputs name the columns of these roles (every missing-column message says it)."""
+        names = []
+        for role in roles:
+            name = KEY_INPUTS[self.task].get(role)
+            if name is None and role == "pair":
+                name = "source_key and target_key"
+            if name is not None and name not in names:
+                names.append(name)
+        return f"; name the columns with {', '.join(names)}" if names else ""
+
+    def _check_keys(self, row: dict, where: str) -> None:
+        """Every `*_key` the user set names a field the data has: a mistyped one would otherwise be ignored
+        (an optional column silently absent, or another layout chosen)."""
+        self._keys_checked = True
+        for name, value in self.keys.items():
+            if value not in row:
+                found = ", ".join(repr(c) for c in row) or "none"
+                raise UserError(f"{where}: {name} {value!r} names no field of the data (fields seen: {found}); "
+                                f"set {name} to one of them, or leave it unset to use the default column names")
+
+    def absent_optional(self) -> dict[str, str]:
+        """Optional fields left at their default names that the data does not have: role -> its `*_key`."""
+        if self.schema is None:
+            return {}
+        absent = [role for role in self.schema.optional if role not in self.columns]
+        if self.schema.name == "closed_book":
+            absent.append("context")
+        return {role: KEY_INPUTS[self.task][role] for role in absent}
 
     # ----- extraction -------------------------------------------------------------------------
     def extract(self, row: Any, where: str, tabular: bool = False) -> dict:
         """Check one row; return its record or raise RowError."""
         if type(row) is not dict:
             raise RowError("wrong_type", None, f"expected a JSON object per row, got {_type_name(row)}")
+        if not self._keys_checked:
+            self._check_keys(row, where)
+        self._where = where
         if self.task == "chat" and self.schema is not None and self.columns["messages"] in row:
             if len(row) > 1:
                 self._count_ignored(row, self.columns)
@@ -261,11 +313,68 @@ class TaskAdapter:
         return record
 
     def _count_ignored(self, row: dict, columns: dict[str, str]) -> None:
-        """Columns the task does not read are dropped, and counted in the report (up to 100 names)."""
+        """Columns the task does not read are dropped, and counted in the report (up to 100 names); one
+        that looks like a label, weight or preference marker is an error unless drop_columns lists it."""
         used = (*columns.values(), "tools") if self.task in ("chat", "preference") else columns.values()
         for name in row:
-            if name not in used and (name in self.ignored_columns or len(self.ignored_columns) < 100):
-                self.ignored_columns[name] = self.ignored_columns.get(name, 0) + 1
+            if name in used:
+                continue
+            if name not in self.ignored_columns:
+                if len(self.ignored_columns) >= 100:
+                    continue
+                if name not in self.drop_columns:
+                    self._refuse_meaningful(name, row[name])
+            self.ignored_columns[name] = self.ignored_columns.get(name, 0) + 1
+
+    def _refuse_meaningful(self, name: str, value: Any) -> None:
+        if self.task == "preference":
+            return  # the pair is the preference; scores beside it (UltraFeedback's score_chosen) only restate it
+        words = set(re.split(r"[^a-z0-9]+", str(name).lower()))
+        binary = isinstance(value, bool) or (self.task == "classification" and (
+            (type(value) is int and value in (0, 1))
+            or (isinstance(value, str) and value.strip().lower() in ("0", "1", "true", "false"))))
+        if binary and not isinstance(value, bool) and (words & {"id", "idx", "index", "uid"}
+                                                       or str(name).lower().endswith("id")):
+            binary = False  # a row id that happens to be 0 or 1
+        if not (words & _MARKER_WORDS or binary):
+            return
+        mapped = ", ".join(f"{r}={c}" for r, c in self.columns.items()) or "none yet"
+        if self.task == "classification" and binary:
+            why = ("it looks like one more label column (multi-label data): this step trains one label per row, "
+                   f"from label_key's column, so the others would be lost")
+        elif isinstance(value, bool):
+            why = ("a true/false marker per row (KTO-style feedback) decides whether a row is wanted; dropped, "
+                   "rows marked false would be trained as targets")
+        else:
+            why = "it looks like a label, weight or preference marker, which changes what a row means"
+        raise UserError(
+            f"{self._where}: field {name!r} (value {value!r}) is not read by task {self.task} (columns used: "
+            f"{mapped}); {why}. Map it with the right *_key input, remove the rows it marks as unwanted, or "
+            f"list it in drop_columns to drop it knowingly")
+
+    def _strip_end_marker(self, text: str, field_name: str) -> str:
+        """A target without a trailing end-of-text marker; a marker inside it is refused."""
+        if "<" not in text:
+            return text
+        stripped = text.rstrip()
+        changed = False
+        while True:
+            marker = next((m for m in END_MARKERS if stripped.endswith(m)), None)
+            if marker is None:
+                break
+            stripped = stripped[: -len(marker)].rstrip()
+            changed = True
+        inside = next((m for m in END_MARKERS if m in stripped), None)
+        if inside is not None:
+            raise RowError("end_of_text_marker", field_name,
+                           f"the target holds the end-of-text marker {inside!r} inside it; it would be learned as "
+                           "text. Remove it (the chat template adds the model's own end token)")
+        if changed:
+            if not stripped.strip():
+                raise RowError("missing_content", field_name, "the target is only an end-of-text marker")
+            self.end_markers_stripped += 1
+            return stripped
+        return text
 
     def _extract_chat(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
         col = columns["messages"]
@@ -301,6 +410,8 @@ class TaskAdapter:
                         has_user = True
                     elif role == "assistant":
                         has_assistant = learned = True
+                        if "<" in content:
+                            content = self._strip_end_marker(content, f"{col}[{i}].content")
                     out.append({"role": role, "content": content})
                     continue
             clean = self._chat_message(message, i, col, tool_names, call_ids)
@@ -386,6 +497,8 @@ class TaskAdapter:
         if role == "system" and i != 0:
             raise RowError("misplaced_system", f"{where}.{role_field}",
                            f"a system message at position {i}; only the first message may be system")
+        if role == "assistant" and content:
+            content = self._strip_end_marker(content, f"{where}.{content_field}")
         clean = {"role": role, "content": content}
         name = message.get("name")
         if name is not None:
@@ -427,7 +540,7 @@ class TaskAdapter:
         if value is not None and not isinstance(value, str):
             raise RowError("wrong_type", extra, f"expected a string, got {_type_name(value)}")
         record["input"] = value or ""
-        record["output"] = _text(row[columns["output"]], columns["output"])
+        record["output"] = self._strip_end_marker(_text(row[columns["output"]], columns["output"]), columns["output"])
         return record
 
     def _label_name(self, value: Any, field_name: str) -> str:
@@ -437,9 +550,16 @@ class TaskAdapter:
             label = str(value).strip()
             if not label:
                 raise RowError("missing_content", field_name, "the label is empty")
+            if type(value) is int or _INTEGER.match(label):
+                what = "label" if self.task == "classification" else "tag"
+                raise UserError(
+                    f"{self._where}: field {field_name!r}: {what} {value!r} is an integer id and label_names is not "
+                    f"set, so the model would learn to answer the number; give label_names, the "
+                    f"{what} names in id order (e.g. label_names '"
+                    + ("negative,positive" if self.task == "classification" else "O,B-PER,I-PER") + "')")
             return label
-        if isinstance(value, str) and value in self._label_index:
-            return value
+        if str(value) in self._label_index:  # a name, or a number that is itself one of the names (ratings 1..5)
+            return str(value)
         index = value if isinstance(value, int) else (int(value) if value.strip().lstrip("-").isdigit() else None)
         if index is not None and 0 <= index < len(self.label_names):
             return self.label_names[index]
@@ -457,6 +577,9 @@ class TaskAdapter:
         text = _text(row[columns["text"]], columns["text"])
         label = self._label_name(row[columns["label"]], columns["label"])
         self._count_label(label)
+        where = self.label_rows.setdefault(label, [])
+        if len(where) < 5:
+            where.append(self._where)
         return {"text": text, "label": label}
 
     def _extract_ner(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
@@ -490,11 +613,13 @@ class TaskAdapter:
             for lang in (self.source_lang, self.target_lang):
                 if lang not in pair:
                     raise RowError("missing_column", f"{col}.{lang}",
-                                   f"no {lang!r} text (languages found: {', '.join(map(str, pair)) or 'none'})")
+                                   f"no {lang!r} text (languages found: {', '.join(map(str, pair)) or 'none'}); "
+                                   "set source_lang and target_lang to codes the data uses")
+            target = _text(pair[self.target_lang], f"{col}.{self.target_lang}")
             return {"source": _text(pair[self.source_lang], f"{col}.{self.source_lang}"),
-                    "target": _text(pair[self.target_lang], f"{col}.{self.target_lang}")}
+                    "target": self._strip_end_marker(target, f"{col}.{self.target_lang}")}
         return {"source": _text(row[columns["source"]], columns["source"]),
-                "target": _text(row[columns["target"]], columns["target"])}
+                "target": self._strip_end_marker(_text(row[columns["target"]], columns["target"]), columns["target"])}
 
     def _extract_qa(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
         question = _text(row[columns["question"]], columns["question"])
@@ -502,7 +627,7 @@ class TaskAdapter:
         answers = row[acol]
         if "context" not in columns:  # closed book
             if isinstance(answers, str) and not (tabular and answers.strip()[:1] in ("[", "{")):
-                return {"question": question, "answer": _text(answers, acol)}
+                return {"question": question, "answer": self._strip_end_marker(_text(answers, acol), acol)}
             if tabular and isinstance(answers, str):
                 answers = _structured(answers, acol, tabular, object, "answers")
             texts = answers.get("text") if isinstance(answers, dict) else answers
@@ -545,7 +670,8 @@ class TaskAdapter:
 
     def _extract_summarization(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
         return {"document": _text(row[columns["document"]], columns["document"]),
-                "summary": _text(row[columns["summary"]], columns["summary"])}
+                "summary": self._strip_end_marker(_text(row[columns["summary"]], columns["summary"]),
+                                                  columns["summary"])}
 
     def _extract_preference(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
         from maap_finetune.data.preference import extract_preference

@@ -10,7 +10,8 @@ every other metric):
 - `threshold` (when set): the fine-tuned value must be at most (lower-is-better) or at least
   (higher-is-better) this.
 - Both set: both must hold. `metric` "none" turns the gate off (it passes and says so).
-A value that is not a finite number (no tokens scored, a diverged model) fails the gate.
+A value that is not a finite number (no tokens scored, a diverged model) fails the gate, and the
+reason names its cause (from the loss details when given), never a bare nan.
 """
 
 from __future__ import annotations
@@ -63,8 +64,31 @@ def gate_problems(gate: Gate, task: str) -> list[str]:
     return problems
 
 
-def decide(gate: Gate, base: dict[str, float], finetuned: dict[str, float]) -> dict[str, Any]:
-    """The decision record: passed, metric, values, rule and a one-line reason."""
+def not_finite_cause(metric: str, value: Any, details: dict[str, Any] | None) -> str:
+    """Why a metric has no finite value, in words: 0 tokens scored, a diverged model, or not measured."""
+    if value is None:
+        return "was not measured"
+    details = details or {}
+    if metric in ("loss", "perplexity") and details.get("scored_tokens") == 0:
+        skipped = details.get("skipped_examples")
+        return ("has no value: 0 tokens were scored"
+                + (f" ({skipped} example(s) had nothing left to score after truncation at max_seq_length)"
+                   if skipped else "")
+                + "; the test rows are longer than max_seq_length or their references are empty. Data Prep's "
+                "report gives the lengths: raise max_seq_length or keep truncation prompt")
+    if isinstance(value, float) and math.isinf(value):
+        return "is infinite (the model diverged, or a reference token has probability 0)"
+    if isinstance(value, float) and math.isnan(value):
+        if metric in ("loss", "perplexity"):
+            return "is not a number: the model's loss diverged (NaN logits)"
+        return "is not a number: no test row could be scored for it"
+    return f"is {value!r}, not a number"
+
+
+def decide(gate: Gate, base: dict[str, float], finetuned: dict[str, float],
+           details: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The decision record: passed, metric, values, rule and a one-line reason. `details` (per side,
+    "base" and "finetuned": Evaluate's loss details) lets a reason name why a value is not finite."""
     if gate.metric == GATE_OFF:
         return {
             "passed": True,
@@ -88,7 +112,8 @@ def decide(gate: Gate, base: dict[str, float], finetuned: dict[str, float]) -> d
     failures: list[str] = []
     checks: list[str] = []
     if not _finite(tuned_value):
-        failures.append(f"fine-tuned {metric} is {tuned_value} (not a finite number)")
+        failures.append(f"fine-tuned {metric} {not_finite_cause(metric, tuned_value, (details or {}).get('finetuned'))}"
+                        " (not a finite number)")
     else:
         if gate.threshold is not None:
             ok = tuned_value >= gate.threshold if up else tuned_value <= gate.threshold
@@ -102,7 +127,8 @@ def decide(gate: Gate, base: dict[str, float], finetuned: dict[str, float]) -> d
                 )
         if gate.min_improvement is not None:
             if improvement is None:
-                failures.append(f"base {metric} is {base_value} (not a finite number), so no improvement can be measured")
+                failures.append(f"base {metric} {not_finite_cause(metric, base_value, (details or {}).get('base'))} "
+                                "(not a finite number), so no improvement can be measured")
             elif improvement > gate.min_improvement:
                 checks.append(
                     f"{metric} improved by {_fmt(improvement)} over the base ({_fmt(base_value)} -> "
