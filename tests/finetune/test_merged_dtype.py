@@ -9,19 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from maap_finetune.models.dtype import stored_precision
+from maap_finetune.models.dtype import safetensors_dtypes, stored_precision
 from maap_finetune.training.merge import parity_report
 from tests.finetune.conftest import outputs
 from tests.helpers import argv_from_spec, load_entry
-
-
-def safetensors_dtypes(folder: Path) -> set[str]:
-    dtypes = set()
-    for path in folder.rglob("*.safetensors"):
-        with open(path, "rb") as handle:
-            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
-        dtypes |= {entry["dtype"] for name, entry in header.items() if name != "__metadata__"}
-    return dtypes
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +73,11 @@ def test_a_bf16_base_gives_a_bf16_merged_model(tmp_path, bf16_base, prepared_cha
     ))
     assert summary["precision"] == "fp32" and summary["merged_dtype"] == "bf16"  # trained in fp32 on the CPU
     merged = tmp_path / "mlflow_model" / "model"
-    assert safetensors_dtypes(merged) == {"BF16"}
+    assert set(safetensors_dtypes(merged)) == {"BF16"}
     assert json.loads((merged / "config.json").read_text())["dtype"] == "bfloat16"
     base_bytes = (bf16_base / "model.safetensors").stat().st_size
     assert abs((merged / "model.safetensors").stat().st_size - base_bytes) < 0.01 * base_bytes
-    assert safetensors_dtypes(tmp_path / "adapter") == {"F32"}  # PEFT keeps the LoRA weights it trained in fp32
+    assert set(safetensors_dtypes(tmp_path / "adapter")) == {"F32"}  # PEFT keeps the LoRA weights it trained in fp32
     parity = summary["merge_parity"]
     assert parity["passed"] and parity["max_relative_logit_diff"] < 1e-4  # the fp32 merge
     saved = parity["saved"]  # the bf16 copy, computed in bf16: rounding, within the bf16 tolerance

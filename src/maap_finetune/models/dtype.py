@@ -27,12 +27,18 @@ def stored_precision(model_dir: str | Path) -> tuple[str | None, str]:
         value = str(config.get(key) or "").removeprefix("torch.")
         if value in _CONFIG_NAMES:
             return _CONFIG_NAMES[value], f"config.json {key}"
-    counts: Counter[str] = Counter()
-    for path in sorted(folder.glob("*.safetensors")):
-        with open(path, "rb") as handle:
-            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
-        counts.update(_SAFETENSORS_NAMES[e["dtype"]] for k, e in header.items()
-                      if k != "__metadata__" and e["dtype"] in _SAFETENSORS_NAMES)
+    counts = Counter({_SAFETENSORS_NAMES[name]: n for name, n in safetensors_dtypes(folder).items()
+                      if name in _SAFETENSORS_NAMES})
     if counts:
         return counts.most_common(1)[0][0], "safetensors headers"
     return None, "neither config.json nor safetensors headers name it"
+
+
+def safetensors_dtypes(folder: str | Path) -> Counter[str]:
+    """Tensors per safetensors dtype name (BF16, F32, ...) in the folder's *.safetensors files, from their headers."""
+    counts: Counter[str] = Counter()
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with open(path, "rb") as handle:
+            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        counts.update(entry["dtype"] for name, entry in header.items() if name != "__metadata__")
+    return counts
