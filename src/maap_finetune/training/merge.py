@@ -18,6 +18,7 @@ from typing import Any
 # merge. Measured in benchmarks/results/dtype-memory-2026-12-01.md.
 SAVED_TOLERANCE = {"bf16": 0.05, "fp16": 0.01}
 
+
 def logits_of(model, examples: list[list[int]]):
     import torch
 
@@ -46,10 +47,10 @@ def merge_with_parity(
     The merged model is returned cast to `saved_precision` (bf16 | fp16 | fp32), checked as saved
     (`parity["saved"]`, which also decides pass/fail)."""
     import torch
-
-    from maap_finetune.training.builders import torch_dtype
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
+
+    from maap_finetune.training.builders import torch_dtype
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_source, **model_kwargs), adapter_dir)
     model.eval()
