@@ -80,6 +80,7 @@ PIPELINE_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "per_device_train_batch_size": (("finetune", "per_device_train_batch_size"),),
     "precision": (("finetune", "precision"),),
     "deepspeed_stage": (("finetune", "deepspeed_stage"),),
+    "merged_dtype": (("finetune", "merged_dtype"),),
     "max_seq_length": (
         ("data_prep", "max_seq_length"),
         ("finetune", "max_seq_length"),
@@ -519,6 +520,7 @@ def build_pipeline(settings: PipelineSettings):
         per_device_train_batch_size,
         precision,
         deepspeed_stage,
+        merged_dtype,
         max_seq_length,
         max_eval_samples,
         max_new_tokens,
@@ -561,6 +563,7 @@ def build_pipeline(settings: PipelineSettings):
             per_device_train_batch_size=per_device_train_batch_size,
             precision=precision,
             deepspeed_stage=deepspeed_stage,
+            merged_dtype=merged_dtype,
             max_seq_length=max_seq_length,
         )
         finetune.resources = {"instance_count": settings.instance_count}

@@ -77,6 +77,7 @@ def build_parser() -> StrictParser:
     p.add_argument("--checkpoints", type=Path, required=True)
     p.add_argument("--use_liger_kernel", choices=C.LIGER, required=True)
     p.add_argument("--max_tokens_per_batch", type=bounded(int, 16), default=None)
+    p.add_argument("--merged_dtype", choices=C.MERGED_DTYPES, required=True)
     return p
 
 

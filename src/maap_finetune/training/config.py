@@ -16,6 +16,7 @@ PEFT_METHODS = ("lora", "dora", "qlora", "qdora", "none")
 QUANTIZED_METHODS = ("qlora", "qdora")
 DORA_METHODS = ("dora", "qdora")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+MERGED_DTYPES = ("auto", "bf16", "fp16", "fp32")  # auto: the base model's stored dtype
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 INIT_LORA_WEIGHTS = ("default", "gaussian", "pissa", "olora")
@@ -88,6 +89,7 @@ class FinetuneConfig:
     # speed (appended: new inputs go at the end of the spec)
     use_liger_kernel: str
     max_tokens_per_batch: int | None
+    merged_dtype: str
 
     @property
     def is_quantized(self) -> bool:

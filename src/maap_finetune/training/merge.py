@@ -1,14 +1,22 @@
 """Merge the adapter into the base weights, and prove the merge changed nothing.
 
-The merge starts from a fresh copy of the base in full precision (fp32; the caller casts for
-saving); a 4-bit base is dequantized to bf16 first (`model.dequantize()`), so nothing is merged into
-4-bit weights. The parity check compares the merged model's logits with base + adapter (the model as
-trained) on held-out examples.
+The merge starts from a fresh copy of the base in full precision (fp32); a 4-bit base is dequantized
+to bf16 first (`model.dequantize()`), so nothing is merged into 4-bit weights. The parity check compares
+the merged model's logits with base + adapter (the model as trained) on held-out examples. The merged
+model is then cast to the dtype it is saved in (`merged_dtype`) and checked once more, as saved: its
+logits, computed in that dtype, against the same reference, within that dtype's tolerance
+(`SAVED_TOLERANCE`, or merge_parity_tolerance where that is larger).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+# Largest relative logit difference a 16-bit copy of the merged model may show against base + adapter in
+# fp32. A 16-bit forward pass rounds every weight and activation (bf16 keeps 8 significant bits: a unit
+# roundoff of 2^-8 = 0.4%; fp16 11 bits: 0.05%), so the fp32 merge tolerance (0.01) would fail a correct
+# merge. Measured in benchmarks/results/dtype-memory-2026-12-01.md.
+SAVED_TOLERANCE = {"bf16": 0.05, "fp16": 0.01}
 
 
 def logits_of(model, examples: list[list[int]]):
@@ -27,6 +35,7 @@ def merge_with_parity(
     tolerance: float,
     trained_logits: list | None = None,
     trained_in_fp32: bool = True,
+    saved_precision: str = "fp32",
 ):
     """Return (merged_model, parity). The reference is base + saved adapter, unmerged; when given,
     `trained_logits` (the model in memory at the end of training) are a second reference, which also
@@ -34,10 +43,14 @@ def merge_with_parity(
     in fp32 (bf16/fp16 logits carry about 1% rounding noise) and is recorded either way.
 
     Unquantized: one base load; reference logits first, then merge in place. Quantized: the reference
-    runs on the 4-bit base; the merge uses a second copy, dequantized to bf16 and upcast to fp32."""
+    runs on the 4-bit base; the merge uses a second copy, dequantized to bf16 and upcast to fp32.
+    The merged model is returned cast to `saved_precision` (bf16 | fp16 | fp32), checked as saved
+    (`parity["saved"]`, which also decides pass/fail)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
+
+    from maap_finetune.training.builders import torch_dtype
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_source, **model_kwargs), adapter_dir)
     model.eval()
@@ -55,12 +68,20 @@ def merge_with_parity(
         parity["vs_trained_checked"] = trained_in_fp32
         if trained_in_fp32:
             parity["passed"] = parity["passed"] and versus_trained["passed"]
+    parity["saved_precision"] = saved_precision
+    if saved_precision != "fp32":
+        merged = merged.to(torch_dtype(saved_precision))  # in place: the fp32 weights are freed as they go
+        tolerance_saved = max(tolerance, SAVED_TOLERANCE[saved_precision])
+        parity["saved"] = parity_report(reference, logits_of(merged, examples), tolerance_saved)
+        parity["passed"] = parity["passed"] and parity["saved"]["passed"]
     return merged, parity
 
 
 def parity_report(reference, candidate, tolerance: float) -> dict[str, Any]:
-    """Largest |candidate - reference| logit difference, relative to the largest |reference logit|."""
-    worst_abs = max((float((a - b).abs().max()) for a, b in zip(candidate, reference)), default=0.0)
+    """Largest |candidate - reference| logit difference, relative to the largest |reference logit|.
+    A non-finite candidate logit (a weight that overflowed fp16, say) fails it."""
+    diffs = [float((a - b).abs().max()) for a, b in zip(candidate, reference)]
+    worst_abs = float("inf") if any(d != d or d == float("inf") for d in diffs) else max(diffs, default=0.0)
     scale = max((float(b.abs().max()) for b in reference), default=0.0)
     relative = worst_abs / scale if scale else worst_abs
     return {

@@ -37,7 +37,7 @@ def _merge_kwargs(config: FinetuneConfig, plan: TrainingPlan) -> dict[str, Any]:
     import torch
 
     kwargs: dict[str, Any] = dict(
-        dtype=torch.float32,  # merge and compare in full precision; cast for saving afterwards
+        dtype=torch.float32,  # merge and compare in full precision; cast to merged_dtype for saving afterwards
         # fp32 merge: flash attention runs in half precision only
         attn_implementation="eager" if config.attn_implementation == "eager" else "sdpa",
         trust_remote_code=config.trust_remote_code,
@@ -55,16 +55,32 @@ def _clear_folder(folder: Path) -> None:
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
+def saved_precision(config: FinetuneConfig, source) -> tuple[str, str]:
+    """(bf16 | fp16 | fp32, why) the merged model is saved in: merged_dtype, or with auto the base's dtype."""
+    from maap_finetune.models.dtype import stored_precision
+
+    if config.merged_dtype != "auto":
+        return config.merged_dtype, "merged_dtype"
+    precision, where = stored_precision(source.model)
+    if precision is None:
+        return "fp32", f"merged_dtype auto: the base's dtype is unknown ({where}), so fp32"
+    return precision, f"merged_dtype auto: the base's dtype ({where})"
+
+
 def build_merged_model(config: FinetuneConfig, source, result) -> tuple[Any, dict[str, Any]]:
-    import torch
     from transformers import AutoModelForCausalLM
 
     from maap_finetune.training import builders
     from maap_finetune.training.merge import merge_with_parity
 
+    precision, why = saved_precision(config, source)
+    log.info("the merged model is saved in %s (%s)", precision, why)
     if not config.uses_adapter:
         model = AutoModelForCausalLM.from_pretrained(str(config.adapter), **_merge_kwargs(config, result.plan))
-        return model, {"applicable": False, "reason": "peft_method none trains every weight; there is no adapter"}
+        return model.to(builders.torch_dtype(precision)), {
+            "applicable": False, "reason": "peft_method none trains every weight; there is no adapter",
+            "saved_precision": precision, "saved_precision_from": why,
+        }
     # A 4-bit reference must load exactly as it trained (quantized, bf16 compute), in this one process (no ZeRO).
     plan = result.plan
     single = replace(plan, deepspeed_stage=None, ds_config=None)
@@ -72,9 +88,9 @@ def build_merged_model(config: FinetuneConfig, source, result) -> tuple[Any, dic
     merged, parity = merge_with_parity(
         source.model, str(config.adapter), kwargs, config.is_quantized, result.parity_inputs,
         config.merge_parity_tolerance, result.trained_logits, trained_in_fp32=plan.precision == "fp32",
+        saved_precision=precision,
     )
-    parity["applicable"] = True
-    merged = merged.to(builders.torch_dtype(plan.precision))
+    parity.update(applicable=True, saved_precision_from=why)
     return merged, parity
 
 
@@ -105,6 +121,7 @@ def write_outputs(config: FinetuneConfig, source, result) -> dict[str, Any]:
         "peft_method": config.peft_method,
         "training_method": config.training_method,
         "precision": result.plan.precision,
+        "merged_dtype": parity["saved_precision"],
         "plan": result.plan.as_dict(),
         "world_size": result.world_size,
         "steps": result.global_step,
@@ -138,6 +155,14 @@ def write_outputs(config: FinetuneConfig, source, result) -> dict[str, Any]:
     in_azure = running_in_azure_ml()
     if parity.get("applicable") and not parity["passed"]:
         log_output_artifacts({"adapter": adapter_dir}, in_azure)
+        saved = parity.get("saved")
+        if saved is not None and not saved["passed"]:
+            raise MergeParityError(
+                f"the merged model saved in {parity['saved_precision']} gives logits that differ from base + adapter "
+                f"by {saved['max_relative_logit_diff']:.3g} (relative), above {saved['tolerance']}; the fp32 merge "
+                f"differed by {parity['max_relative_logit_diff']:.3g}. Give merged_dtype fp32 (or bf16 where fp16 "
+                f"overflowed); see {adapter_dir / SUMMARY_FILE}"
+            )
         raise MergeParityError(
             f"merged model logits differ from base + adapter by {parity['max_relative_logit_diff']:.3g} (relative), "
             f"above merge_parity_tolerance {config.merge_parity_tolerance}; see {adapter_dir / SUMMARY_FILE}"
@@ -166,6 +191,7 @@ def write_outputs(config: FinetuneConfig, source, result) -> dict[str, Any]:
             "train_tokens_per_second": tokens_per_second,
             "padding_ratio": summary["padding_ratio"],
             "merge_parity_max_relative_logit_diff": parity.get("max_relative_logit_diff"),
+            "merge_parity_saved_max_relative_logit_diff": (parity.get("saved") or {}).get("max_relative_logit_diff"),
             **validation_metrics(result.validation),
             **{k: v for k, v in summary.items() if k.startswith("peak_")},
         },
