@@ -358,7 +358,22 @@ class _Tracking:
         self.experiment_name = experiment_name
 
     def start(self, name: str, tags: Mapping[str, str]) -> str:
-        return self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags)).info.run_id
+        owner = {RUNNER_TAG: process_identity(os.getpid()) or str(os.getpid())}
+        return self.client.create_run(self.experiment_id, run_name=name, tags={**owner, **tags}).info.run_id
+
+    def mark_orphaned_runs(self) -> list[str]:
+        """Mark KILLED the RUNNING runs whose runner (the maap.runner tag) is no longer alive: a runner
+        killed by a signal it cannot catch (kill -9) left them RUNNING. Returns their ids."""
+        orphaned = []
+        for experiment in self.client.search_experiments():
+            runs = self.client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                           max_results=5000)
+            for run in runs:
+                owner = run.data.tags.get(RUNNER_TAG)
+                if owner and not runner_alive(owner):
+                    self.client.set_terminated(run.info.run_id, "KILLED")
+                    orphaned.append(run.info.run_id)
+        return orphaned
 
     def finish(self, run_id: str, status: str) -> None:
         """End the run with `status` unless the step already ended it (its own `mlflow.start_run()`).
@@ -460,6 +475,26 @@ def _base_environment(
         env["MLFLOW_EXPERIMENT_ID"] = tracking.experiment_id
         env["MLFLOW_EXPERIMENT_NAME"] = tracking.experiment_name
     return env
+
+
+STEP_GUARD = Path(__file__).resolve().parent / "step_guard.py"
+RUNNER_TAG = "maap.runner"  # "<pid>:<start time>" of the runner process that owns a run
+
+
+def process_identity(pid: int) -> str | None:
+    """'<pid>:<start time in clock ticks since boot>' (Linux /proc), or None when no such process runs.
+
+    The start time tells a live runner from a later process that got the same pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return f"{pid}:{stat.rsplit(')', 1)[1].split()[19]}"
+
+
+def runner_alive(identity: str) -> bool:
+    pid, _, _ = identity.partition(":")
+    return pid.isdigit() and process_identity(int(pid)) == identity
 
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
@@ -575,8 +610,8 @@ def run_step(
             handle = open(log_path, "wb")
             handles.append(handle)
             processes.append(
-                subprocess.Popen(
-                    argv, cwd=snapshot, env={**env, **extra}, stdout=handle, stderr=subprocess.STDOUT,
+                subprocess.Popen(  # through the guard: the step ends when this runner dies, by any signal
+                    [sys.executable, str(STEP_GUARD), str(os.getpid()), *argv], cwd=snapshot, env={**env, **extra}, stdout=handle, stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own process group: the runner ends it whole
                 )
             )
@@ -660,6 +695,10 @@ def run_pipeline(
     run_dir.mkdir(parents=True, exist_ok=False)
     experiment_name = experiment_name or job.experiment_name or "maap-finetune"
     tracking = _Tracking(absolute_tracking_uri(tracking_uri, workdir), experiment_name) if tracking_uri else None
+    if tracking is not None:
+        orphaned = tracking.mark_orphaned_runs()
+        if orphaned:
+            print(f"marked {len(orphaned)} run(s) KILLED: their runner is no longer alive", file=out, flush=True)
     result = LocalRunResult(run_id, run_dir, tracking.uri if tracking else "", experiment_name, None)
     if tracking is not None:
         result.mlflow_run_id = tracking.start(

@@ -420,6 +420,57 @@ def test_sigterm_ends_every_step_process_and_marks_the_runs_killed(fake_repo, tm
     assert status == {"sleeping": "KILLED", "produced": "FINISHED", "node": "KILLED"}
 
 
+def test_kill_9_of_the_runner_ends_its_steps_and_the_next_run_marks_its_runs_killed(fake_repo, tmp_path,
+                                                                                      empty_mlflow_db):
+    """kill -9 cannot be caught: the step guard's parent-death signal ends the steps, and the next run finds
+    the runs whose runner is gone (their maap.runner tag) and marks them KILLED."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from mlflow import MlflowClient
+
+    from pipelines.factory import REPO_ROOT
+
+    shutil.copy(empty_mlflow_db, tmp_path / "track.db")
+    uri = f"sqlite:///{tmp_path / 'track.db'}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    runner = subprocess.Popen([sys.executable, "-c", SIGTERM_DRIVER, str(fake_repo), str(tmp_path), uri], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    result = tmp_path / "runs" / "rt" / "node" / "outputs" / "result"
+    deadline = time.monotonic() + 60
+    while not all((result / f"pids_{rank}").is_file() for rank in (0, 1)):
+        assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()[0]
+        time.sleep(0.1)
+    time.sleep(0.2)
+    pids = [int(pid) for rank in (0, 1) for pid in (result / f"pids_{rank}").read_text().split()]
+    assert all(_alive(pid) for pid in pids)
+
+    runner.send_signal(signal.SIGKILL)
+    runner.communicate(timeout=30)
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids), "a step process outlived the runner killed by SIGKILL"
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("fake-exp").experiment_id
+    status = {run.info.run_name: run.info.status for run in client.search_runs([experiment])}
+    assert status == {"sleeping": "RUNNING", "produced": "FINISHED", "node": "RUNNING"}  # nobody could end them
+
+    out = io.StringIO()
+    tracking = local_runner._Tracking(uri, "fake-exp")
+    live = tracking.start("live", {})  # a run of this (live) runner is left alone
+    assert len(tracking.mark_orphaned_runs()) == 2
+    status = {run.info.run_name: run.info.status for run in client.search_runs([experiment])}
+    assert status == {"sleeping": "KILLED", "produced": "FINISHED", "node": "KILLED", "live": "RUNNING"}
+    client.set_terminated(live, "FINISHED")
+    run_pipeline(make_consume_job(fake_repo, processes=1), workdir=tmp_path / "next", tracking_uri=uri, out=out)
+    assert "KILLED" not in out.getvalue()  # nothing left to mark
+
+
 def test_submit_exits_143_on_sigterm_and_130_on_ctrl_c(monkeypatch, capsys):
     from pipelines import submit
     from pipelines.local_runner import Terminated
