@@ -41,6 +41,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -88,13 +89,68 @@ _PATH_TYPES = {"uri_file", "uri_folder", "mlflow_model", "custom_model", "triton
 
 
 class StepFailed(Exception):
-    """A step exited non-zero. The message names the step, the exit code and the log's tail."""
+    """A step exited non-zero. The message names the step, the exit code, the cause when the runner sees one
+    (a full disk), the log's tail, and after it any of the runner's own bookkeeping errors, one line each."""
 
-    def __init__(self, step: str, exit_code: int, log_path: Path, tail: str, rank: int | None = None):
+    def __init__(self, step: str, exit_code: int, log_path: Path, tail: str, rank: int | None = None,
+                 cause: str | None = None):
         self.step, self.exit_code, self.log_path, self.tail, self.rank = step, exit_code, log_path, tail, rank
-        which = f"step {step!r}" + (f" (rank {rank})" if rank is not None else "")
-        quoted = "\n".join(f"  | {line}" for line in tail.splitlines())
-        super().__init__(f"{which} failed with exit code {exit_code}; log: {log_path}\n  last lines of the log:\n{quoted}")
+        self.cause = cause
+        self.notes: list[str] = []
+        super().__init__()
+
+    def __str__(self) -> str:
+        which = f"step {self.step!r}" + (f" (rank {self.rank})" if self.rank is not None else "")
+        cause = f": {self.cause}" if self.cause else ""
+        quoted = "\n".join(f"  | {line}" for line in self.tail.splitlines()) or "  | (empty)"
+        notes = "".join(f"\n{note}" for note in self.notes)
+        return f"{which} failed with exit code {self.exit_code}{cause}; log: {self.log_path}\n  last lines of the log:\n{quoted}{notes}"
+
+
+LOW_SPACE_BYTES = 1 << 20
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def disk_full_cause(*paths: Path) -> str | None:
+    """'no space left on device: ...' naming the first of `paths` whose filesystem is (nearly) full, or None."""
+    for path in paths:
+        try:
+            stat = os.statvfs(path)
+        except OSError:
+            continue
+        free = stat.f_bavail * stat.f_frsize
+        if free < LOW_SPACE_BYTES:
+            return (f"no space left on device: {path} is on {_mount_point(Path(path))}, which has {free} bytes free; "
+                    f"free space there and rerun")
+    return None
+
+
+def _bookkeeping(what: str, action: Callable[[], Any], error: BaseException | None) -> None:
+    """Run the runner's own MLflow bookkeeping; when the step already failed, a failure here is one line
+    after the step's error (MLflow's own traceback logging silenced) instead of tracebacks that hide it."""
+    import logging
+
+    if not isinstance(error, StepFailed):
+        action()
+        return
+    db_log = logging.getLogger("mlflow.store.db.utils")
+    level = db_log.level
+    db_log.setLevel(logging.CRITICAL)
+    try:
+        action()
+    except Exception as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        # SQLAlchemy's first line is advice; the driver's own error reads "(sqlite3.OperationalError) ..."
+        cause = next((line for line in lines if re.match(r"^\([\w.]+(Error|Exception)\) ", line)), lines[0] if lines else "")
+        error.notes.append(f"runner bookkeeping: {what} failed: {type(err).__name__}: {cause}")
+    finally:
+        db_log.setLevel(level)
 
 
 @dataclass(frozen=True)
@@ -497,6 +553,11 @@ def runner_alive(identity: str) -> bool:
     return pid.isdigit() and process_identity(int(pid)) == identity
 
 
+def _tracking_paths(tracking: _Tracking | None) -> list[str]:
+    database = _sqlite_file(tracking.uri) if tracking is not None else None
+    return [os.path.dirname(database.split("?", 1)[0])] if database else []
+
+
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
     """Signal the step's whole process group: bash, the program it runs and anything that spawned."""
     try:
@@ -618,7 +679,9 @@ def run_step(
         failed = _wait(processes, log_paths[0], start, step.name, out, stream, tick)
         if failed is not None:
             rank, code = failed
-            raise StepFailed(step.name, code, log_paths[rank], tail(log_paths[rank]), rank if world > 1 else None)
+            cause = disk_full_cause(step_dir, *(Path(p) for p in _tracking_paths(tracking)), Path(tempfile.gettempdir()))
+            raise StepFailed(step.name, code, log_paths[rank], tail(log_paths[rank]), rank if world > 1 else None,
+                             cause=cause)
         ok = True
     except BaseException as err:
         error = err
@@ -630,7 +693,8 @@ def run_step(
         for handle in handles:
             handle.close()
         if tracking is not None and mlflow_run_id is not None:
-            tracking.finish(mlflow_run_id, _final_status(ok, error))
+            _bookkeeping(f"ending MLflow run {mlflow_run_id} of {step.name}",
+                         lambda: tracking.finish(mlflow_run_id, _final_status(ok, error)), error)
     seconds = time.monotonic() - start
     print(f"{label}{step.name}: done in {seconds:.1f} s", file=out, flush=True)
     return StepResult(step.name, seconds, outputs, log_paths, mlflow_run_id)
@@ -732,7 +796,8 @@ def run_pipeline(
         finally:
             result.seconds = time.monotonic() - start
             if tracking is not None and result.mlflow_run_id:
-                tracking.finish(result.mlflow_run_id, _final_status(ok, error))
+                _bookkeeping(f"ending the pipeline's MLflow run {result.mlflow_run_id}",
+                             lambda: tracking.finish(result.mlflow_run_id, _final_status(ok, error)), error)
     return result
 
 

@@ -616,3 +616,45 @@ def test_registered_model_folder_caches_each_store_apart(tmp_path, empty_mlflow_
     assert local_runner.registered_model_folder("models:/maap-finetuned/1", "sqlite:///sft.db", cache) == folders["sft"]
     with pytest.raises(UserError, match="models:/maap-finetuned/2: not in the MLflow registry at sqlite:///"):
         local_runner.registered_model_folder("models:/maap-finetuned/2", stores["sft"], cache)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 8 MiB filesystem (tmpfs) to fill; needs root to mount (skipped otherwise, except under CI=true)."""
+    import os
+    import subprocess
+
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail(f"cannot mount a tmpfs: {proc.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+FILL_DISK = "python -c \"f = open('fill', 'wb')\nwhile True: f.write(b'x' * 65536); f.flush()\""
+
+
+def test_a_full_disk_is_named_first_and_the_runners_bookkeeping_errors_follow_one_line_each(small_disk,
+                                                                                         empty_mlflow_db):
+    import shutil
+
+    shutil.copy(empty_mlflow_db, small_disk / "track.db")
+    code = small_disk / "code"
+    code.mkdir()
+    tracking = local_runner._Tracking(f"sqlite:///{small_disk / 'track.db'}", "fill-exp")
+    parent = tracking.start("pipeline", {})
+    step = StepPlan("fill", "Fill", FILL_DISK, code, [], {}, {}, {}, [])
+    with pytest.raises(StepFailed) as failed:
+        local_runner.run_step(step, small_disk / "runs" / "fill", {}, tracking=tracking, parent_run_id=parent, out=io.StringIO())
+    lines = str(failed.value).splitlines()
+    assert lines[0].startswith("step 'fill' failed with exit code 1: no space left on device: ")
+    assert f"is on {small_disk}, which has" in lines[0]
+    bookkeeping = [line for line in lines if line.startswith("runner bookkeeping: ")]
+    assert bookkeeping and "disk is full" in bookkeeping[0]  # MLflow's SQLite store is on the full disk too
+    assert lines[-len(bookkeeping):] == bookkeeping and "Traceback" not in str(failed.value)
