@@ -176,7 +176,13 @@ def model_reference(ml_client, name: str, version: str, registry: str | None) ->
     if getattr(model, "type", None) not in (None, "mlflow_model"):
         raise UserError(f"model {name}:{version} is a {model.type}, not an mlflow_model; this script deploys MLflow "
                         "models written by maap-finetune")
-    return f"azureml:{name}:{version}", dict(getattr(model, "tags", None) or {})
+    tags = dict(getattr(model, "tags", None) or {})
+    from maap_finetune.registry.tags import is_unverified
+
+    if is_unverified(tags):
+        raise UserError(f"model {name}:{version} is not verified (tag maap_verified: false): Register created it but its "
+                        "load-back check did not pass; rerun the pipeline's Register step, or deploy a verified version")
+    return f"azureml:{name}:{version}", tags
 
 
 def instance_warning(instance_type: str, weights_gb: float | None) -> str | None:
