@@ -97,7 +97,10 @@ class StepFailed(Exception):
         self.step, self.exit_code, self.log_path, self.tail, self.rank = step, exit_code, log_path, tail, rank
         self.cause = cause
         self.notes: list[str] = []
-        super().__init__()
+        super().__init__(step, exit_code)
+
+    def __repr__(self) -> str:
+        return f"StepFailed({str(self)!r})"
 
     def __str__(self) -> str:
         which = f"step {self.step!r}" + (f" (rank {self.rank})" if self.rank is not None else "")
@@ -538,14 +541,11 @@ RUNNER_TAG = "maap.runner"  # "<pid>:<start time>" of the runner process that ow
 
 
 def process_identity(pid: int) -> str | None:
-    """'<pid>:<start time in clock ticks since boot>' (Linux /proc), or None when no such process runs.
+    """'<pid>:<start time>' (Linux /proc), or None when no such process runs."""
+    from maap_finetune.common.scratch import process_start_time
 
-    The start time tells a live runner from a later process that got the same pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return f"{pid}:{stat.rsplit(')', 1)[1].split()[19]}"
+    start = process_start_time(pid)
+    return f"{pid}:{start}" if start is not None else None
 
 
 def runner_alive(identity: str) -> bool:
@@ -672,7 +672,8 @@ def run_step(
             handles.append(handle)
             processes.append(
                 subprocess.Popen(  # through the guard: the step ends when this runner dies, by any signal
-                    [sys.executable, str(STEP_GUARD), str(os.getpid()), *argv], cwd=snapshot, env={**env, **extra}, stdout=handle, stderr=subprocess.STDOUT,
+                    [sys.executable, "-S", str(STEP_GUARD), str(os.getpid()), *argv], cwd=snapshot,
+                    env={**env, **extra}, stdout=handle, stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own process group: the runner ends it whole
                 )
             )

@@ -36,6 +36,8 @@ def _end_group(child: subprocess.Popen) -> None:
 
 def main(argv: list[str]) -> int:
     runner_pid, command = int(argv[0]), argv[1:]
+    if os.getpgrp() != os.getpid():  # the runner starts it in a new session; anywhere else, its own group
+        os.setpgid(0, 0)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

@@ -19,7 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def _start_time(pid: int) -> str | None:
+def process_start_time(pid: int) -> str | None:
+    """The start time of process `pid` in clock ticks since boot (Linux /proc), or None when it does not run.
+    With the pid it tells a live process from a later one that got the same pid."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
@@ -35,7 +37,7 @@ def _owner_alive(pid: int, start: str) -> bool:
         except PermissionError:
             pass
         return True
-    return _start_time(pid) == start
+    return process_start_time(pid) == start
 
 
 def remove_stale(prefix: str, root: str | os.PathLike | None = None) -> list[Path]:
@@ -72,5 +74,5 @@ def sigterm_exits() -> Iterator[None]:
 def scratch_folder(prefix: str) -> Iterator[str]:
     remove_stale(prefix)
     pid = os.getpid()
-    with sigterm_exits(), tempfile.TemporaryDirectory(prefix=f"{prefix}{pid}.{_start_time(pid) or 0}-") as folder:
+    with sigterm_exits(), tempfile.TemporaryDirectory(prefix=f"{prefix}{pid}.{process_start_time(pid) or 0}-") as folder:
         yield folder
