@@ -245,6 +245,7 @@ def check_context(request: dict, pipeline) -> None:
 
 
 def _error(status: int, message: str) -> AMLResponse:
+    _logger.info("answered %d: %s", status, message[:2000])  # the server log keeps what the client was told
     return AMLResponse({"error": message}, status, json_str=True)
 
 
