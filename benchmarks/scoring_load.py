@@ -3,8 +3,9 @@
 Sends `--requests` chat requests (max_tokens `--max-tokens`) at each concurrency, records latency p50/p99,
 status codes and the gunicorn worker's resident memory (VmRSS) before and after; then a liveness probe
 series during one long request. `--config` chooses the server environment: `deployment` (what deploy.py
-sets: gthread with deploy.SERVER_THREADS threads) or `sync` (azmlinfsrv's default single-threaded worker,
-main's setting), to measure the memory cost of the threads.
+sets: gthread with deploy.SERVER_THREADS threads), `sync` (azmlinfsrv's default single-threaded worker,
+main's setting) or `workers2` (two sync workers, the other way to answer probes during a request), to
+measure the memory cost of each.
 
     python benchmarks/scoring_load.py --requests 300 --concurrency 1 4 16
     python benchmarks/scoring_load.py --config sync --requests 20 --concurrency 1
@@ -63,7 +64,7 @@ def main(argv=None) -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-tokens", type=int, default=4)
-    parser.add_argument("--config", choices=["deployment", "sync"], default="deployment")
+    parser.add_argument("--config", choices=["deployment", "sync", "workers2"], default="deployment")
     parser.add_argument("--long-tokens", type=int, default=120, help="max_tokens of the long request (0: skip)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -81,7 +82,8 @@ def main(argv=None) -> None:
     model_dir = work / "models" / "maap-finetuned" / "1"
     save_mlflow_model(AutoModelForCausalLM.from_pretrained(tiny), AutoTokenizer.from_pretrained(tiny),
                       model_dir / "mlflow_model")
-    environment = deploy.server_environment(deploy.MAX_REQUEST_TIMEOUT_MS) if args.config == "deployment" else {}
+    environment = {"deployment": deploy.server_environment(deploy.MAX_REQUEST_TIMEOUT_MS), "sync": {},
+                   "workers2": {"WORKER_COUNT": "2"}}[args.config]
     port = _free_port()
     env = {**os.environ, **environment, "AZUREML_MODEL_DIR": str(model_dir),
            "PATH": f"{server_bin.parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
@@ -123,7 +125,8 @@ def main(argv=None) -> None:
             results["runs"].append(run)
             print(json.dumps(run), flush=True)
         if args.long_tokens:
-            long_body = {"input_data": {**body["input_data"], "max_tokens": args.long_tokens}}
+            # "Hi" makes the tiny model generate to max_tokens (no early end of sequence).
+            long_body = {"input_data": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": args.long_tokens}}
             outcome = {}
             thread = threading.Thread(target=lambda: outcome.update(result=post(f"{base}/score", long_body)))
             thread.start()
