@@ -71,6 +71,24 @@ INSTANCE_MEMORY_GB = {
     "Standard_E16s_v3": 128, "Standard_F8s_v2": 16, "Standard_F16s_v2": 32,
 }
 HEADROOM = 1.3  # bf16 weights plus KV cache, activations and the CUDA context
+# azmlinfsrv runs one gunicorn sync worker: a request that generates for minutes blocked the liveness
+# probe, and Azure restarts a container whose probe times out. Threads (gunicorn's gthread worker) share
+# the one loaded model; score.py scores one request at a time and these answer the probes meanwhile.
+# A second worker would load a second copy of the weights.
+SERVER_THREADS = 24
+MAX_PENDING_REQUESTS = SERVER_THREADS - 4  # score.py refuses more (503): 4 threads stay free for probes
+
+
+def server_environment(request_timeout_ms: int, max_request_bytes: int | None = None) -> dict[str, str]:
+    """The deployment's environment variables for azmlinfsrv and score.py (see score.py's docstring)."""
+    environment = {
+        "GUNICORN_CMD_ARGS": f"--threads {SERVER_THREADS}",
+        "SCORING_TIMEOUT_MS": str(request_timeout_ms),  # the server's default is 3,600,000 ms
+        "MAAP_MAX_PENDING_REQUESTS": str(MAX_PENDING_REQUESTS),
+    }
+    if max_request_bytes is not None:
+        environment["MAAP_MAX_REQUEST_BYTES"] = str(max_request_bytes)
+    return environment
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--registry", help="the model is in this Azure ML registry instead of the workspace")
     parser.add_argument("--request-timeout-ms", type=int, default=MAX_REQUEST_TIMEOUT_MS,
                         help=f"scoring request timeout in ms (default and Azure's maximum: {MAX_REQUEST_TIMEOUT_MS})")
+    parser.add_argument("--max-request-bytes", type=int,
+                        help="largest request body the deployment reads; a larger one is HTTP 413 (default: "
+                             "score.py's, 1000000)")
     parser.add_argument("--weights-gb", type=float,
                         help="size of the model's bf16 weights in GB (2 x billions of parameters), to check "
                              "--instance-type; default: the model's model_size_bytes tag when it has one")
@@ -130,6 +151,8 @@ def check_args(args: argparse.Namespace) -> tuple[str, str]:
         problems.append(f"--instance-count {args.instance_count}: must be at least 1")
     if not 1000 <= args.request_timeout_ms <= MAX_REQUEST_TIMEOUT_MS:
         problems.append(f"--request-timeout-ms {args.request_timeout_ms}: Azure ML allows 1000-{MAX_REQUEST_TIMEOUT_MS}")
+    if args.max_request_bytes is not None and args.max_request_bytes < 1:
+        problems.append(f"--max-request-bytes {args.max_request_bytes}: must be at least 1")
     if args.weights_gb is not None and args.weights_gb <= 0:
         problems.append(f"--weights-gb {args.weights_gb}: must be positive")
     if problems:
@@ -153,7 +176,13 @@ def model_reference(ml_client, name: str, version: str, registry: str | None) ->
     if getattr(model, "type", None) not in (None, "mlflow_model"):
         raise UserError(f"model {name}:{version} is a {model.type}, not an mlflow_model; this script deploys MLflow "
                         "models written by maap-finetune")
-    return f"azureml:{name}:{version}", dict(getattr(model, "tags", None) or {})
+    tags = dict(getattr(model, "tags", None) or {})
+    from maap_finetune.registry.tags import is_unverified
+
+    if is_unverified(tags):
+        raise UserError(f"model {name}:{version} is not verified (tag maap_verified: false): Register created it but its "
+                        "load-back check did not pass; rerun the pipeline's Register step, or deploy a verified version")
+    return f"azureml:{name}:{version}", tags
 
 
 def instance_warning(instance_type: str, weights_gb: float | None) -> str | None:
@@ -208,6 +237,7 @@ def build_entities(args: argparse.Namespace, name: str, version: str, model_id: 
         instance_type=args.instance_type,
         instance_count=args.instance_count,
         request_settings=OnlineRequestSettings(request_timeout_ms=args.request_timeout_ms),
+        environment_variables=server_environment(args.request_timeout_ms, args.max_request_bytes),
         readiness_probe=ProbeSettings(**READINESS_PROBE),
         liveness_probe=ProbeSettings(**LIVENESS_PROBE),
         tags={"model": f"{name}:{version}"},

@@ -360,6 +360,12 @@ def resolve_inputs(
             except ValueError as err:
                 problems.append(str(err))
     problems += _method_problems(values)
+    if isinstance(values.get("registered_model_name"), str):  # Register's own check, before anything runs
+        from maap_finetune.registry.names import registration_name_problems
+
+        problems += [problem.replace("--registered_model_name ", "registered_model_name ").replace(
+                         "--registry_name ", "registry_name ")
+                     for problem in registration_name_problems(values["registered_model_name"], values.get("registry_name"))]
     has_path, has_name = values.get("model_path") is not None, values.get("model_name") is not None
     if has_path and has_name:
         problems.append("set one base model, not both: model_path (a folder or Azure ML model) or model_name "

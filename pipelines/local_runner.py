@@ -41,6 +41,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -88,13 +89,71 @@ _PATH_TYPES = {"uri_file", "uri_folder", "mlflow_model", "custom_model", "triton
 
 
 class StepFailed(Exception):
-    """A step exited non-zero. The message names the step, the exit code and the log's tail."""
+    """A step exited non-zero. The message names the step, the exit code, the cause when the runner sees one
+    (a full disk), the log's tail, and after it any of the runner's own bookkeeping errors, one line each."""
 
-    def __init__(self, step: str, exit_code: int, log_path: Path, tail: str, rank: int | None = None):
+    def __init__(self, step: str, exit_code: int, log_path: Path, tail: str, rank: int | None = None,
+                 cause: str | None = None):
         self.step, self.exit_code, self.log_path, self.tail, self.rank = step, exit_code, log_path, tail, rank
-        which = f"step {step!r}" + (f" (rank {rank})" if rank is not None else "")
-        quoted = "\n".join(f"  | {line}" for line in tail.splitlines())
-        super().__init__(f"{which} failed with exit code {exit_code}; log: {log_path}\n  last lines of the log:\n{quoted}")
+        self.cause = cause
+        self.notes: list[str] = []
+        super().__init__(step, exit_code)
+
+    def __repr__(self) -> str:
+        return f"StepFailed({str(self)!r})"
+
+    def __str__(self) -> str:
+        which = f"step {self.step!r}" + (f" (rank {self.rank})" if self.rank is not None else "")
+        cause = f": {self.cause}" if self.cause else ""
+        quoted = "\n".join(f"  | {line}" for line in self.tail.splitlines()) or "  | (empty)"
+        notes = "".join(f"\n{note}" for note in self.notes)
+        return f"{which} failed with exit code {self.exit_code}{cause}; log: {self.log_path}\n  last lines of the log:\n{quoted}{notes}"
+
+
+LOW_SPACE_BYTES = 1 << 20
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def disk_full_cause(*paths: Path) -> str | None:
+    """'no space left on device: ...' naming the first of `paths` whose filesystem is (nearly) full, or None."""
+    for path in paths:
+        try:
+            stat = os.statvfs(path)
+        except OSError:
+            continue
+        free = stat.f_bavail * stat.f_frsize
+        if free < LOW_SPACE_BYTES:
+            return (f"no space left on device: {path} is on {_mount_point(Path(path))}, which has {free} bytes free; "
+                    f"free space there and rerun")
+    return None
+
+
+def _bookkeeping(what: str, action: Callable[[], Any], error: BaseException | None) -> None:
+    """Run the runner's own MLflow bookkeeping; when the step already failed, a failure here is one line
+    after the step's error (MLflow's own traceback logging silenced) instead of tracebacks that hide it."""
+    import logging
+
+    if not isinstance(error, StepFailed):
+        action()
+        return
+    db_log = logging.getLogger("mlflow.store.db.utils")
+    level = db_log.level
+    db_log.setLevel(logging.CRITICAL)
+    try:
+        action()
+    except Exception as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        # SQLAlchemy's first line is advice; the driver's own error reads "(sqlite3.OperationalError) ..."
+        cause = next((line for line in lines if re.match(r"^\([\w.]+(Error|Exception)\) ", line)), lines[0] if lines else "")
+        error.notes.append(f"runner bookkeeping: {what} failed: {type(err).__name__}: {cause}")
+    finally:
+        db_log.setLevel(level)
 
 
 @dataclass(frozen=True)
@@ -358,7 +417,22 @@ class _Tracking:
         self.experiment_name = experiment_name
 
     def start(self, name: str, tags: Mapping[str, str]) -> str:
-        return self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags)).info.run_id
+        owner = {RUNNER_TAG: process_identity(os.getpid()) or str(os.getpid())}
+        return self.client.create_run(self.experiment_id, run_name=name, tags={**owner, **tags}).info.run_id
+
+    def mark_orphaned_runs(self) -> list[str]:
+        """Mark KILLED the RUNNING runs whose runner (the maap.runner tag) is no longer alive: a runner
+        killed by a signal it cannot catch (kill -9) left them RUNNING. Returns their ids."""
+        orphaned = []
+        for experiment in self.client.search_experiments():
+            runs = self.client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                           max_results=5000)
+            for run in runs:
+                owner = run.data.tags.get(RUNNER_TAG)
+                if owner and not runner_alive(owner):
+                    self.client.set_terminated(run.info.run_id, "KILLED")
+                    orphaned.append(run.info.run_id)
+        return orphaned
 
     def finish(self, run_id: str, status: str) -> None:
         """End the run with `status` unless the step already ended it (its own `mlflow.start_run()`).
@@ -460,6 +534,28 @@ def _base_environment(
         env["MLFLOW_EXPERIMENT_ID"] = tracking.experiment_id
         env["MLFLOW_EXPERIMENT_NAME"] = tracking.experiment_name
     return env
+
+
+STEP_GUARD = Path(__file__).resolve().parent / "step_guard.py"
+RUNNER_TAG = "maap.runner"  # "<pid>:<start time>" of the runner process that owns a run
+
+
+def process_identity(pid: int) -> str | None:
+    """'<pid>:<start time>' (Linux /proc), or None when no such process runs."""
+    from maap_finetune.common.scratch import process_start_time
+
+    start = process_start_time(pid)
+    return f"{pid}:{start}" if start is not None else None
+
+
+def runner_alive(identity: str) -> bool:
+    pid, _, _ = identity.partition(":")
+    return pid.isdigit() and process_identity(int(pid)) == identity
+
+
+def _tracking_paths(tracking: _Tracking | None) -> list[str]:
+    database = _sqlite_file(tracking.uri) if tracking is not None else None
+    return [os.path.dirname(database.split("?", 1)[0])] if database else []
 
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
@@ -575,15 +671,18 @@ def run_step(
             handle = open(log_path, "wb")
             handles.append(handle)
             processes.append(
-                subprocess.Popen(
-                    argv, cwd=snapshot, env={**env, **extra}, stdout=handle, stderr=subprocess.STDOUT,
+                subprocess.Popen(  # through the guard: the step ends when this runner dies, by any signal
+                    [sys.executable, "-S", str(STEP_GUARD), str(os.getpid()), *argv], cwd=snapshot,
+                    env={**env, **extra}, stdout=handle, stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own process group: the runner ends it whole
                 )
             )
         failed = _wait(processes, log_paths[0], start, step.name, out, stream, tick)
         if failed is not None:
             rank, code = failed
-            raise StepFailed(step.name, code, log_paths[rank], tail(log_paths[rank]), rank if world > 1 else None)
+            cause = disk_full_cause(step_dir, *(Path(p) for p in _tracking_paths(tracking)), Path(tempfile.gettempdir()))
+            raise StepFailed(step.name, code, log_paths[rank], tail(log_paths[rank]), rank if world > 1 else None,
+                             cause=cause)
         ok = True
     except BaseException as err:
         error = err
@@ -595,7 +694,8 @@ def run_step(
         for handle in handles:
             handle.close()
         if tracking is not None and mlflow_run_id is not None:
-            tracking.finish(mlflow_run_id, _final_status(ok, error))
+            _bookkeeping(f"ending MLflow run {mlflow_run_id} of {step.name}",
+                         lambda: tracking.finish(mlflow_run_id, _final_status(ok, error)), error)
     seconds = time.monotonic() - start
     print(f"{label}{step.name}: done in {seconds:.1f} s", file=out, flush=True)
     return StepResult(step.name, seconds, outputs, log_paths, mlflow_run_id)
@@ -660,6 +760,10 @@ def run_pipeline(
     run_dir.mkdir(parents=True, exist_ok=False)
     experiment_name = experiment_name or job.experiment_name or "maap-finetune"
     tracking = _Tracking(absolute_tracking_uri(tracking_uri, workdir), experiment_name) if tracking_uri else None
+    if tracking is not None:
+        orphaned = tracking.mark_orphaned_runs()
+        if orphaned:
+            print(f"marked {len(orphaned)} run(s) KILLED: their runner is no longer alive", file=out, flush=True)
     result = LocalRunResult(run_id, run_dir, tracking.uri if tracking else "", experiment_name, None)
     if tracking is not None:
         result.mlflow_run_id = tracking.start(
@@ -693,7 +797,8 @@ def run_pipeline(
         finally:
             result.seconds = time.monotonic() - start
             if tracking is not None and result.mlflow_run_id:
-                tracking.finish(result.mlflow_run_id, _final_status(ok, error))
+                _bookkeeping(f"ending the pipeline's MLflow run {result.mlflow_run_id}",
+                             lambda: tracking.finish(result.mlflow_run_id, _final_status(ok, error)), error)
     return result
 
 

@@ -488,7 +488,11 @@ def model_info_lines(model_info_path: Path) -> list[str]:
     if not isinstance(info, dict) or "registered" not in info:
         raise UserError(f"{model_info_path}: expected an object with 'registered', 'name', 'version', 'uri', 'reason'")
     if info["registered"]:
+        from maap_finetune.registry.tags import is_unverified
+
         uri = info.get("uri") or f"models:/{info.get('name')}/{info.get('version')}"
+        if is_unverified(info.get("tags")):
+            return [f"model not verified: {uri} did not pass the load-back check; do not use it, rerun Register"]
         return [f"model_uri: {uri}"]
     reason = " ".join(str(info.get("reason") or "no reason given").split())
     return [f"model not registered: {reason}"]

@@ -15,7 +15,6 @@ export_report.json/.md -> register as <registered_model_name>-onnx when every ch
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -112,7 +111,9 @@ def run(config: Config) -> dict:
     source = resolve_model_source(config.mlflow_model, None)
     architecture = builder.check_architecture(Path(source.model) / "config.json")
     builder.check_provider(config.execution_provider, config.precision)
-    with tempfile.TemporaryDirectory(prefix="maap-onnx-") as scratch:
+    from maap_finetune.common.scratch import scratch_folder
+
+    with scratch_folder("maap-onnx-") as scratch:
         hf = builder.stage_hf_folder(Path(source.model), Path(source.tokenizer), Path(scratch) / "hf")
         print(f"[export_onnx] building {architecture} as {config.precision} for {config.execution_provider}", flush=True)
         start = time.perf_counter()

@@ -14,7 +14,6 @@ run finds the version tagged with its pipeline run id and registers nothing new.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +133,7 @@ def _has_chat_template(tokenizer_dir: Path) -> bool:
 
 def run(config: Config):
     from maap_finetune.common import tracking
+    from maap_finetune.common.scratch import scratch_folder
     from maap_finetune.registry import target
     from maap_finetune.registry.model_info import ModelInfo
     from maap_finetune.registry.tags import build_description, build_tags
@@ -152,7 +152,7 @@ def run(config: Config):
                         "id): a model_path folder exists only while its job runs, so the registered model could "
                         "never load its base; register merged instead, or give model_name")
 
-    with tracking.step_run() as run_, tempfile.TemporaryDirectory(prefix="maap-register-") as scratch:
+    with tracking.step_run() as run_, scratch_folder("maap-register-") as scratch:
         step_run_id = run_.info.run_id if run_ is not None else None
         tags_now = run_.data.tags if run_ is not None else {}
         pipeline_run_id = target.pipeline_run_id(step_run_id, tags_now.get("mlflow.parentRunId"),

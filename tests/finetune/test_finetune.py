@@ -83,6 +83,9 @@ def test_lora_end_to_end(tmp_path, tiny_model_dir, prepared_chat, mlflow_trackin
     assert run.data.tags["maap.stopped_early"] == "false" and run.data.metrics["stopped_early"] == 0
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"adapter", "mlflow_model"} <= artifacts
+    adapter_files = {a.path for a in client.list_artifacts(run_id, "adapter")}
+    assert "adapter/adapter_model.safetensors" in adapter_files
+    assert "adapter/training_args.bin" not in adapter_files  # a pickle; its facts are the run's params
     assert len(mlflow.search_runs([experiment])) == 1
 
 

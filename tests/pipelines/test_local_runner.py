@@ -420,6 +420,57 @@ def test_sigterm_ends_every_step_process_and_marks_the_runs_killed(fake_repo, tm
     assert status == {"sleeping": "KILLED", "produced": "FINISHED", "node": "KILLED"}
 
 
+def test_kill_9_of_the_runner_ends_its_steps_and_the_next_run_marks_its_runs_killed(fake_repo, tmp_path,
+                                                                                      empty_mlflow_db):
+    """kill -9 cannot be caught: the step guard's parent-death signal ends the steps, and the next run finds
+    the runs whose runner is gone (their maap.runner tag) and marks them KILLED."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from mlflow import MlflowClient
+
+    from pipelines.factory import REPO_ROOT
+
+    shutil.copy(empty_mlflow_db, tmp_path / "track.db")
+    uri = f"sqlite:///{tmp_path / 'track.db'}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    runner = subprocess.Popen([sys.executable, "-c", SIGTERM_DRIVER, str(fake_repo), str(tmp_path), uri], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    result = tmp_path / "runs" / "rt" / "node" / "outputs" / "result"
+    deadline = time.monotonic() + 60
+    while not all((result / f"pids_{rank}").is_file() for rank in (0, 1)):
+        assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()[0]
+        time.sleep(0.1)
+    time.sleep(0.2)
+    pids = [int(pid) for rank in (0, 1) for pid in (result / f"pids_{rank}").read_text().split()]
+    assert all(_alive(pid) for pid in pids)
+
+    runner.send_signal(signal.SIGKILL)
+    runner.communicate(timeout=30)
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids), "a step process outlived the runner killed by SIGKILL"
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("fake-exp").experiment_id
+    status = {run.info.run_name: run.info.status for run in client.search_runs([experiment])}
+    assert status == {"sleeping": "RUNNING", "produced": "FINISHED", "node": "RUNNING"}  # nobody could end them
+
+    out = io.StringIO()
+    tracking = local_runner._Tracking(uri, "fake-exp")
+    live = tracking.start("live", {})  # a run of this (live) runner is left alone
+    assert len(tracking.mark_orphaned_runs()) == 2
+    status = {run.info.run_name: run.info.status for run in client.search_runs([experiment])}
+    assert status == {"sleeping": "KILLED", "produced": "FINISHED", "node": "KILLED", "live": "RUNNING"}
+    client.set_terminated(live, "FINISHED")
+    run_pipeline(make_consume_job(fake_repo, processes=1), workdir=tmp_path / "next", tracking_uri=uri, out=out)
+    assert "KILLED" not in out.getvalue()  # nothing left to mark
+
+
 def test_submit_exits_143_on_sigterm_and_130_on_ctrl_c(monkeypatch, capsys):
     from pipelines import submit
     from pipelines.local_runner import Terminated
@@ -565,3 +616,45 @@ def test_registered_model_folder_caches_each_store_apart(tmp_path, empty_mlflow_
     assert local_runner.registered_model_folder("models:/maap-finetuned/1", "sqlite:///sft.db", cache) == folders["sft"]
     with pytest.raises(UserError, match="models:/maap-finetuned/2: not in the MLflow registry at sqlite:///"):
         local_runner.registered_model_folder("models:/maap-finetuned/2", stores["sft"], cache)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 8 MiB filesystem (tmpfs) to fill; needs root to mount (skipped otherwise, except under CI=true)."""
+    import os
+    import subprocess
+
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail(f"cannot mount a tmpfs: {proc.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+FILL_DISK = "python -c \"f = open('fill', 'wb')\nwhile True: f.write(b'x' * 65536); f.flush()\""
+
+
+def test_a_full_disk_is_named_first_and_the_runners_bookkeeping_errors_follow_one_line_each(small_disk,
+                                                                                         empty_mlflow_db):
+    import shutil
+
+    shutil.copy(empty_mlflow_db, small_disk / "track.db")
+    code = small_disk / "code"
+    code.mkdir()
+    tracking = local_runner._Tracking(f"sqlite:///{small_disk / 'track.db'}", "fill-exp")
+    parent = tracking.start("pipeline", {})
+    step = StepPlan("fill", "Fill", FILL_DISK, code, [], {}, {}, {}, [])
+    with pytest.raises(StepFailed) as failed:
+        local_runner.run_step(step, small_disk / "runs" / "fill", {}, tracking=tracking, parent_run_id=parent, out=io.StringIO())
+    lines = str(failed.value).splitlines()
+    assert lines[0].startswith("step 'fill' failed with exit code 1: no space left on device: ")
+    assert f"is on {small_disk}, which has" in lines[0]
+    bookkeeping = [line for line in lines if line.startswith("runner bookkeeping: ")]
+    assert bookkeeping and "disk is full" in bookkeeping[0]  # MLflow's SQLite store is on the full disk too
+    assert lines[-len(bookkeeping):] == bookkeeping and "Traceback" not in str(failed.value)

@@ -429,3 +429,16 @@ def test_hf_token_secret_puts_only_the_secret_name_on_the_model_loading_steps(ca
     assert "environment_variables" not in pipeline["jobs"]["data_prep"]
     rc = submit.main(["--dry-run", "--sample-data", "--set", PHI3, "--hf-token-secret", "hf_token!"])
     assert_one_error(capsys, rc, "--hf-token-secret 'hf_token!'", "1-127 letters, digits and '-'")
+
+
+@pytest.mark.parametrize("mode", [["--dry-run"], ["--compute", "gpu-cluster"], ["--local"]])
+def test_a_bad_registered_model_name_is_refused_when_the_pipeline_is_built(azure, capsys, mode, tmp_path,
+                                                                           monkeypatch):
+    """Register checked the name only when it ran, after training; now the pipeline is refused before anything."""
+    monkeypatch.chdir(tmp_path)
+    rc = submit.main([*mode, "--sample-data", "--set", PHI3, "--set", "registered_model_name=my model!"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "registered_model_name 'my model!': use letters, digits" in err
+    assert azure.client.jobs.create_or_update.call_count == 0
+    assert not (tmp_path / "runs").exists()

@@ -102,11 +102,63 @@ def test_passing_gate_registers_once_per_pipeline_run_and_the_model_answers(
     assert "no new version created" in again["reason"]
     assert len(client.search_model_versions("name = 'maap-finetuned'")) == 1
 
-    # Another pipeline run is another version.
+    assert client.get_model_version("maap-finetuned", "1").tags["maap_verified"] == "true"
+
+    # Another pipeline run on the same weights and data is the same content: no duplicate version.
     step_run_in_pipeline(monkeypatch)
-    other = register(tmp_path, finetuned_mlflow_model, evaluation_passed, out="other")
+    rerun = register(tmp_path, finetuned_mlflow_model, evaluation_passed, out="rerun")
     end_active_run()
-    assert other["version"] == "2" and other["created"] is True
+    assert rerun["version"] == "1" and rerun["created"] is False
+    assert len(client.search_model_versions("name = 'maap-finetuned'")) == 1
+
+
+def test_a_version_is_unverified_until_it_loads_back_and_readers_refuse_it(
+    tmp_path, mlflow_tracking, monkeypatch, finetuned_mlflow_model, evaluation_passed
+):
+    import mlflow.pyfunc
+    from mlflow import MlflowClient
+
+    from maap_finetune.common.errors import UserError
+    from pipelines import deploy, submit
+
+    def does_not_load(uri, *args, **kwargs):
+        raise OSError(f"{uri}: the uploaded weights are truncated")
+
+    step_run_in_pipeline(monkeypatch)
+    with monkeypatch.context() as patch:
+        patch.setattr(mlflow.pyfunc, "load_model", does_not_load)
+        with pytest.raises(OSError, match="truncated"):
+            register(tmp_path, finetuned_mlflow_model, evaluation_passed)
+    end_active_run()
+    client = MlflowClient()
+    first = client.get_model_version("maap-finetuned", "1")
+    assert first.tags["maap_verified"] == "false"
+
+    # Readers refuse it: the run summary, Export ONNX's read of the registration, deploy.py.
+    info = {"registered": True, "name": "maap-finetuned", "version": "1", "uri": "models:/maap-finetuned/1",
+            "tags": dict(first.tags)}
+    (tmp_path / "registration").mkdir(exist_ok=True)
+    (tmp_path / "registration" / "model_info.json").write_text(json.dumps(info))
+    [line] = submit.model_info_lines(tmp_path / "registration" / "model_info.json")
+    assert line.startswith("model not verified: models:/maap-finetuned/1")
+    from maap_finetune.export.registration import source_model
+
+    with pytest.raises(UserError, match="not verified"):
+        source_model(tmp_path / "registration")
+
+    class Models:
+        def get(self, name, version):
+            return type("Model", (), {"type": "mlflow_model", "tags": dict(first.tags)})()
+
+    with pytest.raises(UserError, match="not verified"):
+        deploy.model_reference(type("Client", (), {"models": Models()})(), "maap-finetuned", "1", None)
+
+    # The rerun does not reuse the unverified version: it registers and verifies a new one.
+    step_run_in_pipeline(monkeypatch)
+    again = register(tmp_path, finetuned_mlflow_model, evaluation_passed, out="again")
+    end_active_run()
+    assert again["version"] == "2" and again["created"] is True
+    assert client.get_model_version("maap-finetuned", "2").tags["maap_verified"] == "true"
 
 
 def apparent_size(folder) -> int:

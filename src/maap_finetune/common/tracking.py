@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -57,12 +58,20 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
         mlflow.log_metrics(numeric, step=step)
 
 
-def log_artifacts(local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
+def log_artifacts(local_dir: str | os.PathLike, artifact_path: str | None = None, exclude: tuple[str, ...] = ()) -> None:
+    """Log a folder; files named in `exclude` (anywhere in it) are left out."""
     if not is_main_process():
         return
     import mlflow
 
-    mlflow.log_artifacts(str(local_dir), artifact_path=artifact_path)
+    local_dir = Path(local_dir)
+    if not any(local_dir.rglob(name) for name in exclude):
+        mlflow.log_artifacts(str(local_dir), artifact_path=artifact_path)
+        return
+    for path in sorted(p for p in local_dir.rglob("*") if p.is_file() and p.name not in exclude):
+        parent = path.parent.relative_to(local_dir).as_posix()
+        where = "/".join(part for part in (artifact_path, parent if parent != "." else None) if part)
+        mlflow.log_artifact(str(path), artifact_path=where or None)
 
 
 def log_artifact(local_file: str | os.PathLike, artifact_path: str | None = None) -> None:

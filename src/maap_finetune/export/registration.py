@@ -39,6 +39,11 @@ def source_model(registration: Path | None) -> tuple[str, str]:
                         "Register's registration output") from None
     if not info.get("registered"):
         return str(info.get("name") or NOT_RECORDED), NOT_RECORDED
+    from maap_finetune.registry.tags import is_unverified
+
+    if is_unverified(info.get("tags")):
+        raise UserError(f"--registration {registration}: {info.get('name')}:{info.get('version')} is not verified (its "
+                        "load-back check did not pass); rerun Register before exporting")
     return str(info.get("name")), str(info.get("version"))
 
 

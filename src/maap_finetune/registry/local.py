@@ -4,7 +4,9 @@ MLflow 3's logged-models API is not used (Azure ML's tracking server does not se
 same code must work there): the model folder is uploaded to the step run with `log_artifacts`,
 then `MlflowClient.create_model_version(source=<that artifact URI>, run_id=...)` registers it, and
 `mlflow.pyfunc.load_model("models:/<name>/<version>")` proves the version loads.
-Idempotent: a version tagged with the same pipeline run id is reused, not duplicated.
+A version is created tagged `maap_verified: false` and marked true only after the load-back check; readers
+refuse unverified versions. Idempotent on the content: a verified version with the same weights and data
+(`content_sha256`) is reused, whichever pipeline run registered it; so is one of the same pipeline run.
 """
 
 from __future__ import annotations
@@ -12,15 +14,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from maap_finetune.registry.model_info import ModelInfo
-from maap_finetune.registry.tags import PIPELINE_RUN_TAG
+from maap_finetune.registry.tags import CONTENT_TAG, PIPELINE_RUN_TAG, VERIFIED_TAG, content_sha256, is_unverified
 
 ARTIFACT_PATH = "mlflow_model"
 
 
-def find_version(client, name: str, pipeline_run_id: str):
-    """The existing version of `name` registered by `pipeline_run_id`, or None."""
+def find_version(client, name: str, pipeline_run_id: str, content: str | None = None):
+    """The existing verified version of `name` with this content (or registered by `pipeline_run_id`), or None."""
     for version in client.search_model_versions(f"name = '{name}'"):
-        if (version.tags or {}).get(PIPELINE_RUN_TAG) == pipeline_run_id:
+        tags = version.tags or {}
+        if is_unverified(tags):
+            continue
+        if (content is not None and tags.get(CONTENT_TAG) == content) or tags.get(PIPELINE_RUN_TAG) == pipeline_run_id:
             return version
     return None
 
@@ -33,7 +38,8 @@ def register_local(model_dir: Path, name: str, tags: dict[str, str], description
 
     client = MlflowClient()
     pipeline_run_id = tags[PIPELINE_RUN_TAG]
-    existing = find_version(client, name, pipeline_run_id)
+    content = content_sha256(model_dir, tags.get("dataset_sha256")) if verify else None
+    existing = find_version(client, name, pipeline_run_id, content)
     if existing is not None:
         return ModelInfo(
             registered=True,
@@ -44,8 +50,8 @@ def register_local(model_dir: Path, name: str, tags: dict[str, str], description
             pipeline_run_id=pipeline_run_id,
             created=False,
             tags=dict(existing.tags or {}),
-            reason=f"already registered as version {existing.version} by pipeline run {pipeline_run_id}; "
-            "no new version created",
+            reason=f"already registered as version {existing.version} (the same weights and data, or pipeline run "
+            f"{pipeline_run_id}); no new version created",
         )
 
     mlflow.log_artifacts(str(model_dir), artifact_path=artifact_path)
@@ -56,12 +62,16 @@ def register_local(model_dir: Path, name: str, tags: dict[str, str], description
         if err.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         client.create_registered_model(name, description="Fine-tuned with maap-finetune.")
+    if verify:
+        tags = {**tags, CONTENT_TAG: content, VERIFIED_TAG: "false"}
     version = client.create_model_version(
         name=name, source=source, run_id=run.info.run_id, tags=tags, description=description
     )
     uri = f"models:/{name}/{version.version}"
     if verify:
         mlflow.pyfunc.load_model(uri)
+        client.set_model_version_tag(name, str(version.version), VERIFIED_TAG, "true")
+        tags[VERIFIED_TAG] = "true"
     return ModelInfo(
         registered=True,
         name=name,

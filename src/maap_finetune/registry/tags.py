@@ -16,6 +16,30 @@ from typing import Any
 
 PIPELINE_RUN_TAG = "pipeline_run_id"
 MODEL_SIZE_TAG = "model_size_bytes"
+# "false" from creation until the load-back check passes, then "true"; readers refuse "false" (a version
+# without the tag predates it). CONTENT_TAG keys idempotency: the same weights on the same data.
+VERIFIED_TAG = "maap_verified"
+CONTENT_TAG = "content_sha256"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def is_unverified(tags: Mapping[str, str] | None) -> bool:
+    return str((tags or {}).get(VERIFIED_TAG, "")).lower() == "false"
+
+
+def content_sha256(model_dir: Path, dataset_sha256: str | None) -> str:
+    """sha256 over the dataset hash and the model folder's weight files (relative path and bytes). Not the
+    MLmodel file: it records when it was written (utc_time_created, model_uuid), which a rerun changes."""
+    import hashlib
+
+    digest = hashlib.sha256(f"dataset:{dataset_sha256 or NOT_RECORDED}\n".encode())
+    weights = (p for p in Path(model_dir).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    for path in sorted(weights):
+        digest.update(f"{path.relative_to(model_dir).as_posix()}\n".encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 NOT_RECORDED = "not recorded"
 
 

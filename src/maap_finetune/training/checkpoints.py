@@ -5,16 +5,24 @@ folder. After the Trainer finishes a checkpoint (every rank done, via a barrier)
 `COMPLETE` marker by atomic rename. On start, folders without the marker are removed (they can only
 be the remains of an interrupted save) and training resumes from the highest complete step.
 
+A checkpoint damaged after it was marked (a disk error, a truncated copy) is caught before resuming:
+`checkpoint_damage` reads every file's structure (safetensors header and sizes, JSON, the zip archive of
+torch files with its CRCs); a damaged one is moved aside (`checkpoint-<step>.damaged`, never deleted)
+and the run resumes from the newest checkpoint that passes, or from scratch.
+
 Old checkpoints are deleted here, after the marker, never by the Trainer (whose rotation runs before
 the new checkpoint is marked, so a kill in between could leave no complete one, or lose the best).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shutil
+import struct
+import zipfile
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -43,6 +51,86 @@ def is_complete(folder: Path) -> bool:
 def latest_complete_checkpoint(root: str | Path) -> Path | None:
     complete = [path for _, path in _checkpoints(Path(root)) if is_complete(path)]
     return complete[-1] if complete else None
+
+
+def _safetensors_damage(path: Path) -> str | None:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"{size} bytes, shorter than a safetensors header"
+        (header_len,) = struct.unpack("<Q", head)
+        if 8 + header_len > size:
+            return f"its header claims {header_len} bytes but the file has {size}"
+        try:
+            header = json.loads(f.read(header_len))
+        except ValueError as err:
+            return f"its header is not JSON ({err})"
+    data = size - 8 - header_len
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    if max(ends, default=0) != data:
+        return f"its tensors need {max(ends, default=0)} bytes of data, the file holds {data}"
+    return None
+
+
+def _torch_zip_damage(path: Path) -> str | None:
+    if not zipfile.is_zipfile(path):
+        return "not a complete torch archive (zip)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        return f"a damaged torch archive ({err})"
+    return f"a damaged torch archive (CRC of {bad})" if bad else None
+
+
+def checkpoint_damage(folder: str | Path) -> str | None:
+    """'<file>: <what is wrong>' for the first damaged file of a checkpoint, or None when every file reads."""
+    for path in sorted(Path(folder).rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            if path.suffix == ".safetensors":
+                problem = _safetensors_damage(path)
+            elif path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+                problem = None
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                problem = _torch_zip_damage(path)
+            else:
+                continue
+        except (ValueError, UnicodeDecodeError) as err:
+            problem = f"not valid JSON ({err})"
+        except OSError as err:
+            problem = f"unreadable ({err.strerror or err})"
+        if problem:
+            return f"{path}: {problem}"
+    return None
+
+
+def move_aside(folder: Path) -> Path:
+    """Rename a damaged checkpoint to checkpoint-<step>.damaged[-n]: kept for inspection, never resumed."""
+    target = folder.with_name(f"{folder.name}.damaged")
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder.with_name(f"{folder.name}.damaged-{n}")
+    folder.rename(target)
+    return target
+
+
+def latest_sound_checkpoint(root: str | Path, move: bool = True) -> Path | None:
+    """The newest complete checkpoint whose files all read; damaged newer ones are moved aside (with `move`)."""
+    for _, path in reversed(_checkpoints(Path(root))):
+        if not is_complete(path):
+            continue
+        problem = checkpoint_damage(path)
+        if problem is None:
+            return path
+        where = move_aside(path) if move else path
+        log.warning("checkpoint %s is damaged: %s; moved it to %s, resuming from an older one", path.name, problem,
+                    where)
+    return None
 
 
 def remove_partial_checkpoints(root: str | Path) -> list[Path]:

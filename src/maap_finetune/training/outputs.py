@@ -94,11 +94,15 @@ def build_merged_model(config: FinetuneConfig, source, result) -> tuple[Any, dic
     return merged, parity
 
 
+NOT_LOGGED = ("training_args.bin",)
+
+
 def log_output_artifacts(folders: dict[str, Path], in_azure: bool) -> None:
     """Log the output folders to the step's run; inside Azure ML only the small files (module docstring)."""
     if not in_azure:
         for artifact_path, folder in folders.items():
-            tracking.log_artifacts(folder, artifact_path)
+            # training_args.bin is a pickle (loading it runs code); its facts are the run's params.
+            tracking.log_artifacts(folder, artifact_path, exclude=NOT_LOGGED)
         return
     for artifact_path, name in AZURE_RUN_ARTIFACTS:
         if (folders[artifact_path] / name).is_file():

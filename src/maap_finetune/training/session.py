@@ -9,6 +9,7 @@ import gc
 import logging
 import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from maap_finetune.common import tracking
@@ -17,7 +18,7 @@ from maap_finetune.common.progress import ProgressWriter
 from maap_finetune.training import builders
 from maap_finetune.training.checkpoints import (
     CompleteMarkerCallback,
-    latest_complete_checkpoint,
+    latest_sound_checkpoint,
     remove_partial_checkpoints,
 )
 from maap_finetune.training.config import FinetuneConfig
@@ -220,12 +221,16 @@ def train(config: FinetuneConfig, plan: TrainingPlan, source, prepared) -> Train
 
 
 def resume_checkpoint(config: FinetuneConfig):
-    """The newest complete checkpoint to resume from (None: start afresh); rank 0 first removes partial ones."""
-    if tracking.is_main_process():
+    """The newest complete checkpoint whose files all read (None: start afresh); rank 0 first removes partial
+    ones and moves damaged ones aside (the other ranks skip them the same way)."""
+    main = tracking.is_main_process()
+    if main:
         remove_partial_checkpoints(config.checkpoints)
-    resume = latest_complete_checkpoint(config.checkpoints)
+    resume = latest_sound_checkpoint(config.checkpoints, move=main)
     if resume is not None:
         log.info("resuming from %s", resume)
+    elif main and any(Path(config.checkpoints).glob("checkpoint-*.damaged*")):
+        log.warning("no sound checkpoint in %s: training starts from scratch", config.checkpoints)
     return resume
 
 
