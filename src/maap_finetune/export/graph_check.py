@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 # Largest per-position difference of the reference token's NLL between the fp32 graph and PyTorch fp32.
-# Measured on random and fine-tuned Phi-3 models (2-14 layers, hidden 64-1024): at most ~2e-5 nats; a
-# weight scaled by 1% or a graph edit moves it by 1e-2 or more (tests/export_onnx/test_graph_check.py).
+# Measured on the tiny fine-tuned Phi-3 cut to one layer: below 1e-4 nats unbroken; one layer's down_proj
+# scaled by 1% moved it by 5.2e-3, SiLU made tanh-gated by far more (tests/export_onnx/test_graph_check.py).
 NLL_TOLERANCE = 1e-3
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 CONFIG_FILES = ("config.json", "generation_config.json")
