@@ -79,6 +79,12 @@ def markdown(report: Mapping[str, Any]) -> str:
               f"{_num(speed['onnx_genai']['time_to_first_token_s'])} |",
               f"| decode tokens/s | {_num(speed['pytorch']['decode_tokens_per_s'], 1)} | "
               f"{_num(speed['onnx_genai']['decode_tokens_per_s'], 1)} |", ""]
+    if reference:
+        rounded = (f"; the weights are stored as {reference['weights_dtype']}, so the reference is a rounded model"
+                   if reference.get("weights_dtype") not in (None, reference.get("dtype"), "mixed")
+                   and reference.get("dtype") != "float32" else "")
+        lines += [f"PyTorch side: Evaluate's parity reference ({reference.get('engine')}, on "
+                  f"{(reference.get('machine') or {}).get('host')}){rounded}.", ""]
     interval = tf.get("top1_agreement_ci95") or [None, None]
     ratio = (f"Decode speed-up {_num(speed['decode_speedup'], 2)}x; {speed.get('note')}." if speed.get("decode_speedup")
              else f"No decode speed-up: {speed.get('note')}.")
