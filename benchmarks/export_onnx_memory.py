@@ -115,13 +115,13 @@ def measure(command: list[str], env: dict, log: Path) -> dict:
     return {"rc": process.returncode, "wall_s": time.perf_counter() - start, "peak_rss_bytes": peak}
 
 
-def run_size(size: str, code: Path, keep: Path | None) -> dict:
+def run_size(size: str, code: Path, keep: Path | None, overrides: dict) -> dict:
     hidden, layers = SIZES[size]
     with tempfile.TemporaryDirectory(prefix="maap-export-bench-") as scratch:
         folder = Path(scratch)
         mlflow_model, parameters = build_model(folder, hidden, layers)
         prepared = prepare(folder)
-        spec = spec_defaults()
+        spec = {**spec_defaults(), **overrides}
         evaluation = evaluation_folder(folder, mlflow_model, prepared, spec)
         argv = [sys.executable, str(code / "components" / "export_onnx" / "export_onnx.py"),
                 "--mlflow_model", str(mlflow_model), "--evaluation", str(evaluation), "--test_data", str(prepared),
@@ -158,9 +158,12 @@ def main(argv=None) -> None:
     parser.add_argument("--size", action="append", choices=sorted(SIZES), required=True)
     parser.add_argument("--code", type=Path, default=REPO, help="checkout whose Export ONNX step runs")
     parser.add_argument("--keep", type=Path, default=None, help="copy logs and reports here")
+    parser.add_argument("--parity_prompts", type=int, default=None, help="instead of the spec's default (both steps)")
+    parser.add_argument("--parity_max_new_tokens", type=int, default=None, help="instead of the spec's default")
     args = parser.parse_args(argv)
+    overrides = {k: v for k in ("parity_prompts", "parity_max_new_tokens") if (v := getattr(args, k)) is not None}
     for size in args.size:
-        print(json.dumps(run_size(size, args.code.resolve(), args.keep)), flush=True)
+        print(json.dumps({**run_size(size, args.code.resolve(), args.keep, overrides), **overrides}), flush=True)
 
 
 if __name__ == "__main__":

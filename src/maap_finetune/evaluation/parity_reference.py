@@ -93,15 +93,18 @@ def parity_inputs(tokenizer, examples, max_new_tokens: int, max_seq_length: int)
     return rows
 
 
-def torch_greedy(loaded, prompt_ids: list[int], max_new_tokens: int, timing: Timing) -> list[int]:
-    """Greedy tokens from transformers `generate`; the first token is timed apart from the rest."""
+def torch_greedy(loaded, prompt_ids: list[int], max_new_tokens: int, timing: Timing | None) -> list[int]:
+    """Greedy tokens from transformers `generate`; with `timing`, the first token is timed apart from the rest."""
     import torch
 
     from maap_finetune.evaluation.generation import _greedy_config
 
     config = _greedy_config(loaded.model, loaded.tokenizer, max_new_tokens)
-    first = _greedy_config(loaded.model, loaded.tokenizer, 1)
     input_ids = torch.tensor([prompt_ids], device=loaded.device)
+    if timing is None:
+        with torch.no_grad():
+            return loaded.model.generate(input_ids=input_ids, generation_config=config)[0, len(prompt_ids):].tolist()
+    first = _greedy_config(loaded.model, loaded.tokenizer, 1)
     with torch.no_grad():
         start = time.perf_counter()
         loaded.model.generate(input_ids=input_ids, generation_config=first)
@@ -128,11 +131,13 @@ def teacher_forced(loaded, ids: list[int], start: int) -> tuple[list[int], list[
         return logits.argmax(-1).tolist(), [float(x) for x in nll.double().cpu()]
 
 
-def compute(loaded, inputs: Sequence[Mapping[str, Any]], max_new_tokens: int) -> tuple[dict[str, Any], Timing]:
-    """The reference's generation and teacher-forced entries for `inputs` (see `parity_inputs`)."""
-    if inputs:  # one untimed run first: one-time costs (allocations, kernel selection) are no one's speed
+def compute(loaded, inputs: Sequence[Mapping[str, Any]], max_new_tokens: int,
+            timed: bool = True) -> tuple[dict[str, Any], Timing | None]:
+    """The reference's generation and teacher-forced entries for `inputs` (see `parity_inputs`); `timed` False
+    generates each prompt once, untimed (the fp32 graph check needs the tokens only)."""
+    if inputs and timed:  # one untimed run first: one-time costs (allocations, kernel selection) are no one's speed
         torch_greedy(loaded, list(inputs[0]["prompt_ids"]), 2, Timing())
-    timing, generation, forced = Timing(), [], []
+    timing, generation, forced = Timing() if timed else None, [], []
     for row in inputs:
         generation.append({"line": row["line"], "prompt": row["prompt"], "prompt_ids": list(row["prompt_ids"]),
                            "tokens": torch_greedy(loaded, list(row["prompt_ids"]), max_new_tokens, timing)})

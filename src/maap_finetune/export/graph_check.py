@@ -72,7 +72,7 @@ def pytorch_reference(cut_dir: Path, tokenizer_dir: Path, reference: Mapping[str
 
     inputs = [{**g, **t} for g, t in zip(reference["generation"], reference["teacher_forced"])]
     loaded = load_model(str(cut_dir), str(tokenizer_dir), trust_remote_code=False, device="cpu")
-    entries, _ = parity_reference.compute(loaded, inputs, reference["max_new_tokens"])
+    entries, _ = parity_reference.compute(loaded, inputs, reference["max_new_tokens"], timed=False)
     del loaded
     gc.collect()
     return {"max_new_tokens": reference["max_new_tokens"], **entries}
@@ -82,7 +82,7 @@ def compare(cut_reference: Mapping[str, Any], onnx_dir: Path, execution_provider
     """The fp32 graph check's result: the generation summary plus the teacher-forced comparison."""
     from maap_finetune.export import parity
 
-    results, _ = parity.compare_generation(onnx_dir, cut_reference, decode)
+    results, _ = parity.compare_generation(onnx_dir, cut_reference, decode, timed=False)
     summary = parity.generation_summary(results)
     summary["teacher_forced"] = parity.compare_teacher_forced(onnx_dir, cut_reference, execution_provider)
     summary["nll_tolerance"] = NLL_TOLERANCE

@@ -72,14 +72,15 @@ def onnx_greedy(model, prompt_ids: list[int], max_new_tokens: int, timing: Timin
     return out
 
 
-def compare_generation(onnx_dir: Path, reference: Mapping[str, Any], decode: Callable[[list[int]], str]):
+def compare_generation(onnx_dir: Path, reference: Mapping[str, Any], decode: Callable[[list[int]], str],
+                       timed: bool = True):
     """(per-prompt results, ONNX Runtime GenAI timing): greedy tokens of the export against the reference's."""
     import onnxruntime_genai as og
 
     model = og.Model(str(onnx_dir))
     max_new_tokens = reference["max_new_tokens"]
     prompts = reference["generation"]
-    if prompts:  # one untimed run first: one-time costs (allocations, kernel selection) are no one's speed
+    if prompts and timed:  # one untimed run first: one-time costs (allocations, kernel selection) are no one's speed
         onnx_greedy(model, prompts[0]["prompt_ids"], 2, Timing())
     timing, results = Timing(), []
     for prompt in prompts:
