@@ -9,6 +9,7 @@ fp32_parity) and samples the RSS of that process and its children every 50 ms.
 
     python benchmarks/export_onnx_memory.py --size 100m --size 250m
     python benchmarks/export_onnx_memory.py --size 100m --code /tmp/main-copy   # another checkout's Export
+    python benchmarks/export_onnx_memory.py --size 250m --parity_prompts 2 --parity_max_new_tokens 8
 
 `--code` runs the Export step of another checkout (e.g. `git archive main | tar -x -C /tmp/main-copy`), to
 measure before and after on the same machine; that checkout's own parser decides which flags it takes.
