@@ -97,6 +97,10 @@ PIPELINE_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "registry_name": (("register", "registry_name"), ("export_onnx", "registry_name")),
     "onnx_precision": (("export_onnx", "precision"),),
     "onnx_execution_provider": (("export_onnx", "execution_provider"),),
+    # Evaluate computes the PyTorch side of Export ONNX's parity checks; both must see the same values
+    # (Evaluate gets 0 prompts, no reference, when export_onnx=false).
+    "parity_prompts": (("export_onnx", "parity_prompts"), ("evaluate", "parity_prompts")),
+    "parity_max_new_tokens": (("export_onnx", "parity_max_new_tokens"), ("evaluate", "parity_max_new_tokens")),
 }
 
 REGISTER_IDENTITIES = ("user", "managed")
@@ -538,6 +542,8 @@ def build_pipeline(settings: PipelineSettings):
         registry_name,
         onnx_precision,
         onnx_execution_provider,
+        parity_prompts,
+        parity_max_new_tokens,
     ):
         data_prep = data_prep_component(
             train_data=train_data,
@@ -589,6 +595,8 @@ def build_pipeline(settings: PipelineSettings):
             gate_metric=gate_metric,
             gate_threshold=gate_threshold,
             gate_min_improvement=gate_min_improvement,
+            parity_prompts=parity_prompts if export_component is not None else 0,
+            parity_max_new_tokens=parity_max_new_tokens,
         )
 
         register = register_component(
@@ -624,6 +632,8 @@ def build_pipeline(settings: PipelineSettings):
                 precision=onnx_precision,
                 execution_provider=onnx_execution_provider,
                 max_seq_length=max_seq_length,
+                parity_prompts=parity_prompts,
+                parity_max_new_tokens=parity_max_new_tokens,
                 registered_model_name=registered_model_name,
                 registry_name=registry_name,
             )

@@ -3,11 +3,13 @@
     python evaluate.py --test_data prepared/ --mlflow_model mlflow_model/ --model_path base/ \
         --trust_remote_code False --max_eval_samples 200 --max_new_tokens 64 --max_seq_length 2048 \
         --eval_batch_size 8 --sample_generations 8 --gate_metric loss --gate_min_improvement 0 \
-        --evaluation out/
+        --parity_prompts 8 --parity_max_new_tokens 32 --evaluation out/
 
 Writes to --evaluation: metrics.json ({"task", "base", "finetuned", "deltas", "lineage", ...}),
 decision.json ({"passed", "metric", "values", "reason"}), generations.jsonl, report.md,
-report.html and charts/*.png; logs metrics, the gate and the folder to the step's MLflow run.
+report.html and charts/*.png; logs metrics, the gate and the folder to the step's MLflow run. With
+parity_prompts > 0 also parity_reference.json: the fine-tuned model's side of Export ONNX's parity checks,
+computed while it is loaded here (maap_finetune.evaluation.parity_reference).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class Config:
     gate_metric: str
     gate_threshold: float | None
     gate_min_improvement: float | None
+    parity_prompts: int
+    parity_max_new_tokens: int
     evaluation: Path
 
 
@@ -58,6 +62,8 @@ def build_parser() -> StrictParser:
     parser.add_argument("--gate_metric", choices=[*METRICS, GATE_OFF, GATE_AUTO], required=True)
     parser.add_argument("--gate_threshold", type=float, default=None)
     parser.add_argument("--gate_min_improvement", type=float, default=None)
+    parser.add_argument("--parity_prompts", type=bounded(int, 0, 1000), required=True)
+    parser.add_argument("--parity_max_new_tokens", type=bounded(int, 1, 1024), required=True)
     parser.add_argument("--evaluation", type=Path, required=True)
     return parser
 
@@ -77,15 +83,20 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
             f"--max_new_tokens {config.max_new_tokens} leaves no room for the prompt within --max_seq_length "
             f"{config.max_seq_length}; lower it or raise max_seq_length"
         )
+    if config.parity_prompts and config.parity_max_new_tokens >= config.max_seq_length:
+        problems.append(
+            f"--parity_max_new_tokens {config.parity_max_new_tokens} leaves no room for the prompt within "
+            f"--max_seq_length {config.max_seq_length}; lower it or raise max_seq_length"
+        )
     if problems:
         raise ConfigErrors(problems, header="evaluate: invalid inputs")
     return config
 
 
 def evaluate_model(label: str, model_dir: str, tokenizer_dir: str, examples, generate_rows, config, prepared,
-                   pairs=None) -> dict:
-    """Loss, generations and task metrics of one model (with `pairs`, how it ranks them); the model is
-    freed before returning."""
+                   pairs=None, while_loaded=None) -> dict:
+    """Loss, generations and task metrics of one model (with `pairs`, how it ranks them); `while_loaded(loaded)`
+    runs before the model is freed, and its result is returned as "while_loaded"."""
     import gc
 
     import torch
@@ -112,6 +123,7 @@ def evaluate_model(label: str, model_dir: str, tokenizer_dir: str, examples, gen
 
         logps = preference.pair_logps(loaded, pairs, config.max_seq_length, config.eval_batch_size)
         values.update(preference.preference_metrics(logps))
+    extra = while_loaded(loaded) if while_loaded is not None else None
     del loaded
     gc.collect()
     if torch.cuda.is_available():
@@ -129,6 +141,7 @@ def evaluate_model(label: str, model_dir: str, tokenizer_dir: str, examples, gen
         "references": references,
         "prompts": prompts,
         "pair_logps": logps,
+        "while_loaded": extra,
     }
 
 
@@ -173,11 +186,24 @@ def run(config: Config) -> dict:
                      for ex in examples)
     base_tokenizer = tuned_source.tokenizer if uses_tools else base_source.tokenizer
 
+    reference = None
+    if config.parity_prompts:
+        from maap_finetune.evaluation import parity_reference
+
+        parity_examples = generation.read_examples(prepared.split_path("test"), prepared.format, config.parity_prompts)
+
+        def reference(loaded):  # Export ONNX's PyTorch side, from the merged weights it builds from
+            print(f"[evaluate] fine-tuned: parity reference for {len(parity_examples)} prompts", flush=True)
+            return parity_reference.build_reference(
+                loaded, parity_examples, tuned_source.model, tuned_source.tokenizer, prepared.split_path("test"),
+                config.parity_max_new_tokens, config.max_seq_length)
+
     results = {
         "base": evaluate_model("base", base_source.model, base_tokenizer, examples, generate_rows, config, prepared,
                                pairs),
         "finetuned": evaluate_model(
-            "fine-tuned", tuned_source.model, tuned_source.tokenizer, examples, generate_rows, config, prepared, pairs
+            "fine-tuned", tuned_source.model, tuned_source.tokenizer, examples, generate_rows, config, prepared, pairs,
+            while_loaded=reference,
         ),
     }
     base_values, tuned_values = results["base"]["metrics"], results["finetuned"]["metrics"]
@@ -221,6 +247,10 @@ def run(config: Config) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n", encoding="utf-8")
     gate.write_decision(out, _json_safe(decision))
+    if results["finetuned"]["while_loaded"] is not None:
+        from maap_finetune.evaluation.parity_reference import write_reference
+
+        write_reference(out, results["finetuned"]["while_loaded"])
     with open(out / "generations.jsonl", "w", encoding="utf-8") as handle:
         for sample in samples:
             handle.write(json.dumps(sample, ensure_ascii=False) + "\n")

@@ -2,14 +2,20 @@
 
     python export_onnx.py --mlflow_model mlflow_model/ --evaluation evaluation/ --test_data prepared/ \
         --registration registration/ --execution_provider cpu --precision int4 --int4_block_size 32 \
-        --fp32_parity True --parity_prompts 8 --parity_max_new_tokens 32 --max_seq_length 2048 \
+        --fp32_parity True --fp32_parity_layers 2 --parity_prompts 8 --parity_max_new_tokens 32 --max_seq_length 2048 \
         --min_token_agreement 0.9 --max_loss_delta 0.05 --registered_model_name maap-finetuned \
         --onnx_model out/onnx_model --export_report out/export_report
 
 Order: the gate (Evaluate's decision.json; a failed gate writes the reason and exits 0) -> checks
-before any weight is read (architecture, precision x provider, tokenizer and chat template) ->
-build with onnxruntime-genai's model builder -> fp32 parity -> agreement, loss, size, speed ->
+before any weight is read (architecture, precision x provider, Evaluate's parity reference computed for
+these weights and settings, tokenizer and chat template) -> build with onnxruntime-genai's model builder
+-> agreement, loss and speed against the reference -> the fp32 graph check on a cut copy of the model ->
 export_report.json/.md -> register as <registered_model_name>-onnx when every check passed.
+
+The full PyTorch model is never loaded here: the PyTorch side of the comparison is Evaluate's
+parity_reference.json (maap_finetune.evaluation.parity_reference), and the fp32 graph check loads only
+the first fp32_parity_layers layers (maap_finetune.export.graph_check). Scratch files live in one
+temporary folder, removed on every exit (a SIGTERM included).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class Config:
     int4_block_size: int
     int4_accuracy_level: int | None
     fp32_parity: bool
+    fp32_parity_layers: int
     parity_prompts: int
     parity_max_new_tokens: int
     max_seq_length: int
@@ -60,6 +67,7 @@ def build_parser() -> StrictParser:
     p.add_argument("--int4_block_size", type=bounded(int, 16, 256), required=True)
     p.add_argument("--int4_accuracy_level", type=bounded(int, 1, 4), default=None)
     p.add_argument("--fp32_parity", type=str2bool, required=True)
+    p.add_argument("--fp32_parity_layers", type=bounded(int, 1, 1000), required=True)
     p.add_argument("--parity_prompts", type=bounded(int, 1, 1000), required=True)
     p.add_argument("--parity_max_new_tokens", type=bounded(int, 1, 1024), required=True)
     p.add_argument("--max_seq_length", type=bounded(int, 16), required=True)
@@ -101,7 +109,7 @@ def gate(config: Config) -> str | None:
 
 def run(config: Config) -> dict:
     from maap_finetune.export import builder
-    from maap_finetune.export.checks import check_export, skipped_report
+    from maap_finetune.export.checks import check_export, load_reference, skipped_report
     from maap_finetune.models.source import resolve_model_source
 
     config.onnx_model.mkdir(parents=True, exist_ok=True)
@@ -114,12 +122,14 @@ def run(config: Config) -> dict:
     from maap_finetune.common.scratch import scratch_folder
 
     with scratch_folder("maap-onnx-") as scratch:
-        hf = builder.stage_hf_folder(Path(source.model), Path(source.tokenizer), Path(scratch) / "hf")
+        scratch = Path(scratch)
+        hf = builder.stage_hf_folder(Path(source.model), Path(source.tokenizer), scratch / "hf")
+        reference = load_reference(config, source)
         print(f"[export_onnx] building {architecture} as {config.precision} for {config.execution_provider}", flush=True)
         start = time.perf_counter()
-        builder.build(hf, config.onnx_model, config.precision, config.execution_provider, Path(scratch) / "cache",
+        builder.build(hf, config.onnx_model, config.precision, config.execution_provider, scratch / "cache",
                       config.int4_block_size, config.int4_accuracy_level)
-        report = check_export(config, source, architecture, hf, Path(scratch), time.perf_counter() - start)
+        report = check_export(config, source, architecture, hf, scratch, time.perf_counter() - start, reference)
     return finish(config, report)
 
 

@@ -126,6 +126,20 @@ def test_export_onnx_runs_after_the_gate_on_the_cpu_cluster_and_can_be_left_out(
     assert "export_onnx expects true or false, got 'no way'" in caught.value.problems
 
 
+def test_evaluate_computes_exports_parity_reference_with_the_same_values_and_none_without_export(job):
+    jobs = job._to_dict()["jobs"]
+    for name in ("parity_prompts", "parity_max_new_tokens"):
+        assert jobs["evaluate"]["inputs"][name] == jobs["export_onnx"]["inputs"][name] == {
+            "path": "${{parent.inputs.%s}}" % name}
+    without = build_pipeline(PipelineSettings(compute="c", inputs={"model_name": "org/model", "export_onnx": "false",
+                                                                   "train_data": str(SAMPLE_DATA)}))
+    assert without._to_dict()["jobs"]["evaluate"]["inputs"]["parity_prompts"] == 0
+    with pytest.raises(ConfigErrors) as caught:
+        build_pipeline(PipelineSettings(inputs={"model_name": "org/model", "train_data": str(SAMPLE_DATA)},
+                                        step_inputs={"evaluate": {"parity_prompts": 2}}))
+    assert "evaluate.parity_prompts is fed by the pipeline input 'parity_prompts': set that instead" in caught.value.problems
+
+
 def test_all_problems_are_collected():
     with pytest.raises(ConfigErrors) as caught:
         build_pipeline(PipelineSettings(

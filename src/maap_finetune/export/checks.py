@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -21,48 +19,80 @@ def _versions() -> dict[str, str]:
     return {name.replace("-", "_"): version(name) for name in ("onnxruntime-genai", "onnxruntime", "torch", "transformers")}
 
 
-def _machine() -> str:
-    return f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs visible, shared with whatever else ran"
-
-
-def test_examples(test_data: Path, limit: int):
+def load_reference(config, source) -> dict[str, Any]:
+    """Evaluate's parity reference, refused unless computed for these weights, tokenizer, test split and settings."""
     from maap_finetune.data.prepared import load_prepared
-    from maap_finetune.evaluation.generation import read_examples
+    from maap_finetune.evaluation import parity_reference
 
-    prepared = load_prepared(test_data)
-    examples = read_examples(prepared.split_path("test"), prepared.format, limit)
-    if not examples:
-        raise UserError(f"--test_data {test_data}: the test split is empty; the parity check needs test prompts "
-                        "(give Data Prep a test_ratio > 0 or test_data)")
-    return examples
+    reference = parity_reference.read_reference(config.evaluation)
+    expected = {
+        "model_sha256": parity_reference.folder_sha256(source.model),
+        "tokenizer_sha256": parity_reference.folder_sha256(source.tokenizer),
+        "test_split_sha256": parity_reference.file_sha256(load_prepared(config.test_data).split_path("test")),
+        "prompts": config.parity_prompts,
+        "max_new_tokens": config.parity_max_new_tokens,
+        "max_seq_length": config.max_seq_length,
+    }
+    parity_reference.check_reference(reference, config.evaluation / parity_reference.REFERENCE_FILE, expected)
+    if not reference["generation"]:
+        raise UserError(f"{config.evaluation / parity_reference.REFERENCE_FILE}: no parity prompts (the test split "
+                        "is empty?); the parity checks need test prompts")
+    return reference
 
 
-def check_export(config, source, architecture: str, hf_folder: Path, scratch: Path, build_seconds: float) -> dict[str, Any]:
-    from maap_finetune.evaluation.generation import load_model
-    from maap_finetune.export import builder, parity
-    from maap_finetune.export.report import fp32_failures, threshold_failures
+def speed(reference: dict[str, Any], onnx_timing, precision: str, execution_provider: str) -> dict[str, Any]:
+    """Both engines' timings, each with where it was measured; a ratio only when they share a machine and device.
 
-    examples = test_examples(config.test_data, config.parity_prompts)
-    loaded = load_model(source.model, source.tokenizer, trust_remote_code=False, device="cpu")  # fp32 reference
-    results, torch_timing, onnx_timing = parity.compare_generation(
-        loaded, config.onnx_model, examples, config.parity_max_new_tokens, config.max_seq_length)
+    Evaluate usually runs on a GPU cluster and Export ONNX on a CPU one: a ratio of those timings would
+    compare machines, not engines.
+    """
+    from maap_finetune.evaluation.parity_reference import machine
+
+    here = machine("cuda" if execution_provider == "cuda" else "cpu")
+    there = reference["machine"]
+    same = there.get("host") == here["host"] and there.get("device") == here["device"]
+    torch_speed, onnx_speed = reference["timing"], onnx_timing.summary()
+    ratio = (onnx_speed["decode_tokens_per_s"] / torch_speed["decode_tokens_per_s"]
+             if same and onnx_speed["decode_tokens_per_s"] and torch_speed["decode_tokens_per_s"] else None)
+    note = (f"both measured on {here['host']} ({here['device']}, {here['cpus']} CPUs visible, shared with whatever "
+            "else ran)" if same else
+            f"PyTorch was timed by Evaluate on {there.get('host')} ({there.get('device')}), ONNX Runtime GenAI here on "
+            f"{here['host']} ({here['device']}): different machines, so no speed-up is given")
+    return {"pytorch": {"engine": reference["engine"], "measured_on": there, **torch_speed},
+            "onnx_genai": {"engine": f"onnxruntime-genai, {precision} on {execution_provider}", "measured_on": here,
+                           **onnx_speed},
+            "decode_speedup": ratio, "same_machine": same, "note": note, "prompts": len(reference["generation"])}
+
+
+def check_export(config, source, architecture: str, hf_folder: Path, scratch: Path, build_seconds: float,
+                 reference: dict[str, Any]) -> dict[str, Any]:
+    import time
+
+    from transformers import AutoTokenizer
+
+    from maap_finetune.export import builder, graph_check, parity
+    from maap_finetune.export.report import threshold_failures
+
+    tokenizer = AutoTokenizer.from_pretrained(source.tokenizer)
+
+    def decode(tokens):
+        return tokenizer.decode(tokens, skip_special_tokens=True)
+
+    timings = {"build_s": build_seconds}
+    start = time.perf_counter()
+    results, onnx_timing = parity.compare_generation(config.onnx_model, reference, decode)
     generation = parity.generation_summary(results)
-    teacher_forced = parity.compare_logits(loaded, config.onnx_model, examples, config.max_seq_length,
-                                           config.execution_provider)
+    teacher_forced = parity.compare_teacher_forced(config.onnx_model, reference, config.execution_provider)
+    timings["compare_s"] = time.perf_counter() - start
     fp32 = None
-    if config.precision == "fp32":
-        fp32 = generation
-    elif config.fp32_parity:
-        print("[export_onnx] building an fp32 export for the parity check", flush=True)
-        fp32_dir = builder.build(hf_folder, scratch / "fp32", "fp32", config.execution_provider, scratch / "cache",
-                                 config.int4_block_size, None)
-        fp32 = parity.generation_summary(parity.compare_generation(
-            loaded, fp32_dir, examples, config.parity_max_new_tokens, config.max_seq_length)[0])
-    failures = (fp32_failures(fp32) if fp32 else []) + threshold_failures(
+    if config.fp32_parity:
+        print(f"[export_onnx] fp32 graph check on the first {config.fp32_parity_layers} layers", flush=True)
+        start = time.perf_counter()
+        fp32 = graph_check.run(hf_folder, Path(source.tokenizer), reference, config.fp32_parity_layers,
+                               config.execution_provider, scratch, decode)
+        timings["fp32_graph_check_s"] = time.perf_counter() - start
+    failures = (graph_check.failures(fp32) if fp32 else []) + threshold_failures(
         teacher_forced, config.min_token_agreement, config.max_loss_delta, config.precision)
-    torch_speed, onnx_speed = torch_timing.summary(), onnx_timing.summary()
-    speedup = (onnx_speed["decode_tokens_per_s"] / torch_speed["decode_tokens_per_s"]
-               if onnx_speed["decode_tokens_per_s"] and torch_speed["decode_tokens_per_s"] else None)
     pytorch_bytes = builder.folder_bytes(Path(source.model))
     onnx_bytes = builder.folder_bytes(config.onnx_model)
     return {
@@ -76,12 +106,13 @@ def check_export(config, source, architecture: str, hf_folder: Path, scratch: Pa
         "int4_accuracy_level": config.int4_accuracy_level if config.precision == "int4" else None,
         "architecture": architecture,
         "build_seconds": build_seconds,
+        "timings": timings,
         "versions": _versions(),
         "thresholds": {"min_token_agreement": config.min_token_agreement, "max_loss_delta": config.max_loss_delta},
+        "reference": {k: reference.get(k) for k in ("engine", "dtype", "device", "weights_dtype", "machine",
+                                                    "model_sha256", "prompts", "max_new_tokens", "max_seq_length")},
         "fp32_parity": fp32,
         "agreement": {"generation": generation, "teacher_forced": teacher_forced},
         "size_bytes": {"pytorch": pytorch_bytes, "onnx": onnx_bytes, "ratio": onnx_bytes / pytorch_bytes if pytorch_bytes else None},
-        "speed": {"pytorch": {"engine": "transformers generate, fp32", **torch_speed},
-                  "onnx_genai": {"engine": f"onnxruntime-genai, {config.precision}", **onnx_speed},
-                  "decode_speedup": speedup, "machine": _machine(), "prompts": len(results)},
+        "speed": speed(reference, onnx_timing, config.precision, config.execution_provider),
     }

@@ -1,11 +1,15 @@
-"""PyTorch against ONNX Runtime on the same prompts: greedy tokens, teacher-forced logits, speed.
+"""ONNX Runtime against the PyTorch reference Evaluate computed: greedy tokens, teacher-forced top-1 and loss, speed.
 
-- Greedy generation, one prompt at a time (no padding, so nothing but the engines differ): the
-  PyTorch model's `generate` against an `onnxruntime_genai.Generator`. For each prompt: the tokens,
-  the first position where they differ, time to first token and decode tokens/s of each engine.
-- Teacher-forced on the test conversations: the exported graph run by onnxruntime on the whole
-  sequence (an empty KV cache), so its logits at every position sit beside PyTorch's. Top-1
-  agreement and the loss on the reference tokens (as Evaluate scores them) come from these.
+The reference (`maap_finetune.evaluation.parity_reference`) holds, per parity prompt, the prompt ids and
+PyTorch's greedy tokens, and per teacher-forced position PyTorch's top-1 token and the reference token's NLL.
+This side runs the exported model on the very same ids:
+
+- greedy generation, one prompt at a time (no padding, so nothing but the engines differ), with an
+  `onnxruntime_genai.Generator`: the tokens, the first position where they differ from PyTorch's, time to
+  first token and decode tokens/s;
+- teacher-forced: the exported graph run by onnxruntime on the whole sequence (an empty KV cache), its
+  top-1 and reference-token NLL at every scored position beside PyTorch's: top-1 agreement (with its 95%
+  Wilson interval), the loss of each and the largest per-position NLL difference.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from maap_finetune.evaluation.parity_reference import Timing
 
 
 @dataclass
@@ -34,47 +40,11 @@ class PromptResult:
         return len(self.reference_tokens) if self.first_divergence is None else self.first_divergence
 
 
-@dataclass
-class Timing:
-    ttft_s: list[float] = field(default_factory=list)
-    decode_tokens: int = 0
-    decode_s: float = 0.0
-
-    def summary(self) -> dict[str, float | None]:
-        return {
-            "time_to_first_token_s": sum(self.ttft_s) / len(self.ttft_s) if self.ttft_s else None,
-            "decode_tokens_per_s": self.decode_tokens / self.decode_s if self.decode_s > 0 else None,
-        }
-
-
 def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
     for index, (x, y) in enumerate(zip(a, b)):
         if x != y:
             return index
     return None if len(a) == len(b) else min(len(a), len(b))
-
-
-def torch_greedy(loaded, prompt_ids: list[int], max_new_tokens: int, timing: Timing) -> list[int]:
-    """Greedy tokens from transformers `generate`; the first token is timed apart from the rest."""
-    import torch
-
-    from maap_finetune.evaluation.generation import _greedy_config
-
-    config = _greedy_config(loaded.model, loaded.tokenizer, max_new_tokens)
-    input_ids = torch.tensor([prompt_ids], device=loaded.device)
-    first = _greedy_config(loaded.model, loaded.tokenizer, 1)
-    with torch.no_grad():
-        start = time.perf_counter()
-        loaded.model.generate(input_ids=input_ids, generation_config=first)
-        ttft = time.perf_counter() - start
-        start = time.perf_counter()
-        out = loaded.model.generate(input_ids=input_ids, generation_config=config)[0, len(prompt_ids):].tolist()
-        total = time.perf_counter() - start
-    timing.ttft_s.append(ttft)
-    if len(out) > 1:
-        timing.decode_tokens += len(out) - 1
-        timing.decode_s += max(total - ttft, 1e-9)
-    return out
 
 
 def onnx_greedy(model, prompt_ids: list[int], max_new_tokens: int, timing: Timing) -> list[int]:
@@ -102,30 +72,26 @@ def onnx_greedy(model, prompt_ids: list[int], max_new_tokens: int, timing: Timin
     return out
 
 
-def compare_generation(loaded, onnx_dir: Path, examples, max_new_tokens: int, max_seq_length: int):
-    """(per-prompt results, PyTorch timing, ONNX Runtime GenAI timing) for greedy generation."""
+def compare_generation(onnx_dir: Path, reference: Mapping[str, Any], decode: Callable[[list[int]], str],
+                       timed: bool = True):
+    """(per-prompt results, ONNX Runtime GenAI timing): greedy tokens of the export against the reference's."""
     import onnxruntime_genai as og
 
-    from maap_finetune.evaluation.generation import generation_prompt, prompt_text
-
     model = og.Model(str(onnx_dir))
-    torch_timing, onnx_timing = Timing(), Timing()
-    prompts = [generation_prompt(loaded.tokenizer, ex, max(1, max_seq_length - max_new_tokens))[0] for ex in examples]
-    # One untimed run of each engine first: one-time costs (allocations, kernel selection) are no one's speed.
-    torch_greedy(loaded, prompts[0], 2, Timing())
-    onnx_greedy(model, prompts[0], 2, Timing())
-    results = []
-    for example, ids in zip(examples, prompts):
-        reference = torch_greedy(loaded, ids, max_new_tokens, torch_timing)
-        got = onnx_greedy(model, ids, max_new_tokens, onnx_timing)
-        decode = loaded.tokenizer.decode
+    max_new_tokens = reference["max_new_tokens"]
+    prompts = reference["generation"]
+    if prompts and timed:  # one untimed run first: one-time costs (allocations, kernel selection) are no one's speed
+        onnx_greedy(model, prompts[0]["prompt_ids"], 2, Timing())
+    timing, results = Timing(), []
+    for prompt in prompts:
+        got = onnx_greedy(model, prompt["prompt_ids"], max_new_tokens, timing)
+        expected = list(prompt["tokens"])
         results.append(PromptResult(
-            line=example.line, prompt=prompt_text(example, loaded.tokenizer), reference_tokens=reference,
-            onnx_tokens=got, first_divergence=first_divergence(reference, got),
-            reference_text=decode(reference, skip_special_tokens=True), onnx_text=decode(got, skip_special_tokens=True),
+            line=prompt["line"], prompt=prompt["prompt"], reference_tokens=expected, onnx_tokens=got,
+            first_divergence=first_divergence(expected, got), reference_text=decode(expected), onnx_text=decode(got),
         ))
     del model
-    return results, torch_timing, onnx_timing
+    return results, timing
 
 
 def _session(onnx_dir: Path, execution_provider: str):
@@ -152,31 +118,27 @@ def onnx_logits(session, head_size: int, ids: list[int]):
     return session.run(["logits"], feeds)[0][0].astype(np.float32)
 
 
-def compare_logits(loaded, onnx_dir: Path, examples, max_seq_length: int, execution_provider: str) -> dict[str, Any]:
-    """Top-1 agreement and reference-token loss of PyTorch and ONNX Runtime, teacher-forced."""
+def compare_teacher_forced(onnx_dir: Path, reference: Mapping[str, Any], execution_provider: str) -> dict[str, Any]:
+    """Top-1 agreement and reference-token loss of the export against the reference, teacher-forced."""
     import numpy as np
-    import torch
-
-    from maap_finetune.evaluation.generation import loss_sequence
 
     session, head_size = _session(onnx_dir, execution_provider)
     agree = scored = 0
     nll = {"pytorch": 0.0, "onnx": 0.0}
-    for example in examples:
-        ids, start, _ = loss_sequence(loaded.tokenizer, example, max_seq_length)
+    max_nll_delta = 0.0
+    for entry in reference["teacher_forced"]:
+        ids, start = entry["ids"], entry["start"]
         if start >= len(ids):
             continue
-        with torch.no_grad():
-            ref = loaded.model(input_ids=torch.tensor([ids], device=loaded.device)).logits[0].float().cpu().numpy()
-        got = onnx_logits(session, head_size, ids)
-        positions = np.arange(start - 1, len(ids) - 1)  # logits at i predict token i + 1
+        rows = onnx_logits(session, head_size, ids)[start - 1 : len(ids) - 1].astype(np.float64)  # i predicts i + 1
         targets = np.array(ids[start:])
-        agree += int((ref[positions].argmax(-1) == got[positions].argmax(-1)).sum())
-        scored += len(positions)
-        for name, logits in (("pytorch", ref), ("onnx", got)):
-            rows = logits[positions].astype(np.float64)
-            log_z = np.log(np.exp(rows - rows.max(-1, keepdims=True)).sum(-1)) + rows.max(-1)
-            nll[name] += float((log_z - rows[np.arange(len(targets)), targets]).sum())
+        log_z = np.log(np.exp(rows - rows.max(-1, keepdims=True)).sum(-1)) + rows.max(-1)
+        got_nll = log_z - rows[np.arange(len(targets)), targets]
+        agree += int((rows.argmax(-1) == np.array(entry["top1"])).sum())
+        scored += len(targets)
+        nll["pytorch"] += float(np.sum(entry["nll"]))
+        nll["onnx"] += float(got_nll.sum())
+        max_nll_delta = max(max_nll_delta, float(np.abs(got_nll - np.array(entry["nll"])).max()))
     del session
     if not scored:
         return {"scored_tokens": 0, "top1_agreement": None, "loss_pytorch": None, "loss_onnx": None, "loss_delta": None}
@@ -192,6 +154,7 @@ def compare_logits(loaded, onnx_dir: Path, examples, max_seq_length: int, execut
         "loss_pytorch": loss_pt,
         "loss_onnx": loss_ox,
         "loss_delta": loss_ox - loss_pt,
+        "max_token_nll_delta": max_nll_delta,
         "perplexity_pytorch": math.exp(min(loss_pt, 700)),
         "perplexity_onnx": math.exp(min(loss_ox, 700)),
     }

@@ -1,8 +1,9 @@
 """export_report.json and export_report.md: what was exported, how it compares, and the verdict.
 
-The verdict: an fp32 export (the shipped one, or the extra parity build) must give PyTorch's greedy
-tokens for every parity prompt; every export must reach `min_token_agreement` (teacher-forced top-1
-agreement with PyTorch on the test split) and stay within `max_loss_delta` of PyTorch's test loss.
+The verdict: the fp32 graph check (the model's first layers built as fp32, `graph_check`) must give
+PyTorch's greedy tokens for every parity prompt and its top-1 at every teacher-forced position; every
+export must reach `min_token_agreement` (teacher-forced top-1 agreement with Evaluate's PyTorch reference
+on the test split) and stay within `max_loss_delta` of PyTorch's test loss.
 
 Agreement is a proportion over the scored tokens, so it is judged with its 95% Wilson interval: an export
 fails when even the interval's upper end is below `min_token_agreement`. On a few dozen tokens (a small
@@ -19,21 +20,6 @@ from typing import Any
 
 REPORT_JSON = "export_report.json"
 REPORT_MD = "export_report.md"
-
-
-def fp32_failures(parity: Mapping[str, Any]) -> list[str]:
-    """One line per prompt whose fp32 greedy tokens differ from PyTorch's, naming the token."""
-    failures = []
-    for prompt in parity["per_prompt"]:
-        index = prompt["first_divergence"]
-        if index is None:
-            continue
-        ref, got = prompt["reference_tokens"], prompt["onnx_tokens"]
-        expected = ref[index] if index < len(ref) else "end of sequence"
-        found = got[index] if index < len(got) else "end of sequence"
-        failures.append(f"fp32 greedy tokens differ from PyTorch for test line {prompt['line']} at generated "
-                        f"token {index}: PyTorch {expected}, ONNX Runtime GenAI {found}")
-    return failures
 
 
 def threshold_failures(teacher_forced: Mapping[str, Any], min_token_agreement: float, max_loss_delta: float,
@@ -84,20 +70,36 @@ def markdown(report: Mapping[str, Any]) -> str:
         lines.append(f"- {failure}")
     size, speed = report["size_bytes"], report["speed"]
     tf = report["agreement"]["teacher_forced"]
+    reference = report.get("reference") or {}
     lines += ["", "| measure | PyTorch | ONNX Runtime GenAI |", "|---|---|---|",
+              f"| engine | {reference.get('engine', 'n/a')} (Evaluate) | {speed['onnx_genai']['engine']} |",
               f"| size on disk (MB) | {size['pytorch'] / 1e6:.2f} | {size['onnx'] / 1e6:.2f} |",
               f"| test loss (teacher-forced) | {_num(tf.get('loss_pytorch'))} | {_num(tf.get('loss_onnx'))} |",
               f"| time to first token (s) | {_num(speed['pytorch']['time_to_first_token_s'])} | "
               f"{_num(speed['onnx_genai']['time_to_first_token_s'])} |",
               f"| decode tokens/s | {_num(speed['pytorch']['decode_tokens_per_s'], 1)} | "
               f"{_num(speed['onnx_genai']['decode_tokens_per_s'], 1)} |", ""]
+    if reference:
+        rounded = (f"; the weights are stored as {reference['weights_dtype']}, so the reference is a rounded model"
+                   if reference.get("weights_dtype") not in (None, reference.get("dtype"), "mixed")
+                   and reference.get("dtype") != "float32" else "")
+        lines += [f"PyTorch side: Evaluate's parity reference ({reference.get('engine')}, on "
+                  f"{(reference.get('machine') or {}).get('host')}){rounded}.", ""]
     interval = tf.get("top1_agreement_ci95") or [None, None]
+    ratio = (f"Decode speed-up {_num(speed['decode_speedup'], 2)}x; {speed.get('note')}." if speed.get("decode_speedup")
+             else f"No decode speed-up: {speed.get('note')}.")
     lines += [f"Top-1 token agreement {_num(tf.get('top1_agreement'))} over {tf.get('scored_tokens')} test tokens "
               f"(95% interval {_num(interval[0])} to {_num(interval[1])}; the export fails when its upper end is "
               f"below {report['thresholds']['min_token_agreement']}); loss delta {_num(tf.get('loss_delta'))} "
-              f"(max {report['thresholds']['max_loss_delta']}). Decode speed-up "
-              f"{_num(speed.get('decode_speedup'), 2)}x on {speed['machine']}.", ""]
-    for title, parity in (("fp32 parity (greedy tokens must be identical)", report.get("fp32_parity")),
+              f"(max {report['thresholds']['max_loss_delta']}). {ratio}", ""]
+    check = report.get("fp32_parity")
+    if check:
+        ctf = check["teacher_forced"]
+        lines += [f"fp32 graph check on the first {check['layers']} of {check['model_layers']} layers, against "
+                  f"PyTorch fp32 on the same cut model: top-1 identical at {ctf.get('agreeing_tokens')} of "
+                  f"{ctf.get('scored_tokens')} positions, NLL within {_num(ctf.get('max_token_nll_delta'), 6)} nats "
+                  f"(tolerance {check['nll_tolerance']}).", ""]
+    for title, parity in (("fp32 graph check: greedy tokens of the cut model (must be identical)", report.get("fp32_parity")),
                           (f"{report['precision']} greedy generation", report["agreement"]["generation"])):
         if not parity:
             continue
