@@ -503,7 +503,10 @@ def onnx_model_line(model_info_path: Path) -> str:
     line = model_info_lines(model_info_path)[0]
     if line.startswith("model_uri: "):
         return "onnx_model: " + line[len("model_uri: "):]
-    return "onnx " + line
+    for prefix in ("model not registered: ", "model not verified: "):
+        if line.startswith(prefix):
+            return f"onnx_model: {prefix[6:-2]} ({line[len(prefix):]})"
+    return "onnx_model: " + line
 
 
 def print_summary(result) -> None:

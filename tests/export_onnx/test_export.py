@@ -71,9 +71,8 @@ def test_int4_report_is_well_formed_and_checks_fp32_parity_too(
     assert "**passed** — int4 for cpu" in markdown and "decode tokens/s" in markdown
 
 
-def test_a_diverging_fp32_token_fails_the_step_and_the_report_shows_where(
+def test_a_diverging_fp32_token_registers_nothing_and_the_report_shows_where(
         tmp_path, finetuned_mlflow_model, prepared_chat, gate_passed, mlflow_tracking, monkeypatch, capsys):
-    from maap_finetune.common.errors import USER_ERROR_EXIT_CODE
     from maap_finetune.export import parity
 
     real = parity.onnx_greedy
@@ -85,13 +84,11 @@ def test_a_diverging_fp32_token_fails_the_step_and_the_report_shows_where(
         return tokens
 
     monkeypatch.setattr(parity, "onnx_greedy", off_by_one_at_token_2)
-    with pytest.raises(SystemExit) as exited:
-        from maap_finetune.common.errors import exit_on_user_error
-
-        exit_on_user_error(export_entry().main, export_argv(tmp_path, finetuned_mlflow_model, gate_passed,
-                                                            prepared_chat, precision="fp32"))
-    assert_one_error(capsys, exited.value.code, "fp32 greedy tokens differ from PyTorch", "at generated token 2",
-                     code=USER_ERROR_EXIT_CODE)
+    # a failed check is a quality decision: the step succeeds, registers nothing and says why and what to change
+    export_entry().main(export_argv(tmp_path, finetuned_mlflow_model, gate_passed, prepared_chat, precision="fp32"))
+    out = capsys.readouterr().out
+    assert "model not registered: the export failed its checks" in out and "at generated token 2" in out
+    assert "fix: " in out
     report = _report(tmp_path)
     assert not report["passed"]
     assert {p["first_divergence"] for p in report["fp32_parity"]["per_prompt"] if len(p["reference_tokens"]) > 2} == {2}

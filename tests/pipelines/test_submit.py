@@ -334,7 +334,11 @@ def test_local_applies_the_profile_the_tiny_model_and_prints_the_summary(monkeyp
 def test_onnx_model_line_says_why_nothing_was_exported(tmp_path):
     path = tmp_path / "model_info.json"
     path.write_text(json.dumps({"registered": False, "name": "m-onnx", "reason": "the quality gate failed: loss 3.2"}))
-    assert submit.onnx_model_line(path) == "onnx model not registered: the quality gate failed: loss 3.2"
+    assert submit.onnx_model_line(path) == "onnx_model: not registered (the quality gate failed: loss 3.2)"
+    path.write_text(json.dumps({"registered": False, "name": "m-onnx", "reason": "the export failed its checks: "
+                                "int4: top-1 token agreement 0.85; fix: export at onnx_precision=fp32"}))
+    assert submit.onnx_model_line(path) == ("onnx_model: not registered (the export failed its checks: int4: top-1 "
+                                            "token agreement 0.85; fix: export at onnx_precision=fp32)")
 
 
 def test_local_with_a_real_base_model_keeps_the_yaml_defaults(monkeypatch, tmp_path, capsys):
