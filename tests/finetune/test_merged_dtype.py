@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from maap_finetune.models.dtype import safetensors_dtypes, stored_precision
-from maap_finetune.training.merge import parity_report
+from maap_finetune.training.merge import parity_report, saved_copy_report
 from tests.finetune.conftest import outputs
 from tests.helpers import argv_from_spec, load_entry
 
@@ -62,6 +62,9 @@ def test_a_non_finite_saved_logit_fails_the_parity_check():
     for bad in (float("inf"), float("nan")):  # an fp16 overflow gives inf, and inf - inf nan
         report = parity_report(reference, [torch.tensor([[bad, -2.0]])], 0.05)
         assert not report["passed"] and report["max_relative_logit_diff"] == float("inf")
+        assert not saved_copy_report(reference, [torch.tensor([[bad, -2.0]])])["passed"]
+    rounded = saved_copy_report(reference, [torch.tensor([[1.25, -2.0]])])  # deep bf16 rounding: recorded only
+    assert rounded["passed"] and rounded["max_relative_logit_diff"] == 0.125 and rounded["tolerance"] is None
 
 
 def test_a_bf16_base_gives_a_bf16_merged_model(tmp_path, bf16_base, prepared_chat, mlflow_tracking):
@@ -80,8 +83,8 @@ def test_a_bf16_base_gives_a_bf16_merged_model(tmp_path, bf16_base, prepared_cha
     assert set(safetensors_dtypes(tmp_path / "adapter")) == {"F32"}  # PEFT keeps the LoRA weights it trained in fp32
     parity = summary["merge_parity"]
     assert parity["passed"] and parity["max_relative_logit_diff"] < 1e-4  # the fp32 merge
-    saved = parity["saved"]  # the bf16 copy, computed in bf16: rounding, within the bf16 tolerance
-    assert saved["passed"] and 0 < saved["max_relative_logit_diff"] < saved["tolerance"] == 0.05
+    saved = parity["saved"]  # the bf16 copy, computed in bf16: its rounding is recorded, not gated
+    assert saved["passed"] and saved["tolerance"] is None and 0 < saved["max_relative_logit_diff"] < 1
     served = mlflow.pyfunc.load_model(str(tmp_path / "mlflow_model"))
     reply = served.predict({"messages": [{"role": "user", "content": "Do you repair bikes?"}], "max_tokens": 4})
     assert reply[0]["choices"][0]["message"]["role"] == "assistant"

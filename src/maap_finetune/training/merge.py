@@ -3,21 +3,17 @@
 The merge starts from a fresh copy of the base in full precision (fp32); a 4-bit base is dequantized
 to bf16 first (`model.dequantize()`), so nothing is merged into 4-bit weights. The parity check compares
 the merged model's logits with base + adapter (the model as trained) on held-out examples. The merged
-model is then cast to the dtype it is saved in (`merged_dtype`) and checked once more, as saved: its
-logits, computed in that dtype, against the same reference, within that dtype's tolerance
-(`SAVED_TOLERANCE`, or merge_parity_tolerance where that is larger).
+model is then cast to the dtype it is saved in (`merged_dtype`) and run once more, as saved: its logits,
+computed in that dtype, must be finite (a weight beyond fp16's range overflows), and their difference from the
+same reference is recorded, not gated. That difference is the dtype's own rounding, which grows with depth:
+on random bf16 Phi-3 models, 0.010 (relative) at 8 layers and 0.070 at 12 (benchmarks/scale.py runs), so no
+fixed tolerance tells a correct bf16 merge from a wrong one; the fp32 merge check above does.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
-
-# Largest relative logit difference a 16-bit copy of the merged model may show against base + adapter in
-# fp32. A 16-bit forward pass rounds every weight and activation (bf16 keeps 8 significant bits: a unit
-# roundoff of 2^-8 = 0.4%; fp16 11 bits: 0.05%), so the fp32 merge tolerance (0.01) would fail a correct
-# merge. Measured in benchmarks/results/dtype-memory-2026-12-01.md.
-SAVED_TOLERANCE = {"bf16": 0.05, "fp16": 0.01}
-
 
 def logits_of(model, examples: list[list[int]]):
     import torch
@@ -71,10 +67,16 @@ def merge_with_parity(
     parity["saved_precision"] = saved_precision
     if saved_precision != "fp32":
         merged = merged.to(torch_dtype(saved_precision))  # in place: the fp32 weights are freed as they go
-        tolerance_saved = max(tolerance, SAVED_TOLERANCE[saved_precision])
-        parity["saved"] = parity_report(reference, logits_of(merged, examples), tolerance_saved)
-        parity["passed"] = parity["passed"] and parity["saved"]["passed"]
+        parity["saved"] = saved = saved_copy_report(reference, logits_of(merged, examples))
+        parity["passed"] = parity["passed"] and saved["passed"]
     return merged, parity
+
+
+def saved_copy_report(reference, candidate) -> dict[str, Any]:
+    """The 16-bit copy's logits against base + adapter: finite passes; the rounding is recorded, not gated."""
+    report = parity_report(reference, candidate, math.inf)
+    report.update(tolerance=None, passed=math.isfinite(report["max_abs_logit_diff"]))
+    return report
 
 
 def parity_report(reference, candidate, tolerance: float) -> dict[str, Any]:

@@ -162,10 +162,9 @@ def write_outputs(config: FinetuneConfig, source, result) -> dict[str, Any]:
         saved = parity.get("saved")
         if saved is not None and not saved["passed"]:
             raise MergeParityError(
-                f"the merged model saved in {parity['saved_precision']} gives logits that differ from base + adapter "
-                f"by {saved['max_relative_logit_diff']:.3g} (relative), above {saved['tolerance']}; the fp32 merge "
-                f"differed by {parity['max_relative_logit_diff']:.3g}. Give merged_dtype fp32 (or bf16 where fp16 "
-                f"overflowed); see {adapter_dir / SUMMARY_FILE}"
+                f"the merged model saved in {parity['saved_precision']} gives non-finite logits (a weight beyond the "
+                f"dtype's range); the fp32 merge differed by {parity['max_relative_logit_diff']:.3g}. Give "
+                f"merged_dtype bf16 (fp16 overflowed) or fp32; see {adapter_dir / SUMMARY_FILE}"
             )
         raise MergeParityError(
             f"merged model logits differ from base + adapter by {parity['max_relative_logit_diff']:.3g} (relative), "
