@@ -223,8 +223,40 @@ def run_pipeline(model_dir: Path, workdir: Path, extra_sets: list[str], log_path
     # after it has done all its work: that is a measured step, not a failed benchmark.
     export_checks_only = code != 0 and all(steps[n]["completed"] for n in STEPS[:-1]) and (
         "the ONNX export failed its checks" in text)
-    return {"exit_code": code, "export_checks_failed": export_checks_only, "wall_s": time.monotonic() - start, "runner_peak_rss_bytes": monitor.runner_peak_rss,
+    return {"exit_code": code, "export_checks_failed": export_checks_only, "export": export_timings(workdir), "wall_s": time.monotonic() - start, "runner_peak_rss_bytes": monitor.runner_peak_rss,
             "settings": sets[1:], "log": str(log_path), "steps": steps}
+
+
+def export_timings(workdir: Path) -> dict | None:
+    """Export ONNX's own split of its time (export_report.json): the builder, the comparison with Evaluate's
+    reference, the fp32 graph check; with the step's wall time this says what is not the builder."""
+    reports = sorted(workdir.glob("runs/*/export_onnx/outputs/export_report/export_report.json"))
+    if not reports:
+        return None
+    report = json.loads(reports[-1].read_text(encoding="utf-8"))
+    return {"timings_s": report.get("timings"), "passed": report.get("passed"), "failures": report.get("failures")}
+
+
+def export_time_split(sizes: list[dict]) -> dict:
+    """Per size: the step's seconds against the builder's; each part fitted linearly and extrapolated."""
+    rows, parts = [], {}
+    for s in sizes:
+        timings = (s["run"].get("export") or {}).get("timings_s") or {}
+        step = s["run"]["steps"]["export_onnx"]["seconds"]
+        if not timings.get("build_s") or not step:
+            continue
+        other = step - sum(timings.values())
+        rows.append({"size": s["name"], "parameters": s["parameters"], "step_s": step, **timings, "other_s": other,
+                     "step_over_build": step / timings["build_s"]})
+        for key, value in {**timings, "other_s": other, "step_s": step}.items():
+            parts.setdefault(key, []).append((s["parameters"], value))
+    predicted = {}
+    for target, n in TARGETS.items():
+        line = {key: fit([x for x, _ in v], [y for _, y in v]) for key, v in parts.items() if len(v) >= 2}
+        at = {key: value["intercept_bytes"] + value["bytes_per_param"] * n for key, value in line.items()}
+        if at.get("build_s"):
+            predicted[target] = {**at, "step_over_build": at["step_s"] / at["build_s"]}
+    return {"measured": rows, "extrapolated": predicted}
 
 
 def fit(xs: list[float], ys: list[float]) -> dict:
@@ -328,6 +360,23 @@ def vm_memory_lines() -> dict[str, float]:
     return lines or {"Standard_DS3_v2 (14 GiB)": 14.0}
 
 
+def export_split_lines(split: dict) -> list[str]:
+    if not split.get("measured"):
+        return []
+    lines = ["Export ONNX's time (its export_report.json's timings; other = imports, staging, hashing, registering):", "",
+             "| size | step s | builder s | compare s | fp32 graph check s | other s | step / builder |",
+             "|---|---|---|---|---|---|---|"]
+    for row in split["measured"]:
+        lines.append(f"| {row['size']} ({row['parameters'] / 1e6:.0f}M) | {row['step_s']:.1f} | {row['build_s']:.1f} | "
+                     f"{row.get('compare_s', 0):.1f} | {row.get('fp32_graph_check_s', 0):.1f} | {row['other_s']:.1f} | "
+                     f"{row['step_over_build']:.1f}x |")
+    for target, row in split["extrapolated"].items():
+        lines.append(f"| {target}, each part extrapolated linearly | {row['step_s']:.0f} | {row['build_s']:.0f} | "
+                     f"{row.get('compare_s', 0):.0f} | {row.get('fp32_graph_check_s', 0):.0f} | {row.get('other_s', 0):.0f} | "
+                     f"{row['step_over_build']:.1f}x |")
+    return [*lines, ""]
+
+
 def markdown(result: dict, stem: str) -> str:
     gb = 1e9
     rows = ["| step | " + " | ".join(f"{s['name']} ({s['parameters'] / 1e6:.0f}M)" for s in result["sizes"])
@@ -352,6 +401,7 @@ def markdown(result: dict, stem: str) -> str:
         "The wall times are from a shared 2-core machine: read them as an order of magnitude.", "",
         *rows, "",
         f"![memory against parameters]({stem}.png)", "",
+        *export_split_lines(result.get("export_time_split") or {}),
         "Runs: " + "; ".join(f"{s['name']}: exit {s['run']['exit_code']}, {s['run']['wall_s']:.0f} s"
                              + (" (Export ONNX's agreement check failed on random weights, after all its work)"
                                 if s["run"]["export_checks_failed"] else "") for s in result["sizes"]),
@@ -367,7 +417,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], help="extra --set for every run")
     parser.add_argument("--machine-tag", default=f"cpu{os.cpu_count()}")
     parser.add_argument("--no-slopes", action="store_true", help="do not rewrite src/maap_finetune/capacity/step_costs.json")
+    parser.add_argument("--from-json", type=Path, help="re-render the .md/.png (and the slopes) of an earlier result")
     args = parser.parse_args(argv)
+    if args.from_json:
+        args.from_json = args.from_json.resolve()
+        result = json.loads(args.from_json.read_text(encoding="utf-8"))
+        for size in result["sizes"]:  # a result written before Export's timings were recorded: read them now
+            if "export" not in size["run"]:
+                size["run"]["export"] = export_timings(Path(size["run"]["log"]).with_suffix(""))
+        result["fits"] = fits(result["sizes"])
+        result["export_time_split"] = export_time_split(result["sizes"])
+        return write_results(result, args.from_json.with_suffix(""), not args.no_slopes)
     names = [n.strip() for n in args.sizes.split(",") if n.strip()]
     unknown = [n for n in names if n not in SHAPES]
     if unknown:
@@ -388,16 +448,21 @@ def main(argv: list[str] | None = None) -> int:
                       "run": run})
     result = {"date": date, "machine": machine(), "argv": argv if argv is not None else sys.argv[1:],
               "pipeline_settings": list(PIPELINE_SETTINGS), "sizes": sizes, "fits": fits(sizes) if sizes else {},
-              "targets": TARGETS}
-    stem = f"scale-{args.machine_tag}-{date}"
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    json_path = RESULTS_DIR / f"{stem}.json"
+              "export_time_split": export_time_split(sizes), "targets": TARGETS}
+    return write_results(result, RESULTS_DIR / f"scale-{args.machine_tag}-{date}", not args.no_slopes)
+
+
+def write_results(result: dict, base: Path, slopes: bool) -> int:
+    """<base>.json/.md/.png, the slopes file when asked (two sizes or more); 1 when a size's pipeline failed."""
+    sizes, stem = result["sizes"], base.name
+    base.parent.mkdir(parents=True, exist_ok=True)
+    json_path = base.with_suffix(".json")
     json_path.write_text(json.dumps(result, indent=2, default=list) + "\n", encoding="utf-8")
-    plot(result, RESULTS_DIR / f"{stem}.png", vm_memory_lines())
-    (RESULTS_DIR / f"{stem}.md").write_text(markdown(result, stem), encoding="utf-8")
-    if not args.no_slopes and len(sizes) >= 2:
+    plot(result, base.with_suffix(".png"), vm_memory_lines())
+    base.with_suffix(".md").write_text(markdown(result, stem), encoding="utf-8")
+    if slopes and len(sizes) >= 2:
         write_slopes(result, json_path)
-    print(f"[scale] wrote {json_path} (.md, .png)" + ("" if args.no_slopes else f" and {SLOPES_FILE}"), flush=True)
+    print(f"[scale] wrote {json_path} (.md, .png)" + (f" and {SLOPES_FILE}" if slopes else ""), flush=True)
     failed = [s["name"] for s in sizes if s["run"]["exit_code"] != 0 and not s["run"]["export_checks_failed"]]
     if failed:
         print(f"[scale] the pipeline failed at {', '.join(failed)}: see the logs", flush=True)

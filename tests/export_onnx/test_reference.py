@@ -63,8 +63,9 @@ def test_a_missing_reference_says_which_evaluate_input_writes_it(tmp_path, finet
 
 def test_export_never_loads_the_full_pytorch_model(tmp_path, finetuned_mlflow_model, prepared_chat, gate_passed,
                                                    mlflow_tracking, monkeypatch):
-    """Every from_pretrained of a model is recorded: the full model is loaded once, by the builder, in the dtype
-    it is saved in; Export's own PyTorch loads are the cut copy of fp32_parity_layers layers."""
+    """Every from_pretrained in Export's process is recorded: the full model is never loaded there (the builder
+    runs in a child process, so its heap goes back to the system); the only PyTorch load is the cut copy of
+    fp32_parity_layers layers."""
     import inspect
 
     from transformers import PreTrainedModel
@@ -82,12 +83,7 @@ def test_export_never_loads_the_full_pytorch_model(tmp_path, finetuned_mlflow_mo
     export_entry().main(export_argv(tmp_path, finetuned_mlflow_model, gate_passed, prepared_chat,
                                     fp32_parity_layers=1, min_token_agreement=0.0, max_loss_delta=100))
 
-    import torch
-
     saved = json.loads((finetuned_mlflow_model / "model" / "config.json").read_text())
-    saved_dtype = getattr(torch, saved.get("dtype") or saved.get("torch_dtype"))
-    full = [load for load in loads if load[0] == saved["num_hidden_layers"]]
-    assert full == [(2, True, saved_dtype)]  # the int4 build, from the weights as saved (no fp32 upcast of its own)
-    assert sorted(load[:2] for load in loads if load not in full) == [(1, False), (1, True)]  # cut copy: PyTorch, fp32 build
+    assert saved["num_hidden_layers"] == 2 and [load[:2] for load in loads] == [(1, False)]  # the cut copy only
     report = json.loads((tmp_path / "export_report" / "export_report.json").read_text())
     assert report["fp32_parity"]["layers"] == 1 and report["passed"]

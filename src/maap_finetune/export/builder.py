@@ -113,7 +113,25 @@ def stage_hf_folder(model_dir: Path, tokenizer_dir: Path, dest: Path) -> Path:
 
 def build(hf_folder: Path, output: Path, precision: str, execution_provider: str, cache_dir: Path,
           int4_block_size: int, int4_accuracy_level: int | None) -> Path:
-    """Run the model builder in this process; returns `output` (genai_config.json, model.onnx, ...)."""
+    """Run the model builder in a child process; returns `output` (genai_config.json, model.onnx, ...).
+
+    A child, because the builder's peak (the weights as saved plus its fp32 graph, about 7 bytes per
+    parameter) stays in this process's heap after it returns (the allocator keeps it), and the parity checks
+    that follow then add to it: measured at 443M parameters, 4.50 GB for the step against 3.73 GB for the
+    builder alone. The child's memory goes back to the system when it exits; its errors are raised here."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(_build_here, str(hf_folder), str(output), precision, execution_provider, str(cache_dir),
+                    int4_block_size, int4_accuracy_level).result()
+    if not (output / "genai_config.json").is_file():
+        raise RuntimeError(f"the model builder finished without writing {output / 'genai_config.json'}")
+    return output
+
+
+def _build_here(hf_folder: str, output: str, precision: str, execution_provider: str, cache_dir: str,
+                int4_block_size: int, int4_accuracy_level: int | None) -> None:
     from onnxruntime_genai.models.builder import create_model, parse_extra_options
 
     options = {"hf_token": "false"}  # a local folder: never ask the Hugging Face Hub for anything
@@ -122,11 +140,8 @@ def build(hf_folder: Path, output: Path, precision: str, execution_provider: str
         if int4_accuracy_level is not None:
             options["accuracy_level"] = str(int4_accuracy_level)
     argv = [f"{k}={v}" for k, v in options.items()]
-    extra = parse_extra_options(None, str(hf_folder), str(output), precision, execution_provider, str(cache_dir), argv)
-    create_model(None, str(hf_folder), str(output), precision, execution_provider, str(cache_dir), **extra)
-    if not (output / "genai_config.json").is_file():
-        raise RuntimeError(f"the model builder finished without writing {output / 'genai_config.json'}")
-    return output
+    extra = parse_extra_options(None, hf_folder, output, precision, execution_provider, cache_dir, argv)
+    create_model(None, hf_folder, output, precision, execution_provider, cache_dir, **extra)
 
 
 def folder_bytes(folder: Path) -> int:
