@@ -100,6 +100,7 @@ def test_best_checkpoint_is_kept_when_the_last_is_worse(tmp_path, tiny_model_dir
     summary = _train(
         tmp_path, prepared_chat, tiny_model_dir, learning_rate=TOO_HIGH_LR, max_steps=24, eval_steps=2,
         save_steps=6, save_total_limit=1, load_best_model_at_end=True,
+        lr_scheduler_type="constant", warmup_ratio=0.0,  # a decaying rate lets the loss settle at its best last
     )
     checkpoints = tmp_path / "checkpoints"
     evaluations = _evaluations(checkpoints, "checkpoint-24")

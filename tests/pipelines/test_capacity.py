@@ -80,7 +80,7 @@ def test_dry_run_refuses_a_step_the_default_cluster_cannot_hold(tmp_path, capsys
 def test_submit_refuses_phi3_mini_on_a_ds3_v2_before_uploading_and_names_the_fix(azure, phi3_mini, capsys):
     rc = submit.main([*CLUSTERS, "--set", f"model_path={phi3_mini}"])
     captured = assert_one_error(capsys, rc, f"export_onnx on cpu-cluster (Standard_DS3_v2) {export_needs()} of "
-                                "memory (above 85% of its 15.0 GB)", "such as Standard_E8ds_v5 (64 GiB memory",
+                                "memory (above 85% of its 15.0 GB)", "such as Standard_E4ds_v5 (32 GiB memory",
                                 "run the CPU steps on the GPU cluster (gpu-cluster, Standard_NC24ads_A100_v4",
                                 "--set export_onnx=false")
     assert "export_onnx  cpu-cluster  Standard_DS3_v2" in captured.out  # the table, sizes from the workspace
