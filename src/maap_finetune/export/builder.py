@@ -112,8 +112,9 @@ def stage_hf_folder(model_dir: Path, tokenizer_dir: Path, dest: Path) -> Path:
 
 
 def build(hf_folder: Path, output: Path, precision: str, execution_provider: str, cache_dir: Path,
-          int4_block_size: int, int4_accuracy_level: int | None) -> Path:
-    """Run the model builder in a child process; returns `output` (genai_config.json, model.onnx, ...).
+          int4_block_size: int, int4_accuracy_level: int | None, in_child: bool = True) -> Path:
+    """Run the model builder in a child process (`in_child`; a small model, such as the graph check's cut copy,
+    may build here and save the child's start, about 10 s on 2 cores); returns `output` (genai_config.json, ...).
 
     A child, because the builder's peak (the weights as saved plus its fp32 graph, about 7 bytes per
     parameter) stays in this process's heap after it returns (the allocator keeps it), and the parity checks
@@ -122,9 +123,13 @@ def build(hf_folder: Path, output: Path, precision: str, execution_provider: str
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(_build_here, str(hf_folder), str(output), precision, execution_provider, str(cache_dir),
-                    int4_block_size, int4_accuracy_level).result()
+    arguments = (str(hf_folder), str(output), precision, execution_provider, str(cache_dir), int4_block_size,
+                 int4_accuracy_level)
+    if not in_child:
+        _build_here(*arguments)
+    else:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pool.submit(_build_here, *arguments).result()
     if not (output / "genai_config.json").is_file():
         raise RuntimeError(f"the model builder finished without writing {output / 'genai_config.json'}")
     return output
