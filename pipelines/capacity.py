@@ -22,12 +22,11 @@ from maap_finetune.capacity.check import (USE_LIMIT, StepCheck, check_steps, for
 from maap_finetune.capacity.parameters import ParameterCount, parameters_of_config, parameters_of_folder
 from maap_finetune.common.errors import ConfigErrors
 
+from pipelines import registry_models
 from pipelines.factory import GPU_STEPS, REPO_ROOT, is_local_path
 
 BICEP = REPO_ROOT / "infra" / "main.bicep"
 _WORKSPACE_MODEL = re.compile(r"^azureml:(?P<name>[^:/@]+):(?P<version>[^:/@]+)$")
-_REGISTRY_MODEL = re.compile(
-    r"^azureml://registries/(?P<registry>[^/]+)/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$")
 
 
 def bicep_defaults(path: Path = BICEP) -> dict[str, str]:
@@ -72,35 +71,31 @@ def parameters_of_azure_model(model, label: str) -> ParameterCount:
     return ParameterCount(size // 2, f"{label} tag {MODEL_SIZE_TAG} ({size} bytes, bf16 assumed)")
 
 
-def azure_registry_client(name: str):
-    """An MLClient for the Azure ML registry `name` (registry models are read from there, not the workspace)."""
-    from azure.ai.ml import MLClient
-    from azure.identity import DefaultAzureCredential
-
-    return MLClient(DefaultAzureCredential(), registry_name=name)
-
-
 def base_model_parameters(inputs: dict[str, Any], ml_client=None, registry_client=None,
                           azure_model=None) -> ParameterCount:
     """The parameters of the base model that `inputs` (model_path or model_name) names. Without `ml_client` (a dry
     run) nothing is read from Azure, and the Hub only from the local cache; `registry_client(name)` gives the client
-    of a registry (default: azure_registry_client); `azure_model` is that model when the caller has read it already."""
+    of a registry (default: registry_models.registry_client); `azure_model` is that model when the caller has read
+    it already."""
     path, name = inputs.get("model_path"), inputs.get("model_name")
     path = str(getattr(path, "path", path) or "")
     if path and is_local_path(path):
         return parameters_of_folder(Path(path).expanduser())
-    workspace, registry = _WORKSPACE_MODEL.match(path), _REGISTRY_MODEL.match(path)
+    workspace, registry = _WORKSPACE_MODEL.match(path), registry_models.parse(path)
     if workspace or registry:
-        match = workspace or registry
         if azure_model is not None:
             return parameters_of_azure_model(azure_model, path)
         if ml_client is None:
             return ParameterCount(None, f"{path}: a dry run reads no workspace or registry")
-        client = ml_client if workspace else (registry_client or azure_registry_client)(match["registry"])
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            model = client.models.get(name=match["name"], version=match["version"])
+            if workspace:
+                model = ml_client.models.get(name=workspace["name"], version=workspace["version"])
+            else:  # a version or a label, as the registry check reads it
+                client = (registry_client or registry_models.registry_client)(registry.registry)
+                model = client.models.get(name=registry.name, **(
+                    {"version": registry.version} if registry.version else {"label": registry.label}))
         except ResourceNotFoundError:
             return ParameterCount(None, f"{path}: not found")
         return parameters_of_azure_model(model, path)
