@@ -97,11 +97,11 @@ def register(onnx_dir: Path, name: str, tags: dict[str, str], in_azure: bool, ru
 
 def load_back(uri: str) -> None:
     """Download the registered version and load it with onnxruntime_genai: the registry's copy works."""
-    import tempfile
-
     import mlflow
     import onnxruntime_genai as og
 
-    with tempfile.TemporaryDirectory(prefix="maap-onnx-check-") as scratch:
+    from maap_finetune.common.scratch import scratch_folder
+
+    with scratch_folder("maap-onnx-check-") as scratch:
         folder = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=scratch)
         og.Model(folder)
