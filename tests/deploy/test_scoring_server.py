@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -247,9 +248,26 @@ def test_prompt_and_max_tokens_must_fit_the_context(served):
 
 
 def _raw_http(port: int, head: bytes, timeout: float = 10) -> bytes:
+    """The whole reply: headers and the body their Content-Length declares (they can come in separate packets)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(head)
-        return sock.recv(65536)
+        try:
+            sock.sendall(head)
+        except BrokenPipeError:  # the server may answer and close before a long body is all sent
+            pass
+        reply = b""
+        while True:
+            header_end = reply.find(b"\r\n\r\n")
+            if header_end >= 0:
+                declared = re.search(rb"(?im)^content-length:\s*(\d+)", reply[:header_end])
+                if declared is None or len(reply) >= header_end + 4 + int(declared.group(1)):
+                    return reply
+            try:
+                more = sock.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                return reply
+            if not more:
+                return reply
+            reply += more
 
 
 def test_a_body_over_the_cap_is_413_before_it_is_read(served):
