@@ -207,6 +207,15 @@ def run(config: Config) -> dict:
         ),
     }
     base_values, tuned_values = results["base"]["metrics"], results["finetuned"]["metrics"]
+    reward = None
+    if pairs is not None:
+        from maap_finetune.evaluation import preference
+
+        base_scores, tuned_scores = results["base"]["pair_logps"], results["finetuned"]["pair_logps"]
+        reward = preference.implicit_reward(base_scores, tuned_scores,
+                                            lineage.model_metadata(config.mlflow_model).get("dpo_beta"))
+        base_values["implicit_reward_accuracy"] = preference.implicit_reward(base_scores, base_scores, None)["accuracy"]
+        tuned_values["implicit_reward_accuracy"] = reward["accuracy"]
     summary = {
         "task": prepared.task,
         "rows_in_test_split": prepared.split_rows["test"],
@@ -226,12 +235,8 @@ def run(config: Config) -> dict:
             **{k: v for k, v in lineage.model_metadata(config.mlflow_model).items() if k in ("peft_method", "merged")},
         },
     }
-    if pairs is not None:
-        from maap_finetune.evaluation import preference
-
-        beta = lineage.model_metadata(config.mlflow_model).get("dpo_beta")
-        summary["implicit_reward"] = preference.implicit_reward(
-            results["base"]["pair_logps"], results["finetuned"]["pair_logps"], beta)
+    if reward is not None:
+        summary["implicit_reward"] = reward
     decision = gate.decide(quality_gate, base_values, tuned_values, summary["loss_details"])
     samples = [
         {
@@ -277,8 +282,7 @@ def run(config: Config) -> dict:
         flat.update({f"finetuned_{k}": v for k, v in tuned_values.items()})
         flat.update({f"delta_{k}": v for k, v in summary["deltas"].items()})
         flat["quality_gate_passed"] = 1.0 if decision["passed"] else 0.0
-        if "implicit_reward" in summary:
-            flat["implicit_reward_accuracy"] = summary["implicit_reward"]["accuracy"]
+        if "implicit_reward" in summary:  # its accuracy is logged as finetuned_implicit_reward_accuracy
             flat["implicit_reward_margin"] = summary["implicit_reward"]["mean_margin"]
         tracking.log_metrics({k: v for k, v in flat.items() if math.isfinite(v)})
         if tracking.is_main_process():

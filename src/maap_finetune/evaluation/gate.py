@@ -25,13 +25,15 @@ from typing import Any
 from maap_finetune.evaluation.metrics import METRICS, higher_is_better, task_metrics
 
 GATE_OFF = "none"
-GATE_AUTO = "auto"  # preference_accuracy for preference data, loss for every other task
+GATE_AUTO = "auto"  # implicit_reward_accuracy for preference data (length cannot fool it), loss for the rest
 
 
 def resolve_metric(metric: str, task: str) -> str:
     if metric != GATE_AUTO:
         return metric
-    return "preference_accuracy" if task == "preference" else "loss"
+    return "implicit_reward_accuracy" if task == "preference" else "loss"
+
+
 DECISION_FILE = "decision.json"
 
 

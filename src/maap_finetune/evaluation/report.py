@@ -50,8 +50,14 @@ def implicit_reward_lines(metrics: dict[str, Any]) -> list[str]:
     if not reward:
         return []
     beta = f"beta {reward['beta']}" if reward["beta"] is not None else "per unit of beta"
+    tuned = metrics["finetuned"]
     return [f"- Implicit reward (fine-tuned vs base as reference, {beta}): ranks chosen above rejected in "
-            f"{_num(reward['accuracy'])} of {reward['pairs']} pairs; mean margin {_num(reward['mean_margin'])}"]
+            f"{_num(reward['accuracy'])} of {reward['pairs']} pairs; mean margin {_num(reward['mean_margin'])}",
+            "- Three ways to read the pairs (fine-tuned): implicit reward accuracy "
+            f"{_num(tuned.get('implicit_reward_accuracy'))}, log-probability accuracy per token "
+            f"{_num(tuned.get('preference_accuracy_normalized'))}, summed log-probability accuracy "
+            f"{_num(tuned.get('preference_accuracy'))}. A sum falls with every token, so the last one follows the "
+            "answers' lengths more than the model; `gate_metric: auto` reads the first."]
 
 
 def write_markdown(path: Path, metrics: dict[str, Any], decision: dict[str, Any], samples: Sequence[dict]) -> Path:
