@@ -60,6 +60,40 @@ def implicit_reward_lines(metrics: dict[str, Any]) -> list[str]:
             "answers' lengths more than the model; `gate_metric: auto` reads the first."]
 
 
+def general_rows(metrics: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
+    """(what, base, fine-tuned, note) rows of the section "General ability: base vs tuned"."""
+    general = metrics.get("general") or {}
+    rows = []
+    drift = general.get("drift")
+    if drift:
+        rows.append(("drift loss on the base's general continuations (nats/token)", drift["base_drift_loss"],
+                     drift["finetuned_drift_loss"], f"{drift['drift_relative']:+.1%}"
+                     if math.isfinite(drift["drift_relative"]) else str(drift["drift_relative"])))
+        rows.append(("top-1 agreement with the base's greedy tokens", drift["base_self_agreement"],
+                     drift["agreement"], f"{drift['scored_tokens']} tokens"))
+    if "general_data" in general:
+        data = general["general_data"]
+        rows.append((f"cross-entropy on general_data ({Path(data['file']).name})", data["base_loss"],
+                     data["finetuned_loss"], f"{data['delta']:+.4f}"))
+    for task, score in (general.get("benchmarks") or {}).items():
+        rows.append((f"{task} {score['metric']} ({score['limit']} examples at most)", score["base"],
+                     score["finetuned"], f"drop {score['drop']:.4f}"))
+    return rows
+
+
+def _general_markdown(metrics: dict[str, Any], decision: dict[str, Any]) -> list[str]:
+    rows = general_rows(metrics)
+    if not rows:
+        return []
+    lines = ["## General ability: base vs tuned", "", "| measure | base | fine-tuned | |", "|---|---:|---:|---|"]
+    lines += [f"| {name} | {_num(base)} | {_num(tuned)} | {note} |" for name, base, tuned, note in rows]
+    for limit in decision.get("general_limits", []):
+        where = f" ({limit['task']})" if "task" in limit else ""
+        lines.append(f"- `{limit['limit']}`{where}: {_num(limit['value'])} against {_num(limit['allowed'])}: "
+                     + ("within" if limit["passed"] else f"**exceeded** by {_num(limit['exceeded_by'])}"))
+    return lines + ["", "![general ability](charts/general.png)", ""]
+
+
 def write_markdown(path: Path, metrics: dict[str, Any], decision: dict[str, Any], samples: Sequence[dict]) -> Path:
     lines = [
         "# Evaluation report",
@@ -77,6 +111,7 @@ def write_markdown(path: Path, metrics: dict[str, Any], decision: dict[str, Any]
     for name, base, tuned, delta, verdict in metric_rows(metrics):
         lines.append(f"| {name} | {_num(base)} | {_num(tuned)} | {_num(delta)} | {verdict} |")
     lines += ["", "![metrics](charts/metrics.png)", "", "![per-example loss](charts/per_example_loss.png)", ""]
+    lines += _general_markdown(metrics, decision)
     lines += ["## Generations", "", "| # | prompt | reference | base output | fine-tuned output |", "|---|---|---|---|---|"]
     for sample in samples:
         lines.append(
@@ -102,6 +137,12 @@ def write_html(path: Path, metrics: dict[str, Any], decision: dict[str, Any], sa
         for sample in samples
     )
     verdict = "passed" if decision["passed"] else "failed"
+    general = general_rows(metrics)
+    general_html = "" if not general else (
+        "<h2>General ability: base vs tuned</h2><table><tr><th>measure</th><th>base</th><th>fine-tuned</th><th></th>"
+        "</tr>" + "".join(f"<tr><td>{esc(name)}</td><td>{_num(base)}</td><td>{_num(tuned)}</td><td>{esc(note)}</td>"
+                          "</tr>" for name, base, tuned, note in general)
+        + "</table><img src=\"charts/general.png\" alt=\"general ability\">")
     document = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Evaluation report</title>
 <style>
@@ -116,6 +157,7 @@ td, th {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; white-s
 <h2>Metrics</h2>
 <table><tr><th>metric</th><th>base</th><th>fine-tuned</th><th>delta</th><th></th></tr>{metric_html}</table>
 <img src="charts/metrics.png" alt="metrics"> <img src="charts/per_example_loss.png" alt="per-example loss">
+{general_html}
 <h2>Generations</h2>
 <table><tr><th>#</th><th>prompt</th><th>reference</th><th>base output</th><th>fine-tuned output</th></tr>{sample_html}</table>
 </body></html>
@@ -159,6 +201,18 @@ def write_charts(folder: Path, metrics: dict[str, Any], per_example: dict[str, S
     paths.append(folder / "per_example_loss.png")
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
+    general = [row for row in general_rows(metrics) if _plottable(row[1], row[2])]
+    if general:
+        fig, axes = plt.subplots(1, len(general), figsize=(3.2 * len(general), 3.2), squeeze=False)
+        for ax, (name, base, tuned, note) in zip(axes[0], general):
+            ax.bar(["base", "fine-tuned"], [base, tuned], color=["#8c959f", "#0969da"])
+            ax.set_title(f"{name}\n{note}", fontsize=8, wrap=True)
+            ax.tick_params(labelsize=8)
+        fig.suptitle("General ability: base vs tuned", fontsize=10)
+        fig.tight_layout()
+        paths.append(folder / "general.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
     return paths
 
 
