@@ -146,12 +146,12 @@ def test_a_version_is_unverified_until_it_loads_back_and_readers_refuse_it(
     with pytest.raises(UserError, match="not verified"):
         source_model(tmp_path / "registration")
 
-    class Models:
-        def get(self, name, version):
-            return type("Model", (), {"type": "mlflow_model", "tags": dict(first.tags)})()
+    from tests.azure_fakes import ModelStore, fake_ml_client
 
+    workspace = fake_ml_client()  # the version as an Azure workspace would hold it, with these tags
+    ModelStore(workspace.models, "model_maap-finetuned_1").payloads[0]["properties"]["tags"] = dict(first.tags)
     with pytest.raises(UserError, match="not verified"):
-        deploy.model_reference(type("Client", (), {"models": Models()})(), "maap-finetuned", "1", None)
+        deploy.model_reference(workspace, "maap-finetuned", "1", None)
 
     # The rerun does not reuse the unverified version: it registers and verifies a new one.
     step_run_in_pipeline(monkeypatch)
