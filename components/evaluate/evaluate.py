@@ -122,9 +122,7 @@ def _general_problems(config: Config) -> list[str]:
             general.general_data_format(config.general_data)
         except UserError as err:
             problems.append(str(err))
-    if config.general_eval_include is not None and not config.general_eval_include.is_dir():
-        problems.append(f"--general_eval_include {config.general_eval_include} is not a folder of lm-eval task YAMLs")
-    elif config.benchmark_tasks:
+    if config.benchmark_tasks:
         from maap_finetune.evaluation import benchmarks
 
         include = str(config.general_eval_include) if config.general_eval_include else None
@@ -349,7 +347,7 @@ def general_ability_hooks(config: Config) -> dict[str, dict]:
 
         def base_drift(loaded):
             shared["reference"] = general.base_reference(loaded, prompts, config.general_max_new_tokens, budget)
-            return general.score(loaded, shared["reference"], budget)
+            return shared["reference"].base_scores
 
         hooks["base"]["drift"] = base_drift
         hooks["finetuned"]["drift"] = lambda loaded: general.score(loaded, shared["reference"], budget)

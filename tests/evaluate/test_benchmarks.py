@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -164,3 +165,16 @@ class _Connected:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_tasks_importing_evaluate_get_hugging_faces_package_not_our_entry_script(tmp_path, monkeypatch):
+    """Evaluate's script is evaluate.py and its folder leads sys.path, as when Azure ML runs `python evaluate.py`."""
+    import sys
+
+    (tmp_path / "evaluate.py").write_text("raise RuntimeError('the entry script was imported')\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "evaluate", raising=False)
+    benchmarks._import_hf_evaluate()
+    import evaluate
+
+    assert Path(evaluate.__file__).parent.name == "evaluate" and str(tmp_path) in sys.path

@@ -26,18 +26,18 @@ def test_the_general_prompts_are_many_and_diverse():
     assert min(categories.values()) >= 10
 
 
-def test_the_base_reproduces_its_own_greedy_tokens_and_a_copy_of_it_does_not_drift(tiny_model_dir):
+def test_the_base_loss_from_its_generation_equals_teacher_forcing_and_a_copy_of_it_does_not_drift(tiny_model_dir):
     from maap_finetune.evaluation.generation import load_model
 
     loaded = load_model(str(tiny_model_dir), str(tiny_model_dir), False, device="cpu")
     prompts = general.read_prompts(PROMPTS)[:12]
     reference = general.base_reference(loaded, prompts, max_new_tokens=8, token_budget=256)
     assert all(0 < len(s) - start <= 8 for s, start in zip(reference.sequences, reference.starts))
-    own = general.score(loaded, reference, token_budget=64)  # other batches than the generation's: same figures
-    assert own["agreement"] == 1.0 and own["scored_tokens"] == sum(len(s) - b for s, b in
-                                                                    zip(reference.sequences, reference.starts))
-    summary = general.drift_summary(own, general.score(loaded, reference, token_budget=4096))
-    assert summary["drift_relative"] == pytest.approx(0.0, abs=1e-5) and summary["agreement"] == 1.0
+    forced = general.score(loaded, reference, token_budget=64)  # other batches than the generation's
+    assert forced["agreement"] == 1.0 and forced["scored_tokens"] == reference.base_scores["scored_tokens"]
+    assert forced["drift_loss"] == pytest.approx(reference.base_scores["drift_loss"], rel=1e-4)
+    summary = general.drift_summary(reference.base_scores, forced)
+    assert summary["drift_relative"] == pytest.approx(0.0, abs=1e-4) and summary["agreement"] == 1.0
 
 
 def _decision(drift: float, passed: bool = True):
@@ -116,7 +116,7 @@ def test_a_destructive_learning_rate_is_refused_on_drift_while_the_task_loss_imp
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["finetuned"]["loss"] < metrics["base"]["loss"] - 1.0  # the task improved
     drift = metrics["general"]["drift"]
-    assert drift["drift_relative"] > 0.5 and drift["base_self_agreement"] == 1.0
+    assert drift["drift_relative"] > 0.5 and drift["agreement"] < 0.5
     decision = json.loads((out / "decision.json").read_text())
     assert not decision["passed"] and "over the limit max_general_drift +50.0%" in decision["reason"]
     (limit,) = decision["general_limits"]
@@ -148,3 +148,44 @@ def test_the_ordinary_fine_tune_passes_and_its_figures_reach_mlflow_and_the_tags
     tags = general_tags(metrics["general"])
     assert float(tags["general_drift_relative"]) == pytest.approx(drift["drift_relative"], rel=1e-3)
     assert set(tags) == {"general_drift_relative", "general_agreement", "general_data_loss", "general_data_loss_base"}
+
+
+def test_evaluate_runs_a_local_lm_eval_task_for_base_and_tuned_and_gates_on_its_drop(
+        tmp_path, mlflow_tracking, prepared_chat, destroyed_mlflow_model, tiny_model_dir):
+    """Through Evaluate's inputs: the same examples for both models, the scores a hand count gives, and a drop
+    over max_benchmark_drop named in the decision (the drift limit off, so the benchmark is what decides)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from maap_finetune.registry.tags import general_tags
+    from tests.evaluate.lmeval_tasks import CHOICE_ROWS, write_choice_task
+    from tests.evaluate.test_benchmarks import hand_count
+
+    include = write_choice_task(tmp_path / "tasks")
+    out = run_evaluate(tmp_path, prepared_chat, destroyed_mlflow_model, tiny_model_dir, general_eval_tasks="maap_choice",
+                       general_eval_include=include, general_eval_limit=6, max_general_drift=None,
+                       max_benchmark_drop=0.0)
+    score = json.loads((out / "metrics.json").read_text())["general"]["benchmarks"]["maap_choice"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    expected = {side: hand_count(AutoModelForCausalLM.from_pretrained(path).eval(), tokenizer, CHOICE_ROWS)["acc_norm"]
+                for side, path in (("base", tiny_model_dir), ("finetuned", destroyed_mlflow_model / "model"))}
+    assert score["metric"] == "acc_norm" and score["limit"] == 6
+    assert (score["base"], score["finetuned"]) == pytest.approx((expected["base"], expected["finetuned"]))
+    decision = json.loads((out / "decision.json").read_text())
+    (limit,) = decision["general_limits"]
+    assert limit["task"] == "maap_choice" and limit["passed"] == (score["drop"] <= 0.0)
+    assert decision["passed"] == limit["passed"]
+    assert general_tags({"benchmarks": {"maap_choice": score}})["benchmark_maap_choice_acc_norm"]
+
+
+def test_an_unknown_lm_eval_task_is_one_line_before_any_model_loads(tmp_path, prepared_chat, untrained_mlflow_model,
+                                                                     tiny_model_dir):
+    from tests.evaluate.lmeval_tasks import write_choice_task
+    from tests.helpers import argv_from_spec, load_entry
+
+    argv = argv_from_spec("evaluate", test_data=prepared_chat, mlflow_model=untrained_mlflow_model,
+                          model_path=tiny_model_dir, evaluation=tmp_path / "out", general_eval_tasks="maap_choise",
+                          general_eval_include=write_choice_task(tmp_path / "tasks"))
+    with pytest.raises(ConfigErrors) as caught:
+        load_entry("evaluate").parse_args(argv)
+    (problem,) = caught.value.problems
+    assert "general_eval_tasks" in problem and "maap_choise" in problem and "maap_choice" in problem

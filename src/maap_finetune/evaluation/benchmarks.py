@@ -66,6 +66,7 @@ def task_problems(tasks: Sequence[str], include_path: str | None) -> list[str]:
 def run(model, tokenizer, tasks: Sequence[str], limit: int | None, include_path: str | None,
         batch_size: int = 8, device: str = "cpu") -> dict[str, dict[str, float]]:
     """Per task (and group) its metric values, stderr left out: {"arc_easy": {"acc": 0.5, "acc_norm": 0.5}}."""
+    _import_hf_evaluate()
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -80,6 +81,19 @@ def run(model, tokenizer, tasks: Sequence[str], limit: int | None, include_path:
         output = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager,
                                          bootstrap_iters=0, log_samples=False, device=device, **SEEDS)
     return {task: _metric_values(values) for task, values in output["results"].items()}
+
+
+def _import_hf_evaluate() -> None:
+    """Import Hugging Face's `evaluate` package before lm-eval's tasks do: Evaluate's entry script is
+    evaluate.py, and its folder is first on sys.path, so a task's `import evaluate` would load the script."""
+    import sys
+
+    saved = sys.path[:]
+    sys.path[:] = [entry for entry in saved if not (Path(entry or ".") / "evaluate.py").is_file()]
+    try:
+        import evaluate  # noqa: F401
+    finally:
+        sys.path[:] = saved
 
 
 def primary_metric(result: Mapping[str, float]) -> tuple[str, float]:

@@ -8,7 +8,8 @@ chat template (plain text when it has none). Both models then score the same tok
   the tuned model's rises as it moves away from the base (a KL-like figure);
 - `drift_relative`: (tuned - base) / base, what `max_general_drift` limits;
 - `agreement`: the share of the base's continuation tokens that are the tuned model's top-1 prediction
-  at the same position, teacher-forced (the base's own is 1 up to numerical ties, a check on the method).
+  at the same position, teacher-forced.
+The base's own loss comes from the logits of its generation, so the base runs no second pass.
 `general_data`, a text or chat file of the user's, adds PEFT-style cross-entropy on it before and after.
 """
 
@@ -53,6 +54,7 @@ class DriftReference:
     sequences: list[list[int]]
     starts: list[int]
     continuations: list[str]
+    base_scores: dict[str, float]
 
 
 def batch_rows(token_budget: int, longest: int) -> int:
@@ -67,11 +69,16 @@ def base_reference(loaded, prompts: Sequence[str], max_new_tokens: int, token_bu
 
     prompt_ids = [render_user_prompt(loaded.tokenizer, prompt) for prompt in prompts]
     longest = max(len(ids) for ids in prompt_ids) + max_new_tokens
-    continuations = generate_ids(loaded, prompt_ids, max_new_tokens, batch_rows(token_budget, longest))
+    logprobs: list[list[float]] = []
+    continuations = generate_ids(loaded, prompt_ids, max_new_tokens, batch_rows(token_budget, longest), logprobs)
+    tokens = sum(len(c) for c in continuations)
     return DriftReference(
         sequences=[p + c for p, c in zip(prompt_ids, continuations)],
         starts=[len(p) for p in prompt_ids],
         continuations=[loaded.tokenizer.decode(c, skip_special_tokens=True).strip() for c in continuations],
+        base_scores={"drift_loss": -sum(map(sum, logprobs)) / tokens if tokens else math.nan,
+                     "agreement": 1.0 if tokens else math.nan,  # greedy: every token is the base's top-1
+                     "scored_tokens": tokens},
     )
 
 
@@ -117,7 +124,6 @@ def drift_summary(base: dict[str, float], tuned: dict[str, float]) -> dict[str, 
         "drift_absolute": tuned_loss - base_loss if finite else math.nan,
         "drift_relative": (tuned_loss - base_loss) / base_loss if finite else math.nan,
         "agreement": tuned["agreement"],
-        "base_self_agreement": base["agreement"],
         "scored_tokens": tuned["scored_tokens"],
     }
 

@@ -272,13 +272,15 @@ def generate(
 
 
 def generate_ids(loaded: LoadedModel, prompts: Sequence[list[int]], max_new_tokens: int,
-                 batch_size: int) -> list[list[int]]:
+                 batch_size: int, logprobs: list | None = None) -> list[list[int]]:
     """Greedy continuations of token-id prompts, batched with left padding: the new ids, up to and
-    including the first stop token, without the padding after it."""
+    including the first stop token, without the padding after it. With `logprobs` (a list), each
+    continuation's per-token log-probabilities under the model are appended to it, in prompt order."""
     import torch
 
     tokenizer, model = loaded.tokenizer, loaded.model
     continuations: list[list[int]] = [[] for _ in prompts]
+    token_logprobs: list[list[float]] = [[] for _ in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     config = _greedy_config(model, tokenizer, max_new_tokens)
     stops = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
@@ -296,11 +298,18 @@ def generate_ids(loaded: LoadedModel, prompts: Sequence[list[int]], max_new_toke
                 input_ids=input_ids.to(loaded.device),
                 attention_mask=attention.to(loaded.device),
                 generation_config=config,
+                output_logits=logprobs is not None,
+                return_dict_in_generate=True,
             )
         for row, i in enumerate(batch):
-            new = generated[row, width:].tolist()
+            new = generated.sequences[row, width:].tolist()
             stop = next((k for k, token in enumerate(new) if token in stops), None)
             continuations[i] = new if stop is None else new[: stop + 1]
+            if logprobs is not None:
+                token_logprobs[i] = [float(torch.log_softmax(generated.logits[k][row].float(), dim=-1)[token])
+                                     for k, token in enumerate(continuations[i])]
+    if logprobs is not None:
+        logprobs.extend(token_logprobs)
     return continuations
 
 

@@ -69,8 +69,8 @@ def general_rows(metrics: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
         rows.append(("drift loss on the base's general continuations (nats/token)", drift["base_drift_loss"],
                      drift["finetuned_drift_loss"], f"{drift['drift_relative']:+.1%}"
                      if math.isfinite(drift["drift_relative"]) else str(drift["drift_relative"])))
-        rows.append(("top-1 agreement with the base's greedy tokens", drift["base_self_agreement"],
-                     drift["agreement"], f"{drift['scored_tokens']} tokens"))
+        rows.append(("top-1 agreement with the base's greedy tokens", 1.0, drift["agreement"],
+                     f"{drift['scored_tokens']} tokens"))
     if "general_data" in general:
         data = general["general_data"]
         rows.append((f"cross-entropy on general_data ({Path(data['file']).name})", data["base_loss"],
