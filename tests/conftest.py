@@ -4,7 +4,9 @@ Tiers: `make test` runs `pytest -m "not slow"` (static, unit and the one smoke r
 local run); `make test-all` runs everything. A test is `slow` when it is marked so, or, added here at
 collection, when it needs the tiny model (it requests `tiny_model_dir`, directly or through another
 fixture: such a test trains, generates with or saves a model), or when it needs the package index
-(`network`). A test marked `smoke` stays in the fast tier whatever it requests.
+(`network`). Tests that run real step or tool processes for tens of seconds (checkov, the GPU suite, Data
+Prep through the local runner, wall-clock sweep limits) carry an explicit `@pytest.mark.slow`. A test marked
+`smoke` stays in the fast tier whatever it requests.
 """
 
 from __future__ import annotations
