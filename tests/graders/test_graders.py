@@ -302,3 +302,14 @@ def test_preflight_grades_an_empty_completion_per_row_without_calling_judges(tmp
     with pytest.raises(UserError, match=r"t.jsonl:2: python grader 'py' .*raised ZeroDivisionError"):
         graders.preflight([{"fallback": "ab"}, {"fallback": ""}], where=["t.jsonl:1", "t.jsonl:2"])
     factory.assert_not_called()
+
+
+def test_explicit_output_json_and_a_formula_failing_on_a_row(tmp_path):
+    grader = {"type": "multi", "name": "total", "calculate_output": "right / wrong ** 2", "graders": {
+        "right": check("eq", "{{sample.output_json.city}}", "{{item.city}}"),
+        "wrong": check("ne", "{{sample.output_json.city}}", "{{item.city}}")}}
+    graders = load_graders(write(tmp_path, grader))
+    [grade] = graders.grade([Sample("not json", output_json={"city": "Rome"})], [{"city": "Paris"}])
+    assert grade.scores == {"right": 0.0, "wrong": 1.0, "total": 0.0}  # keys name sub-graders, not their names
+    with pytest.raises(UserError, match=r"v.jsonl:5: multi grader 'total' .*fails on scores .*division by zero"):
+        graders.grade([Sample('{"city": "Paris"}')], [{"city": "Paris"}], where=["v.jsonl:5"])
