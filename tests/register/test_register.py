@@ -139,7 +139,7 @@ def test_a_version_is_unverified_until_it_loads_back_and_readers_refuse_it(
             "tags": dict(first.tags)}
     (tmp_path / "registration").mkdir(exist_ok=True)
     (tmp_path / "registration" / "model_info.json").write_text(json.dumps(info))
-    [line] = submit.model_info_lines(tmp_path / "registration" / "model_info.json")
+    [line] = summary.model_info_lines(tmp_path / "registration" / "model_info.json")
     assert line.startswith("model not verified: models:/maap-finetuned/1")
     from maap_finetune.export.registration import source_model
 
