@@ -119,7 +119,8 @@ def test_a_version_is_unverified_until_it_loads_back_and_readers_refuse_it(
     from mlflow import MlflowClient
 
     from maap_finetune.common.errors import UserError
-    from pipelines import deploy, submit
+    from pipelines import deploy
+    from pipelines.local import summary
 
     def does_not_load(uri, *args, **kwargs):
         raise OSError(f"{uri}: the uploaded weights are truncated")
