@@ -25,13 +25,15 @@ from typing import Any
 from maap_finetune.evaluation.metrics import METRICS, higher_is_better, task_metrics
 
 GATE_OFF = "none"
-GATE_AUTO = "auto"  # implicit_reward_accuracy for preference data (length cannot fool it), loss for the rest
+GATE_AUTO = "auto"  # see AUTO_METRICS; loss for every other task
+# preference: DPO's implicit reward accuracy, which a length difference between the answers cannot fool
+AUTO_METRICS = {"preference": "implicit_reward_accuracy", "rft": "grader_score"}
 
 
 def resolve_metric(metric: str, task: str) -> str:
     if metric != GATE_AUTO:
         return metric
-    return "implicit_reward_accuracy" if task == "preference" else "loss"
+    return AUTO_METRICS.get(task, "loss")
 
 
 DECISION_FILE = "decision.json"
@@ -197,6 +199,18 @@ def write_decision(folder: str | Path, decision: dict[str, Any]) -> Path:
     path = Path(folder) / DECISION_FILE
     path.write_text(json.dumps(decision, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def read_decision(folder: str | Path) -> dict[str, Any]:
+    """Evaluate's decision from its output `folder`, as Register and Export ONNX obey it (UserError naming the file)."""
+    from maap_finetune.common.errors import UserError
+    from maap_finetune.common.json_files import read_json_object
+
+    path = Path(folder) / DECISION_FILE
+    decision = read_json_object(path)
+    if not isinstance(decision.get("passed"), bool):
+        raise UserError(f"{path}: field 'passed' must be true or false")
+    return decision
 
 
 def _finite(value: Any) -> bool:
