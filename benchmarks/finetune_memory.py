@@ -100,7 +100,7 @@ def phase_peaks(timeline: dict) -> dict:
     return peaks
 
 
-def report(paths: list[Path], out: Path | None) -> dict:
+def report(paths: list[Path], out: Path | None, note: str = "") -> dict:
     rows = []
     for path in paths:
         timeline = json.loads(path.read_text())
@@ -117,7 +117,9 @@ def report(paths: list[Path], out: Path | None) -> dict:
             span = hi["parameters"] - lo["parameters"]
             slopes[label] = {"peak": (hi["peak_bytes"] - lo["peak_bytes"]) / span,
                              **{p: (hi["phases"][p] - lo["phases"][p]) / span for p, _ in PHASES}}
-    result = {"command": "python benchmarks/finetune_memory.py report " + " ".join(map(str, paths)),
+    # Runs by their folder names only: the work folder is this machine's.
+    names = " ".join(f"<work>/{path.parent.name}/timeline.json" for path in paths)
+    result = {"command": f"python benchmarks/finetune_memory.py report {names}", "note": note,
               "cpus": os.cpu_count(), "load_average": list(os.getloadavg()), "runs": rows,
               "slopes_bytes_per_param": slopes}
     print(markdown(result))
@@ -132,7 +134,8 @@ def markdown(result: dict) -> str:
     lines = ["# Fine-Tune memory by phase", "",
              f"{result['cpus']} CPU cores; peak summed RSS of the Fine-Tune step's processes (sampled every 0.1 s), "
              "cut into phases by the step's log lines (benchmarks/finetune_memory.py). Pipeline settings as "
-             "benchmarks/scale.py's, export off.", "",
+             "benchmarks/scale.py's, export off.", "", f"Command: `{result['command']}`.",
+             *([result["note"]] if result.get("note") else []), "",
              "| label | size | parameters | train GB | merge GB | save GB | peak GB (phase) | process ru_maxrss GB |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["runs"]:
@@ -159,11 +162,12 @@ def main(argv: list[str] | None = None) -> None:
     rep = commands.add_parser("report", help="phase peaks and slopes of recorded timelines")
     rep.add_argument("timelines", type=Path, nargs="+")
     rep.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
+    rep.add_argument("--note", default="", help="a line for the report: what each label ran")
     args = parser.parse_args(argv)
     if args.command == "record":
         print(record(args.size, args.label, args.work, args.repo.resolve()))
     else:
-        report(args.timelines, args.out)
+        report(args.timelines, args.out, args.note)
 
 
 if __name__ == "__main__":

@@ -136,8 +136,9 @@ def release_freed_memory() -> None:
 
     glibc keeps freed heap pages for reuse (any allocation below its mmap threshold, which rises to 32 MB
     as tensors are freed), so the training model's fp32 weights, freed after training, still counted in
-    RSS while the merge loaded its own fp32 copy: 0.59 GB at 220M parameters (benchmarks/finetune_memory.py).
-    `malloc_trim(0)` returns them; on another libc there is nothing to call and nothing is done."""
+    RSS while the merge loaded its own fp32 copy: the merge phase's peak at 220M parameters was 3.36 GB with them,
+    2.09 GB without (benchmarks/results/finetune-memory-cpu2-2026-12-02.md). `malloc_trim(0)` returns them; on
+    another libc there is nothing to call and nothing is done."""
     gc.collect()
     if not sys.platform.startswith("linux"):
         return
