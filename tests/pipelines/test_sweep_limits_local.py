@@ -1,4 +1,4 @@
-"""The local runner enforces a sweep's time limits (pipelines/sweep_local.py), on a fake trial component:
+"""The local runner enforces a sweep's time limits (pipelines/local/sweep.py), on a fake trial component:
 trial_timeout stops a trial that runs too long, the sweep timeout stops the running trial and starts no other,
 each marked in MLflow and the summary with the limit that ended it."""
 
@@ -7,7 +7,10 @@ from __future__ import annotations
 import io
 import json
 
-from pipelines.local_runner import StepFailed, run_pipeline
+import pytest
+
+from pipelines.local.runner import run_pipeline
+from pipelines.local.step import StepFailed
 from tests.pipelines.test_sweep_local import component
 
 # A small learning rate finishes and logs its loss; a large one logs a better loss first, then hangs (a limit must end it).
@@ -64,6 +67,7 @@ def summary_rows(workdir):
     return json.loads(summary.read_text())
 
 
+@pytest.mark.slow
 def test_trial_timeout_stops_the_trial_marks_it_killed_and_the_finished_trial_is_best(tmp_path, monkeypatch):
     result, trials, stdout, workdir = run_sweep(tmp_path, monkeypatch, [0.001, 0.5], 2, trial_timeout=12)
     assert not isinstance(result, Exception), result
@@ -82,6 +86,7 @@ def test_trial_timeout_stops_the_trial_marks_it_killed_and_the_finished_trial_is
     assert 12 <= next(r for r in summary["trials"] if r["trial"] == "trial_2")["seconds"] < 30
 
 
+@pytest.mark.slow
 def test_sweep_timeout_stops_the_running_trial_starts_no_other_and_fails_naming_the_limit(tmp_path, monkeypatch):
     error, trials, stdout, workdir = run_sweep(tmp_path, monkeypatch, [0.5, 0.001, 0.002], 1, timeout=3)
     assert isinstance(error, StepFailed)

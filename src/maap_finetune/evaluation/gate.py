@@ -25,13 +25,14 @@ from typing import Any
 from maap_finetune.evaluation.metrics import METRICS, higher_is_better, task_metrics
 
 GATE_OFF = "none"
-GATE_AUTO = "auto"  # preference_accuracy for preference data, loss for every other task
+GATE_AUTO = "auto"  # preference_accuracy for preference data, grader_score for rft, loss for every other task
+AUTO_METRICS = {"preference": "preference_accuracy", "rft": "grader_score"}
 
 
 def resolve_metric(metric: str, task: str) -> str:
     if metric != GATE_AUTO:
         return metric
-    return "preference_accuracy" if task == "preference" else "loss"
+    return AUTO_METRICS.get(task, "loss")
 DECISION_FILE = "decision.json"
 
 
@@ -153,6 +154,18 @@ def write_decision(folder: str | Path, decision: dict[str, Any]) -> Path:
     path = Path(folder) / DECISION_FILE
     path.write_text(json.dumps(decision, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def read_decision(folder: str | Path) -> dict[str, Any]:
+    """Evaluate's decision from its output `folder`, as Register and Export ONNX obey it (UserError naming the file)."""
+    from maap_finetune.common.errors import UserError
+    from maap_finetune.common.json_files import read_json_object
+
+    path = Path(folder) / DECISION_FILE
+    decision = read_json_object(path)
+    if not isinstance(decision.get("passed"), bool):
+        raise UserError(f"{path}: field 'passed' must be true or false")
+    return decision
 
 
 def _finite(value: Any) -> bool:
