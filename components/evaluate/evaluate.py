@@ -372,6 +372,7 @@ def general_ability_hooks(config: Config) -> dict[str, dict]:
     from maap_finetune.evaluation import general, generation
 
     hooks: dict[str, dict] = {"base": {}, "finetuned": {}}
+    GENERAL_COST.update(wall_s=0.0, cpu_s=0.0)
     if config.general_max_new_tokens:
         prompts = general.read_prompts(general.prompts_path(Path(__file__).resolve().parent))
         shared: dict[str, general.DriftReference] = {}
@@ -397,7 +398,25 @@ def general_ability_hooks(config: Config) -> dict[str, dict]:
             hooks[side]["benchmarks"] = lambda loaded: benchmarks.run(
                 loaded.model, loaded.tokenizer, config.benchmark_tasks, config.general_eval_limit, include,
                 batch_size=config.eval_batch_size, device=str(loaded.device))
-    return hooks
+    return {side: {name: _timed(hook, name) for name, hook in side_hooks.items()} for side, side_hooks in hooks.items()}
+
+
+GENERAL_COST: dict[str, float] = {"wall_s": 0.0, "cpu_s": 0.0}  # what the general-ability hooks took, both models
+
+
+def _timed(hook, name: str):
+    import time
+
+    def timed(loaded):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            return hook(loaded)
+        finally:
+            GENERAL_COST["wall_s"] += time.perf_counter() - wall
+            GENERAL_COST["cpu_s"] += time.process_time() - cpu
+
+    timed.__name__ = f"timed_{name}"
+    return timed
 
 
 def general_summary(config: Config, results: dict) -> dict:
@@ -405,7 +424,7 @@ def general_summary(config: Config, results: dict) -> dict:
     from maap_finetune.evaluation import general
 
     base, tuned = results["base"]["while_loaded"], results["finetuned"]["while_loaded"]
-    summary: dict = {"prompts_max_new_tokens": config.general_max_new_tokens}
+    summary: dict = {"prompts_max_new_tokens": config.general_max_new_tokens, "cost": dict(GENERAL_COST)}
     if "drift" in base:
         summary["drift"] = general.drift_summary(base["drift"], tuned["drift"])
     if "general_data" in base:
