@@ -287,11 +287,16 @@ def translation_metrics(predictions: Sequence[str], references: Sequence[str]) -
     }
 
 
-def summarization_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+def rouge_scorer_for(names: Sequence[str]):
+    """The one ROUGE setup of this project (stemmed F-measure), shared with the text_similarity grader."""
     from rouge_score import rouge_scorer
 
+    return rouge_scorer.RougeScorer(list(names), use_stemmer=True)
+
+
+def summarization_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     names = ("rouge1", "rouge2", "rougeL")
-    scorer = rouge_scorer.RougeScorer(list(names), use_stemmer=True)
+    scorer = rouge_scorer_for(names)
     totals = dict.fromkeys(names, 0.0)
     for prediction, reference in zip(predictions, references):
         scores = scorer.score(reference, prediction)
