@@ -25,7 +25,7 @@ from typing import Any
 from maap_finetune.common import tracking
 from maap_finetune.common.errors import UserError
 from maap_finetune.training import session
-from maap_finetune.training.config import FinetuneConfig
+from maap_finetune.training.config import METHOD_LOSS_TYPES, FinetuneConfig
 from maap_finetune.training.data import TokenizeStats
 from maap_finetune.training.monitoring import CountingCollator, MlflowMetricsCallback
 from maap_finetune.training.session import PARITY_EXAMPLES, PARITY_MAX_TOKENS, MethodData, TrainingMethod
@@ -35,11 +35,28 @@ log = logging.getLogger(__name__)
 DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
                "logps/rejected")
 PREFERENCE_FORMAT = "preference"
+RFT_TASK = "rft"  # Data Prep's task for reinforcement fine-tuning (maap_finetune.training.grpo)
 
 
 def training_method_problems(config: FinetuneConfig) -> list[str]:
     """What training_method needs from the other inputs (part of preflight: config only)."""
     problems = []
+    if config.training_method == "grpo":
+        import os
+
+        from maap_finetune.training.grpo import method_problems
+
+        return method_problems(config, int(os.environ.get("WORLD_SIZE", "1")))
+    if config.graders is not None:
+        problems.append(f"graders applies to training_method grpo (they reward its completions); leave it out for "
+                        f"{config.training_method}, or set training_method grpo")
+    if config.use_vllm == "true":
+        problems.append(f"use_vllm applies to training_method grpo ({config.training_method} generates nothing); "
+                        "set use_vllm auto or false")
+    allowed = METHOD_LOSS_TYPES.get(config.training_method, ())
+    if config.loss_type != "auto" and config.loss_type not in allowed:
+        fix = f"one of {', '.join(allowed)}" if allowed else "auto"
+        problems.append(f"loss_type {config.loss_type} is not a {config.training_method} loss; set loss_type {fix}")
     if config.training_method != "dpo":
         if config.max_prompt_length is not None:
             problems.append("max_prompt_length applies to training_method dpo; leave it out for sft")
@@ -69,8 +86,17 @@ def training_method_problems(config: FinetuneConfig) -> list[str]:
 
 
 def check_data_matches_method(config: FinetuneConfig, prepared) -> None:
-    """Preference pairs train with dpo only, and dpo trains on preference pairs only."""
+    """Preference pairs train with dpo only, and dpo trains on preference pairs only; the same for rft and grpo."""
     where = prepared.root / "metadata.json"
+    rft = prepared.task == RFT_TASK
+    if rft != (config.training_method == "grpo"):
+        raise UserError(
+            f"{where}: training_method grpo needs Data Prep task rft (prompts and the fields the graders read), but "
+            f"the data is task {prepared.task}; prepare it with task rft, or set training_method sft or dpo"
+            if not rft else
+            f"{where}: the data is Data Prep task rft (prompts without answers to learn), which training_method "
+            f"{config.training_method} cannot learn from; set training_method grpo and give graders"
+        )
     if prepared.format == PREFERENCE_FORMAT and config.training_method != "dpo":
         raise UserError(
             f"{where}: the data is preference pairs (Data Prep task preference), which training_method "
