@@ -1,7 +1,8 @@
 """Runs every python grader over a batch of rows in one child process (python_worker.py), timing each row.
 
-One child per `Graders.grade` call, not per row: a Python start costs tens of milliseconds, a GRPO step
-grades `batch x num_generations` completions. Each (row, grader) must answer within the time limit; a
+One child per `Graders.grade` call, not per row: a GRPO step grades `batch x num_generations` completions,
+and a child per row pays Python's start each time (benchmarks/grader_process.py: 64 rows took 0.16 s in one
+child against 10.8 s with one per row, medians of 3 rounds on a shared 2-core machine). Each (row, grader) must answer within the time limit; a
 late one is killed and reported with the grader and the row's place, as is a raise or a non-number.
 """
 
