@@ -69,6 +69,7 @@ PIPELINE_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "model_name": (("finetune", "model_name"), ("evaluate", "model_name"), ("register", "model_name")),
     "chat_template": (("data_prep", "chat_template"), ("finetune", "chat_template")),
+    "graders": (("data_prep", "graders"), ("finetune", "graders"), ("evaluate", "graders")),
     "trust_remote_code": (("finetune", "trust_remote_code"), ("evaluate", "trust_remote_code")),
     "peft_method": (("finetune", "peft_method"),),
     "training_method": (("finetune", "training_method"),),
@@ -395,6 +396,13 @@ def _method_problems(values: Mapping[str, Any]) -> list[str]:
     elif method == "dpo" and task != "preference":
         problems.append(f"training_method dpo needs preference pairs, but task is {task}; add --set task=preference "
                         "(or use training_method sft)")
+    if (task == "rft") != (method == "grpo"):
+        problems.append("task rft prepares prompts to be rewarded, which only training_method grpo learns from; add "
+                        "--set training_method=grpo" if task == "rft" else
+                        f"training_method grpo needs task rft (prompts plus the fields the graders read), but task is "
+                        f"{task}; add --set task=rft")
+    if (task == "rft" or method == "grpo") and values.get("graders") is None:
+        problems.append("task rft / training_method grpo need the graders file; add --set graders=<graders.json>")
     path = getattr(values.get("model_path"), "path", None)
     if isinstance(path, str) and path.startswith("models:/"):
         problems.append(f"model_path {path} is a model of the local MLflow registry, which only submit.py --local "
@@ -519,6 +527,7 @@ def build_pipeline(settings: PipelineSettings):
         model_path,
         model_name,
         chat_template,
+        graders,
         trust_remote_code,
         peft_method,
         training_method,
@@ -556,6 +565,7 @@ def build_pipeline(settings: PipelineSettings):
             test_ratio=test_ratio,
             model_path=model_path,
             chat_template=chat_template,
+            graders=graders,
             max_seq_length=max_seq_length,
         )
 
@@ -564,6 +574,7 @@ def build_pipeline(settings: PipelineSettings):
             model_path=model_path,
             model_name=model_name,
             chat_template=chat_template,
+            graders=graders,
             trust_remote_code=trust_remote_code,
             peft_method=peft_method,
             training_method=training_method,
@@ -595,6 +606,7 @@ def build_pipeline(settings: PipelineSettings):
             gate_metric=gate_metric,
             gate_threshold=gate_threshold,
             gate_min_improvement=gate_min_improvement,
+            graders=graders,
             parity_prompts=parity_prompts if export_component is not None else 0,
             parity_max_new_tokens=parity_max_new_tokens,
         )

@@ -435,7 +435,9 @@ def run_local(args: argparse.Namespace) -> int:
     applied: dict = {}
     if uses_tiny_model:  # LOCAL_PROFILE suits the tiny random model only; a real base model gets the YAML defaults
         swept = swept_inputs(sweep)
-        profile = {k: v for k, v in local_runner.LOCAL_PROFILE.items() if k not in swept | {f"{STEP}.{n}" for n in swept}}
+        method_profile = local_runner.LOCAL_METHOD_PROFILE.get(str(inputs.get("training_method")), {})
+        profile = {k: v for k, v in {**local_runner.LOCAL_PROFILE, **method_profile}.items()
+                   if k not in swept | {f"{STEP}.{n}" for n in swept}}
         inputs, step_inputs, applied = local_runner.apply_local_profile(inputs, step_inputs, profile)
     if not inputs.get("train_data") and not inputs.get("train_folder"):
         inputs["train_data"] = str(SAMPLE_DATA)
