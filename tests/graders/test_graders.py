@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import subprocess
@@ -216,3 +217,99 @@ def test_invalid_json_names_the_line(tmp_path):
     path.write_text('{"type": "string_check",\n "name": }', encoding="utf-8")
     with pytest.raises(UserError, match=rf"{path}:2:\d+: not valid JSON"):
         load_graders(path)
+
+
+class FakeTransport:
+    """azure-core's transport seam: records each request and answers with a canned chat completion."""
+
+    def __init__(self, status: int, body: dict):
+        self.status, self.body, self.requests = status, body, []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        pass
+
+    def open(self):
+        pass
+
+    def close(self):
+        pass
+
+    def sleep(self, seconds):
+        pass
+
+    def send(self, request, **kwargs):
+        import requests
+        from azure.core.rest._requests_basic import RestRequestsTransportResponse
+
+        self.requests.append(request)
+        response = requests.Response()
+        response.status_code = self.status
+        response.raw = io.BytesIO(json.dumps(self.body).encode())
+        response.headers["Content-Type"] = "application/json"
+        return RestRequestsTransportResponse(request=request, internal_response=response)
+
+
+class FakeCredential:
+    def get_token(self, *scopes, **kwargs):
+        import time
+
+        from azure.core.credentials import AccessToken
+
+        self.scopes = scopes
+        return AccessToken("token-1", int(time.time()) + 3600)
+
+
+def test_azure_chat_client_posts_chat_completions_with_a_bearer_token():
+    from maap_finetune.graders.score_model import RESPONSE_FORMAT, AzureChatClient
+
+    transport = FakeTransport(200, {"choices": [{"message": {"role": "assistant", "content": '{"result": 1}'}}]})
+    credential = FakeCredential()
+    client = AzureChatClient("https://res.openai.azure.com/", credential, "2024-10-21", transport=transport)
+    assert client.complete("judge", [{"role": "user", "content": "hi"}], {"temperature": 0}) == '{"result": 1}'
+    [request] = transport.requests
+    assert request.method == "POST"
+    assert request.url == "https://res.openai.azure.com/openai/deployments/judge/chat/completions?api-version=2024-10-21"
+    assert request.headers["Authorization"] == "Bearer token-1"
+    assert credential.scopes == ("https://cognitiveservices.azure.com/.default",)
+    assert json.loads(request.content) == {"messages": [{"role": "user", "content": "hi"}],
+                                           "response_format": RESPONSE_FORMAT, "temperature": 0}
+
+
+def test_score_model_deployment_not_found_is_a_user_error(tmp_path):
+    from maap_finetune.graders.score_model import AzureChatClient
+
+    transport = FakeTransport(404, {"error": {"code": "DeploymentNotFound"}})
+    grader = {"type": "score_model", "name": "judge", "model": "nope", "endpoint": "https://res.openai.azure.com",
+              "input": [{"role": "user", "content": "{{sample.output_text}}"}]}
+    factory = lambda endpoint: AzureChatClient(endpoint, FakeCredential(), transport=transport)  # noqa: E731
+    with pytest.raises(UserError, match=r"row 1: score_model grader 'judge' .*answered 404.*DeploymentNotFound.*"
+                                        r"Cognitive Services OpenAI User"):
+        score(tmp_path, grader, "x", score_model_client=factory)
+
+
+def test_preflight_grades_an_empty_completion_per_row_without_calling_judges(tmp_path, monkeypatch):
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "https://example.openai.azure.com")
+    source = "def grade(sample, item):\n    return 1.0 / len(sample['output_text'] or item['fallback'])\n"
+    grader = {"type": "multi", "name": "total", "calculate_output": "py + judge", "graders": {
+        "py": {"type": "python", "name": "py", "source": source},
+        "judge": {"type": "score_model", "name": "judge", "model": "m", "input": [{"role": "user", "content": "x"}]}}}
+    factory = mock.Mock()
+    graders = load_graders(write(tmp_path, grader), score_model_client=factory)
+    graders.preflight([{"fallback": "ab"}, {"fallback": "abcd"}], where=["t.jsonl:1", "t.jsonl:2"])
+    with pytest.raises(UserError, match=r"t.jsonl:2: python grader 'py' .*raised ZeroDivisionError"):
+        graders.preflight([{"fallback": "ab"}, {"fallback": ""}], where=["t.jsonl:1", "t.jsonl:2"])
+    factory.assert_not_called()
+
+
+def test_explicit_output_json_and_a_formula_failing_on_a_row(tmp_path):
+    grader = {"type": "multi", "name": "total", "calculate_output": "right / wrong ** 2", "graders": {
+        "right": check("eq", "{{sample.output_json.city}}", "{{item.city}}"),
+        "wrong": check("ne", "{{sample.output_json.city}}", "{{item.city}}")}}
+    graders = load_graders(write(tmp_path, grader))
+    [grade] = graders.grade([Sample("not json", output_json={"city": "Rome"})], [{"city": "Paris"}])
+    assert grade.scores == {"right": 0.0, "wrong": 1.0, "total": 0.0}  # keys name sub-graders, not their names
+    with pytest.raises(UserError, match=r"v.jsonl:5: multi grader 'total' .*fails on scores .*division by zero"):
+        graders.grade([Sample('{"city": "Paris"}')], [{"city": "Paris"}], where=["v.jsonl:5"])

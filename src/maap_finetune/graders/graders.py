@@ -81,17 +81,26 @@ class Graders:
     def grade(self, samples: Sequence[Sample], items: Sequence[Mapping[str, Any]],
               where: Sequence[str] | None = None) -> list[Grade]:
         """A Grade per (sample, item) pair; `where[i]` names row i in errors (default 'row i+1')."""
+        return self._grade(samples, items, where, judge=True)
+
+    def preflight(self, items: Sequence[Mapping[str, Any]], where: Sequence[str] | None = None) -> None:
+        """Grade an empty completion against every row before any model loads, so a python grader that raises
+        or times out on a row (or a formula that fails) stops the run there, naming the row. score_model
+        graders are not called (each row would bill the deployment): their score is their range's low end."""
+        self._grade([Sample("")] * len(items), items, where, judge=False)
+
+    def _grade(self, samples, items, where, judge: bool) -> list[Grade]:
         if len(samples) != len(items):
             raise ValueError(f"{len(samples)} samples for {len(items)} items")
         where = list(where) if where is not None else [f"row {i + 1}" for i in range(len(items))]
         rows = [{"sample": s.as_dict(), "item": dict(item)} for s, item in zip(samples, items)]
-        scores = self._leaf_scores(rows, where)
+        scores = self._leaf_scores(rows, where, judge)
         if self.top.type == "multi":
             scores[self.name] = [self._combine(i, scores, where) for i in range(len(rows))]
         names = self.grader_names
         return [Grade(score=scores[self.name][i], scores={n: scores[n][i] for n in names}) for i in range(len(rows))]
 
-    def _leaf_scores(self, rows: list[dict], where: list[str]) -> dict[str, list[float]]:
+    def _leaf_scores(self, rows: list[dict], where: list[str], judge: bool) -> dict[str, list[float]]:
         python = [PythonSource(leaf.key, leaf.spec["source"]) for leaf in self.leaves if leaf.type == "python"]
         scores = run_python_graders(python, rows, where, self.python_time_limit_s, self.file)
         for leaf in self.leaves:
@@ -102,7 +111,8 @@ class Graders:
                 metric = text.similarity(leaf.spec["evaluation_metric"])
                 scores[leaf.key] = [metric(*self._texts(leaf, row, w)) for row, w in zip(rows, where)]
             elif leaf.type == "score_model":
-                scores[leaf.key] = self._judge(leaf, rows, where)
+                low = float(leaf.spec.get("range", [0, 1])[0])
+                scores[leaf.key] = self._judge(leaf, rows, where) if judge else [low] * len(rows)
         return scores
 
     def _render(self, leaf: GraderSpec, template: str, row: dict, where: str) -> str:
@@ -117,6 +127,8 @@ class Graders:
                 self._render(leaf, leaf.spec["reference"], row, where))
 
     def _judge(self, leaf: GraderSpec, rows: list[dict], where: list[str]) -> list[float]:
+        if not rows:
+            return []
         endpoint = score_model.endpoint_of(leaf.spec)
         if endpoint not in self._clients:
             self._clients[endpoint] = self._client_factory(endpoint)
@@ -127,7 +139,14 @@ class Graders:
         def one(i: int) -> float:
             messages = [{"role": m["role"], "content": self._render(leaf, m["content"], rows[i], where[i])}
                         for m in leaf.spec["input"]]
-            content = client.complete(leaf.spec["model"], messages, params)
+            try:
+                content = client.complete(leaf.spec["model"], messages, params)
+            except score_model.ScoreModelHTTPError as err:
+                if err.status_code not in (400, 401, 403, 404):
+                    raise
+                raise UserError(f"{where[i]}: score_model grader {leaf.key!r} ({self.file}): {err}; check "
+                                f"the endpoint {endpoint}, the deployment named by model, and that this job's "
+                                "identity holds the Cognitive Services OpenAI User role on it") from None
             try:
                 return score_model.parse_score(content, low, high)
             except ValueError as err:
@@ -161,7 +180,7 @@ def load_graders(path: Path | str, *, python_time_limit_s: float = PYTHON_TIME_L
     if problems or top is None:
         raise ConfigErrors(problems, header=f"{path}: graders refused")
     graders = Graders(top, str(path), python_time_limit_s, score_model_client)
-    graders.grade([], [])  # runs each python grader's source once (no rows): a failing import fails here
+    graders.preflight([])  # runs each python grader's source once (no rows): a failing import fails here
     return graders
 
 

@@ -42,31 +42,40 @@ RESPONSE_FORMAT = {
 }
 
 
+class ScoreModelHTTPError(RuntimeError):
+    """The deployment answered with an HTTP error (the status decides whether the user can fix it)."""
+
+    def __init__(self, status_code: int, message: str):
+        super().__init__(message)
+        self.status_code = status_code
+
+
 class AzureChatClient:
     """Chat completions of one Azure OpenAI resource, authenticated with an azure-identity credential."""
 
-    def __init__(self, endpoint: str, credential: Any, api_version: str = API_VERSION):
+    def __init__(self, endpoint: str, credential: Any, api_version: str = API_VERSION, transport: Any = None):
         from azure.core import PipelineClient
         from azure.core.pipeline import policies
 
         self.endpoint = endpoint.rstrip("/")
         self.api_version = api_version
-        self._client = PipelineClient(self.endpoint, policies=[
+        self._client = PipelineClient(self.endpoint, transport=transport, policies=[
             policies.HeadersPolicy(), policies.RetryPolicy(),
             policies.BearerTokenCredentialPolicy(credential, SCOPE), policies.NetworkTraceLoggingPolicy(),
         ])
 
     def complete(self, deployment: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> str:
         """The first choice's message content."""
-        from azure.core.exceptions import HttpResponseError
+        from azure.core.rest import HttpRequest
 
         url = f"{self.endpoint}/openai/deployments/{deployment}/chat/completions"
         body = {"messages": list(messages), "response_format": RESPONSE_FORMAT, **params}
-        request = self._client.post(url, params={"api-version": self.api_version},
-                                    headers={"Content-Type": "application/json"}, content=json.dumps(body))
-        response = self._client.send_request(request)
+        response = self._client.send_request(HttpRequest("POST", url, params={"api-version": self.api_version},
+                                                         json=body))
+        response.read()
         if response.status_code >= 400:
-            raise HttpResponseError(response=response, message=response.text()[:500])
+            raise ScoreModelHTTPError(response.status_code, f"deployment {deployment!r} of {self.endpoint} answered "
+                                      f"{response.status_code}: {response.text()[:500]}")
         return response.json()["choices"][0]["message"]["content"]
 
 
