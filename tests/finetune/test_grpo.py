@@ -239,3 +239,15 @@ def test_grpo_resumes_from_its_latest_complete_checkpoint(tmp_path, tiny_model_d
     second, _, _ = _grpo_run(tmp_path, prepared_rft, tiny_model_dir, monkeypatch, attempt=2, max_steps=6, **values)
     assert second["resumed_from_checkpoint"] == "checkpoint-4" and second["resumed_at_step"] == 4
     assert second["steps"] == 6 and second["steps_this_run"] == 2
+
+
+def test_a_python_grader_that_raises_is_refused_before_the_model_loads(tmp_path, tiny_model_dir, prepared_rft):
+    graders = tmp_path / "graders.json"
+    graders.write_text(json.dumps({"type": "python", "name": "strict", "source": (
+        "def grade(sample, item):\n    if item['must_contain'] == 'k':\n        raise ValueError('no k here')\n"
+        "    return 1.0\n")}))
+    with pytest.raises(UserError) as info:
+        load_entry("finetune").main(_grpo_argv(tmp_path, prepared_rft, tiny_model_dir, graders=graders))
+    message = str(info.value)
+    assert "strict" in message and "train.jsonl line 1" in message and "no k here" in message, message
+    assert not (tmp_path / "checkpoints").exists()

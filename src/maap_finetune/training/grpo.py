@@ -134,7 +134,8 @@ class PromptStats(TokenizeStats):
 
 
 def load_checked_graders(config: FinetuneConfig, prepared):
-    """The graders, with every train and validation row checked against what they read (before the model loads)."""
+    """The graders, with every train and validation row checked against what they read and graded once (an empty
+    completion: Graders.preflight), before the model loads."""
     from maap_finetune.graders import load_graders
 
     graders = load_graders(config.graders)
@@ -145,6 +146,9 @@ def load_checked_graders(config: FinetuneConfig, prepared):
     if problems:
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
         raise UserError(f"graders {config.graders} read fields the data lacks{more}:\n  " + "\n  ".join(problems[:10]))
+    for split in ("train", "validation"):  # a python grader that raises or times out on a row stops here
+        rows = list(prepared.rows(split))
+        graders.preflight(rows, [f"{prepared.split_path(split)} line {n}" for n in range(1, len(rows) + 1)])
     return graders
 
 
