@@ -82,6 +82,24 @@ def test_configured_loss_type_and_beta_reach_trl(tmp_path, tiny_model_dir, prepa
     assert auto.loss_type == "dapo"  # auto: TRL's default, recorded as what ran
 
 
+def test_use_vllm_auto_is_on_only_with_cuda_and_a_vllm_in_trls_range(tmp_path, prepared_rft):
+    from maap_finetune.training.environment import Environment
+    from maap_finetune.training.plan import resolve_vllm, vllm_problem
+
+    config = load_entry("finetune").parse_args(_grpo_argv(tmp_path, prepared_rft, tmp_path))
+    gpu = dict(cuda=True, bf16_supported=True, bitsandbytes=False, deepspeed=False, flash_attn=False)
+    cpu = Environment(**{**gpu, "cuda": False, "bf16_supported": False}, vllm_version="0.30.0")
+    for env, on, why in ((Environment(**gpu, vllm_version="0.30.0+cu129"), True, None),
+                         (Environment(**gpu, vllm_version="0.33.0"), False, "outside TRL's supported 0.22.0 to 0.31.0"),
+                         (Environment(**gpu), False, "vllm is not installed"),
+                         (cpu, False, "CUDA GPUs only")):
+        assert resolve_vllm(config, env) is on
+        assert (vllm_problem(env) is None) if why is None else why in vllm_problem(env)
+    sft = load_entry("finetune").parse_args(_grpo_argv(tmp_path, prepared_rft, tmp_path, training_method="sft",
+                                                       graders=None))
+    assert resolve_vllm(sft, Environment(**gpu, vllm_version="0.30.0")) is False  # sft generates nothing
+
+
 def _hand_grpo_loss(logps, old, ref, advantages, mask, beta, eps, loss_type, max_completion_length, num_items):
     """GRPO's clipped objective with a k3 KL penalty (importance-weighted by the ratio: trl's default
     use_bias_correction_kl), token by token, then each loss_type's aggregation."""
