@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maap_finetune.common.cli import StrictParser, bounded, str2bool
-from maap_finetune.common.errors import ConfigErrors, UserError, exit_on_user_error
+from maap_finetune.common.errors import ConfigErrors, exit_on_user_error
 from maap_finetune.export.registration import ONNX_SUFFIX
 from maap_finetune.registry.names import registration_name_problems
 
@@ -98,12 +98,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 
 def gate(config: Config) -> str | None:
     """None when Evaluate's gate passed, else the reason this step does nothing."""
-    try:
-        decision = json.loads((config.evaluation / "decision.json").read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise UserError(f"{config.evaluation / 'decision.json'}: invalid JSON ({err})") from None
-    if not isinstance(decision, dict) or not isinstance(decision.get("passed"), bool):
-        raise UserError(f"{config.evaluation / 'decision.json'}: field 'passed' must be true or false")
+    from maap_finetune.evaluation.gate import read_decision
+
+    decision = read_decision(config.evaluation)
     return None if decision["passed"] else f"the quality gate failed: {decision.get('reason') or 'no reason given'}"
 
 
@@ -144,10 +141,7 @@ def finish(config: Config, report: dict) -> dict:
     name = registration.onnx_model_name(config.registered_model_name)
     write_reports(config.export_report, report)
     with tracking.step_run() as run_:
-        step_run_id = run_.info.run_id if run_ is not None else None
-        tags_now = run_.data.tags if run_ is not None else {}
-        pipeline_run_id = target.pipeline_run_id(step_run_id, tags_now.get("mlflow.parentRunId"),
-                                                 root_run_id=tags_now.get("mlflow.rootRunId"))
+        step_run_id, pipeline_run_id = target.run_ids(run_)
         if not report["exported"]:
             info = ModelInfo(registered=False, reason=report["reason"], name=name, pipeline_run_id=pipeline_run_id)
         elif not report["passed"]:
