@@ -212,7 +212,8 @@ def test_data_and_method_must_match(tmp_path, tiny_model_dir, prepared_rft, prep
         load_entry("finetune").main(_grpo_argv(tmp_path, prepared_chat, tiny_model_dir))
 
 
-def test_a_row_missing_a_grader_field_is_refused_naming_file_line_and_grader(tmp_path, tiny_model_dir):
+def test_a_row_missing_a_grader_field_is_refused_naming_file_line_and_grader(tmp_path, tiny_model_dir,
+                                                                             mlflow_tracking):
     rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
     del rows[30]["must_contain"]  # train.jsonl line 7 (24 rows held out)
     data = write_prepared_rft(tmp_path / "prepared", rows)
@@ -259,7 +260,8 @@ def test_grpo_resumes_from_its_latest_complete_checkpoint(tmp_path, tiny_model_d
     assert second["steps"] == 6 and second["steps_this_run"] == 2
 
 
-def test_a_python_grader_that_raises_is_refused_before_the_model_loads(tmp_path, tiny_model_dir, prepared_rft):
+def test_a_python_grader_that_raises_is_refused_before_the_model_loads(tmp_path, tiny_model_dir, prepared_rft,
+                                                                       mlflow_tracking):
     graders = tmp_path / "graders.json"
     graders.write_text(json.dumps({"type": "python", "name": "strict", "source": (
         "def grade(sample, item):\n    if item['must_contain'] == 'k':\n        raise ValueError('no k here')\n"
