@@ -118,8 +118,6 @@ def test_evaluate_preference_pairs_end_to_end(tmp_path, mlflow_tracking, prepare
 
 def _length_biased_pairs(folder, longer: str):
     """The sample pairs with one side said three times over, as careful answers against curt ones (or the reverse)."""
-    from maap_finetune.data.prepared import write_metadata
-
     rows = []
     for line in (Path(__file__).resolve().parents[2] / "data" / "sample" / "preference.jsonl").read_text().splitlines():
         row = json.loads(line)
@@ -127,14 +125,7 @@ def _length_biased_pairs(folder, longer: str):
         text = sides[longer][0]["content"]
         sides[longer] = [{"role": "assistant", "content": " ".join([text] * 3)}]
         rows.append({"prompt": row["input"]["messages"], **sides})
-    splits = {"test": rows[:12], "validation": rows[12:20], "train": rows[20:]}
-    folder.mkdir(parents=True)
-    for name, split in splits.items():
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split), encoding="utf-8")
-    write_metadata(folder, task="preference", format="preference",
-                   splits={n: {"file": f"{n}.jsonl", "rows": len(s)} for n, s in splits.items()},
-                   label_set=None, templates={}, source={})
-    return folder
+    return write_prepared_pairs(folder, held_out=12, rows=rows)
 
 
 @pytest.mark.parametrize("longer", ["chosen", "rejected"])

@@ -24,13 +24,15 @@ from tests.helpers import argv_from_spec, load_entry, load_spec
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "preference.jsonl"
 
 
-def write_prepared_pairs(folder: Path, held_out: int = 10) -> Path:
-    """Data Prep's preference contract from the sample (Azure OpenAI rows, normalized as Data Prep does)."""
-    rows = []
-    for line in SAMPLE.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        rows.append({"prompt": row["input"]["messages"], "chosen": row["preferred_output"],
-                     "rejected": row["non_preferred_output"]})
+def write_prepared_pairs(folder: Path, held_out: int = 10, rows: list[dict] | None = None) -> Path:
+    """Data Prep's preference contract from `rows` (prompt/chosen/rejected) or the sample (Azure OpenAI rows,
+    normalized as Data Prep does)."""
+    if rows is None:
+        rows = []
+        for line in SAMPLE.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            rows.append({"prompt": row["input"]["messages"], "chosen": row["preferred_output"],
+                         "rejected": row["non_preferred_output"]})
     splits = {"test": rows[:held_out], "validation": rows[held_out:2 * held_out], "train": rows[2 * held_out:]}
     folder.mkdir(parents=True, exist_ok=True)
     for name, split in splits.items():

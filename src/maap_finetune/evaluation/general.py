@@ -86,22 +86,16 @@ def score(loaded, reference: DriftReference, token_budget: int) -> dict[str, flo
     """This model's mean loss per continuation token and top-1 agreement with the continuations."""
     import torch
 
+    from maap_finetune.evaluation.generation import right_padded_logits
+
     nll, agree, tokens = 0.0, 0, 0
     batch_size = batch_rows(token_budget, max(len(ids) for ids in reference.sequences))
     order = sorted(range(len(reference.sequences)), key=lambda i: len(reference.sequences[i]))
     order = [i for i in order if reference.starts[i] < len(reference.sequences[i])]  # empty continuations
     for offset in range(0, len(order), batch_size):
         batch = order[offset: offset + batch_size]
-        width = max(len(reference.sequences[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), loaded.tokenizer.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids = reference.sequences[i]
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention[row, : len(ids)] = 1
+        logits = right_padded_logits(loaded, [reference.sequences[i] for i in batch])
         with torch.no_grad():
-            logits = loaded.model(input_ids=input_ids.to(loaded.device),
-                                  attention_mask=attention.to(loaded.device)).logits
             for row, i in enumerate(batch):
                 ids, start = reference.sequences[i], reference.starts[i]
                 predicted = logits[row, start - 1: len(ids) - 1].float()

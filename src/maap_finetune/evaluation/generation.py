@@ -272,6 +272,21 @@ def compute_loss(loaded: LoadedModel, examples: Sequence[Example], max_seq_lengt
     )
 
 
+def right_padded_logits(loaded: LoadedModel, sequences: Sequence[list[int]]):
+    """The model's logits for `sequences`, run as one right-padded batch without gradients (row k is
+    sequences[k]; positions past its length are padding)."""
+    import torch
+
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), loaded.tokenizer.pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+    with torch.no_grad():
+        return loaded.model(input_ids=input_ids.to(loaded.device), attention_mask=attention.to(loaded.device)).logits
+
+
 # --- generation ----------------------------------------------------------------------------------
 
 

@@ -60,6 +60,7 @@ def pair_logps(loaded, pairs: Sequence[dict], max_seq_length: int, batch_size: i
     """log p(chosen | prompt) and log p(rejected | prompt) per pair, summed over the answer's tokens."""
     import torch
 
+    from maap_finetune.evaluation.generation import right_padded_logits
     from maap_finetune.training.preference import tokenize_pair
 
     sequences = []  # (ids, first answer position)
@@ -70,19 +71,10 @@ def pair_logps(loaded, pairs: Sequence[dict], max_seq_length: int, batch_size: i
             sequences.append((ids, max(1, min(len(prompt), len(ids)))))
     sums = [0.0] * len(sequences)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
-    pad_id = loaded.tokenizer.pad_token_id
     for offset in range(0, len(order), batch_size):
         batch = order[offset: offset + batch_size]
-        width = max(len(sequences[i][0]) for i in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids = sequences[i][0]
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention[row, : len(ids)] = 1
+        logits = right_padded_logits(loaded, [sequences[i][0] for i in batch])
         with torch.no_grad():
-            logits = loaded.model(input_ids=input_ids.to(loaded.device),
-                                  attention_mask=attention.to(loaded.device)).logits
             for row, i in enumerate(batch):
                 ids, start = sequences[i]
                 if start >= len(ids):
