@@ -142,6 +142,7 @@ def finish(config: Config, report: dict) -> dict:
     from maap_finetune.registry.model_info import ModelInfo
 
     name = registration.onnx_model_name(config.registered_model_name)
+    print(f"[export_onnx] registering: writing the report, then {name} when every check passed", flush=True)
     write_reports(config.export_report, report)
     with tracking.step_run() as run_:
         step_run_id = run_.info.run_id if run_ is not None else None

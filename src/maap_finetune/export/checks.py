@@ -79,6 +79,8 @@ def check_export(config, source, architecture: str, hf_folder: Path, scratch: Pa
         return tokenizer.decode(tokens, skip_special_tokens=True)
 
     timings = {"build_s": build_seconds}
+    print(f"[export_onnx] comparing the export with Evaluate's reference on {len(reference['generation'])} prompts",
+          flush=True)
     start = time.perf_counter()
     results, onnx_timing = parity.compare_generation(config.onnx_model, reference, decode)
     generation = parity.generation_summary(results)
