@@ -35,7 +35,12 @@ import scale  # noqa: E402  (benchmarks/: the model shapes)
 
 # Lines the step prints at the start of each phase -> the phase's name.
 MARKERS = {"building": "builder child", "comparing": "int4 parity", "fp32 graph check": "fp32 graph check",
-           "registering": "report + registration"}
+           "waiting": "fp32 graph check, after the parity run", "registering": "report + registration"}
+# Lines the builder prints -> the phase that starts there (create_model, then save_model's to_nbits and ir.save).
+BUILDER_MARKERS = {"Reading embedding layer": "graph from the loaded weights",
+                   "Saving ONNX model": "to_proto: every initializer as fp32 in one ModelProto",
+                   "onnxruntime.quantization.matmul_nbits_quantizer": "int4 quantization",
+                   "Saving GenAI config": "genai_config, tokenizer files"}
 
 
 def inputs(size: str, root: Path) -> dict:
@@ -69,50 +74,84 @@ def inputs(size: str, root: Path) -> dict:
     return result
 
 
-def tree_rss(pid: int) -> int:
+def tree_rss(pid: int) -> tuple[int, int]:
+    """(RSS, anonymous RSS) summed over the process and its children. The anonymous part is what the kernel
+    cannot drop under pressure: file-backed pages (mmapped safetensors, shared libraries) it can reread."""
     import psutil
 
     try:
         parent = psutil.Process(pid)
-        return parent.memory_info().rss + sum(c.memory_info().rss for c in parent.children(recursive=True))
+        pids = [parent.pid] + [c.pid for c in parent.children(recursive=True)]
     except psutil.Error:
-        return 0
+        return 0, 0
+    rss = anon = 0
+    for each in pids:
+        try:
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{each}/status").read_text().splitlines())
+        except (OSError, ValueError):
+            continue
+        rss += int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+        anon += int(fields.get("RssAnon", "0 kB").split()[0]) * 1024
+    return rss, anon
 
 
 def sampled(command: list[str], env: dict, log: Path) -> dict:
-    """Run `command`; (t, rss) samples every 0.1 s and its output lines with the time each arrived."""
+    """Run `command`; (t, rss, anonymous rss) every 0.1 s and its output lines with the time each arrived.
+
+    Both are written as they come (`log`, and `log` with .samples), so a run stopped from outside can still
+    be cut into phases (`--from-log`)."""
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[tuple[float, str]] = []
 
     def read():
-        for line in process.stdout:
-            lines.append((time.perf_counter() - start, line.rstrip("\n")))
+        with open(log, "w") as handle:
+            for line in process.stdout:
+                lines.append((time.perf_counter() - start, line.rstrip("\n")))
+                handle.write(f"{lines[-1][0]:8.2f} {lines[-1][1]}\n")
+                handle.flush()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     samples = []
-    while process.poll() is None:
-        samples.append((time.perf_counter() - start, tree_rss(process.pid)))
-        time.sleep(0.1)
+    with open(log.with_suffix(".samples"), "w") as handle:
+        while process.poll() is None:
+            samples.append((time.perf_counter() - start, *tree_rss(process.pid)))
+            handle.write("%.2f %d %d\n" % samples[-1])
+            handle.flush()
+            time.sleep(0.1)
     reader.join()
-    log.write_text("\n".join(f"{t:8.2f} {text}" for t, text in lines) + "\n")
     return {"rc": process.returncode, "wall_s": time.perf_counter() - start, "samples": samples, "lines": lines}
 
 
-def phases(run: dict) -> list[dict]:
-    """The step's run cut at its phase lines: name, start, seconds, peak RSS of the tree."""
-    cuts = [(0.0, "start-up, checks, reference")]
+def from_log(log: Path) -> dict:
+    """A run read back from the files `sampled` writes as it goes."""
+    lines = [(float(line[:8]), line[9:]) for line in log.read_text().splitlines() if line[:8].strip()]
+    samples = [tuple(float(x) if i == 0 else int(x) for i, x in enumerate(row.split()))
+               for row in log.with_suffix(".samples").read_text().splitlines() if row.strip()]
+    return {"rc": None, "wall_s": samples[-1][0] if samples else 0.0, "samples": samples, "lines": lines}
+
+
+def phases(run: dict, markers: dict, first: str) -> list[dict]:
+    """A run cut at the first line holding each marker: name, start, seconds, peak RSS of the tree."""
+    cuts, seen = [(0.0, first)], set()
     for t, text in run["lines"]:
-        for marker, name in MARKERS.items():
-            if text.startswith(f"[export_onnx] {marker}"):
+        for marker, name in markers.items():
+            if marker in text and marker not in seen:
+                seen.add(marker)
                 cuts.append((t, name))
     cuts.append((run["wall_s"], None))
     out = []
     for (begin, name), (end, _) in zip(cuts, cuts[1:]):
-        peak = max((rss for t, rss in run["samples"] if begin <= t < end), default=0)
-        out.append({"phase": name, "start_s": round(begin, 2), "seconds": round(end - begin, 2), "peak_rss_bytes": peak})
+        inside = [(rss, anon) for t, rss, anon in run["samples"] if begin <= t < end] or [(0, 0)]
+        out.append({"phase": name, "start_s": round(begin, 2), "seconds": round(end - begin, 2),
+                    "peak_rss_bytes": max(r for r, _ in inside), "peak_anon_rss_bytes": max(a for _, a in inside)})
     return out
+
+
+def peaks(run: dict) -> dict:
+    return {"peak_rss_bytes": max(r for _, r, _ in run["samples"]),
+            "peak_anon_rss_bytes": max(a for _, _, a in run["samples"])}
 
 
 def builder_alone(size: str, given: dict, root: Path, env: dict) -> dict:
@@ -131,7 +170,8 @@ def builder_alone(size: str, given: dict, root: Path, env: dict) -> dict:
                "block_size=32"]
     run = sampled(command, env, root / size / "builder_alone.log")
     shutil.rmtree(work, ignore_errors=True)
-    return {"rc": run["rc"], "wall_s": round(run["wall_s"], 2), "peak_rss_bytes": max(r for _, r in run["samples"])}
+    return {"rc": run["rc"], "wall_s": round(run["wall_s"], 2), **peaks(run),
+            "phases": phases(run, BUILDER_MARKERS, "imports, loading the weights (from_pretrained)")}
 
 
 def step(size: str, given: dict, root: Path, code: Path, env: dict) -> dict:
@@ -156,8 +196,47 @@ def step(size: str, given: dict, root: Path, code: Path, env: dict) -> dict:
     shutil.rmtree(folder, ignore_errors=True)
     if run["rc"] != 0:
         print((root / size / "step.log").read_text()[-4000:], file=sys.stderr)
-    return {"rc": run["rc"], "wall_s": round(run["wall_s"], 2), "peak_rss_bytes": max(r for _, r in run["samples"]),
-            "passed": report.get("passed"), "timings": report.get("timings"), "phases": phases(run)}
+    return {"rc": run["rc"], "wall_s": round(run["wall_s"], 2), **peaks(run),
+            "passed": report.get("passed"), "timings": report.get("timings"),
+            "phases": phases(run, {f"[export_onnx] {k}": v for k, v in MARKERS.items()}, "start-up, checks, reference")}
+
+
+def gb(value: int) -> str:
+    return f"{value / 1e9:.2f} GB"
+
+
+def peak_cell(entry: dict) -> str:
+    anon = entry.get("peak_anon_rss_bytes")
+    return gb(entry["peak_rss_bytes"]) + (f" ({gb(anon)} anonymous)" if anon else "")
+
+
+def markdown(runs: dict[str, list[dict]]) -> str:
+    """One table per run (label -> its results): each phase's seconds and peak, per size; then the slopes."""
+    out = []
+    for label, results in runs.items():
+        out += [f"## {label}", "", "| size | what | seconds | peak RSS | bytes/param |", "|---|---|---|---|---|"]
+        for r in results:
+            n, name = r["parameters"], f"{r['size']} ({r['parameters'] / 1e6:.0f}M)"
+            for key in ("builder_alone", "step"):
+                if key not in r:
+                    continue
+                whole = r[key]
+                out.append(f"| {name} | **{key.replace('_', ' ')}** | {whole['wall_s']:.1f} | "
+                           f"{peak_cell(whole)} | {whole['peak_rss_bytes'] / n:.2f} |")
+                out += [f"| {name} | {key.split('_')[0]}: {p['phase']} | {p['seconds']:.1f} | {peak_cell(p)} "
+                        f"| {p['peak_rss_bytes'] / n:.2f} |" for p in whole.get("phases", [])]
+            if "builder_alone" in r:
+                out.append(f"| {name} | step / builder alone | {r['step']['wall_s'] / r['builder_alone']['wall_s']:.2f}x "
+                           f"| {r['step']['peak_rss_bytes'] / r['builder_alone']['peak_rss_bytes']:.2f}x | |")
+        if len(results) >= 2:
+            a, b = results[0], results[-1]
+            for key in ("builder_alone", "step"):
+                if key in a and key in b:
+                    slope = (b[key]["peak_rss_bytes"] - a[key]["peak_rss_bytes"]) / (b["parameters"] - a["parameters"])
+                    out.append(f"\n{key.replace('_', ' ')}: peak slope {slope:.2f} bytes/param "
+                               f"({a['size']} to {b['size']})")
+        out.append("")
+    return "\n".join(out) + "\n"
 
 
 def main(argv=None) -> int:
@@ -167,7 +246,19 @@ def main(argv=None) -> int:
     parser.add_argument("--code", type=Path, default=REPO, help="checkout whose Export ONNX step runs")
     parser.add_argument("--no-builder", action="store_true", help="skip the builder-alone run")
     parser.add_argument("--out", type=Path, help="write <out>.json with every size's result")
+    parser.add_argument("--from-log", type=Path, help="cut a step's log (and .samples) left by a stopped run")
+    parser.add_argument("--markdown", nargs="+", metavar="LABEL=JSON",
+                        help="write <out>.md from earlier --out results instead of measuring")
     args = parser.parse_args(argv)
+    if args.from_log:
+        run = from_log(args.from_log)
+        print(json.dumps({"log": str(args.from_log), "wall_s": run["wall_s"], **peaks(run), "phases": phases(
+            run, {f"[export_onnx] {k}": v for k, v in MARKERS.items()}, "start-up, checks, reference")}))
+        return 0
+    if args.markdown:
+        runs = {label: json.loads(Path(path).read_text()) for label, path in (m.split("=", 1) for m in args.markdown)}
+        args.out.with_suffix(".md").write_text(markdown(runs))
+        return 0
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("MLFLOW_RUN_ID", None)
     results = []
@@ -176,6 +267,7 @@ def main(argv=None) -> int:
         result = {"size": size, "parameters": given["parameters"], "code": args.code.name}
         if not args.no_builder:
             result["builder_alone"] = builder_alone(size, given, args.workdir, env)
+            print(json.dumps({"size": size, "builder_alone": result["builder_alone"]}), flush=True)
         result["step"] = step(size, given, args.workdir, args.code.resolve(), env)
         print(json.dumps(result), flush=True)
         results.append(result)

@@ -8,9 +8,10 @@
 
 Order: the gate (Evaluate's decision.json; a failed gate writes the reason and exits 0) -> checks
 before any weight is read (architecture, precision x provider, Evaluate's parity reference computed for
-these weights and settings, tokenizer and chat template) -> build with onnxruntime-genai's model builder
--> agreement, loss and speed against the reference -> the fp32 graph check on a cut copy of the model ->
-export_report.json/.md -> register as <registered_model_name>-onnx when every check passed.
+these weights and settings, tokenizer and chat template) -> build with onnxruntime-genai's model builder,
+in a child process -> the fp32 graph check's cut copy built (and run by PyTorch) in that child while the
+int4 export's agreement, loss and speed are compared here with the reference -> the cut copy's fp32 graph
+compared -> export_report.json/.md -> register as <registered_model_name>-onnx when every check passed.
 
 The full PyTorch model is never loaded here: the PyTorch side of the comparison is Evaluate's
 parity_reference.json (maap_finetune.evaluation.parity_reference), and the fp32 graph check loads only
@@ -121,15 +122,16 @@ def run(config: Config) -> dict:
     builder.check_provider(config.execution_provider, config.precision)
     from maap_finetune.common.scratch import scratch_folder
 
-    with scratch_folder("maap-onnx-") as scratch:
+    with scratch_folder("maap-onnx-") as scratch, builder.BuildChild() as child:
         scratch = Path(scratch)
         hf = builder.stage_hf_folder(Path(source.model), Path(source.tokenizer), scratch / "hf")
         reference = load_reference(config, source)
         print(f"[export_onnx] building {architecture} as {config.precision} for {config.execution_provider}", flush=True)
         start = time.perf_counter()
-        builder.build(hf, config.onnx_model, config.precision, config.execution_provider, scratch / "cache",
-                      config.int4_block_size, config.int4_accuracy_level)
-        report = check_export(config, source, architecture, hf, scratch, time.perf_counter() - start, reference)
+        child.build(hf, config.onnx_model, config.precision, config.execution_provider, scratch / "cache",
+                    config.int4_block_size, config.int4_accuracy_level)
+        report = check_export(config, source, architecture, hf, scratch, time.perf_counter() - start, reference,
+                              child)
     return finish(config, report)
 
 

@@ -65,7 +65,10 @@ def speed(reference: dict[str, Any], onnx_timing, precision: str, execution_prov
 
 
 def check_export(config, source, architecture: str, hf_folder: Path, scratch: Path, build_seconds: float,
-                 reference: dict[str, Any]) -> dict[str, Any]:
+                 reference: dict[str, Any], child) -> dict[str, Any]:
+    """The parity checks of the built export. The fp32 graph check's cut copy is built (and run by PyTorch) in
+    `child` (builder.BuildChild, the full build's process) while the int4 comparison runs here: two cores, one
+    start of the child, and no second import of torch, transformers and the builder."""
     import time
 
     from transformers import AutoTokenizer
@@ -79,6 +82,12 @@ def check_export(config, source, architecture: str, hf_folder: Path, scratch: Pa
         return tokenizer.decode(tokens, skip_special_tokens=True)
 
     timings = {"build_s": build_seconds}
+    cut = None
+    if config.fp32_parity:
+        print(f"[export_onnx] fp32 graph check on the first {config.fp32_parity_layers} layers: cut and built "
+              "in the build's child process", flush=True)
+        cut = child.submit(graph_check.prepare, str(hf_folder), str(source.tokenizer), reference,
+                           config.fp32_parity_layers, config.execution_provider, str(scratch))
     print(f"[export_onnx] comparing the export with Evaluate's reference on {len(reference['generation'])} prompts",
           flush=True)
     start = time.perf_counter()
@@ -87,12 +96,13 @@ def check_export(config, source, architecture: str, hf_folder: Path, scratch: Pa
     teacher_forced = parity.compare_teacher_forced(config.onnx_model, reference, config.execution_provider)
     timings["compare_s"] = time.perf_counter() - start
     fp32 = None
-    if config.fp32_parity:
-        print(f"[export_onnx] fp32 graph check on the first {config.fp32_parity_layers} layers", flush=True)
+    if cut is not None:
+        print("[export_onnx] waiting for the fp32 graph check's cut copy, then comparing it", flush=True)
         start = time.perf_counter()
-        fp32 = graph_check.run(hf_folder, Path(source.tokenizer), reference, config.fp32_parity_layers,
-                               config.execution_provider, scratch, decode)
-        timings["fp32_graph_check_s"] = time.perf_counter() - start
+        prepared = cut.result()
+        child.close()  # nothing more runs there: its memory goes back to the system now
+        fp32 = graph_check.finish(prepared, hf_folder, config.execution_provider, scratch, decode)
+        timings["fp32_graph_check_s"] = time.perf_counter() - start  # beyond what ran beside the comparison
     failures = (graph_check.failures(fp32) if fp32 else []) + threshold_failures(
         teacher_forced, config.min_token_agreement, config.max_loss_delta, config.precision)
     pytorch_bytes = builder.folder_bytes(Path(source.model))
