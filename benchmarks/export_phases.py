@@ -34,8 +34,8 @@ import export_onnx_memory  # noqa: E402  (benchmarks/: its evaluation folder and
 import scale  # noqa: E402  (benchmarks/: the model shapes)
 
 # Lines the step prints at the start of each phase -> the phase's name.
-MARKERS = {"building": "builder child", "comparing": "int4 parity", "fp32 graph check": "fp32 graph check",
-           "waiting": "fp32 graph check, after the parity run", "registering": "report + registration"}
+MARKERS = {"building": "builder child", "comparing the export": "int4 parity", "fp32 graph check": "fp32 graph check",
+           "comparing the fp32": "fp32 graph check, comparing the cut copy", "registering": "report + registration"}
 # Lines the builder prints -> the phase that starts there (create_model, then save_model's to_nbits and ir.save).
 BUILDER_MARKERS = {"Reading embedding layer": "graph from the loaded weights",
                    "Saving ONNX model": "to_proto: every initializer as fp32 in one ModelProto",
@@ -201,6 +201,17 @@ def step(size: str, given: dict, root: Path, code: Path, env: dict) -> dict:
             "phases": phases(run, {f"[export_onnx] {k}": v for k, v in MARKERS.items()}, "start-up, checks, reference")}
 
 
+HEADER = """# Export ONNX, phase by phase, beside onnxruntime-genai's builder alone
+
+Written by `benchmarks/export_phases.py` (random bf16 Phi-3-architecture models of benchmarks/scale.py's shapes,
+the spec's defaults: int4, cpu, block size 32, fp32 graph check on 2 layers, 8 parity prompts of 32 tokens).
+Peak RSS: the process tree, sampled every 0.1 s; "anonymous" is the part the kernel cannot drop and reread
+(mmapped safetensors and shared libraries are file-backed). Seconds come from a 2-core machine shared with other
+jobs (load average 15 to 20 during these runs): compare seconds only within one run, memory across runs.
+
+"""
+
+
 def gb(value: int) -> str:
     return f"{value / 1e9:.2f} GB"
 
@@ -225,7 +236,7 @@ def markdown(runs: dict[str, list[dict]]) -> str:
                            f"{peak_cell(whole)} | {whole['peak_rss_bytes'] / n:.2f} |")
                 out += [f"| {name} | {key.split('_')[0]}: {p['phase']} | {p['seconds']:.1f} | {peak_cell(p)} "
                         f"| {p['peak_rss_bytes'] / n:.2f} |" for p in whole.get("phases", [])]
-            if "builder_alone" in r:
+            if "builder_alone" in r and "step" in r:
                 out.append(f"| {name} | step / builder alone | {r['step']['wall_s'] / r['builder_alone']['wall_s']:.2f}x "
                            f"| {r['step']['peak_rss_bytes'] / r['builder_alone']['peak_rss_bytes']:.2f}x | |")
         if len(results) >= 2:
@@ -239,16 +250,26 @@ def markdown(runs: dict[str, list[dict]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def write(out: Path, label: str | None, results: list[dict]) -> None:
+    path = out.with_suffix(".json")
+    runs = json.loads(path.read_text()) if path.is_file() else {}
+    if label is not None:
+        runs[label] = results
+    path.write_text(json.dumps(runs, indent=2) + "\n")
+    out.with_suffix(".md").write_text(HEADER + markdown(runs))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="0.2b,0.4b", help=f"comma-separated, from {', '.join(scale.SHAPES)}")
     parser.add_argument("--workdir", type=Path, default=REPO / ".maap" / "export_phases")
     parser.add_argument("--code", type=Path, default=REPO, help="checkout whose Export ONNX step runs")
     parser.add_argument("--no-builder", action="store_true", help="skip the builder-alone run")
-    parser.add_argument("--out", type=Path, help="write <out>.json with every size's result")
+    parser.add_argument("--out", type=Path, help="add this run's results to <out>.json under --label, and write "
+                        "<out>.md from every label there")
+    parser.add_argument("--label", default="results", help="what this run measured (a heading of <out>.md)")
     parser.add_argument("--from-log", type=Path, help="cut a step's log (and .samples) left by a stopped run")
-    parser.add_argument("--markdown", nargs="+", metavar="LABEL=JSON",
-                        help="write <out>.md from earlier --out results instead of measuring")
+    parser.add_argument("--markdown", action="store_true", help="only rewrite <out>.md from <out>.json")
     args = parser.parse_args(argv)
     if args.from_log:
         run = from_log(args.from_log)
@@ -256,8 +277,7 @@ def main(argv=None) -> int:
             run, {f"[export_onnx] {k}": v for k, v in MARKERS.items()}, "start-up, checks, reference")}))
         return 0
     if args.markdown:
-        runs = {label: json.loads(Path(path).read_text()) for label, path in (m.split("=", 1) for m in args.markdown)}
-        args.out.with_suffix(".md").write_text(markdown(runs))
+        write(args.out, None, [])
         return 0
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("MLFLOW_RUN_ID", None)
@@ -272,7 +292,7 @@ def main(argv=None) -> int:
         print(json.dumps(result), flush=True)
         results.append(result)
     if args.out:
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+        write(args.out, args.label, results)
     return 0 if all(r["step"]["rc"] == 0 for r in results) else 1
 
 

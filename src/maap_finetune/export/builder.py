@@ -123,7 +123,7 @@ class BuildChild:
     that follow then add to it: measured at 443M parameters, 4.50 GB for the step against 3.73 GB for the
     builder alone. The child's memory goes back to the system when it exits; its errors are raised here.
     One child for every job: its start and imports (torch, transformers, the builder; about 10 s on 2 cores)
-    are paid once, and the graph check's jobs reuse the heap the full build freed there.
+    are paid once, and the full build reuses the heap the graph check's job freed there.
     """
 
     def __init__(self):

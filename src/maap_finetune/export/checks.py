@@ -65,10 +65,9 @@ def speed(reference: dict[str, Any], onnx_timing, precision: str, execution_prov
 
 
 def check_export(config, source, architecture: str, hf_folder: Path, scratch: Path, build_seconds: float,
-                 reference: dict[str, Any], child) -> dict[str, Any]:
-    """The parity checks of the built export. The fp32 graph check's cut copy is built (and run by PyTorch) in
-    `child` (builder.BuildChild, the full build's process) while the int4 comparison runs here: two cores, one
-    start of the child, and no second import of torch, transformers and the builder."""
+                 reference: dict[str, Any], cut: dict[str, Any] | None) -> dict[str, Any]:
+    """The parity checks of the built export; `cut` is the fp32 graph check's prepared cut copy
+    (graph_check.prepare, run in the build child), None when the check is off."""
     import time
 
     from transformers import AutoTokenizer
@@ -82,12 +81,6 @@ def check_export(config, source, architecture: str, hf_folder: Path, scratch: Pa
         return tokenizer.decode(tokens, skip_special_tokens=True)
 
     timings = {"build_s": build_seconds}
-    cut = None
-    if config.fp32_parity:
-        print(f"[export_onnx] fp32 graph check on the first {config.fp32_parity_layers} layers: cut and built "
-              "in the build's child process", flush=True)
-        cut = child.submit(graph_check.prepare, str(hf_folder), str(source.tokenizer), reference,
-                           config.fp32_parity_layers, config.execution_provider, str(scratch))
     print(f"[export_onnx] comparing the export with Evaluate's reference on {len(reference['generation'])} prompts",
           flush=True)
     start = time.perf_counter()
@@ -97,12 +90,10 @@ def check_export(config, source, architecture: str, hf_folder: Path, scratch: Pa
     timings["compare_s"] = time.perf_counter() - start
     fp32 = None
     if cut is not None:
-        print("[export_onnx] waiting for the fp32 graph check's cut copy, then comparing it", flush=True)
+        print("[export_onnx] comparing the fp32 graph check's cut copy with its PyTorch run", flush=True)
         start = time.perf_counter()
-        prepared = cut.result()
-        child.close()  # nothing more runs there: its memory goes back to the system now
-        fp32 = graph_check.finish(prepared, hf_folder, config.execution_provider, scratch, decode)
-        timings["fp32_graph_check_s"] = time.perf_counter() - start  # beyond what ran beside the comparison
+        fp32 = graph_check.finish(cut, hf_folder, config.execution_provider, scratch, decode)
+        timings["fp32_graph_check_s"] = cut["seconds"] + time.perf_counter() - start  # its child part included
     failures = (graph_check.failures(fp32) if fp32 else []) + threshold_failures(
         teacher_forced, config.min_token_agreement, config.max_loss_delta, config.precision)
     pytorch_bytes = builder.folder_bytes(Path(source.model))

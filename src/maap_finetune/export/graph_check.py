@@ -107,8 +107,8 @@ def folders(scratch: Path) -> dict[str, Path]:
 def prepare(hf_folder: str, tokenizer_dir: str, reference: Mapping[str, Any], layers: int, execution_provider: str,
             scratch: str) -> dict:
     """Cut, build the cut copy as fp32, and run PyTorch fp32 on it; meant for the build child
-    (builder.BuildChild), where torch, transformers and the builder are imported already and the full
-    build's freed heap is reused. Returns what `finish` compares: the kept layers and the cut reference."""
+    (builder.BuildChild), which imports torch, transformers and the builder once for this and the full
+    build. Returns what `finish` compares: the kept layers and the cut reference."""
     from maap_finetune.export import builder
 
     where = folders(Path(scratch))
