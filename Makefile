@@ -1,4 +1,5 @@
-# The README's two commands: `make local` (whole pipeline on this machine) and `make test`.
+# The README's two commands: `make local` (whole pipeline on this machine) and `make test` (the fast tier:
+# static, unit and one smoke run); `make test-all` runs every test (CI's command). Tiers: tests/conftest.py.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: local test install scan clean
+.PHONY: local test test-all install scan clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,9 @@ local: install
 	$(BIN)/python -c 'import os, runpy, shlex, sys; sys.argv[1:] = ["--local", *shlex.split(os.environ.get("ARGS", ""))]; runpy.run_path("pipelines/submit.py", run_name="__main__")'
 
 test: install $(VENV)/.scanner
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+test-all: install $(VENV)/.scanner
 	$(BIN)/python -m pytest $(ARGS)
 
 scan: install $(VENV)/.scanner

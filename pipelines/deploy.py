@@ -161,18 +161,21 @@ def check_args(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def model_reference(ml_client, name: str, version: str, registry: str | None) -> tuple[str, dict]:
-    """(model id the deployment points at, the model's tags); a workspace model must exist."""
+    """(model id the deployment points at, the model's tags); the model must exist, verified."""
     from azure.core.exceptions import ResourceNotFoundError
 
     from maap_finetune.common.errors import UserError
 
     if registry:
-        return f"azureml://registries/{registry}/models/{name}/versions/{version}", {}
+        from pipelines.registry_models import registry_client
+
+        ml_client = registry_client(registry)
+    where = f"the registry {registry}" if registry else "the workspace"
     try:
         model = ml_client.models.get(name=name, version=version)
     except ResourceNotFoundError:
-        raise UserError(f"model {name}:{version} is not registered in the workspace; "
-                        f"list versions with `az ml model list --name {name}`") from None
+        raise UserError(f"model {name}:{version} is not registered in {where}; list versions with "
+                        f"`az ml model list --name {name}{f' --registry-name {registry}' if registry else ''}`") from None
     if getattr(model, "type", None) not in (None, "mlflow_model"):
         raise UserError(f"model {name}:{version} is a {model.type}, not an mlflow_model; this script deploys MLflow "
                         "models written by maap-finetune")
@@ -182,6 +185,8 @@ def model_reference(ml_client, name: str, version: str, registry: str | None) ->
     if is_unverified(tags):
         raise UserError(f"model {name}:{version} is not verified (tag maap_verified: false): Register created it but its "
                         "load-back check did not pass; rerun the pipeline's Register step, or deploy a verified version")
+    if registry:
+        return f"azureml://registries/{registry}/models/{name}/versions/{version}", tags
     return f"azureml:{name}:{version}", tags
 
 

@@ -208,14 +208,25 @@ def service_echo(kind: str, entity, *, name: str, id: str, properties: dict | No
 
 class ModelStore:
     """`client.models` backed by REST payloads: `create_or_update` numbers versions as the service does and
-    answers through `Model._from_rest_object`; `list` and `get` read the stored payloads back."""
+    answers through `Model._from_rest_object`; `list` and `get` read the stored payloads back.
 
-    def __init__(self, operations, *fixtures: str):
+    With `storage` (a folder) it also keeps the files: a version created from a local folder (or from a job
+    output named in `job_outputs`) is copied under `storage`, `after_upload` may change that copy (an upload
+    cut short), and `download` writes it where the SDK does, `<download_path>/<name>/<folder name>/`. A
+    `create_or_update` of an existing version updates its tags and description and refuses another path,
+    as the service does."""
+
+    def __init__(self, operations, *fixtures: str, storage: Path | None = None):
         self.payloads: list[dict] = [rest_payload(f) for f in fixtures]
         self.requests: list = []  # the Model entities the code sent, to assert on what was asked
+        self.storage = storage
+        self.job_outputs: dict[str, Path] = {}
+        self.files: dict[tuple[str, str], Path] = {}  # (name, version) -> the stored copy
+        self.after_upload = None
         operations.list.side_effect = self.list
         operations.get.side_effect = self.get
         operations.create_or_update.side_effect = self.create_or_update
+        operations.download.side_effect = self.download
 
     def _named(self, name):
         return [p for p in self.payloads if p["id"].split("/models/")[1].split("/")[0] == name]
@@ -228,16 +239,21 @@ class ModelStore:
             raise ResourceNotFoundError(f"Model container {name} not found")
         return iter([from_rest("model", p) for p in found])
 
-    def get(self, name, version=None, label=None):
+    def _payload(self, name, version):
         from azure.core.exceptions import ResourceNotFoundError
 
         for payload in self._named(name):
             if payload["name"] == str(version):
-                return from_rest("model", payload)
+                return payload
         raise ResourceNotFoundError(f"Model {name}:{version} not found")
+
+    def get(self, name, version=None, label=None):
+        return from_rest("model", self._payload(name, version))
 
     def create_or_update(self, model):
         self.requests.append(model)
+        if model.version is not None and any(p["name"] == str(model.version) for p in self._named(model.name)):
+            return self._update(model)
         version = str(len(self._named(model.name)) + 1)
         body = request_payload(model)
         body.update(id=resource_id("models", model.name, version), name=version, systemData=system_data(),
@@ -247,8 +263,39 @@ class ModelStore:
                                           f"workspaces/{WORKSPACE}/datastores/workspaceblobstore/paths/LocalUpload/"
                                           f"0f1e2d3c4b5a69788796a5b4c3d2e1f0/{Path(str(model.path)).name}")
         body["properties"].setdefault("flavors", {"python_function": {"data": {"loader_module": "mlflow.transformers"}}})
+        self._store_files(model, version)
         self.payloads.append(body)
         return from_rest("model", body)
+
+    def _update(self, model):
+        from azure.core.exceptions import HttpResponseError
+
+        payload = self._payload(model.name, model.version)
+        sent = request_payload(model)["properties"]
+        if sent.get("modelUri") != payload["properties"]["modelUri"]:
+            raise HttpResponseError("Cannot update asset path of an existing asset version")  # the SDK's ASSET_PATH_ERROR
+        payload["properties"]["tags"] = sent.get("tags") or {}
+        payload["properties"]["description"] = sent.get("description")
+        return from_rest("model", payload)
+
+    def _store_files(self, model, version):
+        import shutil
+
+        source = self.job_outputs.get(str(model.path), Path(str(model.path)))
+        if self.storage is None or not source.is_dir():
+            return
+        copy = Path(self.storage) / model.name / version / Path(str(model.path)).name
+        shutil.copytree(source, copy)
+        if self.after_upload is not None:
+            self.after_upload(copy)
+        self.files[(model.name, version)] = copy
+
+    def download(self, name, version, download_path="."):
+        import shutil
+
+        self._payload(name, version)  # ResourceNotFoundError as the SDK's own get raises it
+        copy = self.files[(name, str(version))]  # a version registered by the code under test has files
+        shutil.copytree(copy, Path(download_path) / name / copy.name)
 
 
 # The variables Azure ML sets inside a pipeline step (a register step of pipeline job `pipeline_job_7`).

@@ -24,7 +24,8 @@ from maap_finetune.common.cli import StrictParser, bounded
 from maap_finetune.common.errors import ConfigErrors, UserError, exit_on_user_error
 
 TEMPLATES_FILE = Path(__file__).resolve().parent / "templates.yaml"
-TASKS = ("chat", "instruction", "classification", "ner", "translation", "qa", "summarization", "text", "preference")
+TASKS = ("chat", "instruction", "classification", "ner", "translation", "qa", "summarization", "text", "preference",
+         "rft")
 KEY_FLAGS = ("messages_key", "prompt_key", "input_key", "completion_key", "text_key", "label_key", "token_key",
              "tag_key", "source_key", "target_key", "context_key", "question_key", "answers_key", "document_key",
              "summary_key", "chosen_key", "rejected_key")
@@ -49,6 +50,7 @@ class Config:
     model_path: Path | None = None
     chat_template: Path | None = None
     templates_file: Path | None = None
+    graders: Path | None = None
     keys: dict[str, str | None] = field(default_factory=dict)
     label_names: list[str] | None = None
     drop_columns: list[str] = field(default_factory=list)
@@ -63,7 +65,7 @@ class Config:
 def build_parser() -> StrictParser:
     parser = StrictParser(description="Check a dataset and write train/validation/test splits.")
     for name in ("train_data", "train_folder", "validation_data", "test_data", "model_path", "chat_template",
-                 "templates_file"):
+                 "templates_file", "graders"):
         parser.add_argument(f"--{name}", type=Path, default=None)
     parser.add_argument("--task", choices=TASKS, required=True)
     parser.add_argument("--on_invalid", choices=("fail", "skip"), required=True)
@@ -151,15 +153,15 @@ def _task_templates(task: str, system_prompt: str | None, prompt_template: str |
             problems.append("templates_file does not apply to task text (raw text has no templates); remove it")
         else:
             templates.update(_templates_file(templates_file, task, templates, problems))
-            if task in ("chat", "preference"):
+            if task in ("chat", "preference", "rft"):
                 system_prompt = system_prompt if system_prompt is not None else templates.get("system")
-    if task in ("chat", "text", "preference"):
+    if task in ("chat", "text", "preference", "rft"):
         if prompt_template is not None or completion_template is not None:
             problems.append(f"prompt_template and completion_template do not apply to task {task} "
                             "(its rows are used as they are); remove them")
         if task == "text" and system_prompt is not None:
             problems.append("system_prompt does not apply to task text (raw text has no turns); remove it")
-        return {"system": system_prompt} if task in ("chat", "preference") else {}
+        return {"system": system_prompt} if task in ("chat", "preference", "rft") else {}
     if system_prompt is not None:
         templates["system"] = system_prompt
     if prompt_template is not None:
@@ -197,7 +199,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     if (args.train_data is None) == (args.train_folder is None):
         problems.append("give exactly one of train_data (a file) or train_folder (a folder of shards)")
     for name in ("train_data", "train_folder", "validation_data", "test_data", "model_path", "chat_template",
-                 "templates_file"):
+                 "templates_file", "graders"):
         path = getattr(args, name)
         if path is not None and not path.exists():
             problems.append(f"{name} {path}: no such file or folder")
@@ -223,6 +225,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         elif not value.strip():
             problems.append(f"{name} is empty; give a column name or leave it unset")
         keys[name] = value
+    if args.graders is not None and args.task != "rft":
+        problems.append(f"graders is for task rft (the fields its templates read are checked per row), not "
+                        f"{args.task}; remove it or set task rft")
     label_names = _parse_label_names(args.label_names, problems)
     if label_names is not None and args.task not in ("classification", "ner"):
         problems.append(f"label_names is for tasks classification and ner, not {args.task}; remove it")
@@ -247,7 +252,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         drop_columns=[c.strip() for c in (args.drop_columns or "").split(",") if c.strip()],
         prepared_data=args.prepared_data, data_report=args.data_report, train_data=args.train_data,
         train_folder=args.train_folder, validation_data=args.validation_data, test_data=args.test_data,
-        model_path=args.model_path, chat_template=args.chat_template, templates_file=args.templates_file, keys=keys,
+        model_path=args.model_path, chat_template=args.chat_template, templates_file=args.templates_file,
+        graders=args.graders, keys=keys,
         label_names=label_names, source_lang=args.source_lang,
         target_lang=args.target_lang, system_prompt=_unescape(args.system_prompt),
         prompt_template=_unescape(args.prompt_template), completion_template=_unescape(args.completion_template),
@@ -303,10 +309,11 @@ def run(config: Config) -> dict[str, Any]:
     if config.test_data is not None:
         inputs.append(InputSpec("test_data", config.test_data, "test"))
     tokenizer = load_tokenizer(config.model_path, config.chat_template) if config.model_path is not None else None
+    graders = _load_graders(config)
     adapter = TaskAdapter(config.task, config.keys, config.templates, label_names=config.label_names,
                           source_lang=config.source_lang, target_lang=config.target_lang,
-                          system_prompt=config.templates.get("system") if config.task in ("chat", "preference")
-                          else None, drop_columns=config.drop_columns)
+                          system_prompt=config.templates.get("system") if config.task in ("chat", "preference", "rft")
+                          else None, drop_columns=config.drop_columns, graders=graders)
     with tracking.step_run():
         tracking.log_params({"task": config.task, "on_invalid": config.on_invalid,
                              "validation_ratio": config.validation_ratio, "test_ratio": config.test_ratio,
@@ -351,6 +358,8 @@ def run(config: Config) -> dict[str, Any]:
             if config.task == "translation" else None,
             text_chunking=result.text_chunking,
             max_seq_length=config.max_seq_length,
+            graders=None if graders is None else {"file": config.graders.name, "name": graders.name,
+                                                  "item_fields": sorted(graders.item_fields)},
         )
         tokenizer_name = str(config.model_path) if config.model_path is not None else None
         report = build_report(result, task=config.task, on_invalid=config.on_invalid,
@@ -377,6 +386,19 @@ def run(config: Config) -> dict[str, Any]:
           f"{report['rows']['duplicates_removed']} duplicates removed; train {written['train']}, "
           f"validation {written['validation']}, test {written['test']} -> {config.prepared_data}")
     return report
+
+
+def _load_graders(config: Config):
+    """rft: the graders whose templates every row must satisfy (None without a graders file)."""
+    if config.task != "rft":
+        return None
+    if config.graders is None:
+        print("data prep: no graders file, so rows are not checked for the fields graders read; give graders "
+              "(the file Fine-Tune's grpo uses) to refuse such rows here")
+        return None
+    from maap_finetune.graders import load_graders
+
+    return load_graders(config.graders)
 
 
 def _report_metrics(report: dict[str, Any]) -> dict[str, float]:

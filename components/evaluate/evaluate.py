@@ -5,6 +5,10 @@
         --eval_batch_size 8 --sample_generations 8 --gate_metric loss --gate_min_improvement 0 \
         --parity_prompts 8 --parity_max_new_tokens 32 --evaluation out/
 
+On rft data (Data Prep's task rft) give --graders, the file Fine-Tune trained with: each model's
+completions are scored by it (no loss: the rows hold no answer), and metrics.json gains "graders",
+each grader's distribution for base and fine-tuned (maap_finetune.evaluation.grading).
+
 Writes to --evaluation: metrics.json ({"task", "base", "finetuned", "deltas", "lineage", ...}),
 decision.json ({"passed", "metric", "values", "reason"}), generations.jsonl, report.md,
 report.html and charts/*.png; logs metrics, the gate and the folder to the step's MLflow run. With
@@ -42,6 +46,7 @@ class Config:
     parity_prompts: int
     parity_max_new_tokens: int
     evaluation: Path
+    graders: Path | None = None
 
 
 def build_parser() -> StrictParser:
@@ -65,6 +70,7 @@ def build_parser() -> StrictParser:
     parser.add_argument("--parity_prompts", type=bounded(int, 0, 1000), required=True)
     parser.add_argument("--parity_max_new_tokens", type=bounded(int, 1, 1024), required=True)
     parser.add_argument("--evaluation", type=Path, required=True)
+    parser.add_argument("--graders", type=Path, default=None)
     return parser
 
 
@@ -88,15 +94,18 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
             f"--parity_max_new_tokens {config.parity_max_new_tokens} leaves no room for the prompt within "
             f"--max_seq_length {config.max_seq_length}; lower it or raise max_seq_length"
         )
+    if config.graders is not None and not config.graders.is_file():
+        problems.append(f"--graders {config.graders}: no such file (give the graders JSON Fine-Tune trained with)")
     if problems:
         raise ConfigErrors(problems, header="evaluate: invalid inputs")
     return config
 
 
 def evaluate_model(label: str, model_dir: str, tokenizer_dir: str, examples, generate_rows, config, prepared,
-                   pairs=None, while_loaded=None) -> dict:
-    """Loss, generations and task metrics of one model (with `pairs`, how it ranks them); `while_loaded(loaded)`
-    runs before the model is freed, and its result is returned as "while_loaded"."""
+                   pairs=None, while_loaded=None, graders=None) -> dict:
+    """Loss, generations and task metrics of one model (with `pairs`, how it ranks them; with `graders`, rft:
+    the graders' scores instead of loss); `while_loaded(loaded)` runs before the model is freed, and its result
+    is returned as "while_loaded"."""
     import gc
 
     import torch
@@ -105,15 +114,23 @@ def evaluate_model(label: str, model_dir: str, tokenizer_dir: str, examples, gen
 
     print(f"[evaluate] {label}: loading {model_dir}", flush=True)
     loaded = generation.load_model(model_dir, tokenizer_dir, config.trust_remote_code)
-    loss = generation.compute_loss(loaded, examples, config.max_seq_length, config.eval_batch_size)
+    loss = None if graders is not None else generation.compute_loss(
+        loaded, examples, config.max_seq_length, config.eval_batch_size)
     chosen = [examples[i] for i in generate_rows]
     outputs, references = generation.generate(
         loaded, chosen, config.max_new_tokens, config.max_seq_length, config.eval_batch_size
     )
-    values = {"loss": loss.loss, "perplexity": loss.perplexity}
-    values.update(
-        metrics.generation_metrics(prepared.task, outputs, references, prepared.label_set, prepared.templates)
-    )
+    grades = None
+    if graders is not None:
+        from maap_finetune.evaluation import grading
+
+        grades = grading.grade_outputs(graders, outputs, chosen, prepared.split_path("test"))
+        values = grading.grade_values(graders, grades)
+    else:
+        values = {"loss": loss.loss, "perplexity": loss.perplexity}
+        values.update(
+            metrics.generation_metrics(prepared.task, outputs, references, prepared.label_set, prepared.templates)
+        )
     called = [(out, ex.reference_calls) for out, ex in zip(outputs, chosen) if ex.reference_calls is not None]
     values.update(tool_calls.tool_call_metrics([o for o, _ in called], [r for _, r in called]))
     prompts = [generation.prompt_text(ex, loaded.tokenizer) for ex in chosen]
@@ -135,8 +152,9 @@ def evaluate_model(label: str, model_dir: str, tokenizer_dir: str, examples, gen
             "scored_tokens": loss.scored_tokens,
             "truncated_examples": loss.truncated_examples,
             "skipped_examples": loss.skipped_examples,
-        },
-        "per_example_loss": loss.per_example_loss,
+        } if loss is not None else {},
+        "per_example_loss": loss.per_example_loss if loss is not None else [],
+        "grades": grades,
         "outputs": outputs,
         "references": references,
         "prompts": prompts,
@@ -161,6 +179,7 @@ def run(config: Config) -> dict:
     problems = gate.gate_problems(quality_gate, prepared.task)
     if problems:
         raise ConfigErrors(problems, header="evaluate: invalid quality gate")
+    graders = _graders(config, prepared)
     base_source = fetch_hub_model(resolve_model_source(config.model_path, config.model_name))
     tuned_source = resolve_model_source(config.mlflow_model, None)
     # Preference rows are examples whose reference is the chosen answer, and pairs to rank.
@@ -170,6 +189,10 @@ def run(config: Config) -> dict:
         from maap_finetune.evaluation import preference
 
         pairs = preference.read_pairs(prepared.split_path("test"), config.max_eval_samples)
+    if graders is not None:
+        from maap_finetune.evaluation import grading
+
+        grading.check_rows(graders, examples, prepared.split_path("test"))
     if not examples:
         raise UserError(
             f"{prepared.split_path('test')}: the test split is empty; give Data Prep a test_ratio above 0 "
@@ -200,10 +223,10 @@ def run(config: Config) -> dict:
 
     results = {
         "base": evaluate_model("base", base_source.model, base_tokenizer, examples, generate_rows, config, prepared,
-                               pairs),
+                               pairs, graders=graders),
         "finetuned": evaluate_model(
             "fine-tuned", tuned_source.model, tuned_source.tokenizer, examples, generate_rows, config, prepared, pairs,
-            while_loaded=reference,
+            while_loaded=reference, graders=graders,
         ),
     }
     base_values, tuned_values = results["base"]["metrics"], results["finetuned"]["metrics"]
@@ -232,6 +255,10 @@ def run(config: Config) -> dict:
         beta = lineage.model_metadata(config.mlflow_model).get("dpo_beta")
         summary["implicit_reward"] = preference.implicit_reward(
             results["base"]["pair_logps"], results["finetuned"]["pair_logps"], beta)
+    if graders is not None:
+        from maap_finetune.evaluation import grading
+
+        summary["graders"] = grading.grader_summary(graders, results["base"]["grades"], results["finetuned"]["grades"])
     decision = gate.decide(quality_gate, base_values, tuned_values, summary["loss_details"])
     samples = [
         {
@@ -240,6 +267,7 @@ def run(config: Config) -> dict:
             "reference": results["base"]["references"][n],
             "base_output": results["base"]["outputs"][n],
             "finetuned_output": results["finetuned"]["outputs"][n],
+            **_sample_scores(graders, examples[i], results, n),
         }
         for n, i in enumerate(generate_rows)
     ]
@@ -277,6 +305,10 @@ def run(config: Config) -> dict:
         flat.update({f"finetuned_{k}": v for k, v in tuned_values.items()})
         flat.update({f"delta_{k}": v for k, v in summary["deltas"].items()})
         flat["quality_gate_passed"] = 1.0 if decision["passed"] else 0.0
+        if "graders" in summary:
+            from maap_finetune.evaluation.grading import distribution_metrics
+
+            flat.update(distribution_metrics(summary["graders"]))
         if "implicit_reward" in summary:
             flat["implicit_reward_accuracy"] = summary["implicit_reward"]["accuracy"]
             flat["implicit_reward_margin"] = summary["implicit_reward"]["mean_margin"]
@@ -288,6 +320,29 @@ def run(config: Config) -> dict:
         tracking.log_artifacts(out, artifact_path="evaluation")
     print(f"[evaluate] {decision['reason']}", flush=True)
     return summary
+
+
+def _graders(config: Config, prepared):
+    """rft data is graded by the graders file; any other data has no use for one."""
+    if prepared.format == "rft" and config.graders is None:
+        raise UserError(f"{prepared.root / 'metadata.json'}: the test data is rft (prompts without answers); give "
+                        "graders, the graders file Fine-Tune trained with, to score the completions")
+    if prepared.format != "rft" and config.graders is not None:
+        raise UserError(f"--graders applies to rft data, but {prepared.root} holds task {prepared.task!r}; remove it")
+    if config.graders is None:
+        return None
+    from maap_finetune.graders import load_graders
+
+    return load_graders(config.graders)
+
+
+def _sample_scores(graders, example, results, n: int) -> dict:
+    """rft: the reference fields the graders read, and each model's scores, for the side-by-side table."""
+    if graders is None:
+        return {}
+    fields = {name: example.row[name] for name in sorted(graders.item_fields) if name in example.row}
+    return {"reference": json.dumps(fields, ensure_ascii=False) if fields else "",
+            **{f"{side}_scores": {k: v[n] for k, v in results[side]["grades"].items()} for side in results}}
 
 
 def _json_safe(value):

@@ -7,8 +7,9 @@ Reads Evaluate's decision.json: when the gate failed nothing is registered and m
 why ({"registered": false, "reason": ...}). Otherwise registers in Azure ML when inside an Azure ML
 job (`maap_finetune.registry.target.running_in_azure_ml`), from Fine-Tune's job output when its
 MLmodel names one (no second upload), else in the local MLflow registry, and writes model_info.json
-(registered, name, version, uri, reason). A second run for the same pipeline
-run finds the version tagged with its pipeline run id and registers nothing new.
+(registered, name, version, uri, reason). The version is tagged `maap_verified: false` until the
+registry's copy is downloaded back and loads (`maap_finetune.registry.lifecycle`); a rerun on the same
+weights and data (`content_sha256`), or of the same pipeline run, reuses the verified version.
 """
 
 from __future__ import annotations

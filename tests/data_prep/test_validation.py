@@ -261,6 +261,7 @@ def test_duplicates_removed_and_counted(prep, tmp_path):
     assert len(set(written)) == 10
 
 
+@pytest.mark.slow
 def test_command_line_exits_2_with_one_message_and_no_traceback(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [GOOD[0], '{"messages": 3}'], raw=True)
     argv = argv_from_spec("data_prep", train_data=path, prepared_data=tmp_path / "p", data_report=tmp_path / "r")

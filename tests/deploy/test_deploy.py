@@ -135,11 +135,34 @@ def test_updates_an_existing_endpoint(azure, capsys):
     assert "endpoint contoso-chat updated" in capsys.readouterr().out
 
 
+def registry_version(models: ModelStore, version: str, tags: dict[str, str]) -> None:
+    """maap-finetuned:`version` in the registry shared-models (the recorded payload, moved there)."""
+    payload = rest_payload("model_maap-finetuned_1")
+    payload["id"] = f"azureml://registries/shared-models/models/maap-finetuned/versions/{version}"  # a registry's ids
+    payload["name"] = version
+    payload["properties"]["tags"] = tags
+    models.payloads.append(payload)
+
+
 def test_registry_model_reference(azure):
+    registry_version(azure.models, "3", {"maap_verified": "true"})
     code = deploy.main(["--model", "maap-finetuned:3", "--registry", "shared-models", "--instance-type", "Standard_DS3_v2",
                         *WORKSPACE])
     assert code == 0
+    assert azure.cls.call_args_list[-1].kwargs == {"registry_name": "shared-models"}  # read from the registry
     assert azure.deployments.written[0].model == "azureml://registries/shared-models/models/maap-finetuned/versions/3"
+
+
+@pytest.mark.parametrize(("version", "message"), [
+    ("4", "error: model maap-finetuned:4 is not verified (tag maap_verified: false)"),
+    ("5", "error: model maap-finetuned:5 is not registered in the registry shared-models"),
+])
+def test_a_registry_model_must_exist_and_be_verified(azure, capsys, version, message):
+    registry_version(azure.models, "4", {"maap_verified": "false"})
+    code = deploy.main(["--model", f"maap-finetuned:{version}", "--registry", "shared-models", "--instance-type",
+                        "Standard_DS3_v2", *WORKSPACE])
+    assert code == 2 and message in capsys.readouterr().err
+    assert azure.deployments.written == []
 
 
 @pytest.mark.parametrize(
@@ -223,7 +246,8 @@ def test_instance_type_is_checked_against_the_weights(azure, capsys, instance, w
                                                                ("adapter", [], False)])
 def test_the_tag_register_writes_drives_the_warning(azure, capsys, tmp_path, model_format, extra, warned):
     """Register's tags for a 15.3 GB folder (a sparse weights file: no disk used), registered through the same
-    fake workspace; deploy reads them back without --weights-gb. An adapter's folder lacks its base weights."""
+    fake workspace; deploy reads them back without --weights-gb. An adapter's folder lacks its base weights.
+    The folder uploaded is a small one with those tags: copying and hashing 15 GB would take minutes."""
     from maap_finetune.registry.azure import register_azure
     from maap_finetune.registry.tags import build_tags
 
@@ -235,7 +259,17 @@ def test_the_tag_register_writes_drives_the_warning(azure, capsys, tmp_path, mod
         weights.truncate(15_300_000_000)
     tags = build_tags({}, {"passed": True}, {}, "pipeline_job_7", "register_step_1", folder)
     tags["model_format"] = model_format
-    register_azure(folder, "sized", tags, "sized model", None, ml_client=azure.client)
+    small = tmp_path / "uploaded"
+    small.mkdir()
+    (small / "MLmodel").write_text(mlmodel)
+
+    def check(copy):  # the load-back check of this flavor-less model: the registry's copy reads back
+        if (copy / "MLmodel").read_text() != mlmodel:
+            raise AssertionError(copy)
+
+    azure.models.storage = tmp_path / "storage"
+    register_azure(small, "sized", tags, "sized model", None, check=check, ml_client=azure.client)
+    assert azure.models.payloads[-1]["properties"]["tags"]["maap_verified"] == "true"
     assert int(azure.models.payloads[-1]["properties"]["tags"]["model_size_bytes"]) == 15_300_000_000 + len(mlmodel)
 
     code = deploy.main(["--model", "sized:1", "--instance-type", "Standard_NC4as_T4_v3", *extra, *WORKSPACE])

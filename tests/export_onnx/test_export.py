@@ -46,9 +46,10 @@ def test_fp32_export_matches_pytorch_token_for_token_and_registers(
     assert (info["registered"], info["name"], info["uri"]) == (True, "bikes-onnx", "models:/bikes-onnx/1")
     version = MlflowClient().get_model_version("bikes-onnx", "1")
     assert {k: version.tags[k] for k in ("source_model_name", "source_model_version", "precision", "execution_provider",
-                                          "fp32_parity")} == {
+                                          "fp32_parity", "maap_verified")} == {
         "source_model_name": "bikes", "source_model_version": "3", "precision": "fp32", "execution_provider": "cpu",
-        "fp32_parity": "identical"}
+        "fp32_parity": "identical", "maap_verified": "true"}  # the registry's copy loaded with onnxruntime_genai
+    assert len(version.tags["content_sha256"]) == 64
 
 
 def test_int4_report_is_well_formed_and_checks_fp32_parity_too(

@@ -29,6 +29,7 @@ def _cuda() -> bool:
     ["bash", "benchmarks/gpu_suite.sh", "throughput", "zero3"],
     ["bash", "benchmarks/gpu_suite.sh", "quant"],
 ])
+@pytest.mark.slow
 def test_gpu_suite_skips_without_cuda(command):
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={"PATH": f"{REPO / '.venv' / 'bin'}:{sys.executable.rsplit('/', 1)[0]}:/usr/bin:/bin"})
@@ -53,6 +54,7 @@ def test_children_keep_the_carried_packages(monkeypatch):
     assert child_environment()["PYTHONPATH"].split(":") == [str(REPO / "src"), str(REPO), "/tmp/site"]
 
 
+@pytest.mark.slow
 def test_rehearsal_runs_the_suite_on_the_cpu(tmp_path):
     done = subprocess.run([sys.executable, "benchmarks/gpu_suite.py", "--rehearse", "--part", "throughput", "zero3",
                            "quant", "--results", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -116,6 +116,7 @@ def test_a_local_folder_is_not_fetched(tiny_model_dir):
     assert fetch_hub_model(source) is source
 
 
+@pytest.mark.slow
 def test_finetune_step_with_an_unreachable_hub_model_exits_2_without_a_traceback(tmp_path, prepared_chat):
     """What the local run's step log shows: one `error:` line naming the model and the fix."""
     env = {

@@ -216,8 +216,7 @@ def test_dpo_on_a_registered_sft_model(tmp_path, tiny_model_dir, prepared_chat, 
                                                **outputs(sft_out)))
     client = MlflowClient()
     with mlflow.start_run(experiment_id=client.create_experiment("register")) as run:
-        info = register_local(sft_out / "mlflow_model", "support-sft", {PIPELINE_RUN_TAG: "p1"}, "SFT", run,
-                              verify=False)
+        info = register_local(sft_out / "mlflow_model", "support-sft", {PIPELINE_RUN_TAG: "p1"}, "SFT", run)
     assert info.uri == "models:/support-sft/1"
     sft_folder = registered_model_folder(info.uri, mlflow_tracking, tmp_path / "registered")
 

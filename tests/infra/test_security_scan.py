@@ -14,6 +14,9 @@ from tests.helpers import REPO_ROOT, load_script
 
 scan = load_script("maap_infra_scan", REPO_ROOT / "infra" / "scan.py")
 
+# Five checkov runs: `make scan` and `make test-all` run them.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def checkov_ready():

@@ -221,6 +221,7 @@ def test_two_nodes_run_on_this_machine_with_node_rank(fake_repo, tmp_path):
     assert seen(result_dir)["argv"][2:4] == ["--note", "hi"]  # the block is kept when note has a value
 
 
+@pytest.mark.slow
 def test_mlflow_parent_and_child_runs_in_sqlite(fake_repo, tmp_path, monkeypatch, empty_mlflow_db):
     import shutil
 
@@ -381,6 +382,7 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
 
 
+@pytest.mark.slow
 def test_sigterm_ends_every_step_process_and_marks_the_runs_killed(fake_repo, tmp_path, empty_mlflow_db):
     """`timeout`, CI and schedulers send SIGTERM: no training process may outlive the runner."""
     import os
@@ -420,6 +422,7 @@ def test_sigterm_ends_every_step_process_and_marks_the_runs_killed(fake_repo, tm
     assert status == {"sleeping": "KILLED", "produced": "FINISHED", "node": "KILLED"}
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_runner_ends_its_steps_and_the_next_run_marks_its_runs_killed(fake_repo, tmp_path,
                                                                                       empty_mlflow_db):
     """kill -9 cannot be caught: the step guard's parent-death signal ends the steps, and the next run finds
@@ -494,6 +497,7 @@ print(_Tracking(sys.argv[1], "race").experiment_id)
 """
 
 
+@pytest.mark.slow
 def test_two_runs_creating_a_new_store_at_once_both_succeed(tmp_path):
     """Two `--local` runs started together in a fresh folder race to create and migrate mlruns.db."""
     import os

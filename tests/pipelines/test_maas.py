@@ -48,6 +48,7 @@ def workspace(monkeypatch, tmp_path):
     return SimpleNamespace(client=client, connect=connect)
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_job_and_touches_no_network(workspace, tmp_path, capfd):
     rc = submit.main(["--dry-run", *_argv(tmp_path, "--set", "epochs=2", "--set", "learning_rate=2e-5")])
     out = capfd.readouterr().out
@@ -61,6 +62,7 @@ def test_dry_run_prints_the_job_and_touches_no_network(workspace, tmp_path, capf
     assert Path(details["validationData"]["uri"]).is_file()
 
 
+@pytest.mark.slow
 def test_submit_uploads_the_prepared_splits_and_creates_the_job(workspace, tmp_path, capfd):
     rc = submit.main(_argv(tmp_path, "--set", "per_device_train_batch_size=2", "--set", "registered_model_name=bikes-ft"))
     out = capfd.readouterr().out
@@ -98,6 +100,7 @@ def test_inputs_serverless_fine_tuning_does_not_offer_are_errors_before_anything
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_free_text_reaches_data_prep_through_the_components_own_command(workspace, tmp_path, capfd):
     """Data Prep runs as the pipeline's node does: its YAML command rendered and run by bash, so the
     YAML's quoting carries a value with spaces, parentheses, ; and $ through whole."""
@@ -119,6 +122,7 @@ def test_a_value_no_command_line_can_carry_is_refused_as_the_pipeline_refuses_it
     assert "--set data_prep.system_prompt contains a single quote (')" in err and "templates_file" in err
 
 
+@pytest.mark.slow
 def test_bad_rows_stop_before_any_upload(workspace, tmp_path, capfd):
     bad = tmp_path / "bad.jsonl"
     good = SAMPLE_TOOLS.read_text(encoding="utf-8").splitlines()
@@ -134,6 +138,7 @@ def test_bad_rows_stop_before_any_upload(workspace, tmp_path, capfd):
     assert "arguments" in out  # Data Prep's own report of the bad row, echoed from its log
 
 
+@pytest.mark.slow
 def test_no_training_data_is_refused_and_the_default_store_is_in_the_working_folder(workspace, tmp_path, capfd,
                                                                                    monkeypatch):
     """As for a pipeline submission: the bundled sample only on purpose. The default MLflow store is the

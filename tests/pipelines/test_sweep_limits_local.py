@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
+
 from pipelines.local_runner import StepFailed, run_pipeline
 from tests.pipelines.test_sweep_local import component
 
@@ -64,6 +66,7 @@ def summary_rows(workdir):
     return json.loads(summary.read_text())
 
 
+@pytest.mark.slow
 def test_trial_timeout_stops_the_trial_marks_it_killed_and_the_finished_trial_is_best(tmp_path, monkeypatch):
     result, trials, stdout, workdir = run_sweep(tmp_path, monkeypatch, [0.001, 0.5], 2, trial_timeout=12)
     assert not isinstance(result, Exception), result
@@ -82,6 +85,7 @@ def test_trial_timeout_stops_the_trial_marks_it_killed_and_the_finished_trial_is
     assert 12 <= next(r for r in summary["trials"] if r["trial"] == "trial_2")["seconds"] < 30
 
 
+@pytest.mark.slow
 def test_sweep_timeout_stops_the_running_trial_starts_no_other_and_fails_naming_the_limit(tmp_path, monkeypatch):
     error, trials, stdout, workdir = run_sweep(tmp_path, monkeypatch, [0.5, 0.001, 0.002], 1, timeout=3)
     assert isinstance(error, StepFailed)

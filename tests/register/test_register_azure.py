@@ -16,14 +16,15 @@ AZURE_ENV = AZURE_JOB_ENV
 
 
 @pytest.fixture
-def azure_job(monkeypatch):
-    """Inside a pipeline job, with an autospecced MLClient (tests/azure_fakes.py) and an empty model store."""
+def azure_job(monkeypatch, tmp_path):
+    """Inside a pipeline job, with an autospecced MLClient (tests/azure_fakes.py) and an empty model store
+    that keeps the registered files under tmp_path/storage."""
     for key, value in AZURE_ENV.items():
         monkeypatch.setenv(key, value)
     for key in ("DEFAULT_IDENTITY_CLIENT_ID", "OBO_ENDPOINT", "AZUREML_OBO_ENABLED", "MAAP_JOB_IDENTITY"):
         monkeypatch.delenv(key, raising=False)
     fake = patch_azure(monkeypatch, credential=False)  # the real credential classes: nothing is fetched
-    fake.models = ModelStore(fake.client.models)
+    fake.models = ModelStore(fake.client.models, storage=tmp_path / "storage")
     return fake
 
 
@@ -42,8 +43,12 @@ def test_registers_in_the_workspace_once_per_pipeline_run(tmp_path, mlflow_track
     assert azure_job.cls.call_args.kwargs == {"subscription_id": AZURE_ENV["AZUREML_ARM_SUBSCRIPTION"],
                                               "resource_group_name": "rg-ml", "workspace_name": "ws-ml"}
     assert isinstance(azure_job.cls.call_args.args[0], DefaultAzureCredential)
-    [model] = azure_job.models.requests  # what Register asked Azure to create
+    model, marked = azure_job.models.requests  # what Register asked Azure: create, then mark verified
     assert model.type == "mlflow_model" and model.name == "maap-finetuned"
+    assert model.tags["maap_verified"] == "false" and len(model.tags["content_sha256"]) == 64
+    assert (marked.name, marked.version, marked.tags["maap_verified"]) == ("maap-finetuned", "1", "true")
+    assert azure_job.models.get("maap-finetuned", "1").tags == {**model.tags, "maap_verified": "true"}
+    assert azure_job.client.models.download.call_count == 1
     assert str(model.path) == str(finetuned_mlflow_model)
     assert model.tags["pipeline_run_id"] == "pipeline_job_7" and model.tags["base_model"] == "tiny-phi3"
     assert all(isinstance(v, str) for v in model.tags.values())
@@ -54,7 +59,7 @@ def test_registers_in_the_workspace_once_per_pipeline_run(tmp_path, mlflow_track
                     "uri": "azureml:maap-finetuned:1", "target": "workspace", "created": True}
 
     again = run_register(tmp_path, finetuned_mlflow_model, evaluation_passed, out="again")
-    assert len(azure_job.models.requests) == 1
+    assert len(azure_job.models.requests) == 2
     assert again["version"] == "1" and again["created"] is False and "no new version" in again["reason"]
 
 
@@ -138,3 +143,79 @@ def test_adapter_format_in_azure_needs_a_hub_base(tmp_path, mlflow_tracking, azu
         run_register(tmp_path, finetuned_mlflow_model, evaluation_passed, model_format="adapter",
                      adapter=tmp_path, model_path=tiny_model_dir)
     azure_job.cls.assert_not_called()
+
+
+def _cut_short(copy):
+    """An upload cut short: the stored copy's largest weights file is half its size."""
+    weights = max(copy.rglob("*.safetensors"), key=os.path.getsize)
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 2)
+
+
+def _does_not_load(folder, *args, **kwargs):
+    raise OSError(f"{folder}: no model could be built from these files")
+
+
+@pytest.mark.parametrize("damage", ["cut short", "does not load"])
+def test_a_copy_that_fails_the_check_stays_unverified_deploy_refuses_it_and_a_rerun_makes_a_new_version(
+        tmp_path, mlflow_tracking, azure_job, monkeypatch, finetuned_mlflow_model, evaluation_passed, damage):
+    import mlflow.pyfunc
+
+    from maap_finetune.common.errors import UserError
+    from maap_finetune.registry.lifecycle import CopyDiffers
+    from pipelines import deploy
+
+    with monkeypatch.context() as patch:
+        if damage == "cut short":
+            azure_job.models.after_upload = _cut_short
+            expected = pytest.raises(CopyDiffers, match="maap-finetuned in the workspace version 1 differs from the "
+                                                        "folder registered")
+        else:
+            patch.setattr(mlflow.pyfunc, "load_model", _does_not_load)
+            expected = pytest.raises(OSError, match="no model could be built")
+        with expected:
+            run_register(tmp_path, finetuned_mlflow_model, evaluation_passed)
+    assert azure_job.models.get("maap-finetuned", "1").tags["maap_verified"] == "false"
+    with pytest.raises(UserError, match=r"maap-finetuned:1 is not verified \(tag maap_verified: false\)"):
+        deploy.model_reference(azure_job.client, "maap-finetuned", "1", None)
+
+    # The same pipeline run, retried: the unverified version is not reused; the new one is checked and verified.
+    azure_job.models.after_upload = None
+    again = run_register(tmp_path, finetuned_mlflow_model, evaluation_passed, out="again")
+    assert (again["version"], again["created"], again["tags"]["maap_verified"]) == ("2", True, "true")
+    assert azure_job.models.get("maap-finetuned", "2").tags["maap_verified"] == "true"
+    assert deploy.model_reference(azure_job.client, "maap-finetuned", "2", None)[0] == "azureml:maap-finetuned:2"
+
+
+def test_another_pipeline_run_on_the_same_weights_and_data_reuses_the_verified_version(
+        tmp_path, mlflow_tracking, azure_job, monkeypatch, finetuned_mlflow_model, evaluation_passed):
+    first = run_register(tmp_path, finetuned_mlflow_model, evaluation_passed)
+    monkeypatch.setenv("AZUREML_ROOT_RUN_ID", "pipeline_job_8")
+    rerun = run_register(tmp_path, finetuned_mlflow_model, evaluation_passed, out="rerun")
+    assert (rerun["version"], rerun["created"]) == ("1", False)
+    assert rerun["tags"]["pipeline_run_id"] == first["tags"]["pipeline_run_id"] == "pipeline_job_7"
+    assert len(azure_job.models.payloads) == 1
+
+
+def test_from_a_job_output_the_stored_output_is_downloaded_and_loaded(tmp_path, mlflow_tracking, azure_job,
+                                                                       finetuned_mlflow_model):
+    """No upload: the version points at Fine-Tune's job output; the check reads the registry's copy of it."""
+    from maap_finetune.registry.lifecycle import load_mlflow_model
+
+    uri = "azureml://jobs/finetune_job_3/outputs/mlflow_model"
+    azure_job.models.job_outputs[uri] = finetuned_mlflow_model
+    checked = []
+
+    def check(folder):
+        checked.append(folder)
+        load_mlflow_model(folder)
+
+    info = azure.register_azure(finetuned_mlflow_model, "maap-finetuned", {"pipeline_run_id": "pipeline_job_7"},
+                                "tiny", None, check=check, ml_client=azure_job.client, source_uri=uri)
+    assert str(azure_job.models.requests[0].path) == uri
+    [folder] = checked
+    assert folder.name == "mlflow_model" and folder.parent.name == "maap-finetuned"
+    assert not folder.is_relative_to(finetuned_mlflow_model) and not folder.exists()  # a scratch copy, removed
+    assert (info.version, info.tags["maap_verified"]) == ("1", "true")
+    assert info.reason.endswith("from azureml://jobs/finetune_job_3/outputs/mlflow_model (no upload), downloaded back "
+                                "and loaded")

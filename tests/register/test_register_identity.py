@@ -12,7 +12,7 @@ import yaml
 
 from maap_finetune.common.errors import UserError
 from maap_finetune.registry import target
-from tests.azure_fakes import AZURE_JOB_ENV
+from tests.azure_fakes import AZURE_JOB_ENV, ModelStore
 from tests.helpers import argv_from_spec, load_entry
 
 AZURE_ENV = AZURE_JOB_ENV
@@ -33,19 +33,14 @@ def http_error(status: int, message: str):
 
 
 @pytest.fixture
-def sdk(monkeypatch):
-    """MLClient replaced by an autospec of the class; its `models` an autospec of ModelOperations."""
+def sdk(monkeypatch, tmp_path):
+    """MLClient replaced by an autospec of the class; its `models` an autospec of ModelOperations backed by a
+    ModelStore that keeps the files (tests/azure_fakes.py)."""
     from azure.ai.ml import MLClient
     from azure.ai.ml.operations import ModelOperations
 
     models = mock.create_autospec(ModelOperations, instance=True)
-    models.list.return_value = iter([])
-
-    def create(model):
-        model.version = "1"
-        return model
-
-    models.create_or_update.side_effect = create
+    store = ModelStore(models, storage=tmp_path / "storage")
     client = mock.NonCallableMock(spec=["models"])
     client.models = models
     cls = mock.create_autospec(MLClient, return_value=client)
@@ -54,7 +49,7 @@ def sdk(monkeypatch):
         monkeypatch.delenv(key, raising=False)
     for key, value in AZURE_ENV.items():
         monkeypatch.setenv(key, value)
-    return mock.NonCallableMock(cls=cls, models=models)
+    return mock.NonCallableMock(cls=cls, models=models, store=store)
 
 
 def run_register(tmp_path, model, evaluation, **values):
@@ -79,9 +74,9 @@ def with_job_output(model_dir, folder, job="finetune_step_5", workspace=None):
 def test_workspace_model_is_created_from_the_finetune_job_output(tmp_path, mlflow_tracking, sdk,
                                                                   finetuned_mlflow_model, evaluation_passed):
     model_dir = with_job_output(finetuned_mlflow_model, tmp_path / "mounted_output")
+    sdk.store.job_outputs["azureml://jobs/finetune_step_5/outputs/mlflow_model"] = model_dir
     info = run_register(tmp_path, model_dir, evaluation_passed)
-    [call] = sdk.models.create_or_update.call_args_list
-    model = call.args[0]
+    model = sdk.store.requests[0]  # the create (the second request marks it verified)
     assert model.path == "azureml://jobs/finetune_step_5/outputs/mlflow_model"  # no local path: nothing uploaded
     assert model.type == "mlflow_model"
     assert info["uri"] == "azureml:maap-finetuned:1" and "(no upload)" in info["reason"]
@@ -108,7 +103,7 @@ def test_folder_is_uploaded_when_no_job_output_of_this_workspace_is_known(worksp
     model_dir = (with_job_output(finetuned_mlflow_model, tmp_path / "copy", workspace=workspace) if workspace
                  else finetuned_mlflow_model)
     info = run_register(tmp_path, model_dir, evaluation_passed)
-    assert sdk.models.create_or_update.call_args.args[0].path == str(model_dir)
+    assert sdk.store.requests[0].path == str(model_dir)
     assert f"uploaded from {model_dir}" in info["reason"]
 
 
@@ -116,7 +111,7 @@ def test_registry_target_uploads_the_folder(tmp_path, mlflow_tracking, sdk, fine
     model_dir = with_job_output(finetuned_mlflow_model, tmp_path / "mounted_output")
     info = run_register(tmp_path, model_dir, evaluation_passed, registry_name="shared-models")
     assert sdk.cls.call_args.kwargs == {"registry_name": "shared-models"}
-    assert sdk.models.create_or_update.call_args.args[0].path == str(model_dir)  # a registry reads no job output
+    assert sdk.store.requests[0].path == str(model_dir)  # a registry reads no job output
     assert info["uri"] == "azureml://registries/shared-models/models/maap-finetuned/versions/1"
 
 

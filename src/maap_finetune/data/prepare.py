@@ -389,6 +389,7 @@ def emit(pool_paths: dict[str, Path], counts: dict[str, int], adapter: TaskAdapt
     task = adapter.task
     is_text = task == "text"
     is_preference = task == "preference"
+    is_rft = task == "rft"
     count_labels = task in ("classification", "ner")
 
     def commit(name: str, out: dict, line: bytes | None) -> None:
@@ -408,7 +409,7 @@ def emit(pool_paths: dict[str, Path], counts: dict[str, int], adapter: TaskAdapt
         else:
             messages = out["messages"]
             split.chars.append(sum([len(m["content"]) for m in messages]))
-            prompt = hash(dumps(messages[:-1]))
+            prompt = hash(dumps(messages if is_rft else messages[:-1]))  # an rft row is all prompt
         if name == "train":
             train_prompts.add(prompt)
         else:

@@ -39,6 +39,8 @@ KINDS: dict[str, str] = {
     "identical_pair": "a preference pair whose chosen and rejected answers are identical",
     "unreadable_file": "a file that cannot be read at all",
     "nul_character": "a text holding a NUL character (\\u0000), which no dataset means",
+    "last_not_user": "an rft prompt whose last message is not the user turn the model answers",
+    "missing_field": "a field that a grader's {{item.*}} template reads is missing from the row",
     "end_of_text_marker": "an end-of-text marker (such as <|endoftext|>) inside a target, where it would be learned as text",
 }
 # An input with no rows at all is not a row problem: Data Prep stops with a UserError naming it.

@@ -24,7 +24,8 @@ from maap_finetune.data.function_calling import check_tool_call_id, check_tool_c
 from maap_finetune.data.jsonfast import loads
 from maap_finetune.data.problems import RowError
 
-TASKS = ("chat", "instruction", "classification", "ner", "translation", "qa", "summarization", "text", "preference")
+TASKS = ("chat", "instruction", "classification", "ner", "translation", "qa", "summarization", "text", "preference",
+         "rft")
 MAX_LABELS = 10_000
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 OPENAI_MESSAGE_FIELDS = ("role", "content", "name", "weight", "tool_calls", "tool_call_id")
@@ -70,6 +71,7 @@ KEY_INPUTS: dict[str, dict[str, str]] = {
     "summarization": {"document": "document_key", "summary": "summary_key"},
     "text": {"text": "text_key"},
     "preference": {"prompt": "prompt_key", "chosen": "chosen_key", "rejected": "rejected_key"},
+    "rft": {"messages": "messages_key"},
 }
 
 SCHEMAS: dict[str, list[Schema]] = {
@@ -103,6 +105,7 @@ SCHEMAS: dict[str, list[Schema]] = {
         Schema("prompt_chosen_rejected", {"prompt": ("prompt",), "chosen": ("chosen",), "rejected": ("rejected",)}),
         Schema("implicit_prompt", {"chosen": ("chosen",), "rejected": ("rejected",)}),
     ],
+    "rft": [Schema("aoai_rft", {"messages": ("messages",)})],
 }
 
 # Placeholders each template may use, per task.
@@ -117,6 +120,7 @@ TEMPLATE_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
     "chat": {},
     "text": {},
     "preference": {},
+    "rft": {},
 }
 
 
@@ -167,7 +171,7 @@ class TaskAdapter:
     def __init__(self, task: str, keys: dict[str, str | None], templates: dict[str, Any],
                  label_names: Sequence[str] | None = None, source_lang: str | None = None,
                  target_lang: str | None = None, system_prompt: str | None = None,
-                 drop_columns: Sequence[str] = ()):
+                 drop_columns: Sequence[str] = (), graders: Any = None):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}")
         self.task = task
@@ -179,6 +183,7 @@ class TaskAdapter:
         self.system_prompt = system_prompt
         self.keys = {name: value for name, value in keys.items() if value}  # the *_key inputs the user set
         self.drop_columns = set(drop_columns)
+        self.graders = graders  # rft: the loaded graders file, whose templates say which fields a row needs
         self.schemas = self._schemas_with_keys(keys)
         self.label_rows: dict[str, list[str]] = {}  # classification: label -> first rows holding it
         self.end_markers_stripped = 0
@@ -191,7 +196,7 @@ class TaskAdapter:
         self.ignored_columns: dict[str, int] = {}
         self.chat_style: str | None = None
         self.uses_tools = False  # some row has tools, tool calls or tool messages (needs a tools template)
-        self.output_format = {"text": "text", "preference": "preference"}.get(task, "messages")
+        self.output_format = {"text": "text", "preference": "preference", "rft": "rft"}.get(task, "messages")
 
     # ----- layout detection -------------------------------------------------------------------
     def _schemas_with_keys(self, keys: dict[str, str | None]) -> list[Schema]:
@@ -308,7 +313,7 @@ class TaskAdapter:
             self.schema = schema
             self.columns = columns
             self.first_seen = where
-        if len(row) > len(columns):
+        if len(row) > len(columns) and self.task != "rft":  # rft keeps every field, for the graders
             self._count_ignored(row, columns)
         return record
 
@@ -678,6 +683,11 @@ class TaskAdapter:
 
         return extract_preference(self, row, columns, tabular)
 
+    def _extract_rft(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
+        from maap_finetune.data.rft import extract_rft
+
+        return extract_rft(self, row, columns, tabular)
+
     def _extract_text(self, row: dict, columns: dict[str, str], tabular: bool) -> dict:
         return {"text": _text(row[columns["text"]], columns["text"])}
 
@@ -716,7 +726,7 @@ class TaskAdapter:
         task, t = self.task, self.templates
         if task in ("text", "preference"):  # preference: the system prompt is added at extraction
             return record
-        if task == "chat":
+        if task in ("chat", "rft"):
             messages = record["messages"]
             if self.system_prompt and messages[0]["role"] != "system":
                 return {**record, "messages": [{"role": "system", "content": self.system_prompt}, *messages]}
@@ -776,6 +786,8 @@ def prompt_part(task: str, output_row: dict) -> Any:
         return output_row["text"]
     if task == "preference":
         return output_row["prompt"]
+    if task == "rft":
+        return output_row["messages"]  # all prompt: the model writes the answer
     return output_row["messages"][:-1]
 
 

@@ -25,13 +25,14 @@ from typing import Any
 from maap_finetune.evaluation.metrics import METRICS, higher_is_better, task_metrics
 
 GATE_OFF = "none"
-GATE_AUTO = "auto"  # preference_accuracy for preference data, loss for every other task
+GATE_AUTO = "auto"  # preference_accuracy for preference data, grader_score for rft, loss for every other task
+AUTO_METRICS = {"preference": "preference_accuracy", "rft": "grader_score"}
 
 
 def resolve_metric(metric: str, task: str) -> str:
     if metric != GATE_AUTO:
         return metric
-    return "preference_accuracy" if task == "preference" else "loss"
+    return AUTO_METRICS.get(task, "loss")
 DECISION_FILE = "decision.json"
 
 

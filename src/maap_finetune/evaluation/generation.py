@@ -34,9 +34,12 @@ class Example:
     text: str | None = None  # the full text (text format)
     tools: list[dict] | None = None  # the row's tool definitions, for the chat template
     reference_calls: list | None = None  # (name, arguments) when the reference is a tool call
+    row: dict[str, Any] | None = None  # rft: the prepared row, which graders read; its messages are all prompt
 
     @property
     def prompt_messages(self) -> list[dict[str, str]]:
+        if self.row is not None:
+            return self.messages
         return self.messages[:-1] if self.messages is not None else []
 
 
@@ -71,6 +74,8 @@ def _example(row: Any, data_format: str, path: Path, number: int) -> Example:
         if not isinstance(text, str) or not text.strip():
             raise UserError(f"{where}: field 'text' must be a non-empty string")
         return Example(line=number, reference="", text=text)
+    if data_format == "rft":
+        return _rft_example(row, where, number)
     messages = row.get("messages")
     if not isinstance(messages, list) or len(messages) < 2:
         raise UserError(f"{where}: field 'messages' must list at least a prompt turn and the assistant turn")
@@ -94,6 +99,20 @@ def _example(row: Any, data_format: str, path: Path, number: int) -> Example:
         reference = json.dumps([{"name": n, "arguments": a} for n, a in calls], ensure_ascii=False)
     return Example(line=number, reference=reference, messages=messages, tools=row.get("tools") or None,
                    reference_calls=calls)
+
+
+def _rft_example(row: dict, where: str, number: int) -> Example:
+    """An rft row: a prompt ending with the user turn; no reference answer (the graders judge)."""
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"{where}: field 'messages' must list the prompt turns")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in _ROLES \
+                or not isinstance(message.get("content"), str):
+            raise UserError(f"{where}: messages[{index}] must have a role in {sorted(_ROLES)} and string content")
+    if messages[-1]["role"] != "user":
+        raise UserError(f"{where}: an rft prompt must end with the user turn, got role {messages[-1]['role']!r}")
+    return Example(line=number, reference="", messages=messages, tools=row.get("tools") or None, row=row)
 
 
 # --- loading -------------------------------------------------------------------------------------

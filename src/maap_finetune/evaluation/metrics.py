@@ -10,6 +10,7 @@ metrics computed on greedy generations:
 | ner            | entity_precision, entity_recall, entity_f1      | scikit-learn (micro P/R/F1 over entity sets) |
 | translation    | bleu, chrf (0-100, sacrebleu's scale)           | sacrebleu                |
 | summarization  | rouge1, rouge2, rougeL (F-measure, 0-1)         | rouge-score              |
+| rft            | grader_score (the top grader's mean; no loss)   | the graders file         |
 
 chat, instruction and text get loss/perplexity plus sample generations in the report. preference
 gets loss/perplexity of the chosen answers plus how the model ranks chosen against rejected
@@ -57,6 +58,7 @@ METRICS: dict[str, MetricInfo] = {
         MetricInfo("rouge1", True, "mean ROUGE-1 F-measure (rouge-score, stemmed)"),
         MetricInfo("rouge2", True, "mean ROUGE-2 F-measure (rouge-score, stemmed)"),
         MetricInfo("rougeL", True, "mean ROUGE-L F-measure (rouge-score, stemmed)"),
+        MetricInfo("grader_score", True, "mean score of the graders file's top grader over the test prompts (rft)"),
         MetricInfo("preference_accuracy", True, "share of test pairs where log p(chosen) > log p(rejected)"),
         MetricInfo("preference_margin", True, "mean log p(chosen) - log p(rejected) over test pairs (nats)"),
         MetricInfo("chosen_logp", True, "mean summed log-probability of the chosen answers"),
@@ -75,7 +77,9 @@ TASK_GENERATION_METRICS: dict[str, tuple[str, ...]] = {
     "translation": ("bleu", "chrf"),
     "summarization": ("rouge1", "rouge2", "rougeL"),
     "preference": (),  # ranked, not generated: see PAIR_METRICS
+    "rft": ("grader_score",),  # graded by the graders file: maap_finetune.evaluation.grading
 }
+NO_LOSS_TASKS = ("rft",)  # prompts without a reference answer: nothing to score a loss on
 TASKS = tuple(TASK_GENERATION_METRICS)
 PAIR_METRICS: dict[str, tuple[str, ...]] = {
     "preference": ("preference_accuracy", "preference_margin", "chosen_logp", "rejected_logp"),
@@ -83,8 +87,9 @@ PAIR_METRICS: dict[str, tuple[str, ...]] = {
 
 
 def task_metrics(task: str) -> tuple[str, ...]:
-    """All metrics measured for `task`, loss first."""
-    return LOSS_METRICS + TASK_GENERATION_METRICS[task] + PAIR_METRICS.get(task, ())
+    """All metrics measured for `task`, loss first (none for rft)."""
+    loss = () if task in NO_LOSS_TASKS else LOSS_METRICS
+    return loss + TASK_GENERATION_METRICS[task] + PAIR_METRICS.get(task, ())
 
 
 def higher_is_better(metric: str) -> bool:
@@ -107,6 +112,8 @@ def generation_metrics(
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     if task not in TASK_GENERATION_METRICS:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    if task == "rft":
+        raise ValueError("rft completions are scored by their graders file (maap_finetune.evaluation.grading)")
     if not TASK_GENERATION_METRICS[task] or not references:
         return {}
     templates = dict(templates or {})
@@ -287,11 +294,16 @@ def translation_metrics(predictions: Sequence[str], references: Sequence[str]) -
     }
 
 
-def summarization_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+def rouge_scorer_for(names: Sequence[str]):
+    """The one ROUGE setup of this project (stemmed F-measure), shared with the text_similarity grader."""
     from rouge_score import rouge_scorer
 
+    return rouge_scorer.RougeScorer(list(names), use_stemmer=True)
+
+
+def summarization_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     names = ("rouge1", "rouge2", "rougeL")
-    scorer = rouge_scorer.RougeScorer(list(names), use_stemmer=True)
+    scorer = rouge_scorer_for(names)
     totals = dict.fromkeys(names, 0.0)
     for prediction, reference in zip(predictions, references):
         scores = scorer.score(reference, prediction)

@@ -54,6 +54,37 @@ def implicit_reward_lines(metrics: dict[str, Any]) -> list[str]:
             f"{_num(reward['accuracy'])} of {reward['pairs']} pairs; mean margin {_num(reward['mean_margin'])}"]
 
 
+def grader_rows(metrics: dict[str, Any]) -> list[tuple[str, str, float, float, float, float, float]]:
+    """rft: (grader, type, base mean, fine-tuned mean, delta, base median, fine-tuned median) per grader."""
+    graders = metrics.get("graders")
+    if not graders:
+        return []
+    return [(name, entry["type"], entry["base"].get("mean"), entry["finetuned"].get("mean"), entry["delta_mean"],
+             entry["base"].get("p50"), entry["finetuned"].get("p50"))
+            for name, entry in graders["per_grader"].items()]
+
+
+def _with_score(sample: dict, side: str) -> str:
+    """A generation with its score (rft) appended, for the side-by-side table."""
+    text = str(sample[f"{side}_output"])
+    scores = sample.get(f"{side}_scores")
+    if not scores:
+        return text
+    return text + "\n[" + ", ".join(f"{k} {_num(float(v))}" for k, v in scores.items()) + "]"
+
+
+def grader_markdown(metrics: dict[str, Any]) -> list[str]:
+    rows = grader_rows(metrics)
+    if not rows:
+        return []
+    lines = ["## Graders", "", f"Scores of `{metrics['graders']['file']}` (top grader "
+             f"`{metrics['graders']['top']}`) on each model's completions; metrics.json has every quantile "
+             "and the histograms.", "", "| grader | type | base mean | fine-tuned mean | delta | base median | "
+             "fine-tuned median |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {kind} | " + " | ".join(_num(v) for v in values) + " |" for name, kind, *values in rows]
+    return lines + ["", "![grader scores](charts/grader_scores.png)", ""]
+
+
 def write_markdown(path: Path, metrics: dict[str, Any], decision: dict[str, Any], samples: Sequence[dict]) -> Path:
     lines = [
         "# Evaluation report",
@@ -71,11 +102,12 @@ def write_markdown(path: Path, metrics: dict[str, Any], decision: dict[str, Any]
     for name, base, tuned, delta, verdict in metric_rows(metrics):
         lines.append(f"| {name} | {_num(base)} | {_num(tuned)} | {_num(delta)} | {verdict} |")
     lines += ["", "![metrics](charts/metrics.png)", "", "![per-example loss](charts/per_example_loss.png)", ""]
+    lines += grader_markdown(metrics)
     lines += ["## Generations", "", "| # | prompt | reference | base output | fine-tuned output |", "|---|---|---|---|---|"]
     for sample in samples:
         lines.append(
             f"| {sample['line']} | {_md_cell(sample['prompt'])} | {_md_cell(sample['reference'])} | "
-            f"{_md_cell(sample['base_output'])} | {_md_cell(sample['finetuned_output'])} |"
+            f"{_md_cell(_with_score(sample, 'base'))} | {_md_cell(_with_score(sample, 'finetuned'))} |"
         )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -90,11 +122,17 @@ def write_html(path: Path, metrics: dict[str, Any], decision: dict[str, Any], sa
     )
     sample_html = "".join(
         "<tr>" + "".join(
-            f"<td>{esc(_clip(str(sample[key])))}</td>"
-            for key in ("line", "prompt", "reference", "base_output", "finetuned_output")
-        ) + "</tr>"
+            f"<td>{esc(_clip(str(sample[key])))}</td>" for key in ("line", "prompt", "reference")
+        ) + "".join(f"<td>{esc(_clip(_with_score(sample, side)))}</td>" for side in ("base", "finetuned")) + "</tr>"
         for sample in samples
     )
+    grader_html = "".join(
+        f"<tr><td>{esc(name)}</td><td>{esc(kind)}</td>" + "".join(f"<td>{_num(v)}</td>" for v in values) + "</tr>"
+        for name, kind, *values in grader_rows(metrics))
+    if grader_html:
+        grader_html = ("<h2>Graders</h2><table><tr><th>grader</th><th>type</th><th>base mean</th><th>fine-tuned mean"
+                       "</th><th>delta</th><th>base median</th><th>fine-tuned median</th></tr>" + grader_html +
+                       "</table><img src='charts/grader_scores.png' alt='grader scores'>")
     verdict = "passed" if decision["passed"] else "failed"
     document = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Evaluation report</title>
@@ -110,6 +148,7 @@ td, th {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; white-s
 <h2>Metrics</h2>
 <table><tr><th>metric</th><th>base</th><th>fine-tuned</th><th>delta</th><th></th></tr>{metric_html}</table>
 <img src="charts/metrics.png" alt="metrics"> <img src="charts/per_example_loss.png" alt="per-example loss">
+{grader_html}
 <h2>Generations</h2>
 <table><tr><th>#</th><th>prompt</th><th>reference</th><th>base output</th><th>fine-tuned output</th></tr>{sample_html}</table>
 </body></html>
@@ -148,12 +187,39 @@ def write_charts(folder: Path, metrics: dict[str, Any], per_example: dict[str, S
             ax.hist(values, bins=min(20, max(5, len(values))), alpha=0.6, label=label, color=color)
     ax.set_xlabel("loss per test example (nats/token)")
     ax.set_ylabel("examples")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    else:  # rft: the prompts hold no answer to score a loss on
+        ax.text(0.5, 0.5, "no loss measured", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     paths.append(folder / "per_example_loss.png")
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
+    if metrics.get("graders"):
+        paths.append(_grader_chart(plt, folder, metrics["graders"]))
     return paths
+
+
+def _grader_chart(plt, folder: Path, graders: dict[str, Any]) -> Path:
+    """charts/grader_scores.png: each grader's score histogram, base against fine-tuned, on shared bins."""
+    entries = list(graders["per_grader"].items())
+    fig, axes = plt.subplots(1, len(entries), figsize=(3.2 * len(entries), 3.0), squeeze=False)
+    for ax, (name, entry) in zip(axes[0], entries):
+        for side, color in (("base", "#8c959f"), ("finetuned", "#0969da")):
+            histogram = entry[side].get("histogram")
+            if histogram:
+                edges = histogram["edges"]
+                ax.stairs(histogram["counts"], edges, label=side, color=color, fill=side == "base", alpha=0.6)
+        ax.set_title(f"{name} ({entry['type']})", fontsize=9)
+        ax.set_xlabel("score", fontsize=8)
+        ax.tick_params(labelsize=8)
+    axes[0][0].set_ylabel("test prompts")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path = folder / "grader_scores.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _plottable(*values: Any) -> bool:

@@ -1,10 +1,11 @@
 """Register the exported folder as `<registered_model_name>-onnx`, beside the merged model.
 
 Azure ML: a `custom_model` (an ONNX Runtime GenAI folder is no MLflow model). Local runs: a version
-in the MLflow registry the tracking URI points at, uploaded to the step run as `onnx_model/` and
-loaded back with `onnxruntime_genai.Model` from the registry's copy. Both carry the same tags: the
-source model's registered name and version, precision, execution provider, the pipeline run id
-(a retried step registers no second version) and the parity results.
+in the MLflow registry the tracking URI points at, uploaded to the step run as `onnx_model/`. Both
+carry the same tags: the source model's registered name and version, precision, execution provider,
+the pipeline run id and the parity results. Both follow Register's lifecycle (`registry.lifecycle`):
+created `maap_verified: false`, the registry's copy downloaded and loaded with `onnxruntime_genai.Model`
+(`load_back`), then marked verified; a verified version with the same ONNX files is reused.
 """
 
 from __future__ import annotations
@@ -82,26 +83,20 @@ def register(onnx_dir: Path, name: str, tags: dict[str, str], in_azure: bool, ru
 
         from maap_finetune.registry.azure import register_azure
 
-        info = register_azure(onnx_dir, name, tags, describe(tags), registry_name, ml_client=ml_client,
+        info = register_azure(onnx_dir, name, tags, describe(tags), registry_name, check=load_back, ml_client=ml_client,
                               model_type=AssetTypes.CUSTOM_MODEL)
-        return dataclasses.replace(info, reason=info.reason.replace("quality gate passed", "exported and checked"))
-    from maap_finetune.registry.local import register_local
+    else:
+        from maap_finetune.registry.local import register_local
 
-    info = register_local(onnx_dir, name, tags, describe(tags), run, verify=False, artifact_path=ARTIFACT_PATH)
+        info = register_local(onnx_dir, name, tags, describe(tags), run, check=load_back, artifact_path=ARTIFACT_PATH)
     if info.created:
-        load_back(info.uri)
-        info = dataclasses.replace(info, reason="exported and checked; registered in the MLflow registry and loaded "
-                                   "back with onnxruntime_genai.Model")
+        info = dataclasses.replace(info, reason=info.reason.replace("quality gate passed", "exported and checked")
+                                   .replace("and loaded", "and loaded with onnxruntime_genai.Model"))
     return info
 
 
-def load_back(uri: str) -> None:
-    """Download the registered version and load it with onnxruntime_genai: the registry's copy works."""
-    import mlflow
+def load_back(folder: Path) -> None:
+    """The check of a downloaded ONNX Runtime GenAI folder: onnxruntime_genai loads it."""
     import onnxruntime_genai as og
 
-    from maap_finetune.common.scratch import scratch_folder
-
-    with scratch_folder("maap-onnx-check-") as scratch:
-        folder = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=scratch)
-        og.Model(folder)
+    og.Model(str(folder))

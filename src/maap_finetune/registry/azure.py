@@ -9,7 +9,11 @@ without a scoring script. Its path is Fine-Tune's output, `azureml://jobs/<job>/
 (`target.job_output_uri`), which the SDK passes on without uploading; a folder is uploaded only when
 no such output is known (a model from elsewhere, the adapter-only package) or the target is a
 registry (a registry cannot read a workspace's job output; the SDK copies the folder into it).
-Idempotent: an existing version tagged with the same pipeline run id is reused.
+The version's lifecycle is `registry.lifecycle`: created tagged `maap_verified: false`, downloaded back
+(`models.download`) into a scratch folder, its content hashed against the folder registered and loaded
+with `check`, then marked verified (`models.get`, the tag set, `models.create_or_update` of that same
+version: tags are a version's mutable part). A verified version of the same content (`content_sha256`)
+or pipeline run is reused.
 
 A 401/403 or a credential that gets no token, from building the client on, is one UserError naming
 the identity and the role it lacks (`ROLES`, granted to the clusters by infra/main.bicep).
@@ -18,13 +22,14 @@ the identity and the role it lacks (`ROLES`, granted to the clusters by infra/ma
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from maap_finetune.common.errors import UserError
 from maap_finetune.common.identity import MANAGED, identity_mode, job_credential, job_identity
+from maap_finetune.registry.lifecycle import load_mlflow_model, register_checked
 from maap_finetune.registry.model_info import ModelInfo
-from maap_finetune.registry.tags import PIPELINE_RUN_TAG
+from maap_finetune.registry.tags import PIPELINE_RUN_TAG, VERIFIED_TAG
 from maap_finetune.registry.target import job_workspace
 
 
@@ -46,16 +51,39 @@ def model_uri(name: str, version: str, registry_name: str | None) -> str:
     return f"azureml:{name}:{version}"
 
 
-def find_version(ml_client, name: str, pipeline_run_id: str):
-    from azure.core.exceptions import ResourceNotFoundError
+class AzureVersions:
+    """One model name in the workspace or registry behind `ml_client`, as `lifecycle.VersionStore`."""
 
-    try:
-        for model in ml_client.models.list(name=name):
-            if (model.tags or {}).get(PIPELINE_RUN_TAG) == pipeline_run_id:
-                return model
-    except ResourceNotFoundError:
-        return None
-    return None
+    def __init__(self, ml_client, name: str, path: str, model_type: str, description: str):
+        self.ml_client, self.name, self.path, self.model_type = ml_client, name, path, model_type
+        self.description = description
+
+    def versions(self):
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return [(str(m.version), dict(m.tags or {})) for m in self.ml_client.models.list(name=self.name)]
+        except ResourceNotFoundError:  # no version of the name yet
+            return []
+
+    def create(self, tags: dict[str, str]) -> str:
+        from azure.ai.ml.entities import Model
+
+        model = Model(name=self.name, path=self.path, type=self.model_type, tags=tags, description=self.description)
+        return str(self.ml_client.models.create_or_update(model).version)
+
+    def download(self, version: str, scratch: Path) -> Path:
+        # The SDK writes <download_path>/<name>/, with the stored folder's last segment inside for a folder.
+        self.ml_client.models.download(name=self.name, version=version, download_path=str(scratch))
+        folder = scratch / self.name
+        while folder.is_dir() and len(entries := list(folder.iterdir())) == 1 and entries[0].is_dir():
+            folder = entries[0]
+        return folder
+
+    def mark_verified(self, version: str) -> None:
+        model = self.ml_client.models.get(name=self.name, version=version)
+        model.tags = {**(model.tags or {}), VERIFIED_TAG: "true"}
+        self.ml_client.models.create_or_update(model)
 
 
 # The role each target needs (what infra/main.bicep grants the cluster identities).
@@ -78,11 +106,12 @@ def _refused(err, target: str, where: str, scope: str, environ: Mapping[str, str
 
 
 def register_azure(model_dir: Path, name: str, tags: dict[str, str], description: str,
-                   registry_name: str | None, ml_client=None, source_uri: str | None = None, model_type: str | None = None,
+                   registry_name: str | None, check: Callable[[Path], object] = load_mlflow_model, ml_client=None,
+                   source_uri: str | None = None, model_type: str | None = None,
                    environ: Mapping[str, str] = os.environ) -> ModelInfo:
-    """Register `model_dir` (from `source_uri`, Fine-Tune's job output, when given) in the workspace or registry."""
+    """Register `model_dir` (from `source_uri`, Fine-Tune's job output, when given) in the workspace or registry;
+    `check` loads the downloaded copy before the version is marked verified."""
     from azure.ai.ml.constants import AssetTypes
-    from azure.ai.ml.entities import Model
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
     target = "registry" if registry_name else "workspace"
@@ -92,27 +121,21 @@ def register_azure(model_dir: Path, name: str, tags: dict[str, str], description
     pipeline_run_id = tags[PIPELINE_RUN_TAG]
     try:
         ml_client = ml_client or job_ml_client(registry_name, environ)  # a registry client calls Azure already
-        existing = find_version(ml_client, name, pipeline_run_id)
-        if existing is not None:
-            return ModelInfo(
-                registered=True, name=name, version=str(existing.version),
-                uri=model_uri(name, str(existing.version), registry_name), target=target,
-                pipeline_run_id=pipeline_run_id, created=False, tags=dict(existing.tags or {}),
-                reason=f"already registered in {where} as version {existing.version} by pipeline run "
-                f"{pipeline_run_id}; no new version created",
-            )
-        model = Model(name=name, path=path, type=model_type or AssetTypes.MLFLOW_MODEL, tags=tags, description=description)
-        created = ml_client.models.create_or_update(model)
+        store = AzureVersions(ml_client, name, path, model_type or AssetTypes.MLFLOW_MODEL, description)
+        done = register_checked(store, model_dir, tags, check, f"{name} in {where}")
     except ClientAuthenticationError as err:
         raise _refused(err, target, where, scope, environ) from None
     except HttpResponseError as err:
         if getattr(err, "status_code", None) in (401, 403):
             raise _refused(err, target, where, scope, environ) from None
         raise
-    source = f"from {path} (no upload)" if path == source_uri else f"uploaded from {path}"
+    if done.created:
+        source = f"from {path} (no upload)" if path == source_uri else f"uploaded from {path}"
+        reason = f"quality gate passed; registered in {where} {source}, downloaded back and loaded"
+    else:
+        reason = (f"already registered in {where} as version {done.version} (the same weights and data, or pipeline "
+                  f"run {pipeline_run_id}); no new version created")
     return ModelInfo(
-        registered=True, name=name, version=str(created.version),
-        uri=model_uri(name, str(created.version), registry_name), target=target,
-        pipeline_run_id=pipeline_run_id, created=True, tags=tags,
-        reason=f"quality gate passed; registered in {where} {source}",
+        registered=True, name=name, version=done.version, uri=model_uri(name, done.version, registry_name),
+        target=target, pipeline_run_id=pipeline_run_id, created=done.created, tags=done.tags, reason=reason,
     )

@@ -20,7 +20,7 @@ MODEL_SIZE_TAG = "model_size_bytes"
 # without the tag predates it). CONTENT_TAG keys idempotency: the same weights on the same data.
 VERIFIED_TAG = "maap_verified"
 CONTENT_TAG = "content_sha256"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".data")  # .data: ONNX external weights
 
 
 def is_unverified(tags: Mapping[str, str] | None) -> bool:
