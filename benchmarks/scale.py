@@ -40,7 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 SLOPES_FILE = REPO_ROOT / "src" / "maap_finetune" / "capacity" / "step_costs.json"
 STEPS = ("data_prep", "finetune", "evaluate", "register", "export_onnx")
-# The compute each step runs on in the default pipeline (pipelines/factory.py: GPU steps on --compute).
+# The compute each step runs on in the default pipeline (pipelines/definition/inputs.py: GPU steps on --compute).
 STEP_COMPUTE = {"data_prep": "cpu", "finetune": "gpu", "evaluate": "gpu", "register": "cpu", "export_onnx": "cpu"}
 VOCAB = 32064
 HEAD_SIZE = 64

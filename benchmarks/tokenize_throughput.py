@@ -1,17 +1,20 @@
-"""Tokenization throughput: main's row-by-row `tokenize_rows` against the batched one, side by side.
+"""Tokenization throughput: `tokenize_rows` at a baseline commit against this checkout's, side by side.
 
-The baseline is `src/maap_finetune/training/data.py` as it is at `--baseline_ref` (read with `git show`, so
-both run in this process with the same tokenizer and rows). Rounds alternate the order of the contenders;
-each round tokenizes the whole generated split with max_seq_length 10^6 (nothing truncated) and both
-contenders' examples are checked equal. Reported per contender: tokens per wall second (median over the
-rounds) and tokens per CPU second of the process (every thread counted: a measure that holds on a shared
-machine). Two tokenizers, both built here and never downloaded: the tiny Phi-3 tokenizer (byte-level BPE,
-1,024 tokens, trained on data/sample) and a real-size one (byte-level BPE, 32,000 tokens, trained on this
-Python's standard-library sources) with Phi-3's chat template. Two data sets, generated from the same
-sources' text lines: single-turn chats (half with a system prompt) and 8-turn chats.
+The baseline (`main` in the tables: fc38069's row-by-row algorithm unless `--baseline_ref` names another) is
+`src/maap_finetune/training/data.py` as it is at `--baseline_ref` (read with `git show`, so both run in this
+process with the same tokenizer and rows). Rounds alternate the order of the contenders; each round tokenizes
+the whole generated split with max_seq_length 10^6 (nothing truncated) and both contenders' examples are checked
+equal. Reported per contender: tokens per wall second (median over the rounds) and tokens per CPU second of the
+process (every thread counted: a measure that holds on a shared machine). Two tokenizers, both built here and
+never downloaded: the tiny Phi-3 tokenizer (byte-level BPE, 1,024 tokens, trained on data/sample) and a
+real-size one (byte-level BPE, 32,000 tokens, trained on this Python's standard-library sources) with Phi-3's
+chat template. Two data sets, generated from the same sources' text lines: single-turn chats (half with a system
+prompt) and 8-turn chats.
 
     python benchmarks/tokenize_throughput.py                       # prints a table, writes nothing
     python benchmarks/tokenize_throughput.py --out benchmarks/results/tokenize-cpu2-2026-12-01
+    python benchmarks/tokenize_throughput.py --baseline_ref e563a5c \
+        --out benchmarks/results/tokenize-bisect-cpu2-2026-12-02
 
 Contenders: `main` (baseline), `batched` (TOKENIZERS_PARALLELISM=false, as Fine-Tune's entry script sets
 it), `batched-parallel` (TOKENIZERS_PARALLELISM=true: the Rust tokenizer encodes a batch on every core) and
@@ -188,7 +191,7 @@ def main(argv=None) -> dict:
 def markdown(report: dict) -> str:
     m = report["machine"]
     out = [
-        "# Tokenization throughput: main's row-by-row tokenize_rows vs the batched one",
+        f"# Tokenization throughput: tokenize_rows at {report['baseline_ref']} (main) vs this checkout's (batched)",
         "",
         f"Machine: {m['cpus']} CPUs, {m['platform']}, Python {m['python']}; load average "
         f"{m['load_average_before']} before, {m['load_average_after']} after (shared machine).",

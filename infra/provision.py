@@ -32,17 +32,12 @@ CLUSTER_FILES = {"gpu": INFRA_DIR / "compute" / "gpu-cluster.yaml", "cpu": INFRA
 # Azure updates only these on an existing AmlCompute cluster.
 UPDATABLE = ("min_instances", "max_instances", "idle_time_before_scale_down", "identity")
 IMMUTABLE = ("size", "tier", "ssh_public_access_enabled")
-EXIT_USER_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="provision.py",
-        description="Create or update the maap-finetune GPU and CPU compute clusters (idempotent).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-        allow_abbrev=False,
-    )
+    from maap_finetune.common.cli import command_parser
+
+    parser = command_parser("provision.py", "Create or update the maap-finetune GPU and CPU compute clusters (idempotent).", __doc__)
     parser.add_argument("--only", choices=sorted(CLUSTER_FILES), help="provision only this cluster")
     parser.add_argument("--dry-run", action="store_true", help="say what would be created or updated; change nothing")
     clusters = parser.add_argument_group("cluster settings (default: infra/compute/*.yaml)")
@@ -54,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     clusters.add_argument(
         "--idle-seconds", type=_positive_int, metavar="S", help="seconds an idle node waits before it is released (both clusters)"
     )
-    from pipelines.submit import add_workspace_arguments
+    from pipelines.azure_ml import add_workspace_arguments
 
     add_workspace_arguments(parser.add_argument_group("workspace"))
     return parser
@@ -159,7 +154,7 @@ def provision_cluster(ml_client, desired, dry_run: bool) -> Outcome:
 
 
 def run(args: argparse.Namespace) -> list[Outcome]:
-    from pipelines.submit import azure_errors, connect
+    from pipelines.azure_ml import azure_errors, connect
 
     clusters = desired_clusters(args)
     ml_client = connect(args)
@@ -172,14 +167,14 @@ def run(args: argparse.Namespace) -> list[Outcome]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from maap_finetune.common.errors import UserError
+    from maap_finetune.common.errors import USER_ERROR_EXIT_CODE, UserError
 
     logging.getLogger("azure").setLevel(logging.ERROR)
     try:
         outcomes = run(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return USER_ERROR_EXIT_CODE
     for outcome in outcomes:
         print(f"{outcome.name}: {outcome.action}" + (f" ({outcome.detail})" if outcome.detail else ""))
     return 0

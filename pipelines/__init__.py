@@ -1,1 +1,1 @@
-"""Pipeline factory, Azure submit CLI and local runner for maap-finetune."""
+"""The pipeline (definition/), its local runner (local/) and the commands (submit, deploy, publish)."""

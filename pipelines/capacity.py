@@ -23,7 +23,7 @@ from maap_finetune.capacity.parameters import ParameterCount, parameters_of_conf
 from maap_finetune.common.errors import ConfigErrors
 
 from pipelines import registry_models
-from pipelines.factory import GPU_STEPS, REPO_ROOT, is_local_path
+from pipelines.definition.inputs import GPU_STEPS, REPO_ROOT, is_local_path
 
 BICEP = REPO_ROOT / "infra" / "main.bicep"
 _WORKSPACE_MODEL = re.compile(r"^azureml:(?P<name>[^:/@]+):(?P<version>[^:/@]+)$")

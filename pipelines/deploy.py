@@ -33,7 +33,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `pipelines` and the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-EXIT_USER_ERROR = 2
 MODEL_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,254}):(?P<version>[0-9]+)$")
 ENDPOINT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")  # Azure ML: 3-32 chars
 DEPLOYMENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")
@@ -92,13 +91,9 @@ def server_environment(request_timeout_ms: int, max_request_bytes: int | None = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="deploy.py",
-        description="Create or update a managed online endpoint and deployment for a registered model.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-        allow_abbrev=False,
-    )
+    from maap_finetune.common.cli import command_parser
+
+    parser = command_parser("deploy.py", "Create or update a managed online endpoint and deployment for a registered model.", __doc__)
     parser.add_argument("--model", required=True, metavar="NAME:VERSION", help="registered model, such as maap-finetuned:1")
     parser.add_argument("--instance-type", required=True, help="VM size, such as Standard_NC24ads_A100_v4 (GPU) or Standard_DS3_v2")
     parser.add_argument("--instance-count", type=int, default=1, help="instances behind the deployment (default 1)")
@@ -115,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "--instance-type; default: the model's model_size_bytes tag when it has one")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the endpoint and deployment YAML and the sample request; call no Azure service")
-    from pipelines.submit import add_workspace_arguments
+    from pipelines.azure_ml import add_workspace_arguments
 
     add_workspace_arguments(parser.add_argument_group("workspace"))
     return parser
@@ -306,9 +301,9 @@ def print_sample_request(result: dict, args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 deployed, 2 a problem the user can fix)."""
     args = build_parser().parse_args(argv)
-    from maap_finetune.common.errors import ConfigErrors, UserError
+    from maap_finetune.common.errors import USER_ERROR_EXIT_CODE, ConfigErrors, UserError
 
-    from pipelines.submit import azure_errors, connect
+    from pipelines.azure_ml import azure_errors, connect
 
     from azure.ai.ml.exceptions import MlException
 
@@ -343,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UserError(f"Azure ML could not deploy {args.model}: {first}") from None
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return USER_ERROR_EXIT_CODE
     print_sample_request(result, args)
     return 0
 

@@ -66,17 +66,42 @@ def _format(value: Any) -> str:
     return format(value, ".10g") if isinstance(value, float) else str(value)
 
 
-def plan(args: argparse.Namespace) -> MaasPlan:
+def plan_job(args: argparse.Namespace) -> MaasPlan:
     """Check the CLI for a serverless job and map its inputs; collect every problem first. No network."""
-    from pipelines.factory import (
-        PIPELINE_INPUTS,
-        check_local_input,
-        convert_value,
-        input_spec,
-        load_step_component,
-        parse_set_options,
-    )
+    from pipelines.definition.inputs import input_spec, parse_set_options
 
+    problems = _flag_problems(args)
+    inputs, step_inputs = parse_set_options(args.set)
+    data_prep_values, hyperparameters, prefix = _map_inputs(inputs, problems)
+    problems += _data_prep_step_inputs(step_inputs, data_prep_values)
+    task = data_prep_values.get("task") or input_spec("data_prep", "task").default
+    problem = maas_catalog.task_problem(task)
+    if problem:
+        problems.append(problem)
+    notes = _model_notes(args, problems)
+    if prefix is None:
+        prefix = input_spec("register", OUTPUT_NAME_INPUT).default
+    if not data_prep_values.get("train_data") and not data_prep_values.get("train_folder"):
+        # As for a pipeline submission: no silent training on the bundled sample.
+        from pipelines.definition.inputs import NO_TRAINING_DATA, SAMPLE_DATA, convert_value
+
+        if getattr(args, "sample_data", False):
+            data_prep_values["train_data"] = convert_value("--sample-data", input_spec("data_prep", "train_data"),
+                                                           str(SAMPLE_DATA))
+        else:
+            problems.append(NO_TRAINING_DATA)
+    if problems:
+        raise ConfigErrors(problems, header="cannot plan the serverless fine-tuning job")
+    if not hyperparameters:
+        notes.append("no epochs/learning_rate/per_device_train_batch_size set: the service picks its defaults for "
+                     "the model")
+    return MaasPlan(model=args.model, data_prep_inputs=data_prep_values, hyperparameters=hyperparameters,
+                    output_model_name_prefix=prefix, experiment=args.experiment, job_type=maas_catalog.TASKS[task][0],
+                    notes=notes)
+
+
+def _flag_problems(args: argparse.Namespace) -> list[str]:
+    """The submit.py flags that do not combine with --maas, and a missing or malformed --model."""
     problems: list[str] = []
     if getattr(args, "local", False) or getattr(args, "validate", False):
         problems.append("--maas runs Data Prep here and trains in Azure; it does not combine with --local or --validate")
@@ -91,7 +116,13 @@ def plan(args: argparse.Namespace) -> MaasPlan:
             problems.append(f"{flag} does not apply to --maas: serverless fine-tuning runs on the service's GPUs")
     if args.instance_count != 1 or args.process_count_per_instance != 1:
         problems.append("--instance-count/--process-count-per-instance do not apply to --maas (the service scales it)")
-    inputs, step_inputs = parse_set_options(args.set)
+    return problems
+
+
+def _map_inputs(inputs: dict[str, Any], problems: list[str]) -> tuple[dict[str, Any], dict[str, str], Any]:
+    """Pipeline inputs -> (Data Prep's values, the service's hyperparameters, the output name); problems appended."""
+    from pipelines.definition.inputs import PIPELINE_INPUTS, check_local_input, convert_value, input_spec
+
     data_prep_values: dict[str, Any] = {}
     hyperparameters: dict[str, str] = {}
     prefix = None
@@ -120,6 +151,14 @@ def plan(args: argparse.Namespace) -> MaasPlan:
             why = NOT_OFFERED.get(name, "the service chooses how to train and runs no evaluate/register step")
             problems.append(f"--set {name}: serverless fine-tuning does not offer {name} ({why}); remove it, or drop "
                             f"--maas to run the pipeline on your own compute, where every input applies")
+    return data_prep_values, hyperparameters, prefix
+
+
+def _data_prep_step_inputs(step_inputs: dict[str, dict[str, Any]], data_prep_values: dict[str, Any]) -> list[str]:
+    """`--set data_prep.<input>` into `data_prep_values`; any other step's inputs are refused."""
+    from pipelines.definition.inputs import check_local_input, convert_value, load_step_component
+
+    problems: list[str] = []
     for step, values in step_inputs.items():
         if step != "data_prep":
             problems.append(f"--set {step}.{', '.join(values)}: under --maas only Data Prep runs on your side; "
@@ -137,10 +176,11 @@ def plan(args: argparse.Namespace) -> MaasPlan:
                     data_prep_values[name] = check_local_input(label, convert_value(label, component.inputs[name], raw))
                 except ValueError as err:
                     problems.append(str(err))
-    task = data_prep_values.get("task") or input_spec("data_prep", "task").default
-    problem = maas_catalog.task_problem(task)
-    if problem:
-        problems.append(problem)
+    return problems
+
+
+def _model_notes(args: argparse.Namespace, problems: list[str]) -> list[str]:
+    """What the serverless table says of --model: a warning when it is not listed, a problem when it trains nowhere."""
     notes: list[str] = []
     if args.model and REGISTRY_MODEL.match(args.model):
         model_name = args.model.split("/")[5]
@@ -152,33 +192,15 @@ def plan(args: argparse.Namespace) -> MaasPlan:
             problems.append(f"--model {args.model}: serverless fine-tuning trains {entry.name} in no region "
                             f"({maas_catalog.SOURCE}); models it trains: {', '.join(maas_catalog.fine_tunable())}; "
                             f"or fine-tune {model_name} on your own compute (--set model_path=...)")
-    if prefix is None:
-        prefix = input_spec("register", OUTPUT_NAME_INPUT).default
-    if not data_prep_values.get("train_data") and not data_prep_values.get("train_folder"):
-        # As for a pipeline submission: no silent training on the bundled sample.
-        from pipelines.factory import NO_TRAINING_DATA, SAMPLE_DATA
-
-        if getattr(args, "sample_data", False):
-            data_prep_values["train_data"] = convert_value("--sample-data", input_spec("data_prep", "train_data"),
-                                                           str(SAMPLE_DATA))
-        else:
-            problems.append(NO_TRAINING_DATA)
-    if problems:
-        raise ConfigErrors(problems, header="cannot plan the serverless fine-tuning job")
-    if not hyperparameters:
-        notes.append("no epochs/learning_rate/per_device_train_batch_size set: the service picks its defaults for "
-                     "the model")
-    return MaasPlan(model=args.model, data_prep_inputs=data_prep_values, hyperparameters=hyperparameters,
-                    output_model_name_prefix=prefix, experiment=args.experiment, job_type=maas_catalog.TASKS[task][0],
-                    notes=notes)
+    return notes
 
 
 def data_prep_step(values: dict[str, Any]):
     """Data Prep with `values` as a one-node pipeline, planned by the local runner like any pipeline node."""
     from azure.ai.ml import dsl
 
-    from pipelines.factory import load_step_component
-    from pipelines.local_runner import plan_pipeline
+    from pipelines.definition.inputs import load_step_component
+    from pipelines.local.plan import plan_pipeline
 
     component = load_step_component("data_prep")
 
@@ -193,7 +215,8 @@ def data_prep_step(values: dict[str, Any]):
 
 def run_data_prep(maas_plan: MaasPlan, workdir: Path, tracking_uri: str) -> tuple[Path, Path]:
     """Data Prep through the local runner, as `--local` runs it; its log prints here. Returns train, validation."""
-    from pipelines.local_runner import StepFailed, run_step, sigterm_unwinds
+    from pipelines.local.processes import sigterm_unwinds
+    from pipelines.local.step import StepFailed, run_step
 
     step = data_prep_step(maas_plan.data_prep_inputs)
     # A store named in the environment wins, as it does for Data Prep run by hand.
@@ -267,12 +290,12 @@ def asset_name(prefix: str, split: str) -> str:
 
 def run(args: argparse.Namespace, connect) -> int:
     """`submit.py --maas`: Data Prep here, then the serverless job (or, with --dry-run, its payload)."""
-    from pipelines.submit import azure_errors
+    from pipelines.azure_ml import azure_errors
 
     workdir = Path.cwd() / "runs" / f"maas-{time.strftime('%Y%m%d-%H%M%S')}"
-    maas_plan = plan(args)
+    maas_plan = plan_job(args)
     # Absolute, as the local runner makes it: Data Prep runs in its snapshot folder, not here.
-    from pipelines.local_runner import DEFAULT_TRACKING_URI, absolute_tracking_uri
+    from pipelines.local.tracking import DEFAULT_TRACKING_URI, absolute_tracking_uri
 
     tracking_uri = absolute_tracking_uri(args.tracking_uri or DEFAULT_TRACKING_URI, Path.cwd())
     ml_client = None

@@ -19,8 +19,11 @@ from typing import Any
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+from pipelines.definition.inputs import PATH_TYPES  # noqa: E402  (the one list of path-valued input types)
+
 COMPONENTS_DIR = REPO_ROOT / "components"
-PATH_TYPES = {"uri_file", "uri_folder", "mlflow_model", "custom_model", "triton_model", "mltable"}
 HEADER = "<!-- Generated from spec.yaml by tools/generate_component_readmes.py; do not edit by hand. -->"
 
 
@@ -219,7 +222,7 @@ def render(folder: Path) -> str:
         "ml_client.jobs.create_or_update(my_pipeline(), experiment_name=\"maap-finetune\")",
         "```",
         "",
-        "The whole pipeline (data prep → fine-tune → evaluate → register → export ONNX) is built by `pipelines/factory.py` and "
+        "The whole pipeline (data prep → fine-tune → evaluate → register → export ONNX) is built by `pipelines/definition/build.py` and "
         "submitted with `python pipelines/submit.py`; see the repository README.",
         "",
     ]

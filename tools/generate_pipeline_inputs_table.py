@@ -1,4 +1,4 @@
-"""Write the README's pipeline-inputs table from pipelines/factory.py and the component YAMLs.
+"""Write the README's pipeline-inputs table from pipelines/definition/inputs.py and the component YAMLs.
 
     python tools/generate_pipeline_inputs_table.py          # rewrite the block in README.md
     python tools/generate_pipeline_inputs_table.py --check  # exit 1 when README.md is stale
@@ -49,7 +49,7 @@ def _allowed(spec) -> str:
 
 
 def render_table() -> str:
-    from pipelines.factory import PIPELINE_INPUTS, input_spec
+    from pipelines.definition.inputs import PIPELINE_INPUTS, input_spec
 
     lines = [
         "| input | type | default | allowed | feeds | description |",

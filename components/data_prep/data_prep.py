@@ -22,10 +22,9 @@ from typing import Any
 
 from maap_finetune.common.cli import StrictParser, bounded
 from maap_finetune.common.errors import ConfigErrors, UserError, exit_on_user_error
+from maap_finetune.data.tasks import TASKS
 
 TEMPLATES_FILE = Path(__file__).resolve().parent / "templates.yaml"
-TASKS = ("chat", "instruction", "classification", "ner", "translation", "qa", "summarization", "text", "preference",
-         "rft")
 KEY_FLAGS = ("messages_key", "prompt_key", "input_key", "completion_key", "text_key", "label_key", "token_key",
              "tag_key", "source_key", "target_key", "context_key", "question_key", "answers_key", "document_key",
              "summary_key", "chosen_key", "rejected_key")

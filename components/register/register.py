@@ -21,6 +21,7 @@ from pathlib import Path
 
 from maap_finetune.common.cli import StrictParser
 from maap_finetune.common.errors import ConfigErrors, UserError, exit_on_user_error
+from maap_finetune.common.json_files import read_json_object
 from maap_finetune.registry.names import registration_name_problems
 
 
@@ -73,16 +74,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     return config
 
 
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise UserError(f"{path}: invalid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return data
-
-
 def check_deployable(folder: Path) -> dict:
     """The MLmodel of a folder Azure ML can deploy without a scoring script; a UserError naming what lacks."""
     from maap_finetune.evaluation.lineage import read_mlmodel
@@ -129,20 +120,19 @@ def _has_chat_template(tokenizer_dir: Path) -> bool:
     if (tokenizer_dir / "chat_template.jinja").is_file() or (tokenizer_dir / "chat_template.json").is_file():
         return True
     config = tokenizer_dir / "tokenizer_config.json"
-    return config.is_file() and bool(read_json(config).get("chat_template"))
+    return config.is_file() and bool(read_json_object(config).get("chat_template"))
 
 
 def run(config: Config):
     from maap_finetune.common import tracking
     from maap_finetune.common.scratch import scratch_folder
+    from maap_finetune.evaluation.gate import read_decision
     from maap_finetune.registry import target
     from maap_finetune.registry.model_info import ModelInfo
     from maap_finetune.registry.tags import build_description, build_tags
 
-    decision = read_json(config.evaluation / "decision.json")
-    metrics = read_json(config.evaluation / "metrics.json")
-    if not isinstance(decision.get("passed"), bool):
-        raise UserError(f"{config.evaluation / 'decision.json'}: field 'passed' must be true or false")
+    decision = read_decision(config.evaluation)
+    metrics = read_json_object(config.evaluation / "metrics.json")
     in_azure = target.running_in_azure_ml()
     if config.registry_name and not in_azure:
         raise UserError("--registry_name names an Azure ML registry, which only an Azure ML job can write to; "
@@ -154,10 +144,7 @@ def run(config: Config):
                         "never load its base; register merged instead, or give model_name")
 
     with tracking.step_run() as run_, scratch_folder("maap-register-") as scratch:
-        step_run_id = run_.info.run_id if run_ is not None else None
-        tags_now = run_.data.tags if run_ is not None else {}
-        pipeline_run_id = target.pipeline_run_id(step_run_id, tags_now.get("mlflow.parentRunId"),
-                                                 root_run_id=tags_now.get("mlflow.rootRunId"))
+        step_run_id, pipeline_run_id = target.run_ids(run_)
         if not decision["passed"]:
             info = ModelInfo(registered=False, reason=str(decision.get("reason") or "the quality gate failed"),
                              name=config.registered_model_name, pipeline_run_id=pipeline_run_id)

@@ -208,7 +208,7 @@ def test_dpo_on_a_registered_sft_model(tmp_path, tiny_model_dir, prepared_chat, 
     from maap_finetune.registry.local import register_local
     from maap_finetune.registry.tags import PIPELINE_RUN_TAG
     from maap_finetune.training.preference import tokenize_pair
-    from pipelines.local_runner import registered_model_folder
+    from pipelines.local.defaults import registered_model_folder
 
     sft_out = tmp_path / "sft"
     load_entry("finetune").main(argv_from_spec("finetune", train_data=prepared_chat, model_path=tiny_model_dir,

@@ -204,3 +204,28 @@ def test_common_prefix_by_bisection():
         a = "".join(rng.choice("ab") for _ in range(rng.randint(0, 12)))
         b = "".join(rng.choice("ab") for _ in range(rng.randint(0, 12)))
         assert _common_prefix(a, b) == _ref_common_prefix(a, b)
+
+
+class _WithoutRustBackend:
+    """The same tokenizer as a Python one looks (no `backend_tokenizer`), so the mask comes from the offsets."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+
+    def __getattr__(self, name):
+        if name == "backend_tokenizer":
+            raise AttributeError(name)
+        return getattr(self._tokenizer, name)
+
+    def __call__(self, *args, **kwargs):
+        return self._tokenizer(*args, **kwargs)
+
+
+@pytest.mark.parametrize("train_on_prompt", [False, True])
+def test_span_bisection_over_the_encoding_equals_the_offsets_mask(tokenizer, train_on_prompt):
+    rows = _rows(random.Random(f"bisect-{train_on_prompt}"), 300, with_tools=True)
+    bisected, _ = tokenize_rows(tokenizer, rows, 100_000, train_on_prompt, "train")
+    by_offsets, _ = tokenize_rows(_WithoutRustBackend(tokenizer), rows, 100_000, train_on_prompt, "train")
+    assert bisected == by_offsets
+    assert any(IGNORE_INDEX in e["labels"] for e in bisected) and any(
+        label != IGNORE_INDEX for e in bisected for label in e["labels"])

@@ -140,7 +140,7 @@ def test_validate_lists_a_step_that_does_not_fit(monkeypatch, phi3_mini, capsys)
     monkeypatch.setattr("pipelines.capacity.bicep_defaults", lambda: {
         "gpuClusterName": "gpu-cluster", "cpuClusterName": "cpu-cluster", "gpuVmSize": "Standard_NC24ads_A100_v4",
         "cpuVmSize": "Standard_DS3_v2"})
-    monkeypatch.setattr("pipelines.validate.validate_repo", lambda settings: [])
+    monkeypatch.setattr("pipelines.definition.lint.lint_repo", lambda settings: [])
     assert submit.main(["--validate", "--set", f"model_path={phi3_mini}"]) == 1
     err = capsys.readouterr().err
     assert "1 problem:" in err and f"export_onnx on cpu-cluster (Standard_DS3_v2) {export_needs()}" in err

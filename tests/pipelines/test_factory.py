@@ -6,7 +6,7 @@ import pytest
 from azure.ai.ml import Input
 
 from maap_finetune.common.errors import ConfigErrors
-from pipelines.factory import convert_value, input_spec, is_local_path, parse_set_options, pipeline_input_spec
+from pipelines.definition.inputs import convert_value, input_spec, is_local_path, parse_set_options, pipeline_input_spec
 
 
 @pytest.mark.parametrize(

@@ -9,17 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import local_runner
-from pipelines.local_runner import (
-    Binding,
-    StepFailed,
-    StepPlan,
-    plan_pipeline,
-    process_environments,
-    render_command,
-    run_pipeline,
-    topological_order,
-)
+from pipelines.definition.command import render_command
+from pipelines.local import defaults as local_defaults
+from pipelines.local import step as local_step
+from pipelines.local import tracking as local_tracking
+from pipelines.local.plan import Binding, StepPlan, plan_pipeline, topological_order
+from pipelines.local.processes import process_environments
+from pipelines.local.runner import run_pipeline
+from pipelines.local.step import StepFailed
 from maap_finetune.common.errors import UserError
 from tests.pipelines import fakes
 
@@ -351,7 +348,8 @@ SIGTERM_DRIVER = """
 import sys
 from pathlib import Path
 from azure.ai.ml import dsl
-from pipelines.local_runner import Terminated, run_pipeline
+from pipelines.local.processes import Terminated
+from pipelines.local.runner import run_pipeline
 from tests.pipelines import fakes
 
 root, workdir, uri = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
@@ -393,7 +391,7 @@ def test_sigterm_ends_every_step_process_and_marks_the_runs_killed(fake_repo, tm
 
     from mlflow import MlflowClient
 
-    from pipelines.factory import REPO_ROOT
+    from pipelines.definition.inputs import REPO_ROOT
 
     shutil.copy(empty_mlflow_db, tmp_path / "track.db")
     uri = f"sqlite:///{tmp_path / 'track.db'}"
@@ -435,7 +433,7 @@ def test_kill_9_of_the_runner_ends_its_steps_and_the_next_run_marks_its_runs_kil
 
     from mlflow import MlflowClient
 
-    from pipelines.factory import REPO_ROOT
+    from pipelines.definition.inputs import REPO_ROOT
 
     shutil.copy(empty_mlflow_db, tmp_path / "track.db")
     uri = f"sqlite:///{tmp_path / 'track.db'}"
@@ -464,7 +462,7 @@ def test_kill_9_of_the_runner_ends_its_steps_and_the_next_run_marks_its_runs_kil
     assert status == {"sleeping": "RUNNING", "produced": "FINISHED", "node": "RUNNING"}  # nobody could end them
 
     out = io.StringIO()
-    tracking = local_runner._Tracking(uri, "fake-exp")
+    tracking = local_tracking.Tracking(uri, "fake-exp")
     live = tracking.start("live", {})  # a run of this (live) runner is left alone
     assert len(tracking.mark_orphaned_runs()) == 2
     status = {run.info.run_name: run.info.status for run in client.search_runs([experiment])}
@@ -476,7 +474,7 @@ def test_kill_9_of_the_runner_ends_its_steps_and_the_next_run_marks_its_runs_kil
 
 def test_submit_exits_143_on_sigterm_and_130_on_ctrl_c(monkeypatch, capsys):
     from pipelines import submit
-    from pipelines.local_runner import Terminated
+    from pipelines.local.processes import Terminated
 
     for raised, code in ((Terminated(), 143), (KeyboardInterrupt(), 130)):
         def interrupted(args, raised=raised):
@@ -490,10 +488,10 @@ def test_submit_exits_143_on_sigterm_and_130_on_ctrl_c(monkeypatch, capsys):
 CREATE_STORE = """
 import sys, time
 import mlflow  # imported before the start line, so both racers reach the store together
-from pipelines.local_runner import _Tracking
+from pipelines.local.tracking import Tracking
 start = float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))
-print(_Tracking(sys.argv[1], "race").experiment_id)
+print(Tracking(sys.argv[1], "race").experiment_id)
 """
 
 
@@ -504,7 +502,7 @@ def test_two_runs_creating_a_new_store_at_once_both_succeed(tmp_path):
     import subprocess
     import time
 
-    from pipelines.factory import REPO_ROOT
+    from pipelines.definition.inputs import REPO_ROOT
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -526,10 +524,10 @@ def test_snapshot_refuses_an_include_that_clashes_or_is_missing(tmp_path):
     other.mkdir(parents=True)
     step = StepPlan("s", "S", "python x.py", code, [other], {}, {}, {}, [])
     with pytest.raises(UserError, match="clashes"):
-        local_runner.snapshot_code(step, tmp_path / "snap1")
+        local_step.snapshot_code(step, tmp_path / "snap1")
     step.includes = [tmp_path / "missing"]
     with pytest.raises(UserError, match="does not exist"):
-        local_runner.snapshot_code(step, tmp_path / "snap2")
+        local_step.snapshot_code(step, tmp_path / "snap2")
 
 
 def test_local_paths_only(fake_repo, tmp_path):
@@ -548,13 +546,13 @@ def test_local_paths_only(fake_repo, tmp_path):
 
 def test_absolute_tracking_uri():
     base = Path("/work/here")
-    assert local_runner.absolute_tracking_uri("sqlite:///mlruns.db", base) == "sqlite:////work/here/mlruns.db"
-    assert local_runner.absolute_tracking_uri("sqlite:////abs/x.db", base) == "sqlite:////abs/x.db"
-    assert local_runner.absolute_tracking_uri("http://mlflow:5000", base) == "http://mlflow:5000"
+    assert local_tracking.absolute_tracking_uri("sqlite:///mlruns.db", base) == "sqlite:////work/here/mlruns.db"
+    assert local_tracking.absolute_tracking_uri("sqlite:////abs/x.db", base) == "sqlite:////abs/x.db"
+    assert local_tracking.absolute_tracking_uri("http://mlflow:5000", base) == "http://mlflow:5000"
 
 
 def test_apply_local_profile_fills_only_what_the_user_left_unset():
-    inputs, steps, applied = local_runner.apply_local_profile(
+    inputs, steps, applied = local_defaults.apply_local_profile(
         {"learning_rate": "0.1"}, {"evaluate": {"max_new_tokens": "8"}},
         {"learning_rate": 0.005, "epochs": 3, "evaluate.max_new_tokens": 16, "evaluate.sample_generations": 4},
     )
@@ -573,12 +571,12 @@ def test_ensure_tiny_model_builds_once_and_reuses(tmp_path, monkeypatch):
         return Path(path)
 
     monkeypatch.setattr("maap_finetune.models.tiny.build_tiny_phi3", fake_build)
-    first = local_runner.ensure_tiny_model(tmp_path / "cache" / "tiny", out=io.StringIO())
-    second = local_runner.ensure_tiny_model(tmp_path / "cache" / "tiny", out=io.StringIO())
+    first = local_defaults.ensure_tiny_model(tmp_path / "cache" / "tiny", out=io.StringIO())
+    second = local_defaults.ensure_tiny_model(tmp_path / "cache" / "tiny", out=io.StringIO())
     assert first == second == (tmp_path / "cache" / "tiny").resolve()
     assert len(calls) == 1 and (first / "config.json").is_file()
     # A different seed is a different model: rebuilt.
-    local_runner.ensure_tiny_model(tmp_path / "cache" / "tiny", seed=1, out=io.StringIO())
+    local_defaults.ensure_tiny_model(tmp_path / "cache" / "tiny", seed=1, out=io.StringIO())
     assert len(calls) == 2
 
 
@@ -611,15 +609,15 @@ def test_registered_model_folder_caches_each_store_apart(tmp_path, empty_mlflow_
     stores = {label: _store_with_model(tmp_path, label, empty_mlflow_db) for label in ("sft", "other")}
     cache = tmp_path / "registered"
     for _ in range(2):  # the second round comes from the cache
-        folders = {label: local_runner.registered_model_folder("models:/maap-finetuned/1", uri, cache)
+        folders = {label: local_defaults.registered_model_folder("models:/maap-finetuned/1", uri, cache)
                    for label, uri in stores.items()}
         assert {label: (folder / "which.txt").read_text() for label, folder in folders.items()} == {
             "sft": "sft", "other": "other"}
     assert len(list(cache.iterdir())) == 2
     # A relative sqlite URI names the same store as its absolute form, so it finds the same cache entry.
-    assert local_runner.registered_model_folder("models:/maap-finetuned/1", "sqlite:///sft.db", cache) == folders["sft"]
+    assert local_defaults.registered_model_folder("models:/maap-finetuned/1", "sqlite:///sft.db", cache) == folders["sft"]
     with pytest.raises(UserError, match="models:/maap-finetuned/2: not in the MLflow registry at sqlite:///"):
-        local_runner.registered_model_folder("models:/maap-finetuned/2", stores["sft"], cache)
+        local_defaults.registered_model_folder("models:/maap-finetuned/2", stores["sft"], cache)
 
 
 @pytest.fixture
@@ -651,11 +649,11 @@ def test_a_full_disk_is_named_first_and_the_runners_bookkeeping_errors_follow_on
     shutil.copy(empty_mlflow_db, small_disk / "track.db")
     code = small_disk / "code"
     code.mkdir()
-    tracking = local_runner._Tracking(f"sqlite:///{small_disk / 'track.db'}", "fill-exp")
+    tracking = local_tracking.Tracking(f"sqlite:///{small_disk / 'track.db'}", "fill-exp")
     parent = tracking.start("pipeline", {})
     step = StepPlan("fill", "Fill", FILL_DISK, code, [], {}, {}, {}, [])
     with pytest.raises(StepFailed) as failed:
-        local_runner.run_step(step, small_disk / "runs" / "fill", {}, tracking=tracking, parent_run_id=parent, out=io.StringIO())
+        local_step.run_step(step, small_disk / "runs" / "fill", {}, tracking=tracking, parent_run_id=parent, out=io.StringIO())
     lines = str(failed.value).splitlines()
     assert lines[0].startswith("step 'fill' failed with exit code 1: no space left on device: ")
     assert f"is on {small_disk}, which has" in lines[0]

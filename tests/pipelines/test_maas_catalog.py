@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines import maas_catalog, submit
-from pipelines.factory import input_spec
+from pipelines.definition.inputs import input_spec
 
 MODEL = "azureml://registries/azureml/models/Phi-4-mini-instruct/versions/1"
 PREFERENCE = "data/sample/preference.jsonl"
@@ -18,7 +18,7 @@ def run_maas(tmp_path, monkeypatch, *extra):
 
 
 def test_preference_data_is_refused_with_the_maap_command(tmp_path, monkeypatch, capfd):
-    from pipelines.factory import REPO_ROOT
+    from pipelines.definition.inputs import REPO_ROOT
 
     rc = run_maas(tmp_path, monkeypatch, "--set", "task=preference", "--set", f"train_data={REPO_ROOT / PREFERENCE}")
     out, err = capfd.readouterr()
@@ -69,14 +69,14 @@ def test_a_model_without_a_row_is_planned_with_a_warning():
 
     args = submit.build_parser().parse_args(
         ["--maas", "--dry-run", "--sample-data", "--model", "azureml://registries/azureml-meta/models/Meta-Llama-3-8B/versions/8"])
-    notes = maas.plan(args).notes
+    notes = maas.plan_job(args).notes
     assert any(n.startswith("warning: Meta-Llama-3-8B is not in the serverless fine-tuning table") for n in notes)
 
 
 def test_the_readmes_examples_name_current_models_and_the_maas_one_is_in_the_table():
     import re
 
-    from pipelines.factory import REPO_ROOT
+    from pipelines.definition.inputs import REPO_ROOT
 
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     maas_models = re.findall(r"--maas --model azureml://registries/[^/]+/models/([^/\s`]+)/", readme)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from maap_finetune.common.errors import ConfigErrors
-from pipelines.factory import PipelineSettings, build_pipeline
+from pipelines.definition.build import build_pipeline
+from pipelines.definition.settings import PipelineSettings
 
 
 def _build(**inputs):

@@ -38,7 +38,7 @@ def test_tail_returns_complete_records_only(tmp_path):
 
 def test_the_tail_and_the_streamed_log_share_one_reader(tmp_path):
     """read_new_bytes serves both: the progress tail keeps a partial line back, --stream's echo shows it."""
-    from pipelines.local_runner import _echo_new
+    from pipelines.local.step import _echo_new
 
     path = tmp_path / "std_log.txt"
     assert read_new_bytes(path, 0) == b""  # not created yet

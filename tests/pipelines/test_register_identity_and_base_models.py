@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from pipelines import submit
-from pipelines.factory import PipelineSettings, build_pipeline
+from pipelines.definition.build import build_pipeline
+from pipelines.definition.settings import PipelineSettings
 from tests.helpers import assert_one_error
 
 PHI3 = "model_name=microsoft/Phi-3-mini-4k-instruct"

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from maap_finetune.common.errors import UserError
-from pipelines import maas_workspace, submit
+from pipelines import azure_ml, maas_workspace, submit
 from tests.azure_fakes import patch_azure, poller, rest_entity
 
 PHI3_V15 = "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/15"
@@ -49,7 +49,7 @@ def azure(monkeypatch, tmp_path):
     client.marketplace_subscriptions.begin_create_or_update.side_effect = create_subscription
     client.compute.get.side_effect = lambda name: rest_entity("compute", f"compute_{name}")
     client.jobs.create_or_update.return_value = rest_entity("job", "job_pipeline_created")
-    for variables in submit.WORKSPACE_ENV.values():
+    for variables in azure_ml.WORKSPACE_ENV.values():
         for variable in variables:
             monkeypatch.delenv(variable, raising=False)
     return state
@@ -126,7 +126,7 @@ def test_microsofts_models_need_no_subscription_and_unlisted_ones_go_to_the_serv
         "model", MODELS["Meta-Llama-3.1-8B-Instruct"],
         id="azureml://registries/azureml-meta/models/Meta-Llama-3-8B/versions/8")
     # No row in the table: the service answers itself (its recorded answer for this model in westus was HTTP 400
-    # ModelNotSupportedByMaaS, which submit.azure_errors passes on as it is).
+    # ModelNotSupportedByMaaS, which azure_ml.azure_errors passes on as it is).
     azure.location = "eastus"
     maas_workspace.check_workspace(azure.client, "azureml://registries/azureml-meta/models/Meta-Llama-3-8B/versions/8")
     assert not azure.client.marketplace_subscriptions.method_calls

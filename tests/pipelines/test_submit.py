@@ -11,8 +11,9 @@ from unittest import mock
 import pytest
 import yaml
 
-from pipelines import submit
-from pipelines.factory import SAMPLE_DATA
+from pipelines import azure_ml, submit
+from pipelines.definition.inputs import SAMPLE_DATA
+from pipelines.local import summary
 from tests.azure_fakes import patch_azure, rest_entity, rest_payload
 from tests.helpers import assert_one_error
 
@@ -36,7 +37,7 @@ def azure(monkeypatch):
     fake.client.compute.get.side_effect = get
     fake.client.compute.list.side_effect = lambda **kwargs: list(computes.values())
     fake.client.jobs.create_or_update.return_value = rest_entity("job", "job_pipeline_created")
-    for variables in submit.WORKSPACE_ENV.values():
+    for variables in azure_ml.WORKSPACE_ENV.values():
         for variable in variables:
             monkeypatch.delenv(variable, raising=False)
     return SimpleNamespace(client=fake.client, cls=fake.cls, credential=fake.credential, computes=computes)
@@ -127,7 +128,7 @@ def test_missing_config_json(monkeypatch, tmp_path, capsys):
     from azure.identity import DefaultAzureCredential
 
     monkeypatch.setattr("azure.identity.DefaultAzureCredential", mock.create_autospec(DefaultAzureCredential))
-    for variables in submit.WORKSPACE_ENV.values():
+    for variables in azure_ml.WORKSPACE_ENV.values():
         for variable in variables:
             monkeypatch.delenv(variable, raising=False)
     monkeypatch.chdir(tmp_path)
@@ -242,11 +243,11 @@ def test_dry_run_prints_the_complete_yaml_without_network(azure, capsys):
 
 
 def test_validate_lists_every_problem(monkeypatch, capsys):
-    monkeypatch.setattr("pipelines.validate.validate_repo", lambda settings: ["a.yaml:3: inputs.x: missing description", "pipeline: jobs.y: bad"])
+    monkeypatch.setattr("pipelines.definition.lint.lint_repo", lambda settings: ["a.yaml:3: inputs.x: missing description", "pipeline: jobs.y: bad"])
     assert submit.main(["--validate"]) == 1
     err = capsys.readouterr().err
     assert "2 problems:" in err and "a.yaml:3: inputs.x: missing description" in err and "pipeline: jobs.y: bad" in err
-    monkeypatch.setattr("pipelines.validate.validate_repo", lambda settings: [])
+    monkeypatch.setattr("pipelines.definition.lint.lint_repo", lambda settings: [])
     assert submit.main(["--validate"]) == 0
     assert "ok:" in capsys.readouterr().out
 
@@ -271,12 +272,14 @@ def test_help_is_instant_because_nothing_heavy_is_imported():
 
 
 def test_local_applies_the_profile_the_tiny_model_and_prints_the_summary(monkeypatch, tmp_path, capsys):
-    from pipelines import local_runner
+    from pipelines.local import defaults as local_defaults
+    from pipelines.local import plan as local_plan
+    from pipelines.local import runner as local_runner
 
     monkeypatch.chdir(tmp_path)
     tiny = tmp_path / "tiny"
     tiny.mkdir()
-    monkeypatch.setattr(local_runner, "ensure_tiny_model", lambda cache_dir, **kw: tiny)
+    monkeypatch.setattr(local_defaults, "ensure_tiny_model", lambda cache_dir, **kw: tiny)
     captured_job = {}
 
     def fake_run(job, **kwargs):
@@ -286,14 +289,14 @@ def test_local_applies_the_profile_the_tiny_model_and_prints_the_summary(monkeyp
         (registration / "model_info.json").write_text(json.dumps(
             {"registered": True, "name": "maap-finetuned", "version": "3", "uri": "models:/maap-finetuned/3", "reason": "gate passed"}
         ))
-        step = local_runner.StepResult("register", 1.0, {"registration": registration}, [], "child")
+        step = local_plan.StepResult("register", 1.0, {"registration": registration}, [], "child")
         report = tmp_path / "export_report"
         report.mkdir()
         (report / "model_info.json").write_text(json.dumps(
             {"registered": True, "name": "maap-finetuned-onnx", "version": "2", "uri": "models:/maap-finetuned-onnx/2",
              "reason": "exported and checked"}
         ))
-        export = local_runner.StepResult("export_onnx", 1.0, {"export_report": report}, [], "child2")
+        export = local_plan.StepResult("export_onnx", 1.0, {"export_report": report}, [], "child2")
         return local_runner.LocalRunResult("rid", tmp_path / "runs" / "rid", "sqlite:////x/mlruns.db", "maap-finetune", "parent",
                                            {"register": step, "export_onnx": export}, 2.0)
 
@@ -306,7 +309,7 @@ def test_local_applies_the_profile_the_tiny_model_and_prints_the_summary(monkeyp
     job = captured_job["job"]
     inputs = {name: value.result() for name, value in job.inputs.items()}
     assert inputs["learning_rate"] == 0.01  # the user's --set wins over LOCAL_PROFILE
-    for key, value in local_runner.LOCAL_PROFILE.items():
+    for key, value in local_defaults.LOCAL_PROFILE.items():
         if key == "learning_rate":
             continue
         if "." in key:
@@ -334,27 +337,29 @@ def test_local_applies_the_profile_the_tiny_model_and_prints_the_summary(monkeyp
 def test_onnx_model_line_says_why_nothing_was_exported(tmp_path):
     path = tmp_path / "model_info.json"
     path.write_text(json.dumps({"registered": False, "name": "m-onnx", "reason": "the quality gate failed: loss 3.2"}))
-    assert submit.onnx_model_line(path) == "onnx_model: not registered (the quality gate failed: loss 3.2)"
+    assert summary.onnx_model_line(path) == "onnx_model: not registered (the quality gate failed: loss 3.2)"
     path.write_text(json.dumps({"registered": False, "name": "m-onnx", "reason": "the export failed its checks: "
                                 "int4: top-1 token agreement 0.85; fix: export at onnx_precision=fp32"}))
-    assert submit.onnx_model_line(path) == ("onnx_model: not registered (the export failed its checks: int4: top-1 "
+    assert summary.onnx_model_line(path) == ("onnx_model: not registered (the export failed its checks: int4: top-1 "
                                             "token agreement 0.85; fix: export at onnx_precision=fp32)")
 
 
 def test_local_with_a_real_base_model_keeps_the_yaml_defaults(monkeypatch, tmp_path, capsys):
     """LOCAL_PROFILE's learning rate of 0.005 would wreck a pre-trained model: the tiny model only."""
-    from pipelines import local_runner
-    from pipelines.factory import pipeline_input_defaults
+    from pipelines.local import defaults as local_defaults
+    from pipelines.local import runner as local_runner
+    from pipelines.local import step as local_step
+    from pipelines.definition.inputs import pipeline_input_defaults
 
     monkeypatch.chdir(tmp_path)
     base = tmp_path / "my-model"
     base.mkdir()
     built, captured = [], {}
-    monkeypatch.setattr(local_runner, "ensure_tiny_model", lambda *a, **k: built.append(1))
+    monkeypatch.setattr(local_defaults, "ensure_tiny_model", lambda *a, **k: built.append(1))
 
     def stop_after_capture(job, **kwargs):
         captured["job"] = job
-        raise local_runner.StepFailed("data_prep", 1, tmp_path / "log", "stopped by the test")
+        raise local_step.StepFailed("data_prep", 1, tmp_path / "log", "stopped by the test")
 
     monkeypatch.setattr(local_runner, "run_pipeline", stop_after_capture)
     assert submit.main(["--local", "--set", f"model_path={base}"]) == 1
@@ -363,7 +368,7 @@ def test_local_with_a_real_base_model_keeps_the_yaml_defaults(monkeypatch, tmp_p
     inputs = {name: value.result() for name, value in captured["job"].inputs.items()}
     defaults = pipeline_input_defaults()
     for key in ("learning_rate", "epochs", "max_seq_length", "max_new_tokens"):
-        assert inputs[key] == defaults[key] != local_runner.LOCAL_PROFILE[key], key
+        assert inputs[key] == defaults[key] != local_defaults.LOCAL_PROFILE[key], key
     assert "training data: data/sample/chat.jsonl (the sample" in out
 
 
@@ -371,23 +376,25 @@ def test_model_info_lines(tmp_path):
     path = tmp_path / "model_info.json"
     path.write_text(json.dumps({"registered": False, "name": "m", "version": None, "uri": None,
                                 "reason": "quality gate failed:\nloss 3.2 >= base 3.1"}))
-    assert submit.model_info_lines(path) == ["model not registered: quality gate failed: loss 3.2 >= base 3.1"]
+    assert summary.model_info_lines(path) == ["model not registered: quality gate failed: loss 3.2 >= base 3.1"]
     path.write_text(json.dumps({"registered": True, "name": "m", "version": "2", "uri": "models:/m/2", "reason": ""}))
-    assert submit.model_info_lines(path) == ["model_uri: models:/m/2"]
+    assert summary.model_info_lines(path) == ["model_uri: models:/m/2"]
     from maap_finetune.common.errors import UserError
 
     with pytest.raises(UserError, match="missing or not JSON"):
-        submit.model_info_lines(tmp_path / "absent.json")
+        summary.model_info_lines(tmp_path / "absent.json")
 
 
 def test_local_step_failure_exits_1_with_the_step_and_log_tail(monkeypatch, tmp_path, capsys):
-    from pipelines import local_runner
+    from pipelines.local import defaults as local_defaults
+    from pipelines.local import runner as local_runner
+    from pipelines.local import step as local_step
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(local_runner, "ensure_tiny_model", lambda cache_dir, **kw: tmp_path)
+    monkeypatch.setattr(local_defaults, "ensure_tiny_model", lambda cache_dir, **kw: tmp_path)
 
     def failing_run(job, **kwargs):
-        raise local_runner.StepFailed("finetune", 7, tmp_path / "std_log.txt", "CUDA? no.\nValueError: boom")
+        raise local_step.StepFailed("finetune", 7, tmp_path / "std_log.txt", "CUDA? no.\nValueError: boom")
 
     monkeypatch.setattr(local_runner, "run_pipeline", failing_run)
     rc = submit.main(["--local"])
@@ -396,11 +403,12 @@ def test_local_step_failure_exits_1_with_the_step_and_log_tail(monkeypatch, tmp_
 
 
 def test_local_reports_every_bad_value_before_building_anything(monkeypatch, tmp_path, capsys):
-    from pipelines import local_runner
+    from pipelines.local import defaults as local_defaults
+    from pipelines.local import runner as local_runner
 
     monkeypatch.chdir(tmp_path)
     built = []
-    monkeypatch.setattr(local_runner, "ensure_tiny_model", lambda *a, **k: built.append(1))
+    monkeypatch.setattr(local_defaults, "ensure_tiny_model", lambda *a, **k: built.append(1))
     monkeypatch.setattr(local_runner, "run_pipeline", lambda *a, **k: built.append(2))
     rc = submit.main(["--local", "--instance-count", "0", "--set", "lora_r=0", "--set", "finetune.batching=x", "--set", "epoch=2"])
     assert_one_error(capsys, rc, "(4 problems)", "instance_count must be", "lora_r must be >= 1",

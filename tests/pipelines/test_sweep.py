@@ -1,4 +1,4 @@
-"""The sweep spec (pipelines/sweep.py) and the local sampling and early-termination rules (pipelines/sweep_policy.py)."""
+"""The sweep spec (pipelines/definition/sweep.py) and the local sampling and early-termination rules (pipelines/local/policy.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import random
 import pytest
 
 from maap_finetune.common.errors import ConfigErrors, UserError
-from pipelines import sweep_policy
-from pipelines.sweep import check_sweep, load_sweep_file, parse_expression, sweep_from_args
-from pipelines.sweep_policy import sample_trials, should_stop
+from pipelines.definition.sweep import load_sweep_file, parse_expression, sweep_from_args
+from pipelines.definition.sweep_check import check_sweep
+from pipelines.local import policy as sweep_policy
+from pipelines.local.policy import sample_trials, should_stop
 
 
 def spec_of(*sets: str, **fields):
@@ -188,12 +189,15 @@ def test_dry_run_shows_the_sweep_node_and_a_bad_sweep_exits_2(capsys):
 
 def test_local_reads_the_sweep_once_and_keeps_the_swept_inputs_out_of_the_profile(monkeypatch, tmp_path, capsys):
     """run_local reads --sweep/--sweep-set once, and the pipeline it runs sweeps what the user asked."""
-    from pipelines import local_runner, submit, sweep
+    from pipelines import submit
+    from pipelines.definition import sweep
+    from pipelines.local import defaults as local_defaults
+    from pipelines.local import runner as local_runner
 
     monkeypatch.chdir(tmp_path)
     tiny = tmp_path / "tiny"
     tiny.mkdir()
-    monkeypatch.setattr(local_runner, "ensure_tiny_model", lambda cache_dir, **kw: tiny)
+    monkeypatch.setattr(local_defaults, "ensure_tiny_model", lambda cache_dir, **kw: tiny)
     reads = []
     monkeypatch.setattr(sweep, "load_sweep_file", lambda path: reads.append(path) or load_sweep_file(path))
     ran = {}

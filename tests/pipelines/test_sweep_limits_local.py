@@ -1,4 +1,4 @@
-"""The local runner enforces a sweep's time limits (pipelines/sweep_local.py), on a fake trial component:
+"""The local runner enforces a sweep's time limits (pipelines/local/sweep.py), on a fake trial component:
 trial_timeout stops a trial that runs too long, the sweep timeout stops the running trial and starts no other,
 each marked in MLflow and the summary with the limit that ended it."""
 
@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from pipelines.local_runner import StepFailed, run_pipeline
+from pipelines.local.runner import run_pipeline
+from pipelines.local.step import StepFailed
 from tests.pipelines.test_sweep_local import component
 
 # A small learning rate finishes and logs its loss; a large one logs a better loss first, then hangs (a limit must end it).

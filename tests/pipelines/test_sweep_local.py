@@ -1,4 +1,4 @@
-"""The local runner runs a sweep node as Azure ML does (pipelines/sweep_local.py), on a fake trial component:
+"""The local runner runs a sweep node as Azure ML does (pipelines/local/sweep.py), on a fake trial component:
 trials as child MLflow runs of a sweep run, a Bandit policy stopping a trial from its logged metric history,
 the best trial's outputs passed downstream, and the summary."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.local_runner import run_pipeline
+from pipelines.local.runner import run_pipeline
 
 TRIAL = """\
 import argparse, os, time

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from pipelines import publish
+from pipelines.definition import assets
 from tests.azure_fakes import from_rest, patch_azure, request_payload, resource_id, rest_payload, system_data
 from tests.helpers import assert_one_error
 
@@ -78,7 +79,7 @@ def test_publishes_environments_components_and_pipeline_with_explicit_versions(a
     env_keys = {(env_spec(n)["name"], str(env_spec(n)["version"])) for n in ENVIRONMENTS}
     comp_keys = {(spec(s)["name"], str(spec(s)["version"])) for s in STEPS}
     assert set(azure.environments.sent) == env_keys
-    assert set(azure.components.sent) == comp_keys | {("maap_finetune_pipeline", publish.project_version())}
+    assert set(azure.components.sent) == comp_keys | {("maap_finetune_pipeline", assets.project_version())}
     # Environments before the components that use them, components before the pipeline.
     assert azure.components.created[-1][0] == "maap_finetune_pipeline"
     assert azure.cls.call_args.kwargs == {"subscription_id": "sub-1", "resource_group_name": "rg-1", "workspace_name": "ws-1"}
@@ -94,14 +95,14 @@ def test_components_reference_the_published_environment_not_a_file(azure):
         env_folder = s["environment"].split("/")[-2]  # file:../../environments/<folder>/environment.yaml
         env = env_spec(env_folder)
         assert component.environment == f"azureml:{env['name']}:{env['version']}"
-        assert component.tags[publish.HASH_TAG]
+        assert component.tags[assets.HASH_TAG]
     # The committed YAML keeps its file: reference.
     assert all(spec(step)["environment"].startswith("file:") for step in STEPS)
 
 
 def test_pipeline_component_wires_the_published_components_with_the_steps_defaults(azure):
     publish.main(WORKSPACE)
-    pipeline = azure.components.sent[("maap_finetune_pipeline", publish.project_version())]
+    pipeline = azure.components.sent[("maap_finetune_pipeline", assets.project_version())]
     assert type(pipeline).__name__ == "PipelineComponent"
     published = {s: f"{spec(s)['name']}:{spec(s)['version']}" for s in STEPS}
     assert {name: str(node.component) for name, node in pipeline.jobs.items()} == published
@@ -131,7 +132,7 @@ def test_changed_content_under_a_published_version_is_refused_before_anything_is
     key = (s["name"], str(s["version"]))
     published = azure.components.payloads[key]["properties"]  # published earlier with other content:
     for tags in (published["tags"], published["componentSpec"]["tags"]):  # the SDK reads the spec's copy
-        tags[publish.HASH_TAG] = "0" * 64
+        tags[assets.HASH_TAG] = "0" * 64
     new_env = ("maap-finetune-train-gpu", "9.9.9")
     before = len(azure.components.created)
     rc = publish.main([*WORKSPACE, "--pipeline-version", "9.9.9"])
@@ -165,7 +166,7 @@ def test_registry_uses_registry_references(azure):
     s = spec("finetune")
     component = azure.components.sent[(s["name"], str(s["version"]))]
     assert component.environment == "azureml://registries/shared-reg/environments/maap-finetune-train-gpu/versions/0.1.0"
-    pipeline = azure.components.sent[("maap_finetune_pipeline", publish.project_version())]
+    pipeline = azure.components.sent[("maap_finetune_pipeline", assets.project_version())]
     assert str(pipeline.jobs["finetune"].component) == f"azureml://registries/shared-reg/components/{s['name']}/versions/{s['version']}"
 
 
@@ -176,7 +177,7 @@ def test_dry_run_without_workspace_lists_everything_offline(azure, capsys):
     assert publish.main(["--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "not compared with what is already published" in out
-    assert f"pipeline component maap_finetune_pipeline:{publish.project_version()}: would publish" in out
+    assert f"pipeline component maap_finetune_pipeline:{assets.project_version()}: would publish" in out
     for step in STEPS:
         assert f"component {spec(step)['name']}:{spec(step)['version']}: would publish" in out
     assert azure.components.created == [] and azure.environments.created == []
@@ -193,18 +194,18 @@ def test_dry_run_with_workspace_says_what_would_change_and_creates_nothing(azure
 
 
 def test_content_hash_covers_code_and_included_library(monkeypatch, tmp_path):
-    base = publish.component_assets(publish.Target(), publish.environment_assets())
+    base = assets.component_assets(assets.Target(), assets.environment_assets())
     # Same inputs, same hash.
-    again = publish.component_assets(publish.Target(), publish.environment_assets())
+    again = assets.component_assets(assets.Target(), assets.environment_assets())
     assert {k: a.sha256 for k, a in base.items()} == {k: a.sha256 for k, a in again.items()}
     # A registry reference changes the definition, so the hash.
-    other = publish.component_assets(publish.Target("r"), publish.environment_assets())
+    other = assets.component_assets(assets.Target("r"), assets.environment_assets())
     assert base["finetune"].sha256 != other["finetune"].sha256
     # Files are part of the hash.
     f1, f2 = tmp_path / "a.py", tmp_path / "b.py"
     f1.write_text("x = 1\n")
     f2.write_text("x = 2\n")
-    assert publish.content_hash({}, [("a.py", f1)]) != publish.content_hash({}, [("a.py", f2)])
+    assert assets.content_hash({}, [("a.py", f1)]) != assets.content_hash({}, [("a.py", f2)])
 
 
 def test_authentication_failure_is_one_clear_message(azure, capsys):

@@ -10,7 +10,8 @@ import pytest
 
 from maap_finetune.common import identity, secrets
 from maap_finetune.registry import azure
-from pipelines.factory import PipelineSettings, build_pipeline
+from pipelines.definition.build import build_pipeline
+from pipelines.definition.settings import PipelineSettings
 
 BOTH = {"DEFAULT_IDENTITY_CLIENT_ID": "11111111-2222-3333-4444-555555555555", "AZUREML_OBO_ENABLED": "True",
         "OBO_ENDPOINT": "http://127.0.0.1:1/obo", "MSI_ENDPOINT": "http://127.0.0.1:1/msi"}

@@ -119,7 +119,8 @@ def test_a_version_is_unverified_until_it_loads_back_and_readers_refuse_it(
     from mlflow import MlflowClient
 
     from maap_finetune.common.errors import UserError
-    from pipelines import deploy, submit
+    from pipelines import deploy
+    from pipelines.local import summary
 
     def does_not_load(uri, *args, **kwargs):
         raise OSError(f"{uri}: the uploaded weights are truncated")
@@ -139,7 +140,7 @@ def test_a_version_is_unverified_until_it_loads_back_and_readers_refuse_it(
             "tags": dict(first.tags)}
     (tmp_path / "registration").mkdir(exist_ok=True)
     (tmp_path / "registration" / "model_info.json").write_text(json.dumps(info))
-    [line] = submit.model_info_lines(tmp_path / "registration" / "model_info.json")
+    [line] = summary.model_info_lines(tmp_path / "registration" / "model_info.json")
     assert line.startswith("model not verified: models:/maap-finetuned/1")
     from maap_finetune.export.registration import source_model
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.validate import REPO_ROOT, component_files, lint_component
+from pipelines.definition.inputs import REPO_ROOT
+from pipelines.definition.lint import component_files, lint_component
 
 COMPONENTS = component_files()
 
@@ -120,11 +121,11 @@ def test_environment_must_live_under_environments(tmp_path):
 
 def test_validate_repo_lists_every_problem_of_every_component(tmp_path):
     """What `submit.py --validate` runs: all problems at once, not the first one."""
-    from pipelines.validate import validate_repo
+    from pipelines.definition.lint import lint_repo
 
     write_component(tmp_path, GOOD.replace("    description: The data.\n", ""), name="first")
     write_component(tmp_path, GOOD.replace("version: 1.0.0", "version: 1"), name="second")
-    problems = validate_repo(root=tmp_path)
+    problems = lint_repo(root=tmp_path)
     text = "\n".join(problems)
     assert "first/spec.yaml:12: inputs.data: missing description" in text
     assert "second/spec.yaml:5: version: must be a quoted semver" in text
@@ -152,7 +153,7 @@ def test_free_text_and_paths_must_be_single_quoted(tmp_path, quoted, bare, expec
 
 
 def test_every_shipped_command_quotes_its_free_text_and_paths():
-    from pipelines.validate import needs_quoting, unquoted_references
+    from pipelines.definition.command import needs_quoting, unquoted_references
     import yaml
 
     for path in COMPONENTS:

@@ -18,19 +18,9 @@ import pytest
 import yaml
 
 from maap_finetune.common.errors import ConfigErrors
-from pipelines.factory import (
-    CPU_STEPS,
-    GPU_STEPS,
-    PIPELINE_INPUTS,
-    REPO_ROOT,
-    SAMPLE_DATA,
-    STEP_NAMES,
-    PipelineSettings,
-    build_pipeline,
-    input_spec,
-    pipeline_yaml,
-    validate_job,
-)
+from pipelines.definition.build import build_pipeline, job_problems, pipeline_yaml
+from pipelines.definition.inputs import CPU_STEPS, GPU_STEPS, PIPELINE_INPUTS, REPO_ROOT, SAMPLE_DATA, STEP_NAMES, input_spec
+from pipelines.definition.settings import PipelineSettings
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "pipeline.yaml"
 GOLDEN_SETTINGS = PipelineSettings(
@@ -54,7 +44,7 @@ def job():
 
 
 def test_pipeline_builds_and_validates_offline(job):
-    assert validate_job(job) == []
+    assert job_problems(job) == []
     assert list(job.jobs) == list(STEP_NAMES)
 
 
@@ -119,7 +109,7 @@ def test_export_onnx_runs_after_the_gate_on_the_cpu_cluster_and_can_be_left_out(
     assert export["inputs"]["registration"]["path"] == "${{parent.jobs.register.outputs.registration}}"
     without = build_pipeline(PipelineSettings(compute="c", inputs={"model_name": "org/model", "export_onnx": "false", "train_data": str(SAMPLE_DATA)}))
     assert list(without.jobs) == [s for s in STEP_NAMES if s != "export_onnx"]
-    assert "onnx_model" not in without.outputs and validate_job(without) == []
+    assert "onnx_model" not in without.outputs and job_problems(without) == []
     with pytest.raises(ConfigErrors) as caught:
         build_pipeline(PipelineSettings(inputs={"model_name": "org/model", "export_onnx": "no way"},
                                         step_inputs={"export_onnx": {"parity_prompts": 2}}))

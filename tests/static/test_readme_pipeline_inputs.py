@@ -20,7 +20,7 @@ def test_readme_pipeline_inputs_table_is_current():
 
 def test_table_lists_every_pipeline_input_with_its_yaml_default():
     sys.path.insert(0, str(REPO_ROOT))
-    from pipelines.factory import PIPELINE_INPUTS, input_spec
+    from pipelines.definition.inputs import PIPELINE_INPUTS, input_spec
 
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     for name, targets in PIPELINE_INPUTS.items():

@@ -26,7 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.factory import REPO_ROOT, SAMPLE_DATA, PipelineSettings, build_pipeline
+from pipelines.definition.build import build_pipeline
+from pipelines.definition.inputs import REPO_ROOT, SAMPLE_DATA
+from pipelines.definition.settings import PipelineSettings
 from tests.azure_fakes import request_payload
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.factory import REPO_ROOT, SAMPLE_DATA, PipelineSettings, build_pipeline, validate_job
-from pipelines.sweep import sweep_from_args
+from pipelines.definition.build import build_pipeline, job_problems
+from pipelines.definition.inputs import REPO_ROOT, SAMPLE_DATA
+from pipelines.definition.settings import PipelineSettings
+from pipelines.definition.sweep import sweep_from_args
 from tests.static.test_rest_payload import GOLDEN_DIR, rest_payload
 
 GOLDEN = GOLDEN_DIR / "rest_sweep.json"
@@ -93,4 +95,4 @@ def test_evaluate_and_register_read_the_sweep_nodes_outputs(payload):
 
 
 def test_the_sweep_pipeline_validates(job):
-    assert validate_job(job) == []
+    assert job_problems(job) == []

@@ -14,14 +14,9 @@ import argparse
 import pytest
 import yaml
 
-from pipelines.validate import (
-    REPO_ROOT,
-    check_parser_agreement,
-    component_files,
-    entry_script_path,
-    import_entry_script,
-    split_command,
-)
+from pipelines.definition.command import split_command
+from pipelines.definition.inputs import REPO_ROOT
+from pipelines.definition.lint import check_parser_agreement, component_files, entry_script_path, import_entry_script
 from tests import helpers
 
 COMPONENTS = component_files()

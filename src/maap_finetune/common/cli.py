@@ -19,6 +19,18 @@ class StrictParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def command_parser(prog: str, description: str, doc: str) -> argparse.ArgumentParser:
+    """The parser header of a repository command (submit.py, deploy.py, ...): its module docstring after the
+    first paragraph is the --help epilog, as written; no abbreviated flags."""
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=doc.split("\n\n", 1)[1],
+        allow_abbrev=False,
+    )
+
+
 def str2bool(value: str) -> bool:
     """Parse Azure ML's rendering of a boolean input ("True"/"False") and common spellings."""
     lowered = str(value).strip().lower()

@@ -778,27 +778,3 @@ def ner_entities(record: dict) -> list[tuple[str, str]]:
             entities.append((kind, [token]))
             current = kind
     return [(kind, " ".join(tokens)) for kind, tokens in entities]
-
-
-def prompt_part(task: str, output_row: dict) -> Any:
-    """The part of an output row that is the prompt (for overlap between splits)."""
-    if task == "text":
-        return output_row["text"]
-    if task == "preference":
-        return output_row["prompt"]
-    if task == "rft":
-        return output_row["messages"]  # all prompt: the model writes the answer
-    return output_row["messages"][:-1]
-
-
-def row_text(output_row: dict) -> str:
-    """All the text of an output row (for character statistics)."""
-    if "text" in output_row:
-        return output_row["text"]
-    if "prompt" in output_row:
-        return "".join(m["content"] for m in (*output_row["prompt"], *output_row["chosen"], *output_row["rejected"]))
-    return "".join(m["content"] for m in output_row["messages"])
-
-
-def iter_texts(rows: Iterable[dict]) -> Iterable[str]:
-    return (row_text(r) for r in rows)

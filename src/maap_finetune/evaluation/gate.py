@@ -156,6 +156,18 @@ def write_decision(folder: str | Path, decision: dict[str, Any]) -> Path:
     return path
 
 
+def read_decision(folder: str | Path) -> dict[str, Any]:
+    """Evaluate's decision from its output `folder`, as Register and Export ONNX obey it (UserError naming the file)."""
+    from maap_finetune.common.errors import UserError
+    from maap_finetune.common.json_files import read_json_object
+
+    path = Path(folder) / DECISION_FILE
+    decision = read_json_object(path)
+    if not isinstance(decision.get("passed"), bool):
+        raise UserError(f"{path}: field 'passed' must be true or false")
+    return decision
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

@@ -88,6 +88,13 @@ def pipeline_run_id(step_run_id: str | None, parent_run_id: str | None,
     return parent_run_id or step_run_id
 
 
+def run_ids(run) -> tuple[str | None, str | None]:
+    """(the step's MLflow run id, its pipeline run id) of an active step run (`tracking.step_run()`), or None."""
+    step_run_id = run.info.run_id if run is not None else None
+    tags = run.data.tags if run is not None else {}
+    return step_run_id, pipeline_run_id(step_run_id, tags.get("mlflow.parentRunId"), root_run_id=tags.get("mlflow.rootRunId"))
+
+
 def job_output_metadata(output_name: str, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """Inside an Azure ML job: this job's name, `output_name` and the workspace; {} anywhere else."""
     if not running_in_azure_ml(environ) or not environ.get("AZUREML_RUN_ID"):

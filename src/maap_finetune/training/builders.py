@@ -33,13 +33,6 @@ def load_deepspeed_json(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def zero_stage(ds_config: dict[str, Any] | None) -> int | None:
-    if ds_config is None:
-        return None
-    stage = (ds_config.get("zero_optimization") or {}).get("stage", 0)
-    return int(stage)
-
-
 def build_deepspeed_config(config: FinetuneConfig) -> dict[str, Any] | None:
     """The DeepSpeed config: the user's JSON when given (it wins), else one generated from the inputs.
 

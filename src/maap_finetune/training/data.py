@@ -9,8 +9,9 @@ the EOS the template appends, fall inside the span. The result goes to SFTTraine
 pre-tokenized dataset (`input_ids`, `labels`), so TRL does no second tokenization.
 
 Rows go in batches of BATCH_ROWS: every render of a batch is one `apply_chat_template` call, every text one
-tokenizer call (the Rust tokenizer encodes a batch at once), and the mask comes from numpy over the token
-offsets; `iter_tokenized(workers=N)` spreads the batches over N forked processes. The ids, labels and counts
+tokenizer call (the Rust tokenizer encodes a batch at once), and each span's first and last token are found by
+bisection over the Rust Encoding (`token_to_chars`), so no token's offsets become Python objects;
+`iter_tokenized(workers=N)` spreads the batches over N forked processes. The ids, labels and counts
 equal the row-by-row algorithm's (tests/finetune/test_tokenize_equivalence.py keeps it as the reference).
 
 Rows in the Azure OpenAI format: an assistant message with `"weight": 0` is context, not learned;
@@ -160,10 +161,51 @@ def assistant_spans(
 
 
 def _encode_chats(tokenizer, chats, train_on_prompt: bool) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Token ids and labels of many conversations: one batched render, one batched (parallel, Rust) tokenizer
-    call, and the mask from numpy over the offsets. A token is inside a span (s, e) when s <= start < e and
+    """Token ids and labels of many conversations: one batched render, one batched (Rust) tokenizer call, and
+    the mask from each span's two boundary tokens. A token is inside a span (s, e) when s <= start < e and
     end <= e; learned inside learned turns, or, with `train_on_prompt`, everywhere but weight-0 turns."""
     rendered = _spans_of_chats(tokenizer, chats, weight=0 if train_on_prompt else 1)
+    texts = [text for text, _ in rendered]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a Python tokenizer: no Encoding objects, so the mask comes from the offsets
+        return _encode_by_offsets(tokenizer, rendered, train_on_prompt)
+    encodings = backend.encode_batch(texts, add_special_tokens=False)
+    lengths = [len(encoding) for encoding in encodings]
+    bounds = np.concatenate(([0], np.cumsum(lengths, dtype=np.int64))).tolist()
+    ids = np.fromiter(chain.from_iterable(encoding.ids for encoding in encodings), dtype=np.int64, count=bounds[-1])
+    inside = np.zeros(len(ids), dtype=bool)
+    for encoding, n, offset, (_, spans) in zip(encodings, lengths, bounds, rendered):
+        for s, e in spans:
+            first, stop = _tokens_within(encoding, n, s, e)
+            inside[offset + first:offset + stop] = True
+    labels = np.where(inside != train_on_prompt, ids, IGNORE_INDEX)
+    return [(ids[a:b], labels[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _tokens_within(encoding, n: int, s: int, e: int) -> tuple[int, int]:
+    """[first, stop): the tokens with s <= start < e and end <= e. Token offsets never go backwards, so those
+    tokens are contiguous: found by bisection over `token_to_chars` (a few Rust calls, no offsets list)."""
+    if e <= s:
+        return 0, 0
+
+    def first_where(key) -> int:  # smallest i with key(i) true, for a key false then true along the tokens
+        lo, hi = 0, n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if key(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    chars = encoding.token_to_chars
+    first = first_where(lambda i: chars(i)[0] >= s)
+    stop = first_where(lambda i: chars(i)[1] > e or chars(i)[0] >= e)
+    return first, max(first, stop)
+
+
+def _encode_by_offsets(tokenizer, rendered, train_on_prompt: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The mask from numpy over every token's offsets (for tokenizers without a Rust backend)."""
     texts = [text for text, _ in rendered]
     encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False,
                         return_token_type_ids=False)

@@ -47,12 +47,14 @@ def merge_with_parity(
     from transformers import AutoModelForCausalLM
 
     from maap_finetune.training.builders import torch_dtype
+    from maap_finetune.training.monitoring import release_freed_memory
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_source, **model_kwargs), adapter_dir)
     model.eval()
     reference = logits_of(model, examples)
     if quantized:
         del model
+        release_freed_memory()
         base = AutoModelForCausalLM.from_pretrained(base_source, **model_kwargs).dequantize().to(torch.float32)
         model = PeftModel.from_pretrained(base, adapter_dir)
     merged = model.merge_and_unload().eval()
@@ -67,6 +69,7 @@ def merge_with_parity(
     parity["saved_precision"] = saved_precision
     if saved_precision != "fp32":
         merged = merged.to(torch_dtype(saved_precision))  # in place: the fp32 weights are freed as they go
+        release_freed_memory()  # their heap pages too, before the save serializes the 16-bit copy
         parity["saved"] = saved = saved_copy_report(reference, logits_of(merged, examples))
         parity["passed"] = parity["passed"] and saved["passed"]
     return merged, parity

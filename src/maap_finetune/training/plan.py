@@ -78,9 +78,15 @@ def resolve_liger(config: FinetuneConfig, env: Environment) -> bool:
     return config.use_liger_kernel == "true"
 
 
-def resolve_plan(config: FinetuneConfig, env: Environment, ds_config: dict[str, Any] | None) -> TrainingPlan:
-    from maap_finetune.training.builders import zero_stage
+def zero_stage(ds_config: dict[str, Any] | None) -> int | None:
+    """The ZeRO stage a DeepSpeed config asks for (0 when it names none); None without DeepSpeed."""
+    if ds_config is None:
+        return None
+    stage = (ds_config.get("zero_optimization") or {}).get("stage", 0)
+    return int(stage)
 
+
+def resolve_plan(config: FinetuneConfig, env: Environment, ds_config: dict[str, Any] | None) -> TrainingPlan:
     precision = resolve_precision(config, env)
     return TrainingPlan(
         device="cuda" if env.cuda else "cpu",

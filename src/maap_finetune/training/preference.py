@@ -17,7 +17,6 @@ change or be removed in any release without deprecation"; its stable API has DPO
 
 from __future__ import annotations
 
-import gc
 import logging
 from dataclasses import dataclass, fields
 from typing import Any
@@ -26,7 +25,7 @@ from maap_finetune.common import tracking
 from maap_finetune.common.errors import UserError
 from maap_finetune.training.config import FinetuneConfig
 from maap_finetune.training.data import TokenizeStats
-from maap_finetune.training.monitoring import CountingCollator, MlflowMetricsCallback
+from maap_finetune.training.monitoring import CountingCollator, MlflowMetricsCallback, release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +305,7 @@ def train(config: FinetuneConfig, plan, source, prepared):
     )
     result.extra = summary_extra(config, train_stats, last_train, final_eval)
     del trainer, model
-    gc.collect()
+    release_freed_memory()  # before the merge loads its own copy of the weights
     _empty_cuda_cache(plan)
     return result
 

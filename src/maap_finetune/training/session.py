@@ -5,7 +5,6 @@ Every rank runs this; rank 0 alone logs to MLflow (through `maap_finetune.common
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from dataclasses import dataclass, field, replace
@@ -23,7 +22,9 @@ from maap_finetune.training.checkpoints import (
 )
 from maap_finetune.training.config import FinetuneConfig
 from maap_finetune.training.data import TokenizeStats, ensure_chat_template
-from maap_finetune.training.monitoring import CountingCollator, MlflowMetricsCallback, ProgressCallback, TokenCounter
+from maap_finetune.training.monitoring import (
+    CountingCollator, MlflowMetricsCallback, ProgressCallback, TokenCounter, release_freed_memory,
+)
 from maap_finetune.training.validation import best_outcome, build_callbacks
 from maap_finetune.training.plan import TrainingPlan, log_plan
 
@@ -214,7 +215,7 @@ def train(config: FinetuneConfig, plan: TrainingPlan, source, prepared) -> Train
         validation=validation,
     )
     del trainer, model
-    gc.collect()
+    release_freed_memory()  # before the merge loads its own copy of the weights
     _empty_cuda_cache(plan)
     return result
 

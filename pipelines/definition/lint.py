@@ -1,6 +1,6 @@
 """Offline checks of every component YAML, its entry script's parser, and the pipeline.
 
-`python pipelines/submit.py --validate` runs `validate_repo()` and lists every problem it finds;
+`python pipelines/submit.py --validate` runs `lint_repo()` and lists every problem it finds;
 the static tests run the same checks one component at a time. Nothing here touches the network.
 
 Checks per component (`lint_component`):
@@ -26,12 +26,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from pipelines.definition.command import REFERENCE, needs_quoting, split_command, unquoted_references
+from pipelines.definition.inputs import REPO_ROOT
+
 COMPONENT_SCHEMA = "https://azuremlschemas.azureedge.net/latest/commandComponent.schema.json"
 SNAKE_CASE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
-OPTIONAL_BLOCK = re.compile(r"\$\[\[(.*?)\]\]", re.DOTALL)
-REFERENCE = re.compile(r"\$\{\{\s*(inputs|outputs)\.([A-Za-z0-9_]+)\s*\}\}")
 ENTRY_SCRIPT = re.compile(r"^\s*python3?\s+(?:-u\s+)?([\w./-]+\.py)\b")
 
 
@@ -66,11 +66,6 @@ def _key_lines(path: Path) -> dict[tuple[str, ...], int]:
         pass
     return lines
 
-
-def split_command(command: str) -> tuple[str, list[str]]:
-    """The command without its `$[[...]]` blocks, and the blocks' contents."""
-    blocks = OPTIONAL_BLOCK.findall(command)
-    return OPTIONAL_BLOCK.sub(" ", command), blocks
 
 
 def entry_script_path(spec_path: Path, spec: dict) -> Path | None:
@@ -202,32 +197,6 @@ def _lint_command(spec: dict, at) -> list[str]:
     return problems
 
 
-def needs_quoting(port_spec: dict) -> bool:
-    """Everything but numbers, booleans and enums: free text and paths can hold spaces and shell syntax."""
-    kind = port_spec.get("type")
-    return not (kind in ("integer", "number", "boolean") or (kind == "string" and port_spec.get("enum")))
-
-
-def unquoted_references(command: str) -> list[tuple[str, str]]:
-    """The `${{inputs|outputs.x}}` references that a shell would not see inside single quotes."""
-    found = []
-    quote = None  # the quote character we are inside, as bash reads the line
-    index = 0
-    while index < len(command):
-        char = command[index]
-        match = REFERENCE.match(command, index) if command.startswith("${{", index) else None
-        if match:
-            if quote != "'":
-                found.append(match.groups())
-            index = match.end()
-            continue
-        if char == "\\" and quote != "'":
-            index += 2
-            continue
-        if char in "'\"" and quote in (None, char):
-            quote = None if quote == char else char
-        index += 1
-    return found
 
 
 def _sdk_problems(path: Path, where: str) -> list[str]:
@@ -344,11 +313,12 @@ def lint_entry_script(path: Path) -> list[str]:
     return problems
 
 
-def validate_repo(settings=None, root: Path = REPO_ROOT) -> list[str]:
+def lint_repo(settings=None, root: Path = REPO_ROOT) -> list[str]:
     """Every problem in every component (YAML and parser) and in the pipeline built from `settings`."""
     from maap_finetune.common.errors import UserError
 
-    from pipelines.factory import PipelineSettings, build_pipeline, validate_job
+    from pipelines.definition.build import build_pipeline, job_problems
+    from pipelines.definition.settings import PipelineSettings
 
     problems: list[str] = []
     files = component_files(root)
@@ -366,9 +336,9 @@ def validate_repo(settings=None, root: Path = REPO_ROOT) -> list[str]:
     except Exception as err:  # a broken component breaks the build; report it with the others
         problems.append(f"pipeline: cannot be built: {type(err).__name__}: {' '.join(str(err).split())}")
     else:
-        job_problems = validate_job(job)
-        if not settings.compute:  # validating without --compute: the cluster is chosen at submit time
-            job_problems = [p for p in job_problems if not p.endswith("Compute not set")]
-        problems += job_problems
+        found = job_problems(job)
+        if not settings.compute:  # checking without --compute: the cluster is chosen at submit time
+            found = [p for p in found if not p.endswith("Compute not set")]
+        problems += found
     return problems
 

@@ -1,15 +1,15 @@
 """Run a pipeline's sweep node on this machine, as Azure ML runs it.
 
-`local_runner.run_pipeline` hands a sweep node here. Each trial is the node's trial component run by
-`local_runner.run_step` (same snapshot, textual substitution and `bash -c`) with its hyperparameters as
+`runner.run_pipeline` hands a sweep node here. Each trial is the node's trial component run by
+`step.run_step` (same snapshot, textual substitution and `bash -c`) with its hyperparameters as
 input values, under `<run>/<node>/trials/trial_<n>/`:
 - sampling: grid (every combination, in order) and random (seeded when the sweep says so) as
-  `sweep_policy.sample_trials` draws them; bayesian falls back to random, with a printed note;
+  `policy.sample_trials` draws them; bayesian falls back to random, with a printed note;
 - concurrency: max_concurrent_trials (Azure ML's default: all at once), capped by this machine's cores
   divided by the trial's processes; trials side by side print no live progress line;
 - MLflow: the pipeline run -> the sweep run (the node, tagged maap.sweep) -> one child run per trial;
 - early termination: each running trial's primary metric history is read from its MLflow run (what Azure
-  ML's service reads) and `sweep_policy.should_stop` decides; a stopped trial's processes are ended and its
+  ML's service reads) and `policy.should_stop` decides; a stopped trial's processes are ended and its
   run marked KILLED with the reason (tag maap.stop_reason);
 - time limits: a trial running longer than limits.trial_timeout is stopped the same way ("trial_timeout <n> s
   reached"); once the sweep has run limits.timeout seconds its running trials are stopped ("sweep timeout <n> s
@@ -34,8 +34,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipelines import sweep_policy
-from pipelines.local_runner import Binding, StepFailed, StepPlan, StepResult, _Tracking, run_step, tail
+from pipelines.local import policy as sweep_policy
+from pipelines.local.plan import Binding, StepPlan, StepResult
+from pipelines.local.step import StepFailed, run_step, tail
+from pipelines.local.tracking import Tracking, run_status
 
 POLL_S = 1.0  # how often a running trial's metrics are read for early termination
 
@@ -61,7 +63,7 @@ class Trial:
 class _TrialTracking:
     """The runner's tracking with the trial's run name and tags, remembering the run it creates."""
 
-    def __init__(self, tracking: _Tracking, trial: Trial, tags: Mapping[str, str]):
+    def __init__(self, tracking: Tracking, trial: Trial, tags: Mapping[str, str]):
         self._tracking, self._trial, self._tags = tracking, trial, dict(tags)
 
     def __getattr__(self, name: str) -> Any:
@@ -75,7 +77,7 @@ class _TrialTracking:
 class _Monitor:
     """Applies the time limits and the early-termination policy (from MLflow metric histories) to running trials."""
 
-    def __init__(self, tracking: _Tracking | None, metric: str, goal: str, policy: Mapping[str, Any] | None,
+    def __init__(self, tracking: Tracking | None, metric: str, goal: str, policy: Mapping[str, Any] | None,
                  trials: list[Trial], cancel: threading.Event, *, timeout: int | None = None,
                  trial_timeout: int | None = None, start: float = 0.0):
         self.tracking, self.metric, self.goal, self.policy = tracking, metric, goal, policy
@@ -157,7 +159,7 @@ def _sampling(node) -> tuple[str, int | None]:
     return str(algorithm.type).lower(), getattr(algorithm, "seed", None)
 
 
-def run_sweep_step(step: StepPlan, step_dir: Path, results: Mapping[str, StepResult], *, tracking: _Tracking | None = None,
+def run_sweep_step(step: StepPlan, step_dir: Path, results: Mapping[str, StepResult], *, tracking: Tracking | None = None,
                    parent_run_id: str | None = None, out: TextIO = sys.stdout, stream: bool = False, label: str = "",
                    env: Mapping[str, str] | None = None) -> StepResult:
     """Run the sweep node `step` (step.sweep is the SDK's Sweep node); return the best trial's outputs as its own."""
@@ -167,8 +169,7 @@ def run_sweep_step(step: StepPlan, step_dir: Path, results: Mapping[str, StepRes
     algorithm, seed = _sampling(node)
     metric, goal = node.objective.primary_metric, str(node.objective.goal).lower()
     limits = node.limits
-    total = limits.max_total_trials
-    timeout, trial_timeout = limits.timeout, limits.trial_timeout
+    total, timeout, trial_timeout = limits.max_total_trials, limits.timeout, limits.trial_timeout
     policy = _policy_dict(node.early_termination)
     if algorithm == "bayesian":
         print(f"{label}{step.name}: note: bayesian sampling runs in Azure ML only; locally the trials are sampled "
@@ -180,25 +181,17 @@ def run_sweep_step(step: StepPlan, step_dir: Path, results: Mapping[str, StepRes
     world = step.process_count * step.instance_count
     concurrency = max(1, min(limits.max_concurrent_trials or len(trials), (os.cpu_count() or 1) // world, len(trials)))
     seed_note = f", seed {seed}" if algorithm == "random" else ""
-    time_limits = ", ".join(f"{name} {value} s" for name, value in (("timeout", timeout), ("trial_timeout", trial_timeout))
-                            if value)
+    time_limits = ", ".join(f"{name} {value} s" for name, value in (("timeout", timeout), ("trial_timeout", trial_timeout)) if value)
     print(f"{label}{step.name}: sweep of {len(trials)} trials ({algorithm}{seed_note}), {concurrency} at a time; "
           f"primary metric {metric} ({goal})" + (f"; early termination: {policy}" if policy else "")
           + (f"; limits: {time_limits}" if time_limits else ""), file=out, flush=True)
 
-    sweep_run_id = None
-    if tracking is not None:
-        tags = {"mlflow.parentRunId": parent_run_id or "", "maap.step": step.name, "maap.display_name": step.display_name,
-                "maap.sweep": "true"}
-        sweep_run_id = tracking.start(step.name, {k: v for k, v in tags.items() if v})
-        tracking.log_params(sweep_run_id, {"sampling_algorithm": algorithm, "seed": seed, "primary_metric": metric,
-                                           "goal": goal, "max_total_trials": total, "max_concurrent_trials": concurrency,
-                                           "timeout": timeout, "trial_timeout": trial_timeout,
-                                           "early_termination": json.dumps(policy) if policy else None,
-                                           "search_space": json.dumps(space)})
+    sweep_run_id = _start_sweep_run(tracking, step, parent_run_id, {
+        "sampling_algorithm": algorithm, "seed": seed, "primary_metric": metric, "goal": goal, "max_total_trials": total,
+        "max_concurrent_trials": concurrency, "timeout": timeout, "trial_timeout": trial_timeout,
+        "early_termination": json.dumps(policy) if policy else None, "search_space": json.dumps(space)})
     cancel = threading.Event()
-    monitor = _Monitor(tracking, metric, goal, policy, trials, cancel, timeout=timeout, trial_timeout=trial_timeout,
-                       start=start)
+    monitor = _Monitor(tracking, metric, goal, policy, trials, cancel, timeout=timeout, trial_timeout=trial_timeout, start=start)
     ok, error = False, None
     try:
         _run_trials(step, step_dir, results, trials, concurrency, monitor, tracking, sweep_run_id, out, stream, label, env)
@@ -212,11 +205,7 @@ def run_sweep_step(step: StepPlan, step_dir: Path, results: Mapping[str, StepRes
             raise StepFailed(f"{step.name} (sweep: no trial completed with {metric}{_limits_note(trials)}; "
                              f"summary: {summary / 'summary.md'})", 1, log, tail(log))
         if tracking is not None:
-            client = tracking.client
-            client.log_metric(sweep_run_id, metric, best.metric)
-            tracking.log_params(sweep_run_id, {f"best.{k}": v for k, v in best.params.items()})
-            client.set_tag(sweep_run_id, "maap.best_trial", f"trial_{best.index}")
-            client.set_tag(sweep_run_id, "maap.best_trial_run_id", best.run_id or "")
+            _record_best(tracking, sweep_run_id, metric, best)
         ok = True
     except BaseException as err:
         error = err
@@ -224,11 +213,31 @@ def run_sweep_step(step: StepPlan, step_dir: Path, results: Mapping[str, StepRes
         raise
     finally:
         if tracking is not None and sweep_run_id:
-            tracking.finish(sweep_run_id, "FINISHED" if ok else ("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"))
+            tracking.finish(sweep_run_id, run_status(ok, error))
     seconds = time.monotonic() - start
     print(f"{label}{step.name}: best trial_{best.index} ({_format(best.params)}): {metric} {best.metric:.4f}; "
           f"summary: {summary / 'summary.md'}; done in {seconds:.1f} s", file=out, flush=True)
     return StepResult(step.name, seconds, best.result.outputs, best.result.log_paths, sweep_run_id)
+
+
+def _start_sweep_run(tracking: Tracking | None, step: StepPlan, parent_run_id: str | None,
+                     params: Mapping[str, Any]) -> str | None:
+    """The node's sweep run (a child of the pipeline's, tagged maap.sweep) with the sweep's settings as params."""
+    if tracking is None:
+        return None
+    tags = {"mlflow.parentRunId": parent_run_id or "", "maap.step": step.name, "maap.display_name": step.display_name,
+            "maap.sweep": "true"}
+    sweep_run_id = tracking.start(step.name, {k: v for k, v in tags.items() if v})
+    tracking.log_params(sweep_run_id, params)
+    return sweep_run_id
+
+
+def _record_best(tracking: Tracking, sweep_run_id: str, metric: str, best: Trial) -> None:
+    client = tracking.client
+    client.log_metric(sweep_run_id, metric, best.metric)
+    tracking.log_params(sweep_run_id, {f"best.{k}": v for k, v in best.params.items()})
+    client.set_tag(sweep_run_id, "maap.best_trial", f"trial_{best.index}")
+    client.set_tag(sweep_run_id, "maap.best_trial_run_id", best.run_id or "")
 
 
 def _limits_note(trials: list[Trial]) -> str:

@@ -14,8 +14,8 @@ primary metric has been logged N times (each log is one *interval*):
 - Median stopping: the running average of a trial at N is the mean of its first N logs. The trial stops when its
   score at N is worse than the median of the running averages at N of all trials that reached N (itself
   included), provided another trial reached N.
-Not reproduced: truncation selection (refused by pipelines/sweep.py), Sobol random rule. The sweep's time
-limits (timeout, trial_timeout) are applied by pipelines/sweep_local.py.
+Not reproduced: truncation selection (refused by pipelines/definition/sweep_check.py), Sobol random rule. The sweep's time
+limits (timeout, trial_timeout) are applied by pipelines/local/sweep.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""What is submitted, built offline: the input catalogue, settings resolved once, the DSL wiring, the lint."""
