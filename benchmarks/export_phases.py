@@ -207,7 +207,8 @@ Written by `benchmarks/export_phases.py` (random bf16 Phi-3-architecture models 
 the spec's defaults: int4, cpu, block size 32, fp32 graph check on 2 layers, 8 parity prompts of 32 tokens).
 Peak RSS: the process tree, sampled every 0.1 s; "anonymous" is the part the kernel cannot drop and reread
 (mmapped safetensors and shared libraries are file-backed). Seconds come from a 2-core machine shared with other
-jobs (load average 15 to 20 during these runs): compare seconds only within one run, memory across runs.
+jobs (each heading gives the load average, from uptime, at the run's start and end): compare seconds only between
+runs made back to back at a similar load, memory across runs.
 
 """
 
