@@ -331,6 +331,28 @@ def run_throughput(setup: Setup, report: dict, deadline: Deadline) -> None:
 TESTS = {"zero3": "zero3", "quant": "quantized"}  # part -> pytest -k expression over tests/finetune/test_gpu.py
 
 
+def run_grpo(report: dict, deadline: Deadline) -> int:
+    """Fill report["grpo"]: Fine-Tune grpo on Phi-3-mini (bf16, LoRA, vLLM colocate where installed), measured by
+    benchmarks/gpu_suite_grpo.py in its own process: seconds per step, completions/s, rewards, peak memory."""
+    command = [sys.executable, str(REPO / "benchmarks" / "gpu_suite_grpo.py")] + (
+        ["--rehearse"] if report["rehearsal"] else [])
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=child_environment(),
+                              timeout=max(1.0, deadline.left()))
+    except subprocess.TimeoutExpired as expired:
+        report["grpo"] = {"error": f"stopped at the suite's deadline after {expired.timeout:.0f} s"}
+        return 1
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        report["grpo"] = {"error": done.stderr[-3000:]}
+        print(f"grpo: failed\n{done.stderr[-3000:]}", flush=True)
+        return 1
+    report["grpo"] = result = json.loads(lines[-1][len("RESULT "):])
+    print(f"grpo ({result['generation']}, {result['precision']}): {result['seconds_per_step']:.2f} s/step, "
+          f"reward {result['first_logged'].get('reward')} -> {result['last_logged'].get('reward')}", flush=True)
+    return 0
+
+
 def run_tests(part: str, report: dict, deadline: Deadline) -> int:
     """The GPU-only tests CI skips: they train (the loss goes down) and merge (parity passes). Each test's
     outcome and what it recorded (losses, precision, merge parity) go to report["tests"]."""
@@ -370,7 +392,8 @@ def write_report(report: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", nargs="+", choices=["throughput", *TESTS], default=["throughput", *TESTS])
+    parser.add_argument("--part", nargs="+", choices=["throughput", *TESTS, "grpo"],
+                        default=["throughput", *TESTS, "grpo"])
     parser.add_argument("--child", choices=CONTENDERS)
     parser.add_argument("--results", type=Path,
                         help="where the report goes (default benchmarks/results; a rehearsal's: a temporary folder)")
@@ -406,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
             status = 1
         elif part == "throughput":
             run_throughput(setup, report, deadline)
+        elif part == "grpo":
+            status = run_grpo(report, deadline) or status
         else:
             status = run_tests(part, report, deadline) or status
         write_report(report, path)

@@ -2,6 +2,8 @@
 # The GPU suite, run on the device machine from the repository root (see benchmarks/gpu_suite.py).
 # One call, carry [".whl/gpu"] (tools/gpu_wheels.sh makes it, 53 MiB):
 #   bash benchmarks/gpu_suite.sh throughput zero3 quant     (budget: <= 8 min on one H200)
+#   bash benchmarks/gpu_suite.sh grpo                       (GRPO, bf16 LoRA on Phi-3-mini, vLLM colocate when the
+#                                                            carried wheels hold a vllm in TRL's range; not yet run)
 # Rehearsed on the CPU in CI: python benchmarks/gpu_suite.py --rehearse (tests/finetune/test_gpu_suite_offline.py).
 # Results: benchmarks/results/h200-<date>.json, also written to $OUT after each part with gpu_suite.log, so they
 # come back even from a command killed at its limit; copy h200-<date>.json from the run's files_at into
@@ -10,7 +12,7 @@
 # (carried wheels included: build them with PYVER=<this Python> tools/gpu_wheels.sh), to try the carry here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-parts=("${@:-throughput}")  # throughput zero3 quant
+parts=("${@:-throughput}")  # throughput zero3 quant grpo
 rehearse=()
 if [ "${GPU_SUITE_REHEARSE:-0}" = 1 ]; then
   rehearse=(--rehearse)

@@ -13,7 +13,8 @@ anything: `pip install --dry-run --ignore-installed --report` against the packag
 DeepSpeed and flash-attn ship only source distributions, which pip cannot use for a foreign
 platform. Their declared requirements are read by building their metadata here (no CUDA build,
 `--no-build-isolation` so their setup scripts see this interpreter's torch) and are resolved
-together with the wheel-only pins. Built metadata of an exact release never changes, so it is
+together with the wheel-only pins. lm-eval is a wheel, but it requires source-only packages
+(rouge-score, sqlitedict, word2number), so it is expanded the same way. Built metadata of an exact release never changes, so it is
 cached under `.maap/pin-metadata/`.
 """
 
@@ -42,8 +43,12 @@ REPO_ROOT = ENV_DIR.parent
 PYPROJECT = REPO_ROOT / "pyproject.toml"
 CACHE_DIR = REPO_ROOT / ".maap"
 
-# Packages published only as source distributions (no wheels on the index).
-SOURCE_ONLY = frozenset({"deepspeed", "flash-attn", "rouge-score"})
+# Packages pip cannot resolve for a foreign platform (--only-binary): those published only as source
+# distributions, and lm-eval, a wheel that requires three of them. Their declared requirements are
+# resolved instead, less those naming each other (each is pinned and expanded itself).
+SOURCE_ONLY = frozenset({"deepspeed", "flash-attn", "rouge-score", "sqlitedict", "word2number", "lm-eval"})
+# lm-eval's source-only dependencies: pinned here though not ours, so their metadata can be read
+LM_EVAL_SOURCE_DEPS = ("sqlitedict", "word2number")
 # Environment variables that let their setup scripts emit metadata on a machine without CUDA.
 SOURCE_BUILD_ENV = {"FLASH_ATTENTION_SKIP_CUDA_BUILD": "TRUE", "DS_BUILD_OPS": "0", "DS_SKIP_CUDA_CHECK": "1"}
 # Where the index serves no PEP 658 metadata files (some mirrors), pip would download every
@@ -77,9 +82,10 @@ ENVIRONMENTS: dict[str, EnvironmentSpec] = {
         name="train-gpu",
         requirement_files=("requirements.txt",),
         project_groups=("dependencies", "gpu"),
-        extra_pins=("azureml-inference-server-http",),
+        extra_pins=("azureml-inference-server-http", *LM_EVAL_SOURCE_DEPS),
     ),
-    "cpu": EnvironmentSpec(name="cpu", requirement_files=("requirements.txt",), project_groups=("dependencies",)),
+    "cpu": EnvironmentSpec(name="cpu", requirement_files=("requirements.txt",), project_groups=("dependencies",),
+                           extra_pins=LM_EVAL_SOURCE_DEPS),
 }
 
 
@@ -349,7 +355,7 @@ def resolve(env_name: str) -> Resolution:
     source_pins = [p for p in pins.values() if p.name in SOURCE_ONLY]
     requirements = [str(p) for p in wheel_pins]
     for name, reqs in source_only_requirements(source_pins, python).items():
-        requirements += [f"{r}" for r in reqs]
+        requirements += [r for r in reqs if canonicalize_name(Requirement(r).name) not in SOURCE_ONLY]
     with tempfile.TemporaryDirectory() as tmp:
         req_file = Path(tmp) / "requirements.txt"
         req_file.write_text("\n".join(requirements) + "\n")

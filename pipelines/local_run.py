@@ -34,7 +34,8 @@ def run_local(args: argparse.Namespace, settings: PipelineSettings) -> int:
     applied: dict = {}
     if uses_tiny_model:  # LOCAL_PROFILE suits the tiny random model only; a real base model gets the YAML defaults
         swept = swept_inputs(settings.sweep)  # LOCAL_PROFILE leaves the swept inputs alone
-        profile = {k: v for k, v in defaults.LOCAL_PROFILE.items()
+        method_profile = defaults.LOCAL_METHOD_PROFILE.get(str(inputs.get("training_method")), {})
+        profile = {k: v for k, v in {**defaults.LOCAL_PROFILE, **method_profile}.items()
                    if k not in swept | {f"{FINETUNE_STEP}.{n}" for n in swept}}
         inputs, step_inputs, applied = defaults.apply_local_profile(inputs, step_inputs, profile)
     if not inputs.get("train_data") and not inputs.get("train_folder"):

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 MAAP_DPO = ("python pipelines/submit.py --compute <gpu-cluster> --set task=preference --set training_method=dpo "
             "--set train_data=<pairs.jsonl>")
 MAAP_TEXT = "python pipelines/submit.py --compute <gpu-cluster> --set task=text --set train_data=<corpus.jsonl>"
+MAAP_GRPO = ("python pipelines/submit.py --compute <gpu-cluster> --set task=rft --set training_method=grpo "
+             "--set train_data=<rft.jsonl> --set graders=<graders.json>")
+_RFT_WHY = ("the service's reinforcement fine-tuning (RFT) is for Azure OpenAI reasoning models (o4-mini), not for "
+            "registry models such as --model; fine-tune an Azure OpenAI deployment in Foundry for RFT, or run GRPO "
+            f"with the same graders on your own compute: {MAAP_GRPO}")
 
 CHAT_COMPLETION = "ChatCompletion"  # azure.ai.ml.finetuning.FineTuningTaskType.CHAT_COMPLETION
 
@@ -33,6 +38,7 @@ TASKS: dict[str, tuple[str | None, str]] = {
     "preference": (None, "serverless fine-tuning trains chat and text completion only: no serverless sample or "
                    "recorded job trains preference pairs for an open model, and sending them as a chat job would "
                    f"train on rows without an assistant turn; run DPO on your own compute: {MAAP_DPO}"),
+    "rft": (None, _RFT_WHY),
 }
 
 # Fine-Tune's training_method (and methods it does not have) under --maas.
@@ -42,9 +48,8 @@ TASKS: dict[str, tuple[str | None, str]] = {
 TRAINING_METHODS: dict[str, tuple[bool, str]] = {
     "sft": (True, "serverless fine-tuning is supervised fine-tuning"),
     "dpo": (False, f"serverless fine-tuning of open models offers no DPO; run it on your own compute: {MAAP_DPO}"),
-    "rft": (False, "the service's reinforcement fine-tuning (RFT) is for Azure OpenAI reasoning models (o4-mini), "
-            "not for registry models such as --model; fine-tune an Azure OpenAI deployment in Foundry for RFT, or "
-            f"use DPO on your own compute: {MAAP_DPO}"),
+    "grpo": (False, _RFT_WHY),
+    "rft": (False, _RFT_WHY),
 }
 
 

@@ -45,8 +45,19 @@ class Config:
     gate_min_improvement: float | None
     parity_prompts: int
     parity_max_new_tokens: int
+    general_max_new_tokens: int
+    max_general_drift: float | None
+    general_data: Path | None
+    general_eval_tasks: str | None
+    general_eval_limit: int
+    general_eval_include: Path | None
+    max_benchmark_drop: float | None
     evaluation: Path
     graders: Path | None = None
+
+    @property
+    def benchmark_tasks(self) -> list[str]:
+        return [task.strip() for task in (self.general_eval_tasks or "").split(",") if task.strip()]
 
 
 def build_parser() -> StrictParser:
@@ -69,6 +80,13 @@ def build_parser() -> StrictParser:
     parser.add_argument("--gate_min_improvement", type=float, default=None)
     parser.add_argument("--parity_prompts", type=bounded(int, 0, 1000), required=True)
     parser.add_argument("--parity_max_new_tokens", type=bounded(int, 1, 1024), required=True)
+    parser.add_argument("--general_max_new_tokens", type=bounded(int, 0, 512), required=True)
+    parser.add_argument("--max_general_drift", type=bounded(float, 0), default=None)
+    parser.add_argument("--general_data", type=Path, default=None)
+    parser.add_argument("--general_eval_tasks", type=str, default=None)
+    parser.add_argument("--general_eval_limit", type=bounded(int, 1, 100000), required=True)
+    parser.add_argument("--general_eval_include", type=Path, default=None)
+    parser.add_argument("--max_benchmark_drop", type=bounded(float, 0), default=None)
     parser.add_argument("--evaluation", type=Path, required=True)
     parser.add_argument("--graders", type=Path, default=None)
     return parser
@@ -96,16 +114,35 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         )
     if config.graders is not None and not config.graders.is_file():
         problems.append(f"--graders {config.graders}: no such file (give the graders JSON Fine-Tune trained with)")
+    problems += _general_problems(config)
     if problems:
         raise ConfigErrors(problems, header="evaluate: invalid inputs")
     return config
 
 
+def _general_problems(config: Config) -> list[str]:
+    """The general-ability inputs, checked before any model loads."""
+    from maap_finetune.evaluation import general
+
+    problems = []
+    if config.general_data is not None:
+        try:
+            general.general_data_format(config.general_data)
+        except UserError as err:
+            problems.append(str(err))
+    if config.benchmark_tasks:
+        from maap_finetune.evaluation import benchmarks
+
+        include = str(config.general_eval_include) if config.general_eval_include else None
+        problems += benchmarks.task_problems(config.benchmark_tasks, include)
+    return problems
+
+
 def evaluate_model(label: str, model_dir: str, tokenizer_dir: str, examples, generate_rows, config, prepared,
                    pairs=None, while_loaded=None, graders=None) -> dict:
     """Loss, generations and task metrics of one model (with `pairs`, how it ranks them; with `graders`, rft:
-    the graders' scores instead of loss); `while_loaded(loaded)` runs before the model is freed, and its result
-    is returned as "while_loaded"."""
+    the graders' scores instead of loss). Each hook of `while_loaded` ({name: hook(loaded)}) runs before the
+    model is freed; their results are returned as "while_loaded" ({name: result})."""
     import gc
 
     import torch
@@ -140,7 +177,7 @@ def evaluate_model(label: str, model_dir: str, tokenizer_dir: str, examples, gen
 
         logps = preference.pair_logps(loaded, pairs, config.max_seq_length, config.eval_batch_size)
         values.update(preference.preference_metrics(logps))
-    extra = while_loaded(loaded) if while_loaded is not None else None
+    extra = {name: hook(loaded) for name, hook in (while_loaded or {}).items()}
     del loaded
     gc.collect()
     if torch.cuda.is_available():
@@ -221,15 +258,23 @@ def run(config: Config) -> dict:
                 loaded, parity_examples, tuned_source.model, tuned_source.tokenizer, prepared.split_path("test"),
                 config.parity_max_new_tokens, config.max_seq_length)
 
-    results = {
-        "base": evaluate_model("base", base_source.model, base_tokenizer, examples, generate_rows, config, prepared,
-                               pairs, graders=graders),
-        "finetuned": evaluate_model(
-            "fine-tuned", tuned_source.model, tuned_source.tokenizer, examples, generate_rows, config, prepared, pairs,
-            while_loaded=reference, graders=graders,
-        ),
-    }
+    general_hooks = general_ability_hooks(config)
+    results = {"base": evaluate_model("base", base_source.model, base_tokenizer, examples, generate_rows, config,
+                                      prepared, pairs, while_loaded=general_hooks["base"], graders=graders)}
+    tuned_hooks = {**general_hooks["finetuned"], **({"parity": reference} if reference is not None else {})}
+    results["finetuned"] = evaluate_model("fine-tuned", tuned_source.model, tuned_source.tokenizer, examples,
+                                          generate_rows, config, prepared, pairs, while_loaded=tuned_hooks,
+                                          graders=graders)
     base_values, tuned_values = results["base"]["metrics"], results["finetuned"]["metrics"]
+    reward = None
+    if pairs is not None:
+        from maap_finetune.evaluation import preference
+
+        base_scores, tuned_scores = results["base"]["pair_logps"], results["finetuned"]["pair_logps"]
+        reward = preference.implicit_reward(base_scores, tuned_scores,
+                                            lineage.model_metadata(config.mlflow_model).get("dpo_beta"))
+        base_values["implicit_reward_accuracy"] = preference.implicit_reward(base_scores, base_scores, None)["accuracy"]
+        tuned_values["implicit_reward_accuracy"] = reward["accuracy"]
     summary = {
         "task": prepared.task,
         "rows_in_test_split": prepared.split_rows["test"],
@@ -249,17 +294,16 @@ def run(config: Config) -> dict:
             **{k: v for k, v in lineage.model_metadata(config.mlflow_model).items() if k in ("peft_method", "merged")},
         },
     }
-    if pairs is not None:
-        from maap_finetune.evaluation import preference
-
-        beta = lineage.model_metadata(config.mlflow_model).get("dpo_beta")
-        summary["implicit_reward"] = preference.implicit_reward(
-            results["base"]["pair_logps"], results["finetuned"]["pair_logps"], beta)
+    if reward is not None:
+        summary["implicit_reward"] = reward
     if graders is not None:
         from maap_finetune.evaluation import grading
 
         summary["graders"] = grading.grader_summary(graders, results["base"]["grades"], results["finetuned"]["grades"])
+    summary["general"] = general_summary(config, results)
     decision = gate.decide(quality_gate, base_values, tuned_values, summary["loss_details"])
+    decision = gate.apply_general_limits(decision, summary["general"], config.max_general_drift,
+                                         config.max_benchmark_drop)
     samples = [
         {
             "line": examples[i].line,
@@ -275,10 +319,10 @@ def run(config: Config) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n", encoding="utf-8")
     gate.write_decision(out, _json_safe(decision))
-    if results["finetuned"]["while_loaded"] is not None:
+    if "parity" in results["finetuned"]["while_loaded"]:
         from maap_finetune.evaluation.parity_reference import write_reference
 
-        write_reference(out, results["finetuned"]["while_loaded"])
+        write_reference(out, results["finetuned"]["while_loaded"]["parity"])
     with open(out / "generations.jsonl", "w", encoding="utf-8") as handle:
         for sample in samples:
             handle.write(json.dumps(sample, ensure_ascii=False) + "\n")
@@ -305,12 +349,12 @@ def run(config: Config) -> dict:
         flat.update({f"finetuned_{k}": v for k, v in tuned_values.items()})
         flat.update({f"delta_{k}": v for k, v in summary["deltas"].items()})
         flat["quality_gate_passed"] = 1.0 if decision["passed"] else 0.0
+        flat.update(general_metrics(summary["general"]))
         if "graders" in summary:
             from maap_finetune.evaluation.grading import distribution_metrics
 
             flat.update(distribution_metrics(summary["graders"]))
-        if "implicit_reward" in summary:
-            flat["implicit_reward_accuracy"] = summary["implicit_reward"]["accuracy"]
+        if "implicit_reward" in summary:  # its accuracy is logged as finetuned_implicit_reward_accuracy
             flat["implicit_reward_margin"] = summary["implicit_reward"]["mean_margin"]
         tracking.log_metrics({k: v for k, v in flat.items() if math.isfinite(v)})
         if tracking.is_main_process():
@@ -320,6 +364,101 @@ def run(config: Config) -> dict:
         tracking.log_artifacts(out, artifact_path="evaluation")
     print(f"[evaluate] {decision['reason']}", flush=True)
     return summary
+
+
+def general_ability_hooks(config: Config) -> dict[str, dict]:
+    """What each model runs while it is loaded for the general-ability figures: the base writes the drift
+    reference and both score it; both run the user's general_data and the lm-eval tasks."""
+    from maap_finetune.evaluation import general, generation
+
+    hooks: dict[str, dict] = {"base": {}, "finetuned": {}}
+    GENERAL_COST.update(wall_s=0.0, cpu_s=0.0)
+    if config.general_max_new_tokens:
+        prompts = general.read_prompts(general.prompts_path(Path(__file__).resolve().parent))
+        shared: dict[str, general.DriftReference] = {}
+        budget = config.eval_batch_size * config.max_seq_length  # tokens per batch, as the loss batches
+
+        def base_drift(loaded):
+            shared["reference"] = general.base_reference(loaded, prompts, config.general_max_new_tokens, budget)
+            return shared["reference"].base_scores
+
+        hooks["base"]["drift"] = base_drift
+        hooks["finetuned"]["drift"] = lambda loaded: general.score(loaded, shared["reference"], budget)
+    if config.general_data is not None:
+        rows = generation.read_examples(config.general_data, general.general_data_format(config.general_data),
+                                        config.max_eval_samples)
+        for side in hooks:
+            hooks[side]["general_data"] = lambda loaded: generation.compute_loss(
+                loaded, rows, config.max_seq_length, config.eval_batch_size).loss
+    if config.benchmark_tasks:
+        from maap_finetune.evaluation import benchmarks
+
+        include = str(config.general_eval_include) if config.general_eval_include else None
+        for side in hooks:
+            hooks[side]["benchmarks"] = lambda loaded: benchmarks.run(
+                loaded.model, loaded.tokenizer, config.benchmark_tasks, config.general_eval_limit, include,
+                batch_size=config.eval_batch_size, device=str(loaded.device))
+    return {side: {name: _timed(hook, name) for name, hook in side_hooks.items()} for side, side_hooks in hooks.items()}
+
+
+GENERAL_COST: dict[str, float] = {"wall_s": 0.0, "cpu_s": 0.0}  # what the general-ability hooks took, both models
+
+
+def _timed(hook, name: str):
+    import time
+
+    def timed(loaded):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            return hook(loaded)
+        finally:
+            GENERAL_COST["wall_s"] += time.perf_counter() - wall
+            GENERAL_COST["cpu_s"] += time.process_time() - cpu
+
+    timed.__name__ = f"timed_{name}"
+    return timed
+
+
+def general_summary(config: Config, results: dict) -> dict:
+    """metrics.json's "general" section: drift, general_data loss and benchmark scores, base vs fine-tuned."""
+    from maap_finetune.evaluation import general
+
+    base, tuned = results["base"]["while_loaded"], results["finetuned"]["while_loaded"]
+    summary: dict = {"prompts_max_new_tokens": config.general_max_new_tokens, "cost": dict(GENERAL_COST)}
+    if "drift" in base:
+        summary["drift"] = general.drift_summary(base["drift"], tuned["drift"])
+    if "general_data" in base:
+        summary["general_data"] = {"file": str(config.general_data), "base_loss": base["general_data"],
+                                   "finetuned_loss": tuned["general_data"],
+                                   "delta": tuned["general_data"] - base["general_data"]}
+    if "benchmarks" in base:
+        from maap_finetune.evaluation import benchmarks
+
+        summary["benchmarks"] = {}
+        for task, scores in base["benchmarks"].items():
+            metric, base_value = benchmarks.primary_metric(scores)
+            tuned_value = tuned["benchmarks"].get(task, {}).get(metric, math.nan)
+            summary["benchmarks"][task] = {"metric": metric, "base": base_value, "finetuned": tuned_value,
+                                           "drop": base_value - tuned_value,
+                                           "limit": config.general_eval_limit}
+    return summary
+
+
+def general_metrics(general: dict) -> dict[str, float]:
+    """The general-ability figures as MLflow metrics."""
+    flat = {}
+    drift = general.get("drift")
+    if drift:
+        flat.update({"general_drift_loss_base": drift["base_drift_loss"],
+                     "general_drift_loss_finetuned": drift["finetuned_drift_loss"],
+                     "general_drift_relative": drift["drift_relative"], "general_agreement": drift["agreement"]})
+    if "general_data" in general:
+        flat["general_data_loss_base"] = general["general_data"]["base_loss"]
+        flat["general_data_loss_finetuned"] = general["general_data"]["finetuned_loss"]
+    for task, score in general.get("benchmarks", {}).items():
+        flat[f"benchmark_{task}_{score['metric']}_base"] = score["base"]
+        flat[f"benchmark_{task}_{score['metric']}_finetuned"] = score["finetuned"]
+    return flat
 
 
 def _graders(config: Config, prepared):

@@ -1,5 +1,7 @@
 """Fine-Tune step: LoRA / DoRA / QLoRA / QDoRA / full fine-tune of a causal LM with TRL's SFTTrainer,
-or preference tuning with its DPOTrainer (training_method dpo, on Data Prep's task preference).
+preference tuning with its DPOTrainer (training_method dpo, on Data Prep's task preference), or
+reinforcement fine-tuning with its GRPOTrainer (training_method grpo, on Data Prep's task rft, rewarded by
+the graders file).
 
 Run it as the component does (one process, or N under torchrun / Azure ML PyTorch distribution):
 
@@ -61,7 +63,7 @@ def build_parser() -> StrictParser:
     p.add_argument("--batching", choices=C.BATCHING, required=True)
     p.add_argument("--training_method", choices=C.TRAINING_METHODS, required=True)
     p.add_argument("--beta", type=bounded(float, 0.001, 10.0), required=True)
-    p.add_argument("--loss_type", choices=C.DPO_LOSS_TYPES, required=True)
+    p.add_argument("--loss_type", choices=C.LOSS_TYPES, required=True)
     p.add_argument("--max_prompt_length", type=bounded(int, 1), default=None)
     p.add_argument("--logging_steps", type=bounded(int, 1), required=True)
     p.add_argument("--save_steps", type=bounded(int, 1), required=True)
@@ -78,6 +80,11 @@ def build_parser() -> StrictParser:
     p.add_argument("--use_liger_kernel", choices=C.LIGER, required=True)
     p.add_argument("--max_tokens_per_batch", type=bounded(int, 16), default=None)
     p.add_argument("--merged_dtype", choices=C.MERGED_DTYPES, required=True)
+    p.add_argument("--num_generations", type=bounded(int, 2), required=True)
+    p.add_argument("--max_completion_length", type=bounded(int, 1), required=True)
+    p.add_argument("--temperature", type=bounded(float, 0.01, 10.0), required=True)
+    p.add_argument("--use_vllm", choices=C.USE_VLLM, required=True)
+    p.add_argument("--graders", type=existing_path, default=None)
     return p
 
 
@@ -92,7 +99,7 @@ def run(config: C.FinetuneConfig) -> dict:
     from maap_finetune.data.prepared import load_prepared
     from maap_finetune.models.hub import fetch_hub_model
     from maap_finetune.models.source import resolve_model_source
-    from maap_finetune.training import builders, outputs, preference, preflight, session
+    from maap_finetune.training import builders, grpo, outputs, preference, preflight, session
     from maap_finetune.training.environment import Environment
     from maap_finetune.training.plan import resolve_plan
 
@@ -113,7 +120,7 @@ def run(config: C.FinetuneConfig) -> dict:
         )
 
     with tracking.step_run():
-        train = preference.train if config.training_method == "dpo" else session.train
+        train = {"dpo": preference.train, "grpo": grpo.train}.get(config.training_method, session.train)
         result = train(config, plan, source, prepared)
         if tracking.is_main_process():
             summary = outputs.write_outputs(config, source, result)

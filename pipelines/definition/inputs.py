@@ -61,6 +61,7 @@ PIPELINE_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "model_name": (("finetune", "model_name"), ("evaluate", "model_name"), ("register", "model_name")),
     "chat_template": (("data_prep", "chat_template"), ("finetune", "chat_template")),
+    "graders": (("data_prep", "graders"), ("finetune", "graders"), ("evaluate", "graders")),
     "trust_remote_code": (("finetune", "trust_remote_code"), ("evaluate", "trust_remote_code")),
     "peft_method": (("finetune", "peft_method"),),
     "training_method": (("finetune", "training_method"),),

@@ -168,6 +168,13 @@ def _method_problems(values: Mapping[str, Any]) -> list[str]:
     elif method == "dpo" and task != "preference":
         problems.append(f"training_method dpo needs preference pairs, but task is {task}; add --set task=preference "
                         "(or use training_method sft)")
+    if (task == "rft") != (method == "grpo"):
+        problems.append("task rft prepares prompts to be rewarded, which only training_method grpo learns from; add "
+                        "--set training_method=grpo" if task == "rft" else
+                        f"training_method grpo needs task rft (prompts plus the fields the graders read), but task is "
+                        f"{task}; add --set task=rft")
+    if (task == "rft" or method == "grpo") and values.get("graders") is None:
+        problems.append("task rft / training_method grpo need the graders file; add --set graders=<graders.json>")
     path = getattr(values.get("model_path"), "path", None)
     if isinstance(path, str) and path.startswith("models:/"):
         problems.append(f"model_path {path} is a model of the local MLflow registry, which only submit.py --local "

@@ -32,6 +32,21 @@ LOCAL_PROFILE: dict[str, Any] = {
     "evaluate.sample_generations": 4,
 }
 
+# On top of LOCAL_PROFILE for one training_method (the tiny model only, --set wins). grpo, measured on the sample
+# (data/sample/rft.jsonl): TRL refuses LoRA on lm_head for GRPO, and LoRA elsewhere barely moves the random
+# 64-wide model's token log-probabilities (reward flat over 30 steps), so the tiny model is fully fine-tuned;
+# 8 completions of 4 tokens per prompt, 2 prompts a step, 30 steps take the reward from about 0.2 to 0.8.
+LOCAL_METHOD_PROFILE: dict[str, dict[str, Any]] = {
+    "grpo": {
+        "peft_method": "none",
+        "learning_rate": 0.01,
+        "per_device_train_batch_size": 16,
+        "finetune.num_generations": 8,
+        "finetune.max_completion_length": 4,
+        "finetune.max_steps": 30,
+        "finetune.logging_steps": 2,
+    },
+}
 # Environment for every step when the base model is the tiny model (a variable set in the user's shell
 # wins). OMP_NUM_THREADS=1: the tiny model's matrices (hidden size 64) are too small for threads to pay
 # off, and on a busy 2-core machine OpenMP threads spin against other processes: fine-tuning measured

@@ -38,6 +38,23 @@ def onnx_model_line(model_info_path: Path) -> str:
     return "onnx_model: " + line
 
 
+def general_ability_line(evaluation: Path) -> str | None:
+    """`general ability: drift +4.8% (limit +50.0%), agreement 0.014` from Evaluate's metrics and decision."""
+    try:
+        general = json.loads((evaluation / "metrics.json").read_text(encoding="utf-8")).get("general") or {}
+        limits = json.loads((evaluation / "decision.json").read_text(encoding="utf-8")).get("general_limits") or []
+    except (OSError, ValueError):
+        return None
+    parts = []
+    drift = general.get("drift")
+    if drift and isinstance(drift.get("drift_relative"), (int, float)):
+        limit = next((f" (limit {item['allowed']:+.1%})" for item in limits if item["limit"] == "max_general_drift"), "")
+        parts.append(f"drift {drift['drift_relative']:+.1%}{limit}, agreement {drift['agreement']:.3f}")
+    for task, score in (general.get("benchmarks") or {}).items():
+        parts.append(f"{task} {score['metric']} {score['base']:.3f} -> {score['finetuned']:.3f}")
+    return "general ability: " + "; ".join(parts) if parts else None
+
+
 def print_summary(result) -> None:
     print(f"\nlocal run {result.run_id} finished in {result.seconds:.1f} s")
     width = max(len(name) for name in result.steps) if result.steps else 0
@@ -57,6 +74,11 @@ def print_summary(result) -> None:
                 f"load it: MLFLOW_TRACKING_URI={result.tracking_uri} python -c "
                 f"\"import mlflow; print(mlflow.pyfunc.load_model('{uri}'))\""
             )
+    evaluate = result.steps.get("evaluate")
+    if evaluate is not None and "evaluation" in evaluate.outputs:
+        line = general_ability_line(evaluate.outputs["evaluation"])
+        if line:
+            print(line)
     export = result.steps.get("export_onnx")
     if export is not None and "export_report" in export.outputs:
         print(onnx_model_line(export.outputs["export_report"] / "model_info.json"))

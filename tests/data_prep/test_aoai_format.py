@@ -60,6 +60,7 @@ def _prepared_rows(prep) -> list[dict]:
     return [json.loads(line) for line in (prep.prepared / "train.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
+@pytest.mark.slow  # measured over 2 s: the fast tier keeps make test under 4 minutes
 def test_the_docs_rows_pass_and_keep_what_they_mean(prep, tmp_path):
     path = write_jsonl(tmp_path / "aoai.jsonl", ROWS)
     report = prep(path, validation_ratio=0.0, test_ratio=0.0)

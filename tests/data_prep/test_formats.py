@@ -94,6 +94,7 @@ def test_json_lines_written_under_a_json_name(prep, tmp_path, all_rows_train):
     assert len(prep.rows("train")) == 3
 
 
+@pytest.mark.slow  # measured over 2 s: the fast tier keeps make test under 4 minutes
 def test_large_json_array_is_read_item_by_item(prep, tmp_path, monkeypatch, all_rows_train):
     """A JSON array is parsed incrementally: items straddle the read chunks and still parse."""
     from maap_finetune.data import readers

@@ -125,6 +125,7 @@ def _prompt_key(row: dict) -> str:
     return json.dumps(row["prompt"])
 
 
+@pytest.mark.slow  # measured over 2 s: the fast tier keeps make test under 4 minutes
 def test_pairs_of_one_prompt_stay_in_one_split_and_splits_are_seeded(prep):
     report = prep(SAMPLE, task="preference", validation_ratio=0.2, test_ratio=0.2, seed=3)
     splits = {name: {_prompt_key(r) for r in prep.rows(name)} for name in ("train", "validation", "test")}

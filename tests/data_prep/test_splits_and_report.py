@@ -36,6 +36,7 @@ def test_default_run_on_the_sample_meets_the_contract(prep, sample_data):
     assert "| train | %d |" % data.split_rows["train"] in (prep.report_dir / "data_report.md").read_text()
 
 
+@pytest.mark.slow  # measured over 2 s: the fast tier keeps make test under 4 minutes
 def test_splits_are_seeded_exact_and_disjoint(prep, tmp_path):
     path = write_jsonl(tmp_path / "c.jsonl", [chat_row(i) for i in range(200)])
     prep(path, validation_ratio=0.15, test_ratio=0.05, seed=7)

@@ -47,7 +47,7 @@ def write_prepared(folder: Path, rows: list[dict] | None = None, task: str = "ch
     return folder
 
 
-def train_tiny(base_dir: Path, rows: list[dict], steps: int = 40, seed: int = 0):
+def train_tiny(base_dir: Path, rows: list[dict], steps: int = 40, seed: int = 0, learning_rate: float = 3e-3):
     """A few full fine-tuning steps of the tiny model on chat rows; returns (model, tokenizer)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -56,7 +56,7 @@ def train_tiny(base_dir: Path, rows: list[dict], steps: int = 40, seed: int = 0)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     model.train()
     generator = random.Random(seed)
     for _ in range(steps):

@@ -25,6 +25,7 @@ def test_plan_resolves_every_auto_once(tmp_path):
         "device": "cuda", "precision": "bf16", "attn_implementation": "flash_attention_2", "use_liger_kernel": True,
         "batching": "padding_free", "max_tokens_per_batch": None, "deepspeed_stage": 2,
         "tokenized_on": None, "tokenize_seconds": None,  # filled in by the session once the data is tokenized
+        "use_vllm": False,  # sft generates nothing
     }
     params = plan.as_params()
     assert params["plan.deepspeed_stage"] == 2 and params["plan.max_tokens_per_batch"] == "none"

@@ -55,12 +55,12 @@ def _dpo_argv(tmp_path, data, model, **values):
 def test_loss_types_are_the_installed_trl_list():
     from trl import DPOConfig
 
-    from maap_finetune.training.config import DPO_LOSS_TYPES
+    from maap_finetune.training.config import DPO_LOSS_TYPES, LOSS_TYPES
 
     trl_help = DPOConfig.__dataclass_fields__["loss_type"].metadata["help"]
     trl_list = re.findall(r"`'([a-z_]+)'`", trl_help.split("If multiple")[0])
     assert set(DPO_LOSS_TYPES) == set(trl_list) - {"exo_pair"}  # exo_pair needs label_smoothing, not an input
-    assert load_spec("finetune")["inputs"]["loss_type"]["enum"] == list(DPO_LOSS_TYPES)
+    assert load_spec("finetune")["inputs"]["loss_type"]["enum"] == list(LOSS_TYPES)  # auto, dpo's, grpo's
 
 
 def test_orpo_is_not_in_trl_stable_api():

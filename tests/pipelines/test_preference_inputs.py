@@ -25,6 +25,10 @@ def test_training_method_reaches_finetune():
 @pytest.mark.parametrize("inputs, message", [
     ({"task": "preference"}, "training_method sft cannot learn from; add --set training_method=dpo"),
     ({"training_method": "dpo"}, "training_method dpo needs preference pairs, but task is chat"),
+    ({"task": "rft", "graders": "azureml:graders:1"}, "only training_method grpo learns from; add --set "
+     "training_method=grpo"),
+    ({"training_method": "grpo", "graders": "azureml:graders:1"}, "training_method grpo needs task rft"),
+    ({"task": "rft", "training_method": "grpo"}, "need the graders file; add --set graders=<graders.json>"),
 ])
 def test_task_and_training_method_must_agree(inputs, message):
     with pytest.raises(ConfigErrors) as info:
@@ -37,3 +41,10 @@ def test_a_local_registry_model_is_refused_outside_local_runs():
         build_pipeline(PipelineSettings(inputs={"model_path": "models:/support-sft/1",
                                                 "train_data": "azureml:pairs:1"}))
     assert any("only submit.py --local reads" in problem for problem in info.value.problems)
+
+
+def test_graders_feed_data_prep_finetune_and_evaluate():
+    job = _build(task="rft", training_method="grpo", graders="azureml:graders:1")
+    for step in ("data_prep", "finetune", "evaluate"):
+        bound = job._to_dict()["jobs"][step]["inputs"]["graders"]
+        assert (bound.get("path") if isinstance(bound, dict) else bound) == "${{parent.inputs.graders}}", step

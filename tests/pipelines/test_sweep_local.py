@@ -74,6 +74,7 @@ def swept_run(tmp_path_factory):
     return result, MlflowClient(tracking_uri=result.tracking_uri), out.getvalue()
 
 
+@pytest.mark.slow  # measured over 2 s: the fast tier keeps make test under 4 minutes
 def test_mlflow_tree_is_pipeline_then_sweep_then_trials(swept_run):
     result, client, _ = swept_run
     experiment = client.get_experiment_by_name("sweep-exp").experiment_id

@@ -52,6 +52,10 @@ def test_summary_names_tracking_store_and_model(local_run):
     assert tracking_uri == f"sqlite:///{workdir / 'mlruns.db'}"
     assert re.fullmatch(r"models:/maap-finetuned/\d+", model_uri)
     assert re.fullmatch(r"models:/maap-finetuned-onnx/\d+", _summary_value(stdout, "onnx_model"))
+    # the drift on general text, with its limit, in the summary and the report (and it still registered)
+    assert re.search(r"^general ability: drift [+-]\d+\.\d% \(limit \+50\.0%\), agreement [\d.]+$", stdout, re.M)
+    report = (Path(_summary_value(stdout, "run_dir")) / "evaluate" / "outputs" / "evaluation" / "report.md").read_text()
+    assert "## General ability: base vs tuned" in report and "max_general_drift" in report
     for step in ("data_prep", "finetune", "evaluate", "register", "export_onnx"):
         assert re.search(rf"\b{step}: done in [\d.]+ s", stdout), f"no progress line for {step}"
 

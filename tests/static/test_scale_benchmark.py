@@ -52,6 +52,7 @@ def test_fit_recovers_a_line_and_never_a_negative_slope(scale):
     assert flat == {"intercept_bytes": 5e8, "bytes_per_param": 0.0, "r2": pytest.approx(flat["r2"])}
 
 
+@pytest.mark.slow  # measured over 2 s: the fast tier keeps make test under 4 minutes
 def test_monitor_charges_memory_and_disk_to_the_step_folder(scale, tmp_path):
     step_dir = tmp_path / "runs" / "20260101-000000-abc" / "finetune" / "snapshot"
     step_dir.mkdir(parents=True)

@@ -25,14 +25,17 @@ from typing import Any
 from maap_finetune.evaluation.metrics import METRICS, higher_is_better, task_metrics
 
 GATE_OFF = "none"
-GATE_AUTO = "auto"  # preference_accuracy for preference data, grader_score for rft, loss for every other task
-AUTO_METRICS = {"preference": "preference_accuracy", "rft": "grader_score"}
+GATE_AUTO = "auto"  # see AUTO_METRICS; loss for every other task
+# preference: DPO's implicit reward accuracy, which a length difference between the answers cannot fool
+AUTO_METRICS = {"preference": "implicit_reward_accuracy", "rft": "grader_score"}
 
 
 def resolve_metric(metric: str, task: str) -> str:
     if metric != GATE_AUTO:
         return metric
     return AUTO_METRICS.get(task, "loss")
+
+
 DECISION_FILE = "decision.json"
 
 
@@ -150,6 +153,48 @@ def decide(gate: Gate, base: dict[str, float], finetuned: dict[str, float],
     return record
 
 
+def apply_general_limits(decision: dict[str, Any], general: dict[str, Any], max_drift: float | None,
+                         max_drop: float | None) -> dict[str, Any]:
+    """The decision with the general-ability limits joined: a model that improves the task but drifts more than
+    `max_drift` (relative) on general text, or loses more than `max_drop` (absolute) on any benchmark, fails, and
+    `limits` names each limit, its value and by how much it was exceeded. With the gate off they are off too."""
+    if decision["metric"] is None:
+        return decision
+    limits, failures, checks = [], [], []
+    drift = (general.get("drift") or {}).get("drift_relative")
+    if max_drift is not None and drift is not None:
+        exceeded = not _finite(drift) or drift > max_drift
+        limits.append({"limit": "max_general_drift", "allowed": max_drift, "value": drift, "passed": not exceeded,
+                       "exceeded_by": drift - max_drift if exceeded and _finite(drift) else None})
+        text = f"general drift {_pct(drift)} (loss on the base's own continuations of the general prompts)"
+        (failures if exceeded else checks).append(
+            f"{text} is over the limit max_general_drift {_pct(max_drift)}" if exceeded
+            else f"{text} within max_general_drift {_pct(max_drift)}")
+    for task, score in (general.get("benchmarks") or {}).items():
+        if max_drop is None:
+            break
+        drop = score["drop"]
+        exceeded = not _finite(drop) or drop > max_drop
+        limits.append({"limit": "max_benchmark_drop", "task": task, "metric": score["metric"], "allowed": max_drop,
+                       "value": drop, "passed": not exceeded,
+                       "exceeded_by": drop - max_drop if exceeded and _finite(drop) else None})
+        text = (f"{task} {score['metric']} {_fmt(score['base'])} -> {_fmt(score['finetuned'])} "
+                f"(a drop of {_fmt(drop)})")
+        (failures if exceeded else checks).append(
+            f"{text} is over the limit max_benchmark_drop {_fmt(max_drop)}" if exceeded
+            else f"{text} within max_benchmark_drop {_fmt(max_drop)}")
+    if not limits:
+        return decision
+    record = {**decision, "general_limits": limits, "passed": decision["passed"] and not failures}
+    if failures:
+        prefix = "quality gate failed: " if decision["passed"] else decision["reason"] + "; "
+        task_part = "; task: " + decision["reason"].split(": ", 1)[1] if decision["passed"] else ""
+        record["reason"] = prefix + "general ability: " + "; ".join(failures) + task_part
+    else:
+        record["reason"] = decision["reason"] + "; general ability: " + "; ".join(checks)
+    return record
+
+
 def write_decision(folder: str | Path, decision: dict[str, Any]) -> Path:
     path = Path(folder) / DECISION_FILE
     path.write_text(json.dumps(decision, indent=2) + "\n", encoding="utf-8")
@@ -174,3 +219,7 @@ def _finite(value: Any) -> bool:
 
 def _fmt(value: float) -> str:
     return f"{value:.4g}"
+
+
+def _pct(value: float) -> str:
+    return f"{value:+.1%}" if _finite(value) else str(value)

@@ -283,21 +283,33 @@ def generate(
     batch_size: int,
 ) -> tuple[list[str], list[str]]:
     """Greedy generations and their references, batched with left padding."""
+    max_prompt = max(1, max_seq_length - max_new_tokens)
+    prompts = [generation_prompt(loaded.tokenizer, ex, max_prompt) for ex in examples]
+    generated = generate_ids(loaded, [ids for ids, _ in prompts], max_new_tokens, batch_size)
+    outputs = [loaded.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
+    return outputs, [reference for _, reference in prompts]
+
+
+def generate_ids(loaded: LoadedModel, prompts: Sequence[list[int]], max_new_tokens: int,
+                 batch_size: int, logprobs: list | None = None) -> list[list[int]]:
+    """Greedy continuations of token-id prompts, batched with left padding: the new ids, up to and
+    including the first stop token, without the padding after it. With `logprobs` (a list), each
+    continuation's per-token log-probabilities under the model are appended to it, in prompt order."""
     import torch
 
     tokenizer, model = loaded.tokenizer, loaded.model
-    max_prompt = max(1, max_seq_length - max_new_tokens)
-    prompts = [generation_prompt(tokenizer, ex, max_prompt) for ex in examples]
-    outputs: list[str] = [""] * len(examples)
-    order = sorted(range(len(examples)), key=lambda i: len(prompts[i][0]))
+    continuations: list[list[int]] = [[] for _ in prompts]
+    token_logprobs: list[list[float]] = [[] for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     config = _greedy_config(model, tokenizer, max_new_tokens)
+    stops = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
     for offset in range(0, len(order), batch_size):
         batch = order[offset : offset + batch_size]
-        width = max(len(prompts[i][0]) for i in batch)
+        width = max(len(prompts[i]) for i in batch)
         input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
         for row, i in enumerate(batch):
-            ids = prompts[i][0]
+            ids = prompts[i]
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             attention[row, width - len(ids) :] = 1
         with torch.no_grad():
@@ -305,10 +317,28 @@ def generate(
                 input_ids=input_ids.to(loaded.device),
                 attention_mask=attention.to(loaded.device),
                 generation_config=config,
+                output_logits=logprobs is not None,
+                return_dict_in_generate=True,
             )
         for row, i in enumerate(batch):
-            outputs[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=True).strip()
-    return outputs, [reference for _, reference in prompts]
+            new = generated.sequences[row, width:].tolist()
+            stop = next((k for k, token in enumerate(new) if token in stops), None)
+            continuations[i] = new if stop is None else new[: stop + 1]
+            if logprobs is not None:
+                token_logprobs[i] = [float(torch.log_softmax(generated.logits[k][row].float(), dim=-1)[token])
+                                     for k, token in enumerate(continuations[i])]
+    if logprobs is not None:
+        logprobs.extend(token_logprobs)
+    return continuations
+
+
+def render_user_prompt(tokenizer, prompt: str) -> list[int]:
+    """`prompt` as one user turn with the tokenizer's chat template and generation prompt, or as plain text
+    after BOS when it has no template."""
+    if getattr(tokenizer, "chat_template", None):
+        return _encode(tokenizer, _render(tokenizer, [{"role": "user", "content": prompt}], True))
+    ids = _encode(tokenizer, prompt)
+    return [tokenizer.bos_token_id, *ids] if tokenizer.bos_token_id is not None else ids
 
 
 def _greedy_config(model, tokenizer, max_new_tokens: int):

@@ -60,6 +60,10 @@ METRICS: dict[str, MetricInfo] = {
         MetricInfo("rougeL", True, "mean ROUGE-L F-measure (rouge-score, stemmed)"),
         MetricInfo("grader_score", True, "mean score of the graders file's top grader over the test prompts (rft)"),
         MetricInfo("preference_accuracy", True, "share of test pairs where log p(chosen) > log p(rejected)"),
+        MetricInfo("preference_accuracy_normalized", True,
+                   "share of test pairs where the mean log p per token of chosen > that of rejected"),
+        MetricInfo("implicit_reward_accuracy", True,
+                   "share of test pairs DPO's implicit reward (tuned vs base) ranks right; ties half, base 0.5"),
         MetricInfo("preference_margin", True, "mean log p(chosen) - log p(rejected) over test pairs (nats)"),
         MetricInfo("chosen_logp", True, "mean summed log-probability of the chosen answers"),
         MetricInfo("rejected_logp", False, "mean summed log-probability of the rejected answers"),
@@ -82,7 +86,8 @@ TASK_GENERATION_METRICS: dict[str, tuple[str, ...]] = {
 NO_LOSS_TASKS = ("rft",)  # prompts without a reference answer: nothing to score a loss on
 TASKS = tuple(TASK_GENERATION_METRICS)
 PAIR_METRICS: dict[str, tuple[str, ...]] = {
-    "preference": ("preference_accuracy", "preference_margin", "chosen_logp", "rejected_logp"),
+    "preference": ("implicit_reward_accuracy", "preference_accuracy", "preference_accuracy_normalized",
+                   "preference_margin", "chosen_logp", "rejected_logp"),
 }
 
 

@@ -50,8 +50,48 @@ def implicit_reward_lines(metrics: dict[str, Any]) -> list[str]:
     if not reward:
         return []
     beta = f"beta {reward['beta']}" if reward["beta"] is not None else "per unit of beta"
+    tuned = metrics["finetuned"]
     return [f"- Implicit reward (fine-tuned vs base as reference, {beta}): ranks chosen above rejected in "
-            f"{_num(reward['accuracy'])} of {reward['pairs']} pairs; mean margin {_num(reward['mean_margin'])}"]
+            f"{_num(reward['accuracy'])} of {reward['pairs']} pairs; mean margin {_num(reward['mean_margin'])}",
+            "- Three ways to read the pairs (fine-tuned): implicit reward accuracy "
+            f"{_num(tuned.get('implicit_reward_accuracy'))}, log-probability accuracy per token "
+            f"{_num(tuned.get('preference_accuracy_normalized'))}, summed log-probability accuracy "
+            f"{_num(tuned.get('preference_accuracy'))}. A sum falls with every token, so the last one follows the "
+            "answers' lengths more than the model; `gate_metric: auto` reads the first."]
+
+
+def general_rows(metrics: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
+    """(what, base, fine-tuned, note) rows of the section "General ability: base vs tuned"."""
+    general = metrics.get("general") or {}
+    rows = []
+    drift = general.get("drift")
+    if drift:
+        rows.append(("drift loss on the base's general continuations (nats/token)", drift["base_drift_loss"],
+                     drift["finetuned_drift_loss"], f"{drift['drift_relative']:+.1%}"
+                     if math.isfinite(drift["drift_relative"]) else str(drift["drift_relative"])))
+        rows.append(("top-1 agreement with the base's greedy tokens", 1.0, drift["agreement"],
+                     f"{drift['scored_tokens']} tokens"))
+    if "general_data" in general:
+        data = general["general_data"]
+        rows.append((f"cross-entropy on general_data ({Path(data['file']).name})", data["base_loss"],
+                     data["finetuned_loss"], f"{data['delta']:+.4f}"))
+    for task, score in (general.get("benchmarks") or {}).items():
+        rows.append((f"{task} {score['metric']} ({score['limit']} examples at most)", score["base"],
+                     score["finetuned"], f"drop {score['drop']:.4f}"))
+    return rows
+
+
+def _general_markdown(metrics: dict[str, Any], decision: dict[str, Any]) -> list[str]:
+    rows = general_rows(metrics)
+    if not rows:
+        return []
+    lines = ["## General ability: base vs tuned", "", "| measure | base | fine-tuned | |", "|---|---:|---:|---|"]
+    lines += [f"| {name} | {_num(base)} | {_num(tuned)} | {note} |" for name, base, tuned, note in rows]
+    for limit in decision.get("general_limits", []):
+        where = f" ({limit['task']})" if "task" in limit else ""
+        lines.append(f"- `{limit['limit']}`{where}: {_num(limit['value'])} against {_num(limit['allowed'])}: "
+                     + ("within" if limit["passed"] else f"**exceeded** by {_num(limit['exceeded_by'])}"))
+    return lines + ["", "![general ability](charts/general.png)", ""]
 
 
 def grader_rows(metrics: dict[str, Any]) -> list[tuple[str, str, float, float, float, float, float]]:
@@ -103,6 +143,7 @@ def write_markdown(path: Path, metrics: dict[str, Any], decision: dict[str, Any]
         lines.append(f"| {name} | {_num(base)} | {_num(tuned)} | {_num(delta)} | {verdict} |")
     lines += ["", "![metrics](charts/metrics.png)", "", "![per-example loss](charts/per_example_loss.png)", ""]
     lines += grader_markdown(metrics)
+    lines += _general_markdown(metrics, decision)
     lines += ["## Generations", "", "| # | prompt | reference | base output | fine-tuned output |", "|---|---|---|---|---|"]
     for sample in samples:
         lines.append(
@@ -134,6 +175,12 @@ def write_html(path: Path, metrics: dict[str, Any], decision: dict[str, Any], sa
                        "</th><th>delta</th><th>base median</th><th>fine-tuned median</th></tr>" + grader_html +
                        "</table><img src='charts/grader_scores.png' alt='grader scores'>")
     verdict = "passed" if decision["passed"] else "failed"
+    general = general_rows(metrics)
+    general_html = "" if not general else (
+        "<h2>General ability: base vs tuned</h2><table><tr><th>measure</th><th>base</th><th>fine-tuned</th><th></th>"
+        "</tr>" + "".join(f"<tr><td>{esc(name)}</td><td>{_num(base)}</td><td>{_num(tuned)}</td><td>{esc(note)}</td>"
+                          "</tr>" for name, base, tuned, note in general)
+        + "</table><img src=\"charts/general.png\" alt=\"general ability\">")
     document = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Evaluation report</title>
 <style>
@@ -149,6 +196,7 @@ td, th {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; white-s
 <table><tr><th>metric</th><th>base</th><th>fine-tuned</th><th>delta</th><th></th></tr>{metric_html}</table>
 <img src="charts/metrics.png" alt="metrics"> <img src="charts/per_example_loss.png" alt="per-example loss">
 {grader_html}
+{general_html}
 <h2>Generations</h2>
 <table><tr><th>#</th><th>prompt</th><th>reference</th><th>base output</th><th>fine-tuned output</th></tr>{sample_html}</table>
 </body></html>
@@ -197,7 +245,25 @@ def write_charts(folder: Path, metrics: dict[str, Any], per_example: dict[str, S
     plt.close(fig)
     if metrics.get("graders"):
         paths.append(_grader_chart(plt, folder, metrics["graders"]))
+    general = [row for row in general_rows(metrics) if _plottable(row[1], row[2])]
+    if general:
+        paths.append(_general_chart(plt, folder, general))
     return paths
+
+
+def _general_chart(plt, folder: Path, rows: list[tuple[str, Any, Any, str]]) -> Path:
+    """charts/general.png: base vs fine-tuned per general-ability measure."""
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.2), squeeze=False)
+    for ax, (name, base, tuned, note) in zip(axes[0], rows):
+        ax.bar(["base", "fine-tuned"], [base, tuned], color=["#8c959f", "#0969da"])
+        ax.set_title(f"{name}\n{note}", fontsize=8, wrap=True)
+        ax.tick_params(labelsize=8)
+    fig.suptitle("General ability: base vs tuned", fontsize=10)
+    fig.tight_layout()
+    path = folder / "general.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _grader_chart(plt, folder: Path, graders: dict[str, Any]) -> Path:

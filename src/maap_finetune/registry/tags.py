@@ -81,6 +81,23 @@ def build_tags(
             tags[f"test_{name}_base"] = _number(metrics["base"][name])
         if name in (metrics.get("deltas") or {}):
             tags[f"test_{name}_delta"] = _number(metrics["deltas"][name])
+    tags.update(general_tags(metrics.get("general") or {}))
+    return tags
+
+
+def general_tags(general: Mapping[str, Any]) -> dict[str, str]:
+    """Evaluate's general-ability figures, so that a model list shows what fine-tuning cost outside the task."""
+    tags = {}
+    drift = general.get("drift")
+    if drift:
+        tags["general_drift_relative"] = _number(drift["drift_relative"])
+        tags["general_agreement"] = _number(drift["agreement"])
+    if "general_data" in general:
+        tags["general_data_loss"] = _number(general["general_data"]["finetuned_loss"])
+        tags["general_data_loss_base"] = _number(general["general_data"]["base_loss"])
+    for task, score in (general.get("benchmarks") or {}).items():
+        tags[f"benchmark_{task}_{score['metric']}"] = _number(score["finetuned"])
+        tags[f"benchmark_{task}_{score['metric']}_base"] = _number(score["base"])
     return tags
 
 

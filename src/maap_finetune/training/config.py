@@ -22,11 +22,19 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 INIT_LORA_WEIGHTS = ("default", "gaussian", "pissa", "olora")
 BATCHING = ("padding_free", "group_by_length", "packing", "padded")
 LIGER = ("auto", "true", "false")
-TRAINING_METHODS = ("sft", "dpo")  # no orpo: see maap_finetune.training.preference
+TRAINING_METHODS = ("sft", "dpo", "grpo")  # no orpo: see maap_finetune.training.preference
 # trl 1.16's DPOConfig.loss_type values except exo_pair (it needs label_smoothing > 0, not an input
 # here); tests/finetune/test_preference.py compares them with the installed trl's list.
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
                   "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+# trl 1.16's GRPOConfig.loss_type values except luspo (it needs importance_sampling_level sequence, not an
+# input here); tests/finetune/test_grpo.py compares them with the installed trl's list.
+GRPO_LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "vespo")
+# loss_type auto: each method's TRL default.
+DEFAULT_LOSS_TYPES = {"dpo": "sigmoid", "grpo": "dapo"}
+LOSS_TYPES = ("auto", *DPO_LOSS_TYPES, *GRPO_LOSS_TYPES)
+METHOD_LOSS_TYPES = {"dpo": DPO_LOSS_TYPES, "grpo": GRPO_LOSS_TYPES}
+USE_VLLM = ("auto", "true", "false")
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,17 @@ class FinetuneConfig:
     use_liger_kernel: str
     max_tokens_per_batch: int | None
     merged_dtype: str
+    # reinforcement fine-tuning (maap_finetune.training.grpo); beta and loss_type above are shared with dpo
+    num_generations: int
+    max_completion_length: int
+    temperature: float
+    use_vllm: str
+    graders: Path | None
+
+    def __post_init__(self):
+        # loss_type auto is the method's TRL default, resolved here so every record shows the loss that ran.
+        if self.loss_type == "auto":
+            object.__setattr__(self, "loss_type", DEFAULT_LOSS_TYPES.get(self.training_method, "auto"))
 
     @property
     def is_quantized(self) -> bool:
@@ -105,7 +124,7 @@ class FinetuneConfig:
 
     def as_params(self) -> dict[str, Any]:
         """The settings worth recording as MLflow params (paths and outputs left out)."""
-        skip = {"train_data", "model_path", "chat_template", "adapter", "mlflow_model", "checkpoints"}
+        skip = {"train_data", "model_path", "chat_template", "adapter", "mlflow_model", "checkpoints", "graders"}
         params = {k: v for k, v in asdict(self).items() if k not in skip and v is not None}
         if isinstance(self.target_modules, tuple):
             params["target_modules"] = ",".join(self.target_modules)
@@ -113,6 +132,8 @@ class FinetuneConfig:
             params["deepspeed_config"] = Path(self.deepspeed_config).name
         if self.chat_template is not None:
             params["chat_template"] = Path(self.chat_template).name
+        if self.graders is not None:
+            params["graders"] = Path(self.graders).name
         return params
 
 

@@ -16,6 +16,7 @@ class Environment:
     flash_attn: bool
     triton: bool = False
     liger_kernel: bool = False
+    vllm_version: str | None = None  # the installed vllm's version (None: not installed)
 
     @classmethod
     def detect(cls) -> "Environment":
@@ -30,8 +31,18 @@ class Environment:
             flash_attn=_installed("flash_attn"),
             triton=_installed("triton"),
             liger_kernel=_installed("liger_kernel"),
+            vllm_version=_version("vllm"),
         )
 
 
 def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
+
+
+def _version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None

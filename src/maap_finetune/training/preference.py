@@ -1,7 +1,8 @@
 """Preference tuning (training_method dpo): TRL's DPOTrainer on Data Prep's `preference` rows.
 
-The session mirrors `training.session.train` (the same PEFT config, precision, DeepSpeed config,
-checkpoints with COMPLETE markers and resume, validation callbacks, outputs), with these differences:
+`DpoMethod` is its part of the shared session (`training.session.run_session`: the same PEFT config,
+precision, DeepSpeed config, checkpoints with COMPLETE markers and resume, validation callbacks, outputs),
+with these differences:
 - With an adapter the reference model is the base with the adapter disabled (TRL's PEFT path), so no
   second copy is loaded; a full fine-tune (peft_method none) loads a frozen reference copy.
 - Pairs are tokenized here as TRL does (the prompt rendered with the generation prompt, each answer
@@ -23,20 +24,39 @@ from typing import Any
 
 from maap_finetune.common import tracking
 from maap_finetune.common.errors import UserError
-from maap_finetune.training.config import FinetuneConfig
+from maap_finetune.training import session
+from maap_finetune.training.config import METHOD_LOSS_TYPES, FinetuneConfig
 from maap_finetune.training.data import TokenizeStats
-from maap_finetune.training.monitoring import CountingCollator, MlflowMetricsCallback, release_freed_memory
+from maap_finetune.training.monitoring import CountingCollator, MlflowMetricsCallback
+from maap_finetune.training.session import PARITY_EXAMPLES, PARITY_MAX_TOKENS, MethodData, TrainingMethod
 
 log = logging.getLogger(__name__)
 
 DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
                "logps/rejected")
 PREFERENCE_FORMAT = "preference"
+RFT_TASK = "rft"  # Data Prep's task for reinforcement fine-tuning (maap_finetune.training.grpo)
 
 
 def training_method_problems(config: FinetuneConfig) -> list[str]:
     """What training_method needs from the other inputs (part of preflight: config only)."""
     problems = []
+    if config.training_method == "grpo":
+        import os
+
+        from maap_finetune.training.grpo import method_problems
+
+        return method_problems(config, int(os.environ.get("WORLD_SIZE", "1")))
+    if config.graders is not None:
+        problems.append(f"graders applies to training_method grpo (they reward its completions); leave it out for "
+                        f"{config.training_method}, or set training_method grpo")
+    if config.use_vllm == "true":
+        problems.append(f"use_vllm applies to training_method grpo ({config.training_method} generates nothing); "
+                        "set use_vllm auto or false")
+    allowed = METHOD_LOSS_TYPES.get(config.training_method, ())
+    if config.loss_type != "auto" and config.loss_type not in allowed:
+        fix = f"one of {', '.join(allowed)}" if allowed else "auto"
+        problems.append(f"loss_type {config.loss_type} is not a {config.training_method} loss; set loss_type {fix}")
     if config.training_method != "dpo":
         if config.max_prompt_length is not None:
             problems.append("max_prompt_length applies to training_method dpo; leave it out for sft")
@@ -66,8 +86,17 @@ def training_method_problems(config: FinetuneConfig) -> list[str]:
 
 
 def check_data_matches_method(config: FinetuneConfig, prepared) -> None:
-    """Preference pairs train with dpo only, and dpo trains on preference pairs only."""
+    """Preference pairs train with dpo only, and dpo trains on preference pairs only; the same for rft and grpo."""
     where = prepared.root / "metadata.json"
+    rft = prepared.task == RFT_TASK
+    if rft != (config.training_method == "grpo"):
+        raise UserError(
+            f"{where}: training_method grpo needs Data Prep task rft (prompts and the fields the graders read), but "
+            f"the data is task {prepared.task}; prepare it with task rft, or set training_method sft or dpo"
+            if not rft else
+            f"{where}: the data is Data Prep task rft (prompts without answers to learn), which training_method "
+            f"{config.training_method} cannot learn from; set training_method grpo and give graders"
+        )
     if prepared.format == PREFERENCE_FORMAT and config.training_method != "dpo":
         raise UserError(
             f"{where}: the data is preference pairs (Data Prep task preference), which training_method "
@@ -204,110 +233,68 @@ def _uses_tools(row: dict) -> bool:
     return row_uses_tools({"tools": row.get("tools"), "messages": [*row["prompt"], *row["chosen"], *row["rejected"]]})
 
 
+class DpoMethod(TrainingMethod):
+    """training_method dpo's parts of the shared session (`training.session.run_session`)."""
+
+    name = "dpo"
+    data_format = "messages"
+
+    def training_args(self, config, plan):
+        return dpo_config(config, plan)
+
+    def prepare_data(self, tokenizer, config, source, prepared, args):
+        from datasets import Dataset
+
+        session.check_function_calling(tokenizer, config, source, prepared, uses_tools=_uses_tools)
+        train_examples, train_stats = tokenize_pairs(
+            tokenizer, prepared.rows("train"), config.max_seq_length, config.max_prompt_length, "train")
+        eval_examples, eval_stats = tokenize_pairs(
+            tokenizer, prepared.rows("validation"), config.max_seq_length, config.max_prompt_length, "validation")
+        if not train_examples:
+            raise UserError("no training pair left room for its answers; raise max_seq_length or set "
+                            "max_prompt_length")
+        if config.eval_steps is not None and not eval_examples:
+            raise UserError("eval_steps needs validation pairs, but none left room for its answers; raise "
+                            "max_seq_length")
+        self.parity_source = (eval_examples or train_examples)[:PARITY_EXAMPLES]
+        return MethodData(Dataset.from_list(train_examples),
+                          Dataset.from_list(eval_examples) if eval_examples else None,
+                          train_stats, eval_stats, len(train_examples), len(eval_examples))
+
+    def make_trainer(self, plan, **kwargs):
+        return _make_trainer_class()(**kwargs)
+
+    def metrics_callback(self, counter, world):
+        return PreferenceMetricsCallback(counter, world)
+
+    def wrap_collator(self, collator, counter):
+        return PairCountingCollator(collator, counter)
+
+    def params(self, config):
+        return {"reference_model": _reference_model(config)}
+
+    def data_metrics(self, data):
+        return {
+            "train_pairs_truncated": data.train_stats.truncated,
+            "train_pairs_dropped_prompt_too_long": data.train_stats.dropped_no_target,
+            "train_prompts_truncated": data.train_stats.prompt_truncated,
+            "validation_pairs_truncated": data.eval_stats.truncated,
+        }
+
+    def parity_inputs(self, data):
+        return [(e["prompt_ids"] + e["chosen_ids"])[:PARITY_MAX_TOKENS] for e in self.parity_source]
+
+    def summary_extra(self, config, data, history, final_eval):
+        last_train = next((e for e in reversed(history) if "rewards/margins" in e), {})
+        return summary_extra(config, data.train_stats, last_train, final_eval)
+
+
+def _reference_model(config: FinetuneConfig) -> str:
+    return "base with the adapter disabled" if config.uses_adapter else "frozen copy of the base"
+
+
 def train(config: FinetuneConfig, plan, source, prepared):
-    from datasets import Dataset
-    from transformers import set_seed
-
-    from maap_finetune.training import builders
-    from maap_finetune.training.monitoring import TokenCounter
-    from maap_finetune.training.plan import log_plan
-    from maap_finetune.training.session import (
-        PARITY_EXAMPLES,
-        PARITY_MAX_TOKENS,
-        _empty_cuda_cache,
-        _sum_across_ranks,
-        _world_size,
-        check_function_calling,
-        load_base_model,
-        load_tokenizer,
-        result_from_trainer,
-        resume_checkpoint,
-        training_callbacks,
-    )
-    from maap_finetune.training.validation import best_outcome
-
-    args = dpo_config(config, plan)  # first: process group and ZeRO-3 zero.Init (as for SFT)
-    world = _world_size()
-    set_seed(config.seed)
-    tokenizer, added_template = load_tokenizer(config, source, "messages")
-    check_function_calling(tokenizer, config, source, prepared, uses_tools=_uses_tools)
-    train_examples, train_stats = tokenize_pairs(
-        tokenizer, prepared.rows("train"), config.max_seq_length, config.max_prompt_length, "train")
-    eval_examples, eval_stats = tokenize_pairs(
-        tokenizer, prepared.rows("validation"), config.max_seq_length, config.max_prompt_length, "validation")
-    if not train_examples:
-        raise UserError("no training pair left room for its answers; raise max_seq_length or set max_prompt_length")
-    if config.eval_steps is not None and not eval_examples:
-        raise UserError("eval_steps needs validation pairs, but none left room for its answers; raise max_seq_length")
-
-    resume = resume_checkpoint(config)
-    model = load_base_model(config, plan, source, args)
-    counter = TokenCounter()
-    callbacks = training_callbacks(config, counter, world, PreferenceMetricsCallback(counter, world))
-    trainer = _make_trainer_class()(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(train_examples),
-        eval_dataset=Dataset.from_list(eval_examples) if eval_examples else None,
-        processing_class=tokenizer,
-        peft_config=builders.build_peft_config(config),
-        callbacks=callbacks,
-    )
-    trainer.data_collator = PairCountingCollator(trainer.data_collator, counter)
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in trainer.model.parameters())
-    tracking.log_params({
-        **config.as_params(),
-        "base_model": source.display_name,
-        **plan.as_params(),
-        "world_size": world,
-        "train_examples": len(train_examples),
-        "validation_examples": len(eval_examples),
-        "trainable_parameters": trainable,
-        "reference_model": "base with the adapter disabled" if config.uses_adapter else "frozen copy of the base",
-    })
-    log_plan(plan, config.adapter)
-    tracking.log_metrics({
-        "train_pairs_truncated": train_stats.truncated,
-        "train_pairs_dropped_prompt_too_long": train_stats.dropped_no_target,
-        "train_prompts_truncated": train_stats.prompt_truncated,
-        "validation_pairs_truncated": eval_stats.truncated,
-    })
-
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    validation = best_outcome(config, trainer.state, trainer.callback_handler.callbacks)
-    if validation["stopped_early"]:
-        log.info("%s", validation["stop_reason"])
-    tokens, slots = _sum_across_ranks([counter.tokens, counter.slots], plan.cuda)
-    eval_loss, final_eval = None, {}
-    if eval_examples:
-        prefix = "eval" if config.eval_steps is None else "final_eval"
-        final_eval = trainer.evaluate(metric_key_prefix=prefix)
-        eval_loss = final_eval[f"{prefix}_loss"]
-    trainer.save_model(str(config.adapter))  # every rank: ZeRO-3 gathers the shards here
-
-    parity_inputs = [(e["prompt_ids"] + e["chosen_ids"])[:PARITY_MAX_TOKENS]
-                     for e in (eval_examples or train_examples)[:PARITY_EXAMPLES]]
-    last_train = next((e for e in reversed(trainer.state.log_history) if "rewards/margins" in e), {})
-    result = result_from_trainer(
-        trainer, output, plan, resume, parity_inputs,
-        tokenizer=tokenizer,
-        world_size=world,
-        train_stats=train_stats,
-        eval_stats=eval_stats,
-        added_chat_template=added_template,
-        train_tokens=tokens,
-        train_slots=slots,
-        eval_loss=eval_loss,
-        trainable_parameters=int(trainable),
-        total_parameters=int(total),
-        validation=validation,
-    )
-    result.extra = summary_extra(config, train_stats, last_train, final_eval)
-    del trainer, model
-    release_freed_memory()  # before the merge loads its own copy of the weights
-    _empty_cuda_cache(plan)
-    return result
+    return session.run_session(DpoMethod(), config, plan, source, prepared)
 
 
 def summary_extra(config: FinetuneConfig, stats: PairStats, last_train: dict, final_eval: dict) -> dict[str, Any]:
@@ -317,7 +304,7 @@ def summary_extra(config: FinetuneConfig, stats: PairStats, last_train: dict, fi
         "beta": config.beta,
         "loss_type": config.loss_type,
         "max_prompt_length": config.max_prompt_length,
-        "reference_model": "base with the adapter disabled" if config.uses_adapter else "frozen copy of the base",
+        "reference_model": _reference_model(config),
         "batching": "padded pairs",
         "train_prompts_truncated": stats.prompt_truncated,
         "train_chosen_tokens": stats.chosen_tokens,

@@ -221,6 +221,12 @@ def preflight(
     from maap_finetune.training.preference import training_method_problems
 
     problems.extend(training_method_problems(config))
+    if plan.use_vllm:
+        from maap_finetune.training.plan import vllm_problem
+
+        why = vllm_problem(env)
+        if why is not None:
+            add(f"use_vllm true: {why}; set use_vllm auto or false to generate with transformers")
 
     if problems:
         raise ConfigErrors(problems, header="fine-tune preflight found problems; nothing was loaded")

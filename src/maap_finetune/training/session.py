@@ -1,4 +1,7 @@
-"""One training session: tokenizer, data, model, SFTTrainer, resume, train, evaluate, save the adapter.
+"""One training session: tokenizer, data, model, trainer, resume, train, evaluate, save the adapter.
+
+`run_session` is the skeleton every training method shares; a `TrainingMethod` gives what differs
+(SFT here, DPO in `training.preference`).
 
 Every rank runs this; rank 0 alone logs to MLflow (through `maap_finetune.common.tracking`).
 """
@@ -110,71 +113,137 @@ def check_function_calling(tokenizer, config: FinetuneConfig, source, prepared, 
                 return
 
 
+@dataclass
+class MethodData:
+    """A method's tokenized splits, as its trainer takes them, and their counts."""
+    train: Any
+    validation: Any  # None when the validation split is empty
+    train_stats: TokenizeStats
+    eval_stats: TokenizeStats
+    train_rows: int
+    validation_rows: int
+    plan_updates: dict[str, Any] = field(default_factory=dict)
+
+
+class TrainingMethod:
+    """What a training method adds to the shared session (`run_session`), as TRL's trainers add to its
+    base trainer: its arguments, data, trainer class and keywords, collator, metrics and summary fields."""
+
+    name = ""
+    data_format: str | None = None  # None: the prepared data's own
+
+    def training_args(self, config: FinetuneConfig, plan: TrainingPlan):
+        raise NotImplementedError
+
+    def prepare_data(self, tokenizer, config: FinetuneConfig, source, prepared, args) -> MethodData:
+        raise NotImplementedError
+
+    def make_trainer(self, plan: TrainingPlan, **kwargs):
+        raise NotImplementedError
+
+    def metrics_callback(self, counter: TokenCounter, world: int):
+        return MlflowMetricsCallback(counter, world)
+
+    def wrap_collator(self, collator, counter: TokenCounter):
+        return CountingCollator(collator, counter)
+
+    def params(self, config: FinetuneConfig) -> dict[str, Any]:
+        return {}
+
+    def data_metrics(self, data: MethodData) -> dict[str, float]:
+        return {}
+
+    def parity_inputs(self, data: MethodData) -> list[list[int]]:
+        raise NotImplementedError
+
+    def summary_extra(self, config: FinetuneConfig, data: MethodData, history: list, final_eval: dict) -> dict:
+        return {}
+
+
+class SupervisedMethod(TrainingMethod):
+    """training_method sft: TRL's SFTTrainer on ids and loss masks tokenized once per run."""
+
+    name = "sft"
+
+    def training_args(self, config, plan):
+        return builders.build_sft_config(config, plan)
+
+    def prepare_data(self, tokenizer, config, source, prepared, args) -> MethodData:
+        from maap_finetune.training.tokenized import tokenize_once
+
+        if prepared.format == "messages":
+            check_function_calling(tokenizer, config, source, prepared)
+        data = tokenize_once(tokenizer, prepared, config.max_seq_length, config.train_on_prompt, config.checkpoints,
+                             args.main_process_first)
+        train_examples, eval_examples = data.train, data.validation  # memory-mapped datasets
+        if not len(train_examples):
+            raise UserError("no training example kept a learnable token; raise max_seq_length")
+        if config.eval_steps is not None and not len(eval_examples):
+            raise UserError(
+                "eval_steps needs validation examples, but the validation split has none with a learnable token; "
+                "give Data Prep a validation_ratio above 0 (or validation_data), or leave eval_steps out"
+            )
+        return MethodData(train_examples, eval_examples if len(eval_examples) else None, data.train_stats,
+                          data.eval_stats, len(train_examples), len(eval_examples),
+                          {"tokenized_on": data.tokenized_on, "tokenize_seconds": data.seconds})
+
+    def make_trainer(self, plan, **kwargs):
+        from trl import SFTTrainer
+
+        return _trainer_class(plan, SFTTrainer)(**kwargs)
+
+    def data_metrics(self, data):
+        return {
+            "train_examples_truncated": data.train_stats.truncated,
+            "train_examples_dropped_no_target": data.train_stats.dropped_no_target,
+            "validation_examples_truncated": data.eval_stats.truncated,
+        }
+
+    def parity_inputs(self, data):
+        source = data.validation if data.validation is not None else data.train
+        return [ids[:PARITY_MAX_TOKENS] for ids in source[:PARITY_EXAMPLES]["input_ids"]]
+
+
 def train(config: FinetuneConfig, plan: TrainingPlan, source, prepared) -> TrainResult:
+    return run_session(SupervisedMethod(), config, plan, source, prepared)
+
+
+def run_session(method: TrainingMethod, config: FinetuneConfig, plan: TrainingPlan, source, prepared) -> TrainResult:
+    """The skeleton every method shares: arguments, tokenizer, data, resume, model, callbacks, trainer,
+    train, final evaluation, adapter, result."""
     from transformers import set_seed
-    from trl import SFTTrainer
 
     # TrainingArguments first: it sets up the process group and, for ZeRO-3, the DeepSpeed config that
     # makes from_pretrained shard weights as they load (zero.Init).
-    args = builders.build_sft_config(config, plan)
+    args = method.training_args(config, plan)
     world = _world_size()
     set_seed(config.seed)
 
-    tokenizer, added_template = load_tokenizer(config, source, prepared.format)
-    if prepared.format == "messages":
-        check_function_calling(tokenizer, config, source, prepared)
-    from maap_finetune.training.tokenized import tokenize_once
-
-    data = tokenize_once(tokenizer, prepared, config.max_seq_length, config.train_on_prompt, config.checkpoints,
-                         args.main_process_first)
-    plan = replace(plan, tokenized_on=data.tokenized_on, tokenize_seconds=data.seconds)
-    train_examples, eval_examples = data.train, data.validation  # memory-mapped datasets
-    train_stats, eval_stats = data.train_stats, data.eval_stats
-    if not len(train_examples):
-        raise UserError("no training example kept a learnable token; raise max_seq_length")
-    if config.eval_steps is not None and not len(eval_examples):
-        raise UserError(
-            "eval_steps needs validation examples, but the validation split has none with a learnable token; "
-            "give Data Prep a validation_ratio above 0 (or validation_data), or leave eval_steps out"
-        )
+    tokenizer, added_template = load_tokenizer(config, source, method.data_format or prepared.format)
+    data = method.prepare_data(tokenizer, config, source, prepared, args)
+    plan = replace(plan, **data.plan_updates)
 
     resume = resume_checkpoint(config)
     model = load_base_model(config, plan, source, args)
     counter = TokenCounter()
-    callbacks = training_callbacks(config, counter, world, MlflowMetricsCallback(counter, world))
-    trainer = _trainer_class(plan, SFTTrainer)(
+    callbacks = training_callbacks(config, counter, world, method.metrics_callback(counter, world))
+    trainer = method.make_trainer(
+        plan,
         model=model,
         args=args,
-        train_dataset=train_examples,
-        eval_dataset=eval_examples if len(eval_examples) else None,
+        train_dataset=data.train,
+        eval_dataset=data.validation,
         processing_class=tokenizer,
         peft_config=builders.build_peft_config(config),
         callbacks=callbacks,
     )
-    trainer.data_collator = CountingCollator(trainer.data_collator, counter)
+    collator = method.wrap_collator(trainer.data_collator, counter)
+    if collator is not None:
+        trainer.data_collator = collator
     initial_adapter = save_initial_adapter(config, trainer.model)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
-
-    tracking.log_params(
-        {
-            **config.as_params(),
-            "base_model": source.display_name,
-            **plan.as_params(),
-            "world_size": world,
-            "train_examples": len(train_examples),
-            "validation_examples": len(eval_examples),
-            "trainable_parameters": trainable,
-        }
-    )
-    log_plan(plan, config.adapter)
-    tracking.log_metrics(
-        {
-            "train_examples_truncated": train_stats.truncated,
-            "train_examples_dropped_no_target": train_stats.dropped_no_target,
-            "validation_examples_truncated": eval_stats.truncated,
-        }
-    )
+    _log_start(method, config, plan, source, data, world, trainable)
 
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     validation = best_outcome(config, trainer.state, trainer.callback_handler.callbacks)
@@ -183,12 +252,58 @@ def train(config: FinetuneConfig, plan: TrainingPlan, source, prepared) -> Train
     if config.load_best_model_at_end:
         log.info("the adapter and merged model are %s's (lowest %s)", validation["model_checkpoint"], "eval_loss")
     tokens, slots = _sum_across_ranks([counter.tokens, counter.slots], plan.cuda)
-    eval_loss = None
-    if len(eval_examples):
-        # The loss of the weights we save. With eval_steps the curve already ends with the last step's
-        # evaluation; under another key this one does not add a second point there.
-        prefix = "eval" if config.eval_steps is None else "final_eval"
-        eval_loss = trainer.evaluate(metric_key_prefix=prefix)[f"{prefix}_loss"]
+    final_eval = _final_evaluation(config, trainer, data)
+    _save_adapter(config, trainer, initial_adapter)
+
+    result = result_from_trainer(
+        trainer, output, plan, resume, method.parity_inputs(data),
+        tokenizer=tokenizer,
+        world_size=world,
+        train_stats=data.train_stats,
+        eval_stats=data.eval_stats,
+        added_chat_template=added_template,
+        train_tokens=tokens,
+        train_slots=slots,
+        eval_loss=final_eval.get("loss"),
+        trainable_parameters=int(trainable),
+        total_parameters=int(total),
+        validation=validation,
+    )
+    result.extra = method.summary_extra(config, data, list(trainer.state.log_history), final_eval.get("metrics", {}))
+    del trainer, model
+    release_freed_memory()  # before the merge loads its own copy of the weights
+    _empty_cuda_cache(plan)
+    return result
+
+
+def _log_start(method, config, plan, source, data: MethodData, world: int, trainable: int) -> None:
+    tracking.log_params(
+        {
+            **config.as_params(),
+            "base_model": source.display_name,
+            **plan.as_params(),
+            "world_size": world,
+            "train_examples": data.train_rows,
+            "validation_examples": data.validation_rows,
+            "trainable_parameters": trainable,
+            **method.params(config),
+        }
+    )
+    log_plan(plan, config.adapter)
+    tracking.log_metrics(method.data_metrics(data))
+
+
+def _final_evaluation(config: FinetuneConfig, trainer, data: MethodData) -> dict[str, Any]:
+    """The loss of the weights we save. With eval_steps the curve already ends with the last step's
+    evaluation; under another key this one does not add a second point there."""
+    if data.validation is None:
+        return {}
+    prefix = "eval" if config.eval_steps is None else "final_eval"
+    metrics = trainer.evaluate(metric_key_prefix=prefix)
+    return {"loss": metrics.get(f"{prefix}_loss"), "metrics": metrics}
+
+
+def _save_adapter(config: FinetuneConfig, trainer, initial_adapter) -> None:
     if initial_adapter is None:
         trainer.save_model(str(config.adapter))  # every rank: ZeRO-3 gathers the shards here
     elif tracking.is_main_process():
@@ -197,28 +312,6 @@ def train(config: FinetuneConfig, plan: TrainingPlan, source, prepared) -> Train
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
             str(config.adapter), path_initial_model_for_weight_conversion=str(initial_adapter)
         )
-
-    parity_source = eval_examples if len(eval_examples) else train_examples
-    parity_inputs = [ids[:PARITY_MAX_TOKENS] for ids in parity_source[:PARITY_EXAMPLES]["input_ids"]]
-    result = result_from_trainer(
-        trainer, output, plan, resume, parity_inputs,
-        tokenizer=tokenizer,
-        world_size=world,
-        train_stats=train_stats,
-        eval_stats=eval_stats,
-        added_chat_template=added_template,
-        train_tokens=tokens,
-        train_slots=slots,
-        eval_loss=eval_loss,
-        trainable_parameters=int(trainable),
-        total_parameters=int(total),
-        validation=validation,
-    )
-    del trainer, model
-    release_freed_memory()  # before the merge loads its own copy of the weights
-    _empty_cuda_cache(plan)
-    return result
-
 
 
 def resume_checkpoint(config: FinetuneConfig):
