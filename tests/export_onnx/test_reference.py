@@ -62,13 +62,16 @@ def test_a_missing_reference_says_which_evaluate_input_writes_it(tmp_path, finet
 
 
 def test_export_never_loads_the_full_pytorch_model(tmp_path, finetuned_mlflow_model, prepared_chat, gate_passed,
-                                                   mlflow_tracking, monkeypatch):
-    """Every from_pretrained in Export's process is recorded: the full model is never loaded there (the builder
-    runs in a child process, so its heap goes back to the system); the only loads are the cut copy of
-    fp32_parity_layers layers, in PyTorch and by its fp32 build."""
+                                                   tiny_reference, mlflow_tracking, monkeypatch):
+    """Every from_pretrained is recorded: the step's own process loads no model at all (the builder and the
+    graph check's cut copy run in its child process, so their heap goes back to the system), and the graph
+    check's job, run here, loads only the cut copy of fp32_parity_layers layers, in PyTorch and by its build."""
     import inspect
 
     from transformers import PreTrainedModel
+
+    from maap_finetune.export import builder, graph_check
+    from maap_finetune.models.source import resolve_model_source
 
     real = PreTrainedModel.from_pretrained.__func__
     loads = []
@@ -82,9 +85,14 @@ def test_export_never_loads_the_full_pytorch_model(tmp_path, finetuned_mlflow_mo
     monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(recording))
     export_entry().main(export_argv(tmp_path, finetuned_mlflow_model, gate_passed, prepared_chat,
                                     fp32_parity_layers=1, min_token_agreement=0.0, max_loss_delta=100))
-
-    saved = json.loads((finetuned_mlflow_model / "model" / "config.json").read_text())
-    assert saved["num_hidden_layers"] == 2  # the full model's builder runs in a child; here only the cut copy loads:
-    assert sorted(load[:2] for load in loads) == [(1, False), (1, True)]  # in PyTorch, and by its fp32 build
+    assert loads == []
     report = json.loads((tmp_path / "export_report" / "export_report.json").read_text())
     assert report["fp32_parity"]["layers"] == 1 and report["passed"]
+
+    saved = json.loads((finetuned_mlflow_model / "model" / "config.json").read_text())
+    assert saved["num_hidden_layers"] == 2
+    source = resolve_model_source(finetuned_mlflow_model, None)
+    hf = builder.stage_hf_folder(Path(source.model), Path(source.tokenizer), tmp_path / "hf")
+    prepared = graph_check.prepare(str(hf), str(source.tokenizer), tiny_reference, 1, "cpu", str(tmp_path / "job"))
+    assert prepared["layers"] == 1
+    assert sorted(load[:2] for load in loads) == [(1, False), (1, True)]  # in PyTorch, and by its fp32 build

@@ -24,12 +24,16 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 
 def supported_architectures() -> list[str]:
-    """The `architectures[0]` values the installed builder has an exporter for (read from its source)."""
-    import inspect
+    """The `architectures[0]` values the installed builder has an exporter for (read from its source).
 
-    from onnxruntime_genai.models import builder
+    Read as text, not imported: importing the builder imports torch, transformers and onnx (about 430 MB),
+    which this process would then hold beside the build child's peak for the whole build."""
+    import importlib.util
 
-    found = re.findall(r'config\.architectures\[0\] == "(\w+)"', inspect.getsource(builder.create_model))
+    spec = importlib.util.find_spec("onnxruntime_genai.models.builder")
+    source = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else ""
+    dispatch = source[source.find("def create_model("):]
+    found = re.findall(r'config\.architectures\[0\] == "(\w+)"', dispatch[:dispatch.find("\ndef ", 1)])
     if not found:  # a builder whose dispatch we cannot read: say so rather than refuse every model
         raise RuntimeError("cannot read the supported architectures from onnxruntime_genai.models.builder")
     return sorted(set(found))
@@ -111,25 +115,62 @@ def stage_hf_folder(model_dir: Path, tokenizer_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def build(hf_folder: Path, output: Path, precision: str, execution_provider: str, cache_dir: Path,
-          int4_block_size: int, int4_accuracy_level: int | None, in_child: bool = True) -> Path:
-    """Run the model builder in a child process (`in_child`; a small model, such as the graph check's cut copy,
-    may build here and save the child's start, about 10 s on 2 cores); returns `output` (genai_config.json, ...).
+class BuildChild:
+    """One spawned child process for the export's builds and the graph check's PyTorch side.
 
     A child, because the builder's peak (the weights as saved plus its fp32 graph, about 7 bytes per
     parameter) stays in this process's heap after it returns (the allocator keeps it), and the parity checks
     that follow then add to it: measured at 443M parameters, 4.50 GB for the step against 3.73 GB for the
-    builder alone. The child's memory goes back to the system when it exits; its errors are raised here."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    builder alone. The child's memory goes back to the system when it exits; its errors are raised here.
+    One child for every job: its start and imports (torch, transformers, the builder; about 10 s on 2 cores)
+    are paid once, and the full build reuses the heap the graph check's job freed there.
+    """
 
-    arguments = (str(hf_folder), str(output), precision, execution_provider, str(cache_dir), int4_block_size,
-                 int4_accuracy_level)
-    if not in_child:
-        _build_here(*arguments)
-    else:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            pool.submit(_build_here, *arguments).result()
+    def __init__(self):
+        self._pool = None
+
+    def __enter__(self) -> BuildChild:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def submit(self, function, *args):
+        """`function(*args)` in the child (a Future); jobs run one at a time, in the order submitted."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool.submit(function, *args)
+
+    def build(self, hf_folder: Path, output: Path, precision: str, execution_provider: str, cache_dir: Path,
+              int4_block_size: int, int4_accuracy_level: int | None) -> Path:
+        self.submit(_build_here, str(hf_folder), str(output), precision, execution_provider, str(cache_dir),
+                    int4_block_size, int4_accuracy_level).result()
+        return _built(output)
+
+    def close(self) -> None:
+        """End the child (its memory goes back to the system); a later job starts a new one."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+
+def build(hf_folder: Path, output: Path, precision: str, execution_provider: str, cache_dir: Path,
+          int4_block_size: int, int4_accuracy_level: int | None, in_child: bool = True) -> Path:
+    """Run the model builder, in a child process of its own (`in_child`, see BuildChild) or here;
+    returns `output` (genai_config.json, model.onnx, ...)."""
+    if in_child:
+        with BuildChild() as child:
+            return child.build(hf_folder, output, precision, execution_provider, cache_dir, int4_block_size,
+                               int4_accuracy_level)
+    _build_here(str(hf_folder), str(output), precision, execution_provider, str(cache_dir), int4_block_size,
+                int4_accuracy_level)
+    return _built(output)
+
+
+def _built(output: Path) -> Path:
     if not (output / "genai_config.json").is_file():
         raise RuntimeError(f"the model builder finished without writing {output / 'genai_config.json'}")
     return output

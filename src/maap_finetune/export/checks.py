@@ -65,7 +65,9 @@ def speed(reference: dict[str, Any], onnx_timing, precision: str, execution_prov
 
 
 def check_export(config, source, architecture: str, hf_folder: Path, scratch: Path, build_seconds: float,
-                 reference: dict[str, Any]) -> dict[str, Any]:
+                 reference: dict[str, Any], cut: dict[str, Any] | None) -> dict[str, Any]:
+    """The parity checks of the built export; `cut` is the fp32 graph check's prepared cut copy
+    (graph_check.prepare, run in the build child), None when the check is off."""
     import time
 
     from transformers import AutoTokenizer
@@ -79,18 +81,19 @@ def check_export(config, source, architecture: str, hf_folder: Path, scratch: Pa
         return tokenizer.decode(tokens, skip_special_tokens=True)
 
     timings = {"build_s": build_seconds}
+    print(f"[export_onnx] comparing the export with Evaluate's reference on {len(reference['generation'])} prompts",
+          flush=True)
     start = time.perf_counter()
     results, onnx_timing = parity.compare_generation(config.onnx_model, reference, decode)
     generation = parity.generation_summary(results)
     teacher_forced = parity.compare_teacher_forced(config.onnx_model, reference, config.execution_provider)
     timings["compare_s"] = time.perf_counter() - start
     fp32 = None
-    if config.fp32_parity:
-        print(f"[export_onnx] fp32 graph check on the first {config.fp32_parity_layers} layers", flush=True)
+    if cut is not None:
+        print("[export_onnx] comparing the fp32 graph check's cut copy with its PyTorch run", flush=True)
         start = time.perf_counter()
-        fp32 = graph_check.run(hf_folder, Path(source.tokenizer), reference, config.fp32_parity_layers,
-                               config.execution_provider, scratch, decode)
-        timings["fp32_graph_check_s"] = time.perf_counter() - start
+        fp32 = graph_check.finish(cut, hf_folder, config.execution_provider, scratch, decode)
+        timings["fp32_graph_check_s"] = cut["seconds"] + time.perf_counter() - start  # its child part included
     failures = (graph_check.failures(fp32) if fp32 else []) + threshold_failures(
         teacher_forced, config.min_token_agreement, config.max_loss_delta, config.precision)
     pytorch_bytes = builder.folder_bytes(Path(source.model))

@@ -100,25 +100,43 @@ def prepare_cut(hf_folder: Path, tokenizer_dir: Path, layers: int, dest: Path) -
     return cut_dir, kept
 
 
-def run(hf_folder: Path, tokenizer_dir: Path, reference: Mapping[str, Any], layers: int, execution_provider: str,
-        scratch: Path, decode) -> dict[str, Any]:
-    """Cut, build as fp32, compare with PyTorch on the cut model; its scratch files are removed before returning."""
-    import shutil
+def folders(scratch: Path) -> dict[str, Path]:
+    return {"cut": scratch / "cut", "onnx": scratch / "cut_onnx", "cache": scratch / "cut_cache"}
 
+
+def prepare(hf_folder: str, tokenizer_dir: str, reference: Mapping[str, Any], layers: int, execution_provider: str,
+            scratch: str) -> dict:
+    """Cut, build the cut copy as fp32, and run PyTorch fp32 on it; meant for the build child
+    (builder.BuildChild), which imports torch, transformers and the builder once for this and the full
+    build. Returns what `finish` compares: the kept layers and the cut reference."""
     from maap_finetune.export import builder
 
-    folders = [scratch / "cut", scratch / "cut_onnx", scratch / "cut_cache"]
+    where = folders(Path(scratch))
+    cut_dir, kept = prepare_cut(Path(hf_folder), Path(tokenizer_dir), layers, where["cut"])
+    # Its layers, embedding and head: far below the full build, so it builds in this process.
+    builder.build(cut_dir, where["onnx"], "fp32", execution_provider, where["cache"], 32, None, in_child=False)
+    return {"layers": kept, "reference": pytorch_reference(cut_dir, Path(tokenizer_dir), reference)}
+
+
+def finish(prepared: Mapping[str, Any], hf_folder: Path, execution_provider: str, scratch: Path,
+           decode) -> dict[str, Any]:
+    """The cut copy's fp32 ONNX graph against its PyTorch reference; the scratch files are removed after."""
+    import shutil
+
     try:
-        cut_dir, kept = prepare_cut(hf_folder, tokenizer_dir, layers, folders[0])
-        cut_reference = pytorch_reference(cut_dir, tokenizer_dir, reference)
-        onnx_dir = builder.build(cut_dir, folders[1], "fp32", execution_provider, folders[2], 32, None,
-                                 in_child=False)  # its layers, embedding and head: far below the full build
-        result = compare(cut_reference, onnx_dir, execution_provider, decode)
+        result = compare(prepared["reference"], folders(scratch)["onnx"], execution_provider, decode)
     finally:
-        for folder in folders:
+        for folder in folders(scratch).values():
             shutil.rmtree(folder, ignore_errors=True)
     total = json.loads((hf_folder / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
-    return {"layers": kept, "model_layers": total, **result}
+    return {"layers": prepared["layers"], "model_layers": total, **result}
+
+
+def run(hf_folder: Path, tokenizer_dir: Path, reference: Mapping[str, Any], layers: int, execution_provider: str,
+        scratch: Path, decode) -> dict[str, Any]:
+    """`prepare` here, then `finish`: the whole check in this process."""
+    prepared = prepare(str(hf_folder), str(tokenizer_dir), reference, layers, execution_provider, str(scratch))
+    return finish(prepared, hf_folder, execution_provider, scratch, decode)
 
 
 def failures(check: Mapping[str, Any]) -> list[str]:
