@@ -85,6 +85,7 @@ def test_rehearsal_runs_the_suite_on_the_cpu(tmp_path):
     assert len(tests) == 3 and all(t["outcome"] == "skipped" and t["message"] for t in tests.values()), tests
 
 
+@pytest.mark.slow  # measured over 2 s: the fast tier keeps make test under 4 minutes
 def test_parts_past_the_deadline_are_recorded_as_not_run_and_the_report_reaches_out(tmp_path):
     """A device command is killed at its limit: what the suite could not start is in the report, and the
     report is in $OUT (what the device tool brings back)."""

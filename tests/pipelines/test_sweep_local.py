@@ -74,7 +74,7 @@ def swept_run(tmp_path_factory):
     return result, MlflowClient(tracking_uri=result.tracking_uri), out.getvalue()
 
 
-@pytest.mark.slow  # measured over 2 s: the fast tier keeps make test under 4 minutes
+@pytest.mark.slow  # swept_run runs a real local sweep (16 s)
 def test_mlflow_tree_is_pipeline_then_sweep_then_trials(swept_run):
     result, client, _ = swept_run
     experiment = client.get_experiment_by_name("sweep-exp").experiment_id
@@ -92,6 +92,7 @@ def test_mlflow_tree_is_pipeline_then_sweep_then_trials(swept_run):
     assert sweep_run.data.params["best.lr"] == "0.001"
 
 
+@pytest.mark.slow  # swept_run runs a real local sweep (16 s)
 def test_bandit_stops_the_trial_outside_the_slack_and_marks_it_killed(swept_run):
     result, client, stdout = swept_run
     stopped = client.search_runs([client.get_experiment_by_name("sweep-exp").experiment_id],
@@ -104,6 +105,7 @@ def test_bandit_stops_the_trial_outside_the_slack_and_marks_it_killed(swept_run)
     assert not (result.run_dir / "train" / "trials" / "trial_2" / "outputs" / "out" / "model.txt").exists()
 
 
+@pytest.mark.slow  # swept_run runs a real local sweep (16 s)
 def test_downstream_reads_the_best_trials_outputs(swept_run):
     result, _, _ = swept_run
     best = result.run_dir / "train" / "trials" / "trial_1" / "outputs" / "out"
@@ -111,6 +113,7 @@ def test_downstream_reads_the_best_trials_outputs(swept_run):
     assert (result.steps["use"].outputs["seen"] / "seen.txt").read_text() == "0.001"
 
 
+@pytest.mark.slow  # swept_run runs a real local sweep (16 s)
 def test_summary_ranks_trials_best_first_in_the_run_folder_and_mlflow(swept_run):
     result, client, _ = swept_run
     folder = result.run_dir / "train" / "sweep"

@@ -13,6 +13,10 @@ from pipelines.definition import assets
 from tests.azure_fakes import from_rest, patch_azure, request_payload, resource_id, rest_payload, system_data
 from tests.helpers import assert_one_error
 
+# Each test builds and publishes the whole pipeline against the autospec'd workspace (1.5-2.5 s apiece,
+# about 35 s in all): the slow tier, so that `make test` stays under 4 minutes.
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKSPACE = ["--subscription", "sub-1", "--resource-group", "rg-1", "--workspace", "ws-1"]
 WORKSPACE_VARS = ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME", "AZURE_WORKSPACE_NAME",
