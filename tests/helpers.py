@@ -73,3 +73,20 @@ def argv_from_spec(step: str, **values: Any) -> list[str]:
     if values:
         raise KeyError(f"{step} has no inputs or outputs named {sorted(values)}")
     return argv
+
+
+def write_prepared_splits(folder: Path, rows: list[dict], held_out: int, task: str, data_format: str) -> Path:
+    """Data Prep's output contract from prepared `rows`: the first `held_out` are test, the next `held_out`
+    validation, the rest train."""
+    import json
+
+    from maap_finetune.data.prepared import write_metadata
+
+    splits = {"test": rows[:held_out], "validation": rows[held_out:2 * held_out], "train": rows[2 * held_out:]}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, split in splits.items():
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split), encoding="utf-8")
+    write_metadata(folder, task=task, format=data_format,
+                   splits={n: {"file": f"{n}.jsonl", "rows": len(s)} for n, s in splits.items()},
+                   label_set=None, templates={}, source={})
+    return folder

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from maap_finetune.common.errors import ConfigErrors, UserError
-from maap_finetune.data.prepared import write_metadata
 from tests.finetune.conftest import outputs
-from tests.helpers import argv_from_spec, load_entry, load_spec
+from tests.helpers import argv_from_spec, load_entry, load_spec, write_prepared_splits
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "sample"
 SAMPLE = SAMPLE_DIR / "rft.jsonl"
@@ -27,14 +26,7 @@ FAST = dict(peft_method="none", learning_rate=0.01, num_generations=8, per_devic
 def write_prepared_rft(folder: Path, rows: list[dict] | None = None, held_out: int = 12) -> Path:
     """Data Prep's rft contract: `messages` (the prompt) plus the row's other fields."""
     rows = rows if rows is not None else [json.loads(line) for line in SAMPLE.read_text().splitlines()]
-    splits = {"test": rows[:held_out], "validation": rows[held_out:2 * held_out], "train": rows[2 * held_out:]}
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, split in splits.items():
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split), encoding="utf-8")
-    write_metadata(folder, task="rft", format="messages",
-                   splits={n: {"file": f"{n}.jsonl", "rows": len(s)} for n, s in splits.items()},
-                   label_set=None, templates={}, source={})
-    return folder
+    return write_prepared_splits(folder, rows, held_out, task="rft", data_format="messages")
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 
 from maap_finetune.common.errors import ConfigErrors, UserError
-from maap_finetune.data.prepared import write_metadata
 from tests.finetune.conftest import outputs
 from tests.finetune.test_resume_and_distributed import SCRIPT, _complete, _env
-from tests.helpers import argv_from_spec, load_entry, load_spec
+from tests.helpers import argv_from_spec, load_entry, load_spec, write_prepared_splits
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "preference.jsonl"
 
@@ -33,14 +32,7 @@ def write_prepared_pairs(folder: Path, held_out: int = 10, rows: list[dict] | No
             row = json.loads(line)
             rows.append({"prompt": row["input"]["messages"], "chosen": row["preferred_output"],
                          "rejected": row["non_preferred_output"]})
-    splits = {"test": rows[:held_out], "validation": rows[held_out:2 * held_out], "train": rows[2 * held_out:]}
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, split in splits.items():
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split), encoding="utf-8")
-    write_metadata(folder, task="preference", format="preference",
-                   splits={n: {"file": f"{n}.jsonl", "rows": len(s)} for n, s in splits.items()},
-                   label_set=None, templates={}, source={})
-    return folder
+    return write_prepared_splits(folder, rows, held_out, task="preference", data_format="preference")
 
 
 @pytest.fixture(scope="module")
