@@ -177,7 +177,13 @@ def evaluate_model(label: str, model_dir: str, tokenizer_dir: str, examples, gen
 
         logps = preference.pair_logps(loaded, pairs, config.max_seq_length, config.eval_batch_size)
         values.update(preference.preference_metrics(logps))
-    extra = {name: hook(loaded) for name, hook in (while_loaded or {}).items()}
+    import time
+
+    extra, hook_cost = {}, {}
+    for name, hook in (while_loaded or {}).items():
+        wall, cpu = time.perf_counter(), time.process_time()
+        extra[name] = hook(loaded)
+        hook_cost[name] = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
     del loaded
     gc.collect()
     if torch.cuda.is_available():
@@ -197,6 +203,7 @@ def evaluate_model(label: str, model_dir: str, tokenizer_dir: str, examples, gen
         "prompts": prompts,
         "pair_logps": logps,
         "while_loaded": extra,
+        "hook_cost": hook_cost,
     }
 
 
@@ -372,7 +379,6 @@ def general_ability_hooks(config: Config) -> dict[str, dict]:
     from maap_finetune.evaluation import general, generation
 
     hooks: dict[str, dict] = {"base": {}, "finetuned": {}}
-    GENERAL_COST.update(wall_s=0.0, cpu_s=0.0)
     if config.general_max_new_tokens:
         prompts = general.read_prompts(general.prompts_path(Path(__file__).resolve().parent))
         shared: dict[str, general.DriftReference] = {}
@@ -398,25 +404,7 @@ def general_ability_hooks(config: Config) -> dict[str, dict]:
             hooks[side]["benchmarks"] = lambda loaded: benchmarks.run(
                 loaded.model, loaded.tokenizer, config.benchmark_tasks, config.general_eval_limit, include,
                 batch_size=config.eval_batch_size, device=str(loaded.device))
-    return {side: {name: _timed(hook, name) for name, hook in side_hooks.items()} for side, side_hooks in hooks.items()}
-
-
-GENERAL_COST: dict[str, float] = {"wall_s": 0.0, "cpu_s": 0.0}  # what the general-ability hooks took, both models
-
-
-def _timed(hook, name: str):
-    import time
-
-    def timed(loaded):
-        wall, cpu = time.perf_counter(), time.process_time()
-        try:
-            return hook(loaded)
-        finally:
-            GENERAL_COST["wall_s"] += time.perf_counter() - wall
-            GENERAL_COST["cpu_s"] += time.process_time() - cpu
-
-    timed.__name__ = f"timed_{name}"
-    return timed
+    return hooks
 
 
 def general_summary(config: Config, results: dict) -> dict:
@@ -424,7 +412,10 @@ def general_summary(config: Config, results: dict) -> dict:
     from maap_finetune.evaluation import general
 
     base, tuned = results["base"]["while_loaded"], results["finetuned"]["while_loaded"]
-    summary: dict = {"prompts_max_new_tokens": config.general_max_new_tokens, "cost": dict(GENERAL_COST)}
+    spent = [cost for side in ("base", "finetuned") for name, cost in results[side]["hook_cost"].items()
+             if name in GENERAL_HOOKS]  # not the parity reference
+    cost = {kind: sum(item[kind] for item in spent) for kind in ("wall_s", "cpu_s")}
+    summary: dict = {"prompts_max_new_tokens": config.general_max_new_tokens, "cost": cost}
     if "drift" in base:
         summary["drift"] = general.drift_summary(base["drift"], tuned["drift"])
     if "general_data" in base:
@@ -442,6 +433,9 @@ def general_summary(config: Config, results: dict) -> dict:
                                            "drop": base_value - tuned_value,
                                            "limit": config.general_eval_limit}
     return summary
+
+
+GENERAL_HOOKS = ("drift", "general_data", "benchmarks")  # what general_ability_hooks may add
 
 
 def general_metrics(general: dict) -> dict[str, float]:
