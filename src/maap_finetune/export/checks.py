@@ -64,19 +64,21 @@ def speed(reference: dict[str, Any], onnx_timing, precision: str, execution_prov
             "decode_speedup": ratio, "same_machine": same, "note": note, "prompts": len(reference["generation"])}
 
 
-def compare_in_child(onnx_model: str, reference: dict[str, Any], scratch: str, cut: dict[str, Any] | None) -> dict:
-    """The checks' child job: the cut copy's fp32 graph first (untimed), then the export (timed: by then the
-    parent's own work beside it, the imports for registration, is over)."""
-    from maap_finetune.export import graph_check, parity
+def compare_cut_in_child(cut: dict[str, Any], scratch: str) -> dict:
+    """The checks' child's first job: the cut copy's fp32 graph against its PyTorch run (untimed)."""
+    from maap_finetune.export import graph_check
 
-    compared = {}
-    if cut is not None:
-        print("[export_onnx] comparing the fp32 graph check's cut copy with its PyTorch run", flush=True)
-        compared["fp32"] = graph_check.compare_cut(cut, scratch)
+    print("[export_onnx] comparing the fp32 graph check's cut copy with its PyTorch run", flush=True)
+    return graph_check.compare_cut(cut, scratch)
+
+
+def compare_export_in_child(onnx_model: str, reference: dict[str, Any]) -> dict:
+    """The checks' child's second job: the export against Evaluate's reference (timed)."""
+    from maap_finetune.export import parity
+
     print(f"[export_onnx] comparing the export with Evaluate's reference on {len(reference['generation'])} prompts",
           flush=True)
-    compared["export"] = parity.compare(Path(onnx_model), reference)
-    return compared
+    return parity.compare(Path(onnx_model), reference)
 
 
 def check_export(config, source, architecture: str, hf_folder: Path, scratch: Path, build_seconds: float,
@@ -85,32 +87,33 @@ def check_export(config, source, architecture: str, hf_folder: Path, scratch: Pa
     (graph_check.prepare, run in the build child), None when the check is off.
 
     Both comparisons run in a child process of their own (onnxruntime_genai holds the GIL while it
-    generates, so a thread could not overlap them), and this process loads the tokenizer and runs
-    `meanwhile` (the registration's imports) beside them: on 2 cores, seconds of the step's wall time."""
+    generates, so a thread could not overlap them). While the child compares the cut copy (on one thread),
+    this process loads the tokenizer and runs `meanwhile` (the registration's imports); the timed
+    comparison of the export is submitted only then, so that nothing else of this step runs beside it."""
     from maap_finetune.export import builder, graph_check, parity
     from maap_finetune.export.report import threshold_failures
 
     with builder.BuildChild() as child:
-        future = child.submit(compare_in_child, str(config.onnx_model), reference, str(scratch),
-                              None if cut is None else {"layers": cut["layers"], "reference": cut["reference"]})
+        fp32_job = None if cut is None else child.submit(
+            compare_cut_in_child, {"layers": cut["layers"], "reference": cut["reference"]}, str(scratch))
         from transformers import AutoTokenizer  # after the child's start: its import is seconds
 
         tokenizer = AutoTokenizer.from_pretrained(source.tokenizer)
         if meanwhile is not None:
             meanwhile()
-        compared = future.result()
+        exported = child.submit(compare_export_in_child, str(config.onnx_model), reference).result()
+        compared_fp32 = None if fp32_job is None else fp32_job.result()
 
     def decode(tokens):
         return tokenizer.decode(tokens, skip_special_tokens=True)
 
-    exported = compared["export"]
     generation = parity.generation_summary(parity.add_texts(exported["results"], decode))
     teacher_forced, onnx_timing = parity.with_interval(exported["teacher_forced"]), exported["timing"]
     timings = {"build_s": build_seconds, "compare_s": exported["seconds"]}
     fp32 = None
     if cut is not None:
-        fp32 = graph_check.finish(cut, compared["fp32"], hf_folder, decode)
-        timings["fp32_graph_check_s"] = cut["seconds"] + compared["fp32"]["seconds"]  # its build-child part included
+        fp32 = graph_check.finish(cut, compared_fp32, hf_folder, decode)
+        timings["fp32_graph_check_s"] = cut["seconds"] + compared_fp32["seconds"]  # its build-child part included
     failures = (graph_check.failures(fp32) if fp32 else []) + threshold_failures(
         teacher_forced, config.min_token_agreement, config.max_loss_delta, config.precision)
     pytorch_bytes = builder.folder_bytes(Path(source.model))

@@ -133,7 +133,7 @@ def prepare(hf_folder: str, tokenizer_dir: str, reference: Mapping[str, Any], la
 
 def compare_cut(prepared: Mapping[str, Any], scratch: str) -> dict[str, Any]:
     """The cut copy's fp32 ONNX graph run on its PyTorch reference's ids (`parity.compare`, untimed); the
-    scratch files are removed after. Picklable, for the checks' child (`checks.compare_in_child`). On one
+    scratch files are removed after. Picklable, for the checks' child (`checks.compare_cut_in_child`). On one
     thread: untimed, it runs beside the parent's imports, and ONNX Runtime's second thread, waiting for a
     busy core, slowed it threefold there (measured at 0.1b on 2 cores: 15.8 s against 5.2 s alone)."""
     import shutil

@@ -175,7 +175,7 @@ def with_interval(teacher_forced: Mapping[str, Any]) -> dict[str, Any]:
 def compare(onnx_dir: Path, reference: Mapping[str, Any], timed: bool = True,
             threads: int | None = None) -> dict[str, Any]:
     """Greedy generation and the teacher-forced comparison of one exported folder, loaded once (see `load`
-    for `threads`); picklable (the export runs it in a child process, see `checks.compare_in_child`)."""
+    for `threads`); picklable (the export runs it in a child process, see `checks.check_export`)."""
     start = time.perf_counter()
     model = load(onnx_dir, threads)
     results, timing = compare_generation(model, reference, timed)
