@@ -28,6 +28,20 @@ def test_every_environment_pins_the_whole_stack():
     assert {n: gpu[n].version for n in shared} == {n: cpu[n].version for n in shared}
 
 
+def test_the_gpu_image_pins_the_vllm_grpo_names_and_trl_supports():
+    """use_vllm auto can pick vLLM in the train-gpu image only if its vllm is in TRL's range; the refusals name
+    the pin, so plan.VLLM_PINNED must be it. The CPU image has none (vLLM needs CUDA)."""
+    from packaging.version import Version
+
+    from maap_finetune.training.plan import VLLM_PINNED, VLLM_RANGE
+
+    gpu = pins.environment_pins(pins.ENVIRONMENTS["train-gpu"])
+    assert str(gpu["vllm"].version) == VLLM_PINNED
+    assert Version(VLLM_RANGE[0]) <= gpu["vllm"].version <= Version(VLLM_RANGE[1])
+    assert pins.load_environment_yaml(pins.ENVIRONMENTS["train-gpu"])["tags"]["vllm"] == VLLM_PINNED
+    assert "vllm" not in pins.environment_pins(pins.ENVIRONMENTS["cpu"])
+
+
 @pytest.mark.parametrize("name", sorted(pins.ENVIRONMENTS))
 def test_environment_yaml_loads_with_explicit_version(name):
     from azure.ai.ml import load_environment
