@@ -82,8 +82,7 @@ ENVIRONMENTS: dict[str, EnvironmentSpec] = {
         name="train-gpu",
         requirement_files=("requirements.txt",),
         project_groups=("dependencies", "gpu"),
-        # vllm: GRPO's optional generator, in the image only (it pins torch exactly, so not a pyproject extra)
-        extra_pins=("azureml-inference-server-http", "vllm", *LM_EVAL_SOURCE_DEPS),
+        extra_pins=("azureml-inference-server-http", *LM_EVAL_SOURCE_DEPS),
     ),
     "cpu": EnvironmentSpec(name="cpu", requirement_files=("requirements.txt",), project_groups=("dependencies",),
                            extra_pins=LM_EVAL_SOURCE_DEPS),

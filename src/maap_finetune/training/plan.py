@@ -81,9 +81,11 @@ def resolve_liger(config: FinetuneConfig, env: Environment) -> bool:
 
 # trl 1.16's supported vLLM range (trl.import_utils.is_vllm_available; a test reads it from the installed trl).
 VLLM_RANGE = ("0.22.0", "0.31.0")
-# The vllm the train-gpu environment pins (its context/requirements.txt; a test checks they agree).
-VLLM_PINNED = "0.30.0"
-_WHERE = f"the train-gpu environment pins vllm {VLLM_PINNED}"
+# The vllm in TRL's range that fits the train-gpu image's torch 2.13.0 and transformers. The image cannot hold it
+# (its requirements.txt says why), so no environment pins it; a test checks that this stays said.
+VLLM_FITS = "0.30.0"
+_WHERE = (f"vllm {VLLM_FITS} fits torch 2.13.0, but the train-gpu environment has no vllm: it conflicts with "
+          "azureml-inference-server-http's opentelemetry pins")
 
 
 def vllm_problem(env: Environment) -> str | None:
@@ -92,14 +94,14 @@ def vllm_problem(env: Environment) -> str | None:
     from packaging.version import Version
 
     if not env.cuda:
-        return f"vLLM generates on CUDA GPUs only and this machine has none ({_WHERE} for GPU nodes)"
+        return "vLLM generates on CUDA GPUs only and this machine has none"
     if env.vllm_version is None:
         return f"vllm is not installed ({_WHERE}; TRL supports vllm {VLLM_RANGE[0]} to {VLLM_RANGE[1]})"
     base = Version(Version(env.vllm_version).base_version)
     if not Version(VLLM_RANGE[0]) <= base <= Version(VLLM_RANGE[1]):
         return f"vllm {env.vllm_version} is outside TRL's supported {VLLM_RANGE[0]} to {VLLM_RANGE[1]} ({_WHERE})"
     if env.vllm_import_error is not None:
-        return f"vllm {env.vllm_version} is installed but does not import ({env.vllm_import_error}; {_WHERE})"
+        return f"vllm {env.vllm_version} is installed but does not import ({env.vllm_import_error})"
     return None
 
 
