@@ -2,8 +2,12 @@
 # The GPU suite, run on the device machine from the repository root (see benchmarks/gpu_suite.py).
 # One call, carry [".whl/gpu"] (tools/gpu_wheels.sh makes it, 53 MiB):
 #   bash benchmarks/gpu_suite.sh throughput zero3 quant     (budget: <= 8 min on one H200)
-#   bash benchmarks/gpu_suite.sh grpo                       (GRPO, bf16 LoRA on Phi-3-mini, vLLM colocate when the
-#                                                            carried wheels hold a vllm in TRL's range; not yet run)
+#   bash benchmarks/gpu_suite.sh grpo                       (GRPO, bf16 LoRA on Phi-3-mini, vLLM colocate when a
+#                                                            vllm in TRL's range imports; not yet run. The device
+#                                                            image has no vllm (and torch 2.11; vllm 0.30.0 pins
+#                                                            torch 2.13, and its 315 MB wheel exceeds the carry), so
+#                                                            there it generates with transformers; the result's
+#                                                            why_not_vllm says why)
 # Rehearsed on the CPU in CI: python benchmarks/gpu_suite.py --rehearse (tests/finetune/test_gpu_suite_offline.py).
 # Results: benchmarks/results/h200-<date>.json, also written to $OUT after each part with gpu_suite.log, so they
 # come back even from a command killed at its limit; copy h200-<date>.json from the run's files_at into

@@ -62,9 +62,15 @@ def run(rehearse: bool) -> dict:
                           mlflow_model=work / "mlflow_model", checkpoints=work / "checkpoints", **values)
     summary = load_entry("finetune").main(argv)
     steps = summary["steps_this_run"]
+    from maap_finetune.training.environment import Environment
+    from maap_finetune.training.plan import vllm_problem
+
     return {
         "settings": values, "model_build_s": round(build_s, 1),
         "generation": "vllm colocate" if summary["plan"]["use_vllm"] else "transformers",
+        # why use_vllm auto chose transformers here (None when vLLM generated)
+        "why_not_vllm": None if summary["plan"]["use_vllm"] else (
+            "use_vllm false" if values["use_vllm"] == "false" else vllm_problem(Environment.detect())),
         "precision": summary["precision"], "steps": steps, "train_runtime_s": summary["train_runtime_s"],
         "seconds_per_step": summary["train_runtime_s"] / steps if steps else None,
         "completions_per_second": (steps * values["per_device_train_batch_size"] / summary["train_runtime_s"]

@@ -1,8 +1,8 @@
 """Tokenization throughput: `tokenize_rows` at a baseline commit against this checkout's, side by side.
 
 The baseline (`main` in the tables: fc38069's row-by-row algorithm unless `--baseline_ref` names another) is
-`src/maap_finetune/training/data.py` as it is at `--baseline_ref` (read with `git show`, so both run in this
-process with the same tokenizer and rows). Rounds alternate the order of the contenders; each round tokenizes
+`src/maap_finetune/training/data.py` as it is at `--baseline_ref` (read with `git show`, so every contender runs
+in this process with the same tokenizer and rows). Rounds alternate the order of the contenders; each round tokenizes
 the whole generated split with max_seq_length 10^6 (nothing truncated) and both contenders' examples are checked
 equal. Reported per contender: tokens per wall second (median over the rounds) and tokens per CPU second of the
 process (every thread counted: a measure that holds on a shared machine). Two tokenizers, both built here and
@@ -13,12 +13,13 @@ prompt) and 8-turn chats.
 
     python benchmarks/tokenize_throughput.py                       # prints a table, writes nothing
     python benchmarks/tokenize_throughput.py --out benchmarks/results/tokenize-cpu2-2026-12-01
-    python benchmarks/tokenize_throughput.py --baseline_ref e563a5c \
-        --out benchmarks/results/tokenize-bisect-cpu2-2026-12-02
+    python benchmarks/tokenize_throughput.py --out benchmarks/results/tokenize-threads-cpu2-2026-12-02
 
-Contenders: `main` (baseline), `batched` (TOKENIZERS_PARALLELISM=false, as Fine-Tune's entry script sets
-it), `batched-parallel` (TOKENIZERS_PARALLELISM=true: the Rust tokenizer encodes a batch on every core) and
-`batched-workers` (one forked process per usable core, as rank 0 runs it in training.tokenized).
+Contenders: `main` (baseline), `workers` (the batched algorithm at `--workers_ref`, spread over one forked
+process per usable core: how rank 0 tokenized until the Rust threads replaced it), `batched` (this checkout,
+one thread: TOKENIZERS_PARALLELISM=false, as Fine-Tune's entry script sets it) and `batched-parallel` (this
+checkout with `parallel=True`: the Rust tokenizer encodes each batch on every core, as rank 0 runs it in
+training.tokenized).
 """
 
 from __future__ import annotations
@@ -40,17 +41,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-CONTENDERS = ("main", "batched", "batched-parallel", "batched-workers")
+CONTENDERS = ("main", "workers", "batched", "batched-parallel")
 
 
-def baseline_module(ref: str):
+def module_at(ref: str, name: str):
+    """training/data.py as it is at git `ref`, imported as module `name`."""
     source = subprocess.run(["git", "show", f"{ref}:src/maap_finetune/training/data.py"], cwd=REPO,
                             capture_output=True, text=True, check=True).stdout
-    path = Path(tempfile.mkdtemp()) / "baseline_data.py"
+    path = Path(tempfile.mkdtemp()) / f"{name}.py"
     path.write_text(source, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("baseline_data", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["baseline_data"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -113,9 +115,8 @@ def _cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def measure(fn, tokenizer, rows, parallel: bool, workers: int):
-    os.environ["TOKENIZERS_PARALLELISM"] = "true" if parallel else "false"
-    kwargs = {"workers": workers} if workers > 1 else {}
+def measure(fn, tokenizer, rows, kwargs: dict):
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # as Fine-Tune's entry script sets it
     wall, cpu = time.perf_counter(), _cpu_seconds()
     examples, stats = fn(tokenizer, rows, 10**6, False, "train", **kwargs)
     wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
@@ -126,6 +127,7 @@ def measure(fn, tokenizer, rows, parallel: bool, workers: int):
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline_ref", default="fc38069")
+    parser.add_argument("--workers_ref", default="de990b1", help="a commit whose tokenize_rows takes workers=N")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--single_rows", type=int, default=1000)
     parser.add_argument("--multi_rows", type=int, default=30)
@@ -136,7 +138,8 @@ def main(argv=None) -> dict:
     from maap_finetune.models.tiny import SAMPLE_DATA, build_tokenizer
     from maap_finetune.training import data as batched
 
-    baseline = baseline_module(args.baseline_ref)
+    baseline = module_at(args.baseline_ref, "baseline_data")
+    forked = module_at(args.workers_ref, "workers_data")
     lines = stdlib_lines(8_000_000)
     started = time.perf_counter()
     tokenizers = {"tiny (1,024)": build_tokenizer([SAMPLE_DATA]),
@@ -145,9 +148,8 @@ def main(argv=None) -> dict:
     datasets = {"single-turn": chats(lines, args.single_rows, 1, 40, 150, seed=1),
                 "8-turn": chats(lines, args.multi_rows, 8, 60, 300, seed=2)}
     workers = len(os.sched_getaffinity(0))
-    functions = {"main": (baseline.tokenize_rows, False, 1), "batched": (batched.tokenize_rows, False, 1),
-                 "batched-parallel": (batched.tokenize_rows, True, 1),
-                 "batched-workers": (batched.tokenize_rows, False, workers)}
+    functions = {"main": (baseline.tokenize_rows, {}), "workers": (forked.tokenize_rows, {"workers": workers}),
+                 "batched": (batched.tokenize_rows, {}), "batched-parallel": (batched.tokenize_rows, {"parallel": True})}
     load_before = os.getloadavg()
     results = []
     for tok_name, tokenizer in tokenizers.items():
@@ -157,8 +159,8 @@ def main(argv=None) -> dict:
                 order = CONTENDERS if r % 2 == 0 else tuple(reversed(CONTENDERS))
                 outputs = {}
                 for name in order:
-                    fn, parallel, n = functions[name]
-                    outputs[name], numbers = measure(fn, tokenizer, rows, parallel, n)
+                    fn, kwargs = functions[name]
+                    outputs[name], numbers = measure(fn, tokenizer, rows, kwargs)
                     rounds[name].append(numbers)
                 assert all(outputs[name] == outputs["main"] for name in CONTENDERS), "outputs differ"
                 del outputs
@@ -179,7 +181,8 @@ def main(argv=None) -> dict:
                     "load_average_before": [round(x, 2) for x in load_before],
                     "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "command": "python benchmarks/tokenize_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "baseline_ref": args.baseline_ref, "rounds": args.rounds, "workers": workers, "results": results,
+        "baseline_ref": args.baseline_ref, "workers_ref": args.workers_ref, "rounds": args.rounds,
+        "workers": workers, "results": results,
     }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -191,26 +194,29 @@ def main(argv=None) -> dict:
 def markdown(report: dict) -> str:
     m = report["machine"]
     out = [
-        f"# Tokenization throughput: tokenize_rows at {report['baseline_ref']} (main) vs this checkout's (batched)",
+        f"# Tokenization throughput: tokenize_rows at {report['baseline_ref']} (main), at {report['workers_ref']} with "
+        "forked workers (workers), and this checkout's (batched, batched-parallel)",
         "",
         f"Machine: {m['cpus']} CPUs, {m['platform']}, Python {m['python']}; load average "
         f"{m['load_average_before']} before, {m['load_average_after']} after (shared machine).",
         f"Baseline: training/data.py at {report['baseline_ref']}. Median of {report['rounds']} alternated rounds; "
         "every round's outputs checked equal. Tokens per second of wall time, and per CPU second of the process.",
         "",
-        f"Command: `{report['command']}`. batched-workers: {report['workers']} forked processes (what rank 0 uses, one per core it may run on).",
+        f"Command: `{report['command']}`. workers: {report['workers']} forked processes (how rank 0 tokenized at "
+        f"{report['workers_ref']}); batched-parallel: the Rust tokenizer's threads on every core (how rank 0 "
+        "tokenizes now); batched: one thread.",
         "",
-        "| tokenizer | data | rows | tokens/row | main tok/s | batched tok/s | batched-parallel tok/s | "
-        "batched-workers tok/s | main tok/cpu-s | batched tok/cpu-s | speedup (batched, parallel, workers) |",
+        "| tokenizer | data | rows | tokens/row | main tok/s | workers tok/s | batched tok/s | "
+        "batched-parallel tok/s | main tok/cpu-s | batched tok/cpu-s | speedup over main (workers, batched, parallel) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for e in report["results"]:
         out.append(
             f"| {e['tokenizer']} | {e['data']} | {e['rows']} | {e['tokens_per_row']:,} | "
-            f"{e['main']['tokens_per_s']:,.0f} | {e['batched']['tokens_per_s']:,.0f} | "
-            f"{e['batched-parallel']['tokens_per_s']:,.0f} | {e['batched-workers']['tokens_per_s']:,.0f} | "
+            f"{e['main']['tokens_per_s']:,.0f} | {e['workers']['tokens_per_s']:,.0f} | "
+            f"{e['batched']['tokens_per_s']:,.0f} | {e['batched-parallel']['tokens_per_s']:,.0f} | "
             f"{e['main']['tokens_per_cpu_s']:,.0f} | {e['batched']['tokens_per_cpu_s']:,.0f} | "
-            f"{e['speedup']['batched']}x, {e['speedup']['batched-parallel']}x, {e['speedup']['batched-workers']}x |"
+            f"{e['speedup']['workers']}x, {e['speedup']['batched']}x, {e['speedup']['batched-parallel']}x |"
         )
     return "\n".join(out) + "\n"
 

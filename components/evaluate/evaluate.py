@@ -13,7 +13,8 @@ Writes to --evaluation: metrics.json ({"task", "base", "finetuned", "deltas", "l
 decision.json ({"passed", "metric", "values", "reason"}), generations.jsonl, report.md,
 report.html and charts/*.png; logs metrics, the gate and the folder to the step's MLflow run. With
 parity_prompts > 0 also parity_reference.json: the fine-tuned model's side of Export ONNX's parity checks,
-computed while it is loaded here (maap_finetune.evaluation.parity_reference).
+computed while it is loaded here (maap_finetune.evaluation.parity_reference); on rft data it is
+teacher-forced on the model's own greedy tokens, the rows holding no answer.
 """
 
 from __future__ import annotations

@@ -28,6 +28,20 @@ def test_every_environment_pins_the_whole_stack():
     assert {n: gpu[n].version for n in shared} == {n: cpu[n].version for n in shared}
 
 
+def test_no_image_pins_vllm_as_the_refusals_say():
+    """vllm 0.30.0, the one in TRL's range that fits the image's torch, cannot join the train-gpu set (its
+    requirements.txt says why), and use_vllm's refusals say so: pinning one must change them too."""
+    from maap_finetune.training.environment import Environment
+    from maap_finetune.training.plan import VLLM_FITS, vllm_problem
+
+    for name in pins.ENVIRONMENTS:
+        assert "vllm" not in pins.environment_pins(pins.ENVIRONMENTS[name]), name
+    notes = (pins.ENVIRONMENTS["train-gpu"].context / "requirements.txt").read_text()
+    assert f"{VLLM_FITS} (torch==2.13.0" in notes and "ResolutionImpossible" in notes
+    gpu = Environment(cuda=True, bf16_supported=True, bitsandbytes=False, deepspeed=False, flash_attn=False)
+    assert "the train-gpu environment has no vllm" in vllm_problem(gpu)
+
+
 @pytest.mark.parametrize("name", sorted(pins.ENVIRONMENTS))
 def test_environment_yaml_loads_with_explicit_version(name):
     from azure.ai.ml import load_environment

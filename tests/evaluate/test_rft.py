@@ -95,3 +95,24 @@ def test_auto_gate_is_the_grader_score_for_rft():
     assert gate.resolve_metric("auto", "rft") == "grader_score"
     assert gate.gate_problems(gate.Gate("loss", min_improvement=0.0), "rft") == [
         "gate_metric 'loss' is not measured for task 'rft'; choose one of grader_score or none"]
+
+
+def test_rft_parity_reference_is_teacher_forced_on_the_tuned_models_greedy_tokens(
+        tmp_path, mlflow_tracking, prepared_rft, finetuned_mlflow_model, tiny_model_dir):
+    """rft rows hold no answer, so Export ONNX's teacher-forced reference continues each prompt with the tuned
+    model's own greedy tokens (the generation entry's): scored positions are exactly those tokens."""
+    from maap_finetune.evaluation import parity_reference
+
+    folder, graders = prepared_rft
+    out = run_evaluate(tmp_path, folder, finetuned_mlflow_model, tiny_model_dir, graders=graders, max_new_tokens=8,
+                       parity_prompts=3, parity_max_new_tokens=6, max_seq_length=256, sample_generations=0)
+    reference = json.loads((out / parity_reference.REFERENCE_FILE).read_text())
+    assert reference["teacher_forced_on"] == parity_reference.ON_GREEDY_TOKENS
+    assert [e["line"] for e in reference["teacher_forced"]] == [g["line"] for g in reference["generation"]] == [1, 2, 3]
+    for generated, forced in zip(reference["generation"], reference["teacher_forced"]):
+        tokens = generated["tokens"]
+        assert 0 < len(tokens) <= 6
+        assert forced["ids"] == generated["prompt_ids"] + tokens and forced["start"] == len(generated["prompt_ids"])
+        assert len(forced["top1"]) == len(forced["nll"]) == len(tokens)
+        assert forced["top1"] == tokens  # greedy: PyTorch's own top-1 at each scored position is the token it chose
+        assert all(nll >= 0 for nll in forced["nll"])

@@ -81,15 +81,28 @@ def test_use_vllm_auto_is_on_only_with_cuda_and_a_vllm_in_trls_range(tmp_path, p
     config = load_entry("finetune").parse_args(_grpo_argv(tmp_path, prepared_rft, tmp_path))
     gpu = dict(cuda=True, bf16_supported=True, bitsandbytes=False, deepspeed=False, flash_attn=False)
     cpu = Environment(**{**gpu, "cuda": False, "bf16_supported": False}, vllm_version="0.30.0")
+    broken = Environment(**gpu, vllm_version="0.30.0", vllm_import_error="ImportError: libcudart.so.12: not found")
     for env, on, why in ((Environment(**gpu, vllm_version="0.30.0+cu129"), True, None),
                          (Environment(**gpu, vllm_version="0.33.0"), False, "outside TRL's supported 0.22.0 to 0.31.0"),
                          (Environment(**gpu), False, "vllm is not installed"),
+                         (broken, False, "vllm 0.30.0 is installed but does not import (ImportError: libcudart.so.12"),
                          (cpu, False, "CUDA GPUs only")):
         assert resolve_vllm(config, env) is on
         assert (vllm_problem(env) is None) if why is None else why in vllm_problem(env)
+    missing = vllm_problem(Environment(**gpu))
+    assert "vllm 0.30.0 fits torch 2.13.0, but the train-gpu environment has no vllm" in missing
     sft = load_entry("finetune").parse_args(_grpo_argv(tmp_path, prepared_rft, tmp_path, training_method="sft",
                                                        graders=None))
     assert resolve_vllm(sft, Environment(**gpu, vllm_version="0.30.0")) is False  # sft generates nothing
+
+
+def test_vllm_import_is_tried_only_where_it_could_run_and_its_failure_is_the_reason():
+    from maap_finetune.training import environment
+
+    assert environment._import_error("json") is None
+    assert environment._import_error("maap_no_such_module").startswith("ModuleNotFoundError: No module named")
+    detected = environment.Environment.detect()  # this machine: no CUDA, so vllm is not imported
+    assert detected.cuda or detected.vllm_import_error is None
 
 
 def _hand_grpo_loss(logps, old, ref, advantages, mask, beta, eps, loss_type, max_completion_length, num_items):

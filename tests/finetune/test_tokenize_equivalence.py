@@ -6,13 +6,14 @@ text and non-ASCII content, truncation, three templates, and text / prompt-compl
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Sequence
 
 import pytest
 
 from maap_finetune.common.errors import UserError
-from maap_finetune.training.data import DEFAULT_CHAT_TEMPLATE, IGNORE_INDEX, _common_prefix, tokenize_rows
+from maap_finetune.training.data import DEFAULT_CHAT_TEMPLATE, IGNORE_INDEX, _common_prefix, rust_threads, tokenize_rows
 
 # ---- the reference: the row-by-row algorithm as it was (two renders per turn, a character loop) ----
 
@@ -179,9 +180,24 @@ def test_batched_tokenizer_equals_the_row_by_row_reference(tokenizer, template, 
         tokenizer.chat_template = original
 
 
-def test_forked_workers_give_the_same_examples_in_order(tokenizer):
+def test_the_rust_tokenizers_threads_give_the_same_examples_in_order(tokenizer, monkeypatch):
     rows = _rows(random.Random(7), 1200, with_tools=True)  # three batches of BATCH_ROWS
-    assert tokenize_rows(tokenizer, rows, 64, False, "train", workers=2) == tokenize_rows(tokenizer, rows, 64, False, "train")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    assert tokenize_rows(tokenizer, rows, 64, False, "train", parallel=True) == tokenize_rows(tokenizer, rows, 64, False, "train")
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"  # switched on for each batch's call only
+
+
+@pytest.mark.parametrize("before", [None, "false", "0"])
+def test_rust_threads_is_on_inside_the_block_and_as_before_after(before, monkeypatch):
+    if before is None:
+        monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    else:
+        monkeypatch.setenv("TOKENIZERS_PARALLELISM", before)
+    with rust_threads(True):
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
+    assert os.environ.get("TOKENIZERS_PARALLELISM") == before
+    with rust_threads(False):
+        assert os.environ.get("TOKENIZERS_PARALLELISM") == before
 
 
 def test_a_template_that_is_not_prefix_preserving_is_refused_as_before(tokenizer):

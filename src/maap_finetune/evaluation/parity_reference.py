@@ -9,6 +9,10 @@ ids and compares, without loading the full PyTorch model again. For the first `p
   Evaluate's loss scores them) the model's top-1 next token and the negative log-likelihood of the
   reference token. Full logits would be vocabulary-sized per position; these two are what the checks read.
 
+rft rows are prompts without an answer, so their reference continuation is the tuned model's own greedy
+tokens (those of the generation entry): teacher-forced on prompt + greedy tokens, the scored positions are
+the greedy tokens, and the NLL is the tuned model's on its own choices (`teacher_forced_on` names which).
+
 What makes the comparison like with like is recorded and checked by `check_reference`: sha256 of the weight
 and tokenizer files (Evaluate scores the merged `mlflow_model`, the folder Export builds from), of the test
 split, `max_seq_length`, `max_new_tokens`, the prompt count; and what the numbers were computed in
@@ -33,6 +37,9 @@ from maap_finetune.common.errors import UserError
 
 REFERENCE_FILE = "parity_reference.json"
 SCHEMA_VERSION = 1
+# What the teacher-forced entries score: the test split's reference answers, or (rft) the greedy tokens.
+ON_REFERENCE_ANSWERS = "reference answers"
+ON_GREEDY_TOKENS = "greedy tokens"
 
 
 @dataclass
@@ -81,13 +88,17 @@ def machine(device: str) -> dict[str, Any]:
 
 
 def parity_inputs(tokenizer, examples, max_new_tokens: int, max_seq_length: int) -> list[dict[str, Any]]:
-    """Token ids both engines see, per example: the generation prompt and the teacher-forced sequence."""
+    """Token ids both engines see, per example: the generation prompt and the teacher-forced sequence; an rft
+    row has no answer, so its sequence is None: `compute` makes it prompt + the greedy tokens."""
     from maap_finetune.evaluation.generation import generation_prompt, loss_sequence, prompt_text
 
     rows = []
     for example in examples:
         prompt_ids = generation_prompt(tokenizer, example, max(1, max_seq_length - max_new_tokens))[0]
-        ids, start, _ = loss_sequence(tokenizer, example, max_seq_length)
+        if example.row is not None:  # rft; the prompt leaves max_new_tokens of room within max_seq_length
+            ids, start = None, len(prompt_ids)
+        else:
+            ids, start, _ = loss_sequence(tokenizer, example, max_seq_length)
         rows.append({"line": example.line, "prompt": prompt_text(example, tokenizer), "prompt_ids": prompt_ids,
                      "ids": ids, "start": start})
     return rows
@@ -134,16 +145,19 @@ def teacher_forced(loaded, ids: list[int], start: int) -> tuple[list[int], list[
 def compute(loaded, inputs: Sequence[Mapping[str, Any]], max_new_tokens: int,
             timed: bool = True) -> tuple[dict[str, Any], Timing | None]:
     """The reference's generation and teacher-forced entries for `inputs` (see `parity_inputs`); `timed` False
-    generates each prompt once, untimed (the fp32 graph check needs the tokens only)."""
+    generates each prompt once, untimed (the fp32 graph check needs the tokens only). A row whose "ids" is None
+    (rft) is teacher-forced on its prompt followed by the greedy tokens generated here."""
     if inputs and timed:  # one untimed run first: one-time costs (allocations, kernel selection) are no one's speed
         torch_greedy(loaded, list(inputs[0]["prompt_ids"]), 2, Timing())
     timing, generation, forced = Timing() if timed else None, [], []
     for row in inputs:
+        tokens = torch_greedy(loaded, list(row["prompt_ids"]), max_new_tokens, timing)
         generation.append({"line": row["line"], "prompt": row["prompt"], "prompt_ids": list(row["prompt_ids"]),
-                           "tokens": torch_greedy(loaded, list(row["prompt_ids"]), max_new_tokens, timing)})
-        entry = {"line": row["line"], "ids": list(row["ids"]), "start": row["start"], "top1": [], "nll": []}
-        if row["start"] < len(row["ids"]):
-            entry["top1"], entry["nll"] = teacher_forced(loaded, list(row["ids"]), row["start"])
+                           "tokens": tokens})
+        ids = list(row["ids"]) if row["ids"] is not None else [*row["prompt_ids"], *tokens]
+        entry = {"line": row["line"], "ids": ids, "start": row["start"], "top1": [], "nll": []}
+        if row["start"] < len(ids):
+            entry["top1"], entry["nll"] = teacher_forced(loaded, ids, row["start"])
         forced.append(entry)
     return {"generation": generation, "teacher_forced": forced}, timing
 
@@ -183,6 +197,7 @@ def build_reference(loaded, examples, model_dir: str | Path, tokenizer_dir: str 
         "engine": f"transformers generate, {dtype} on {device}",
         "machine": machine(device),
         "timing": timing.summary(),
+        "teacher_forced_on": ON_GREEDY_TOKENS if any(row["ids"] is None for row in inputs) else ON_REFERENCE_ANSWERS,
         **entries,
     }
 

@@ -115,7 +115,8 @@ def check_export(config, source, architecture: str, hf_folder: Path, scratch: Pa
         fp32 = graph_check.finish(cut, compared_fp32, hf_folder, decode)
         timings["fp32_graph_check_s"] = cut["seconds"] + compared_fp32["seconds"]  # its build-child part included
     failures = (graph_check.failures(fp32) if fp32 else []) + threshold_failures(
-        teacher_forced, config.min_token_agreement, config.max_loss_delta, config.precision)
+        teacher_forced, config.min_token_agreement, config.max_loss_delta, config.precision,
+        reference.get("teacher_forced_on"))
     pytorch_bytes = builder.folder_bytes(Path(source.model))
     onnx_bytes = builder.folder_bytes(config.onnx_model)
     return {
@@ -133,7 +134,8 @@ def check_export(config, source, architecture: str, hf_folder: Path, scratch: Pa
         "versions": _versions(),
         "thresholds": {"min_token_agreement": config.min_token_agreement, "max_loss_delta": config.max_loss_delta},
         "reference": {k: reference.get(k) for k in ("engine", "dtype", "device", "weights_dtype", "machine",
-                                                    "model_sha256", "prompts", "max_new_tokens", "max_seq_length")},
+                                                    "model_sha256", "prompts", "max_new_tokens", "max_seq_length",
+                                                    "teacher_forced_on")},
         "fp32_parity": fp32,
         "agreement": {"generation": generation, "teacher_forced": teacher_forced},
         "size_bytes": {"pytorch": pytorch_bytes, "onnx": onnx_bytes, "ratio": onnx_bytes / pytorch_bytes if pytorch_bytes else None},

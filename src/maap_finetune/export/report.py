@@ -18,12 +18,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from maap_finetune.evaluation.parity_reference import ON_GREEDY_TOKENS
+
 REPORT_JSON = "export_report.json"
 REPORT_MD = "export_report.md"
 
 
+def scored_tokens_name(teacher_forced_on: str | None) -> str:
+    """What the teacher-forced tokens are, for the report: the test answers', or (rft) the tuned model's greedy ones."""
+    return "tokens of the tuned model's greedy test completions" if teacher_forced_on == ON_GREEDY_TOKENS \
+        else "test tokens"
+
+
 def threshold_failures(teacher_forced: Mapping[str, Any], min_token_agreement: float, max_loss_delta: float,
-                       precision: str) -> list[str]:
+                       precision: str, teacher_forced_on: str | None = None) -> list[str]:
     failures = []
     agreement, delta = teacher_forced.get("top1_agreement"), teacher_forced.get("loss_delta")
     if agreement is None:
@@ -31,8 +39,8 @@ def threshold_failures(teacher_forced: Mapping[str, Any], min_token_agreement: f
     low, high = teacher_forced["top1_agreement_ci95"]
     if high < min_token_agreement:
         failures.append(f"{precision}: top-1 token agreement with PyTorch {agreement:.4f} over "
-                        f"{teacher_forced['scored_tokens']} test tokens (95% interval {low:.4f} to {high:.4f}) is "
-                        f"below min_token_agreement {min_token_agreement}")
+                        f"{teacher_forced['scored_tokens']} {scored_tokens_name(teacher_forced_on)} (95% interval "
+                        f"{low:.4f} to {high:.4f}) is below min_token_agreement {min_token_agreement}")
     if delta > max_loss_delta:
         failures.append(f"{precision}: test loss {teacher_forced['loss_onnx']:.4f} exceeds PyTorch's "
                         f"{teacher_forced['loss_pytorch']:.4f} by {delta:.4f}, more than max_loss_delta {max_loss_delta}")
@@ -71,10 +79,11 @@ def markdown(report: Mapping[str, Any]) -> str:
     size, speed = report["size_bytes"], report["speed"]
     tf = report["agreement"]["teacher_forced"]
     reference = report.get("reference") or {}
+    loss_label = "loss on the greedy tokens" if reference.get("teacher_forced_on") == ON_GREEDY_TOKENS else "test loss"
     lines += ["", "| measure | PyTorch | ONNX Runtime GenAI |", "|---|---|---|",
               f"| engine | {reference.get('engine', 'n/a')} (Evaluate) | {speed['onnx_genai']['engine']} |",
               f"| size on disk (MB) | {size['pytorch'] / 1e6:.2f} | {size['onnx'] / 1e6:.2f} |",
-              f"| test loss (teacher-forced) | {_num(tf.get('loss_pytorch'))} | {_num(tf.get('loss_onnx'))} |",
+              f"| {loss_label} (teacher-forced) | {_num(tf.get('loss_pytorch'))} | {_num(tf.get('loss_onnx'))} |",
               f"| time to first token (s) | {_num(speed['pytorch']['time_to_first_token_s'])} | "
               f"{_num(speed['onnx_genai']['time_to_first_token_s'])} |",
               f"| decode tokens/s | {_num(speed['pytorch']['decode_tokens_per_s'], 1)} | "
@@ -88,7 +97,8 @@ def markdown(report: Mapping[str, Any]) -> str:
     interval = tf.get("top1_agreement_ci95") or [None, None]
     ratio = (f"Decode speed-up {_num(speed['decode_speedup'], 2)}x; {speed.get('note')}." if speed.get("decode_speedup")
              else f"No decode speed-up: {speed.get('note')}.")
-    lines += [f"Top-1 token agreement {_num(tf.get('top1_agreement'))} over {tf.get('scored_tokens')} test tokens "
+    lines += [f"Top-1 token agreement {_num(tf.get('top1_agreement'))} over {tf.get('scored_tokens')} "
+              f"{scored_tokens_name(reference.get('teacher_forced_on'))} "
               f"(95% interval {_num(interval[0])} to {_num(interval[1])}; the export fails when its upper end is "
               f"below {report['thresholds']['min_token_agreement']}); loss delta {_num(tf.get('loss_delta'))} "
               f"(max {report['thresholds']['max_loss_delta']}). {ratio}", ""]

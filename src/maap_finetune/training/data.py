@@ -11,8 +11,9 @@ pre-tokenized dataset (`input_ids`, `labels`), so TRL does no second tokenizatio
 Rows go in batches of BATCH_ROWS: every render of a batch is one `apply_chat_template` call, every text one
 tokenizer call (the Rust tokenizer encodes a batch at once), and each span's first and last token are found by
 bisection over the Rust Encoding (`token_to_chars`), so no token's offsets become Python objects;
-`iter_tokenized(workers=N)` spreads the batches over N forked processes. The ids, labels and counts
-equal the row-by-row algorithm's (tests/finetune/test_tokenize_equivalence.py keeps it as the reference).
+`iter_tokenized(parallel=True)` lets the Rust tokenizer encode each batch on every core (its own threads,
+switched on for that call only). The ids, labels and counts equal the row-by-row algorithm's
+(tests/finetune/test_tokenize_equivalence.py keeps it as the reference).
 
 Rows in the Azure OpenAI format: an assistant message with `"weight": 0` is context, not learned;
 every other assistant turn is (tool-call turns included). A row's `tools` go to the template.
@@ -303,19 +304,36 @@ def _encode_batch(tokenizer, rows: Sequence[dict[str, Any]], train_on_prompt: bo
 
 BATCH_ROWS = 512  # rows per batched render / tokenizer call
 
-_worker: tuple | None = None  # (tokenizer, train_on_prompt) in a forked worker
+
+@contextlib.contextmanager
+def rust_threads(enabled: bool):
+    """The Rust tokenizer's own threads on (TOKENIZERS_PARALLELISM=true) inside the block, then as before.
+
+    `tokenizers` reads the variable at each batch call, so this scopes it to one call. Measured on 2 cores
+    (benchmarks/tokenize_throughput.py) it beats forked workers for every tokenizer and data set: the render is
+    the small Python part, the encode the large Rust one. A process forked later (DataLoader workers) sees
+    the variable as it was (Fine-Tune sets false), or, where it was unset, the library's own fork guard turns
+    the threads off in the child."""
+    import os
+
+    if not enabled:
+        yield
+        return
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
-def _init_worker(tokenizer, train_on_prompt: bool) -> None:
-    global _worker
-    _worker = (tokenizer, train_on_prompt)
-
-
-def _encode_flat(batch: list[dict[str, Any]], tokenizer=None, train_on_prompt: bool | None = None):
-    """A batch's rows as (lengths, ids, labels), three flat int64 arrays: cheap to send between processes."""
-    if tokenizer is None:
-        tokenizer, train_on_prompt = _worker
-    encoded = _encode_batch(tokenizer, batch, train_on_prompt)
+def _encode_flat(batch: list[dict[str, Any]], tokenizer, train_on_prompt: bool, parallel: bool):
+    """A batch's rows as (lengths, ids, labels), three flat int64 arrays."""
+    with rust_threads(parallel):
+        encoded = _encode_batch(tokenizer, batch, train_on_prompt)
     lengths = np.fromiter((len(ids) for ids, _ in encoded), dtype=np.int64, count=len(encoded))
     if not len(encoded):
         return lengths, np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -326,40 +344,29 @@ def _encode_flat(batch: list[dict[str, Any]], tokenizer=None, train_on_prompt: b
 
 def iter_tokenized(
     tokenizer, rows: Iterable[dict[str, Any]], max_seq_length: int, train_on_prompt: bool, stats: TokenizeStats,
-    workers: int = 1,
+    parallel: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(ids, labels) of every row that keeps a learnable token, truncated to `max_seq_length` (keeping the
-    start), as int64 arrays; `stats` counts what happened. With `workers` > 1 the batches are encoded by that
-    many forked processes (the rendering is Python, one core each), in order."""
+    start), as int64 arrays; `stats` counts what happened. With `parallel` the Rust tokenizer encodes each
+    batch on every core (see `rust_threads`)."""
     iterator = iter(rows)
-    batches = iter(lambda: list(islice(iterator, BATCH_ROWS)), [])
-    with contextlib.ExitStack() as stack:
-        if workers > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            pool = stack.enter_context(ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("fork"),
-                initializer=_init_worker, initargs=(tokenizer, train_on_prompt)))
-            encoded = pool.map(_encode_flat, batches)
-        else:
-            encoded = (_encode_flat(batch, tokenizer, train_on_prompt) for batch in batches)
-        for lengths, flat_ids, flat_labels in encoded:
-            bounds = np.concatenate(([0], np.cumsum(lengths))).tolist()
-            for start, stop in zip(bounds[:-1], bounds[1:]):
-                stats.rows += 1
-                if stop - start > max_seq_length:
-                    stats.truncated += 1
-                    stop = start + max_seq_length
-                ids, labels = flat_ids[start:stop], flat_labels[start:stop]
-                learned = int(np.count_nonzero(labels != IGNORE_INDEX))
-                if not learned:
-                    stats.dropped_no_target += 1
-                    stats.dropped_rows.append(stats.rows)
-                    continue
-                stats.tokens += len(ids)
-                stats.target_tokens += learned
-                yield ids, labels
+    for batch in iter(lambda: list(islice(iterator, BATCH_ROWS)), []):
+        lengths, flat_ids, flat_labels = _encode_flat(batch, tokenizer, train_on_prompt, parallel)
+        bounds = np.concatenate(([0], np.cumsum(lengths))).tolist()
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            stats.rows += 1
+            if stop - start > max_seq_length:
+                stats.truncated += 1
+                stop = start + max_seq_length
+            ids, labels = flat_ids[start:stop], flat_labels[start:stop]
+            learned = int(np.count_nonzero(labels != IGNORE_INDEX))
+            if not learned:
+                stats.dropped_no_target += 1
+                stats.dropped_rows.append(stats.rows)
+                continue
+            stats.tokens += len(ids)
+            stats.target_tokens += learned
+            yield ids, labels
 
 
 def log_counts(stats: TokenizeStats, max_seq_length: int, split: str) -> None:
@@ -379,13 +386,13 @@ def log_counts(stats: TokenizeStats, max_seq_length: int, split: str) -> None:
 
 def tokenize_rows(
     tokenizer, rows: Iterable[dict[str, Any]], max_seq_length: int, train_on_prompt: bool, split: str,
-    workers: int = 1,
+    parallel: bool = False,
 ) -> tuple[list[dict[str, list[int]]], TokenizeStats]:
     """Tokenize every row, truncate to `max_seq_length` (keeping the start) and count what happened."""
     stats = TokenizeStats()
     examples = [
         {"input_ids": ids.tolist(), "labels": labels.tolist(), "length": len(ids)}
-        for ids, labels in iter_tokenized(tokenizer, rows, max_seq_length, train_on_prompt, stats, workers)
+        for ids, labels in iter_tokenized(tokenizer, rows, max_seq_length, train_on_prompt, stats, parallel)
     ]
     log_counts(stats, max_seq_length, split)
     return examples, stats

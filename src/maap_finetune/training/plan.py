@@ -81,19 +81,27 @@ def resolve_liger(config: FinetuneConfig, env: Environment) -> bool:
 
 # trl 1.16's supported vLLM range (trl.import_utils.is_vllm_available; a test reads it from the installed trl).
 VLLM_RANGE = ("0.22.0", "0.31.0")
+# The vllm in TRL's range that fits the train-gpu image's torch 2.13.0 and transformers. The image cannot hold it
+# (its requirements.txt says why), so no environment pins it; a test checks that this stays said.
+VLLM_FITS = "0.30.0"
+_WHERE = (f"vllm {VLLM_FITS} fits torch 2.13.0, but the train-gpu environment has no vllm: it conflicts with "
+          "azureml-inference-server-http's opentelemetry pins")
 
 
 def vllm_problem(env: Environment) -> str | None:
-    """Why vLLM colocate cannot run here (None: it can): it needs CUDA and a vllm in TRL's supported range."""
+    """Why vLLM colocate cannot run here (None: it can): it needs CUDA and a vllm in TRL's supported range
+    that imports."""
     from packaging.version import Version
 
     if not env.cuda:
         return "vLLM generates on CUDA GPUs only and this machine has none"
     if env.vllm_version is None:
-        return f"vllm is not installed (TRL supports vllm {VLLM_RANGE[0]} to {VLLM_RANGE[1]})"
+        return f"vllm is not installed ({_WHERE}; TRL supports vllm {VLLM_RANGE[0]} to {VLLM_RANGE[1]})"
     base = Version(Version(env.vllm_version).base_version)
     if not Version(VLLM_RANGE[0]) <= base <= Version(VLLM_RANGE[1]):
-        return f"vllm {env.vllm_version} is outside TRL's supported {VLLM_RANGE[0]} to {VLLM_RANGE[1]}"
+        return f"vllm {env.vllm_version} is outside TRL's supported {VLLM_RANGE[0]} to {VLLM_RANGE[1]} ({_WHERE})"
+    if env.vllm_import_error is not None:
+        return f"vllm {env.vllm_version} is installed but does not import ({env.vllm_import_error})"
     return None
 
 

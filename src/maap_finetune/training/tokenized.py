@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from maap_finetune.common import tracking
-from maap_finetune.training.data import BATCH_ROWS, TokenizeStats, iter_tokenized, log_counts
+from maap_finetune.training.data import TokenizeStats, iter_tokenized, log_counts
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,6 @@ def key_of(tokenizer, prepared, max_seq_length: int, train_on_prompt: bool) -> s
     return digest.hexdigest()
 
 
-def workers_for(rows: int) -> int:
-    """Processes for rank 0's tokenization: every core it may use (the other ranks wait for it), but no more
-    than there are batches of rows."""
-    import os
-
-    return max(1, min(len(os.sched_getaffinity(0)), -(-rows // BATCH_ROWS)))
-
-
 def _table(examples) -> Any:
     """An Arrow table (input_ids, labels: list<int32>; length: int64) built chunk by chunk from numpy arrays."""
     import numpy as np
@@ -117,9 +109,9 @@ def _write(tokenizer, prepared, max_seq_length: int, train_on_prompt: bool, fold
     stats = {}
     for split in SPLITS:
         split_stats = TokenizeStats()
-        workers = workers_for(prepared.split_rows[split])
+        # Every core: the other ranks wait at the barrier meanwhile.
         table = _table(iter_tokenized(tokenizer, prepared.rows(split), max_seq_length, train_on_prompt, split_stats,
-                                      workers))
+                                      parallel=True))
         with _quiet_datasets():
             Dataset(table).save_to_disk(str(partial / split))
         log_counts(split_stats, max_seq_length, split)
