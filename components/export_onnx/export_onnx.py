@@ -15,8 +15,8 @@ meanwhile), then the int4 export's agreement, loss and speed against the referen
 
 The full PyTorch model is never loaded here: the PyTorch side of the comparison is Evaluate's
 parity_reference.json (maap_finetune.evaluation.parity_reference), and the fp32 graph check loads only
-the first fp32_parity_layers layers (maap_finetune.export.graph_check). On rft data (prompts without
-answers) that reference is teacher-forced on the tuned model's own greedy completions, and the agreement
+the first fp32_parity_layers layers, with a cut vocabulary (maap_finetune.export.graph_check). On rft
+data (prompts without answers) that reference is teacher-forced on the tuned model's own greedy completions, and the agreement
 and loss thresholds apply to those tokens. Scratch files live in one
 temporary folder, removed on every exit (a SIGTERM included).
 """

@@ -1,7 +1,9 @@
 """The fp32 graph check is sound: it passes the builder's own graph and fails a broken weight or a broken graph.
 
 The check runs on the tiny fine-tuned model (a trained model: its logits mean something, unlike a random
-init's near-uniform ones) cut to its first layer, against PyTorch running the same cut model in fp32.
+init's near-uniform ones) cut to its first layer and to part of its vocabulary (SPREAD ids beside the ones
+the reference uses: the tiny vocabulary of about a thousand ids would be kept whole by the step's
+SPREAD_IDS), against PyTorch running the same cut model in fp32.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import pytest
 from maap_finetune.export import builder, graph_check
 from maap_finetune.models.source import resolve_model_source
 
+SPREAD = 64
+
 
 @pytest.fixture(scope="module")
 def cut_check(tmp_path_factory, finetuned_mlflow_model, tiny_reference):
@@ -24,10 +28,11 @@ def cut_check(tmp_path_factory, finetuned_mlflow_model, tiny_reference):
     scratch = tmp_path_factory.mktemp("graph-check")
     source = resolve_model_source(finetuned_mlflow_model, None)
     hf = builder.stage_hf_folder(Path(source.model), Path(source.tokenizer), scratch / "hf")
-    cut_dir, kept = graph_check.prepare_cut(hf, Path(source.tokenizer), 1, scratch / "cut")
+    cut_dir, kept = graph_check.prepare_cut(hf, Path(source.tokenizer), 1, scratch / "cut", tiny_reference, SPREAD)
     assert kept == 1
     reference = graph_check.pytorch_reference(cut_dir, Path(source.tokenizer), tiny_reference)
-    onnx_dir = builder.build(cut_dir, scratch / "onnx", "fp32", "cpu", scratch / "cache", 32, None)
+    assert 0 < len(reference["vocabulary"]) < json.loads((hf / "config.json").read_text())["vocab_size"] // 2
+    onnx_dir = graph_check.build_cut(cut_dir, scratch / "onnx", "cpu", scratch / "cache", in_child=True)
     tokenizer = AutoTokenizer.from_pretrained(source.tokenizer)
     return reference, onnx_dir, lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True), scratch
 
@@ -51,13 +56,35 @@ def test_the_cut_copy_holds_only_the_first_layers(tmp_path, finetuned_mlflow_mod
 
 
 def test_cut_to_every_layer_the_pytorch_side_is_evaluates_reference(tmp_path, finetuned_mlflow_model, tiny_reference):
-    """The cut copy is the model itself when it keeps every layer: the same tokens, top-1 and NLL as Evaluate's."""
+    """The cut copy is the model itself when it keeps every layer and id: the same tokens, top-1 and NLL as
+    Evaluate's."""
     source = resolve_model_source(finetuned_mlflow_model, None)
     cut_dir, _ = graph_check.prepare_cut(Path(source.model), Path(source.tokenizer), 2, tmp_path / "cut")
     reference = graph_check.pytorch_reference(cut_dir, Path(source.tokenizer), tiny_reference)
     assert [g["tokens"] for g in reference["generation"]] == [g["tokens"] for g in tiny_reference["generation"]]
     for got, want in zip(reference["teacher_forced"], tiny_reference["teacher_forced"]):
         assert got["top1"] == want["top1"] and got["nll"] == pytest.approx(want["nll"], abs=1e-6)
+
+
+def test_with_every_layer_the_cut_vocabulary_renumbers_evaluates_reference(tmp_path, finetuned_mlflow_model,
+                                                                          tiny_reference):
+    """Every layer kept and the vocabulary cut: renumbered back, the same greedy tokens and top-1 as Evaluate's
+    (they are kept ids, so the argmax over the kept rows is the full argmax), and each NLL no larger (the
+    softmax sums fewer rows), and smaller somewhere."""
+    source = resolve_model_source(finetuned_mlflow_model, None)
+    cut_dir, _ = graph_check.prepare_cut(Path(source.model), Path(source.tokenizer), 2, tmp_path / "cut",
+                                         tiny_reference, SPREAD)
+    reference = graph_check.pytorch_reference(cut_dir, Path(source.tokenizer), tiny_reference)
+    ids = reference["vocabulary"]
+    assert json.loads((cut_dir / "config.json").read_text())["vocab_size"] == len(ids) < 1000
+    assert [[ids[t] for t in g["tokens"]] for g in reference["generation"]] == [
+        g["tokens"] for g in tiny_reference["generation"]]
+    smaller = 0
+    for got, want in zip(reference["teacher_forced"], tiny_reference["teacher_forced"]):
+        assert [ids[t] for t in got["ids"]] == want["ids"] and [ids[t] for t in got["top1"]] == want["top1"]
+        assert all(g <= w + 1e-6 for g, w in zip(got["nll"], want["nll"]))
+        smaller += sum(g < w - 1e-4 for g, w in zip(got["nll"], want["nll"]))
+    assert smaller > 0
 
 
 def test_the_builders_fp32_graph_passes_with_a_wide_margin(cut_check):
@@ -91,6 +118,29 @@ def _scale_down_proj(model):
 def _tanh_for_sigmoid(model):
     (node,) = [n for n in model.graph.node if n.name == "/model/layers.0/mlp/act_fn/Sigmoid"]
     node.op_type = "Tanh"
+
+
+def _used_embedding_row(reference):
+    """An edit that scales by 1% the embedding row of one cut-vocabulary id the prompts read."""
+    row = reference["generation"][0]["prompt_ids"][-1]
+
+    def _scale_embedding_row(model):
+        from onnx import numpy_helper
+
+        (tensor,) = [t for t in model.graph.initializer if t.name == "model.embed_tokens.weight"]
+        table = numpy_helper.to_array(tensor).copy()
+        table[row] *= 1.01
+        tensor.CopyFrom(numpy_helper.from_array(table, tensor.name))
+
+    return _scale_embedding_row
+
+
+def test_a_broken_row_of_the_cut_embedding_fails_the_check(cut_check):
+    """The renumbering is right on both sides: a 1% change to the row of an id the prompts use is caught."""
+    reference, onnx_dir, decode, scratch = cut_check
+    broken = _edited_copy(onnx_dir, scratch / "embedding_row", _used_embedding_row(reference))
+    failures, result = _failures(reference, broken, decode)
+    assert failures and result["teacher_forced"]["max_token_nll_delta"] > 2 * graph_check.NLL_TOLERANCE
 
 
 @pytest.mark.parametrize("edit", [_scale_down_proj, _tanh_for_sigmoid], ids=["weight_scaled_1pct", "silu_to_tanh"])
