@@ -116,6 +116,9 @@ def cut_model(model_dir: Path, layers: int, dest: Path, vocabulary: list[int] | 
     if rows is not None:
         renumbered = _renumber_special(rows, special)
         config["vocab_size"] = len(rows)
+        if isinstance(config.get("dummy_token_indices"), list):  # Phi-3-small's masked LM-head ids
+            kept_ids = {old: index for index, old in enumerate(rows)}
+            config["dummy_token_indices"] = [kept_ids[i] for i in config["dummy_token_indices"] if i in kept_ids]
         for written in configs.values():
             written.update({f"{k}_token_id": v for k, v in renumbered.items()})
         (dest / VOCABULARY_FILE).write_text(json.dumps({"ids": rows, "special": renumbered}), encoding="utf-8")
