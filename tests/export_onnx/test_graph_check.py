@@ -151,3 +151,22 @@ def test_a_broken_weight_or_graph_fails_the_check(cut_check, edit):
     assert failures and all(f.startswith("fp32 graph check (first 1 of 2 layers)") for f in failures)
     # Measured: 5.2e-3 nats for the 1% scale of one tensor of the tiny model, against < 1e-4 unbroken.
     assert result["teacher_forced"]["max_token_nll_delta"] > 2 * graph_check.NLL_TOLERANCE
+
+
+def test_a_cut_vocabulary_renumbers_the_masked_lm_head_ids(tmp_path, finetuned_mlflow_model, tiny_reference):
+    """Phi-3-small's config lists LM-head ids the builder masks: the cut copy keeps the kept ones, renumbered."""
+    source = resolve_model_source(finetuned_mlflow_model, None)
+    model = tmp_path / "model"
+    model.mkdir()
+    for path in Path(source.model).iterdir():
+        (model / path.name).symlink_to(path.resolve())
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").unlink()
+    prompt_id = tiny_reference["generation"][0]["prompt_ids"][0]
+    (model / "config.json").write_text(json.dumps({**config, "dummy_token_indices": [prompt_id, config["vocab_size"] - 2]}))
+    vocabulary = graph_check.kept_vocabulary(config["vocab_size"], tiny_reference,
+                                             graph_check.special_ids(model, Path(source.tokenizer)), SPREAD)
+    assert config["vocab_size"] - 2 not in vocabulary  # masked, and not kept: dropped from the cut copy's mask
+    cut_dir, _ = graph_check.cut_model(model, 1, tmp_path / "cut", vocabulary,
+                                       graph_check.special_ids(model, Path(source.tokenizer)))
+    assert json.loads((cut_dir / "config.json").read_text())["dummy_token_indices"] == [vocabulary.index(prompt_id)]
