@@ -222,9 +222,23 @@ def peak_cell(entry: dict) -> str:
     return gb(entry["peak_rss_bytes"]) + (f" ({gb(anon)} anonymous)" if anon else "")
 
 
+def ratios(runs: dict[str, list[dict]]) -> list[str]:
+    """One row per run and size that has both the builder alone and the step: the step's wall time and peak
+    over the builder's, measured back to back."""
+    rows = [f"| {label} | {r['size']} | {r['builder_alone']['wall_s']:.1f} | {r['step']['wall_s']:.1f} | "
+            f"{r['step']['wall_s'] / r['builder_alone']['wall_s']:.2f}x | "
+            f"{r['step']['peak_rss_bytes'] / r['builder_alone']['peak_rss_bytes']:.2f}x |"
+            for label, results in runs.items() for r in results if "builder_alone" in r and "step" in r]
+    if not rows:
+        return []
+    return ["## step / builder alone, per run", "", "| run | size | builder alone (s) | step (s) | wall time | peak RSS |",
+            "|---|---|---|---|---|---|", *rows, ""]
+
+
 def markdown(runs: dict[str, list[dict]]) -> str:
-    """One table per run (label -> its results): each phase's seconds and peak, per size; then the slopes."""
-    out = []
+    """The ratios, then one table per run (label -> its results): each phase's seconds and peak, per size;
+    then the slopes."""
+    out = ratios(runs)
     for label, results in runs.items():
         out += [f"## {label}", "", "| size | what | seconds | peak RSS | bytes/param |", "|---|---|---|---|---|"]
         for r in results:

@@ -10,8 +10,8 @@ Order: the gate (Evaluate's decision.json; a failed gate writes the reason and e
 before any weight is read (architecture, precision x provider, Evaluate's parity reference computed for
 these weights and settings, tokenizer and chat template) -> in one child process, the fp32 graph check's
 cut copy (built as fp32 and run by PyTorch), then the full build with onnxruntime-genai's model builder ->
-the int4 export's agreement, loss and speed against the reference -> the cut copy's fp32 graph against its
-PyTorch run -> export_report.json/.md -> register as <registered_model_name>-onnx when every check passed.
+in a second child process, the cut copy's fp32 graph against its PyTorch run (MLflow imported here
+meanwhile), then the int4 export's agreement, loss and speed against the reference -> export_report.json/.md -> register as <registered_model_name>-onnx when every check passed.
 
 The full PyTorch model is never loaded here: the PyTorch side of the comparison is Evaluate's
 parity_reference.json (maap_finetune.evaluation.parity_reference), and the fp32 graph check loads only
@@ -131,9 +131,23 @@ def run(config: Config) -> dict:
         child.build(hf, config.onnx_model, config.precision, config.execution_provider, scratch / "cache",
                     config.int4_block_size, config.int4_accuracy_level)
         build_seconds = time.perf_counter() - start
-        child.close()  # its memory goes back to the system before the parity runs load the export here
-        report = check_export(config, source, architecture, hf, scratch, build_seconds, reference, cut)
+        child.close()  # its memory goes back to the system before the parity runs load the export
+        report = check_export(config, source, architecture, hf, scratch, build_seconds, reference, cut,
+                              meanwhile=open_tracking)
     return finish(config, report)
+
+
+def open_tracking() -> None:
+    """Import MLflow and open its store (a new SQLite store creates its tables first: seconds) while the
+    parity checks run in their child process, so that registration starts at once after them. Not earlier:
+    beside the build child's peak, MLflow's imports would add to the step's."""
+    import mlflow
+
+    from maap_finetune.common import tracking
+    from maap_finetune.registry import target
+
+    if tracking.is_main_process() and not target.running_in_azure_ml():
+        mlflow.MlflowClient().search_registered_models(max_results=1)
 
 
 def prepare_graph_check(config: Config, source, hf: Path, scratch: Path, reference: dict, child) -> dict | None:

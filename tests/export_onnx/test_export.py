@@ -74,19 +74,20 @@ def test_int4_report_is_well_formed_and_checks_fp32_parity_too(
 
 def test_a_diverging_fp32_token_registers_nothing_and_the_report_shows_where(
         tmp_path, finetuned_mlflow_model, prepared_chat, gate_passed, mlflow_tracking, monkeypatch, capsys):
-    from maap_finetune.export import parity
+    entry = export_entry()
+    real = entry.prepare_graph_check
 
-    real = parity.onnx_greedy
+    def pytorch_off_by_one_at_token_2(*args):
+        # The cut copy's PyTorch side, as the build child returns it (the ONNX side runs in another child)
+        cut = real(*args)
+        for prompt in cut["reference"]["generation"]:
+            if len(prompt["tokens"]) > 2:
+                prompt["tokens"][2] = (prompt["tokens"][2] + 1) % 700
+        return cut
 
-    def off_by_one_at_token_2(model, prompt_ids, max_new_tokens, timing):
-        tokens = real(model, prompt_ids, max_new_tokens, timing)
-        if len(tokens) > 2:
-            tokens[2] = (tokens[2] + 1) % 700
-        return tokens
-
-    monkeypatch.setattr(parity, "onnx_greedy", off_by_one_at_token_2)
+    monkeypatch.setattr(entry, "prepare_graph_check", pytorch_off_by_one_at_token_2)
     # a failed check is a quality decision: the step succeeds, registers nothing and says why and what to change
-    export_entry().main(export_argv(tmp_path, finetuned_mlflow_model, gate_passed, prepared_chat, precision="fp32"))
+    entry.main(export_argv(tmp_path, finetuned_mlflow_model, gate_passed, prepared_chat, precision="fp32"))
     out = capsys.readouterr().out
     assert "model not registered: the export failed its checks" in out and "at generated token 2" in out
     assert "fix: " in out

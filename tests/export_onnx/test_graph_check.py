@@ -33,7 +33,7 @@ def cut_check(tmp_path_factory, finetuned_mlflow_model, tiny_reference):
 
 
 def _failures(reference, onnx_dir, decode) -> list[str]:
-    result = graph_check.compare(reference, onnx_dir, "cpu", decode)
+    result = graph_check.compare(reference, onnx_dir, decode)
     return graph_check.failures({"layers": 1, "model_layers": 2, **result}), result
 
 

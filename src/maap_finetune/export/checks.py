@@ -64,36 +64,56 @@ def speed(reference: dict[str, Any], onnx_timing, precision: str, execution_prov
             "decode_speedup": ratio, "same_machine": same, "note": note, "prompts": len(reference["generation"])}
 
 
+def compare_cut_in_child(cut: dict[str, Any], scratch: str) -> dict:
+    """The checks' child's first job: the cut copy's fp32 graph against its PyTorch run (untimed)."""
+    from maap_finetune.export import graph_check
+
+    print("[export_onnx] comparing the fp32 graph check's cut copy with its PyTorch run", flush=True)
+    return graph_check.compare_cut(cut, scratch)
+
+
+def compare_export_in_child(onnx_model: str, reference: dict[str, Any]) -> dict:
+    """The checks' child's second job: the export against Evaluate's reference (timed)."""
+    from maap_finetune.export import parity
+
+    print(f"[export_onnx] comparing the export with Evaluate's reference on {len(reference['generation'])} prompts",
+          flush=True)
+    return parity.compare(Path(onnx_model), reference)
+
+
 def check_export(config, source, architecture: str, hf_folder: Path, scratch: Path, build_seconds: float,
-                 reference: dict[str, Any], cut: dict[str, Any] | None) -> dict[str, Any]:
+                 reference: dict[str, Any], cut: dict[str, Any] | None, meanwhile=None) -> dict[str, Any]:
     """The parity checks of the built export; `cut` is the fp32 graph check's prepared cut copy
-    (graph_check.prepare, run in the build child), None when the check is off."""
-    import time
+    (graph_check.prepare, run in the build child), None when the check is off.
 
-    from transformers import AutoTokenizer
-
+    Both comparisons run in a child process of their own (onnxruntime_genai holds the GIL while it
+    generates, so a thread could not overlap them). While the child compares the cut copy (on one thread),
+    this process loads the tokenizer and runs `meanwhile` (the registration's imports); the timed
+    comparison of the export is submitted only then, so that nothing else of this step runs beside it."""
     from maap_finetune.export import builder, graph_check, parity
     from maap_finetune.export.report import threshold_failures
 
-    tokenizer = AutoTokenizer.from_pretrained(source.tokenizer)
+    with builder.BuildChild() as child:
+        fp32_job = None if cut is None else child.submit(
+            compare_cut_in_child, {"layers": cut["layers"], "reference": cut["reference"]}, str(scratch))
+        from transformers import AutoTokenizer  # after the child's start: its import is seconds
+
+        tokenizer = AutoTokenizer.from_pretrained(source.tokenizer)
+        if meanwhile is not None:
+            meanwhile()
+        exported = child.submit(compare_export_in_child, str(config.onnx_model), reference).result()
+        compared_fp32 = None if fp32_job is None else fp32_job.result()
 
     def decode(tokens):
         return tokenizer.decode(tokens, skip_special_tokens=True)
 
-    timings = {"build_s": build_seconds}
-    print(f"[export_onnx] comparing the export with Evaluate's reference on {len(reference['generation'])} prompts",
-          flush=True)
-    start = time.perf_counter()
-    results, onnx_timing = parity.compare_generation(config.onnx_model, reference, decode)
-    generation = parity.generation_summary(results)
-    teacher_forced = parity.compare_teacher_forced(config.onnx_model, reference, config.execution_provider)
-    timings["compare_s"] = time.perf_counter() - start
+    generation = parity.generation_summary(parity.add_texts(exported["results"], decode))
+    teacher_forced, onnx_timing = parity.with_interval(exported["teacher_forced"]), exported["timing"]
+    timings = {"build_s": build_seconds, "compare_s": exported["seconds"]}
     fp32 = None
     if cut is not None:
-        print("[export_onnx] comparing the fp32 graph check's cut copy with its PyTorch run", flush=True)
-        start = time.perf_counter()
-        fp32 = graph_check.finish(cut, hf_folder, config.execution_provider, scratch, decode)
-        timings["fp32_graph_check_s"] = cut["seconds"] + time.perf_counter() - start  # its child part included
+        fp32 = graph_check.finish(cut, compared_fp32, hf_folder, decode)
+        timings["fp32_graph_check_s"] = cut["seconds"] + compared_fp32["seconds"]  # its build-child part included
     failures = (graph_check.failures(fp32) if fp32 else []) + threshold_failures(
         teacher_forced, config.min_token_agreement, config.max_loss_delta, config.precision,
         reference.get("teacher_forced_on"))

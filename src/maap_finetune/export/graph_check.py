@@ -67,26 +67,39 @@ def pytorch_reference(cut_dir: Path, tokenizer_dir: Path, reference: Mapping[str
     """The cut model's PyTorch fp32 reference on the same ids as Evaluate's reference."""
     import gc
 
+    import torch
+
     from maap_finetune.evaluation import parity_reference
     from maap_finetune.evaluation.generation import load_model
 
     inputs = [{**g, **t} for g, t in zip(reference["generation"], reference["teacher_forced"])]
     loaded = load_model(str(cut_dir), str(tokenizer_dir), trust_remote_code=False, device="cpu")
-    entries, _ = parity_reference.compute(loaded, inputs, reference["max_new_tokens"], timed=False)
+    # One thread: a few layers' one-token steps are many small ops, which a second thread's hand-offs slow
+    # down (measured on 2 cores: 32 decode steps of a 2-layer 0.1b cut in 3.8 s on 2 threads, 0.5 s on 1).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        entries, _ = parity_reference.compute(loaded, inputs, reference["max_new_tokens"], timed=False)
+    finally:
+        torch.set_num_threads(threads)
     del loaded
     gc.collect()
     return {"max_new_tokens": reference["max_new_tokens"], **entries}
 
 
-def compare(cut_reference: Mapping[str, Any], onnx_dir: Path, execution_provider: str, decode) -> dict[str, Any]:
+def compare(cut_reference: Mapping[str, Any], onnx_dir: Path, decode) -> dict[str, Any]:
     """The fp32 graph check's result: the generation summary plus the teacher-forced comparison."""
     from maap_finetune.export import parity
 
-    results, _ = parity.compare_generation(onnx_dir, cut_reference, decode, timed=False)
-    summary = parity.generation_summary(results)
-    summary["teacher_forced"] = parity.compare_teacher_forced(onnx_dir, cut_reference, execution_provider)
-    summary["nll_tolerance"] = NLL_TOLERANCE
-    return summary
+    return summary(parity.compare(onnx_dir, cut_reference, timed=False), decode)
+
+
+def summary(compared: Mapping[str, Any], decode) -> dict[str, Any]:
+    """`parity.compare`'s result for the cut copy as the check's result (its texts decoded here)."""
+    from maap_finetune.export import parity
+
+    result = parity.generation_summary(parity.add_texts(compared["results"], decode))
+    return {**result, "teacher_forced": parity.with_interval(compared["teacher_forced"]), "nll_tolerance": NLL_TOLERANCE}
 
 
 def prepare_cut(hf_folder: Path, tokenizer_dir: Path, layers: int, dest: Path) -> tuple[Path, int]:
@@ -118,25 +131,33 @@ def prepare(hf_folder: str, tokenizer_dir: str, reference: Mapping[str, Any], la
     return {"layers": kept, "reference": pytorch_reference(cut_dir, Path(tokenizer_dir), reference)}
 
 
-def finish(prepared: Mapping[str, Any], hf_folder: Path, execution_provider: str, scratch: Path,
-           decode) -> dict[str, Any]:
-    """The cut copy's fp32 ONNX graph against its PyTorch reference; the scratch files are removed after."""
+def compare_cut(prepared: Mapping[str, Any], scratch: str) -> dict[str, Any]:
+    """The cut copy's fp32 ONNX graph run on its PyTorch reference's ids (`parity.compare`, untimed); the
+    scratch files are removed after. Picklable, for the checks' child (`checks.compare_cut_in_child`). On one
+    thread: untimed, it runs beside the parent's imports, and ONNX Runtime's second thread, waiting for a
+    busy core, slowed it threefold there (measured at 0.1b on 2 cores: 15.8 s against 5.2 s alone)."""
     import shutil
 
+    from maap_finetune.export import parity
+
     try:
-        result = compare(prepared["reference"], folders(scratch)["onnx"], execution_provider, decode)
+        return parity.compare(folders(Path(scratch))["onnx"], prepared["reference"], timed=False, threads=1)
     finally:
-        for folder in folders(scratch).values():
+        for folder in folders(Path(scratch)).values():
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def finish(prepared: Mapping[str, Any], compared: Mapping[str, Any], hf_folder: Path, decode) -> dict[str, Any]:
+    """The check's result from `prepare` and `compare_cut`."""
     total = json.loads((hf_folder / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
-    return {"layers": prepared["layers"], "model_layers": total, **result}
+    return {"layers": prepared["layers"], "model_layers": total, **summary(compared, decode)}
 
 
 def run(hf_folder: Path, tokenizer_dir: Path, reference: Mapping[str, Any], layers: int, execution_provider: str,
         scratch: Path, decode) -> dict[str, Any]:
-    """`prepare` here, then `finish`: the whole check in this process."""
+    """`prepare`, `compare_cut` and `finish`: the whole check in this process."""
     prepared = prepare(str(hf_folder), str(tokenizer_dir), reference, layers, execution_provider, str(scratch))
-    return finish(prepared, hf_folder, execution_provider, scratch, decode)
+    return finish(prepared, compare_cut(prepared, str(scratch)), hf_folder, decode)
 
 
 def failures(check: Mapping[str, Any]) -> list[str]:

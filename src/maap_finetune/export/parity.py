@@ -7,9 +7,12 @@ This side runs the exported model on the very same ids:
 - greedy generation, one prompt at a time (no padding, so nothing but the engines differ), with an
   `onnxruntime_genai.Generator`: the tokens, the first position where they differ from PyTorch's, time to
   first token and decode tokens/s;
-- teacher-forced: the exported graph run by onnxruntime on the whole sequence (an empty KV cache), its
-  top-1 and reference-token NLL at every scored position beside PyTorch's: top-1 agreement (with its 95%
-  Wilson interval), the loss of each and the largest per-position NLL difference.
+- teacher-forced: the same loaded model, fed the whole sequence at once by a Generator (an empty KV
+  cache), its logits at every position (`Generator.get_output("logits")`): its top-1 and reference-token
+  NLL at every scored position beside PyTorch's: top-1 agreement (with its 95% Wilson interval), the
+  loss of each and the largest per-position NLL difference.
+
+One `onnxruntime_genai.Model` serves both (`load`): the model is read and its session made once.
 """
 
 from __future__ import annotations
@@ -72,12 +75,20 @@ def onnx_greedy(model, prompt_ids: list[int], max_new_tokens: int, timing: Timin
     return out
 
 
-def compare_generation(onnx_dir: Path, reference: Mapping[str, Any], decode: Callable[[list[int]], str],
-                       timed: bool = True):
-    """(per-prompt results, ONNX Runtime GenAI timing): greedy tokens of the export against the reference's."""
+def load(onnx_dir: Path, threads: int | None = None):
+    """The exported folder as onnxruntime-genai runs it (its genai_config's provider and session options),
+    on `threads` intra-op threads when given."""
     import onnxruntime_genai as og
 
-    model = og.Model(str(onnx_dir))
+    config = og.Config(str(onnx_dir))
+    if threads is not None:
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+    return og.Model(config)
+
+
+def compare_generation(model, reference: Mapping[str, Any], timed: bool = True):
+    """(per-prompt results, ONNX Runtime GenAI timing): greedy tokens of the export against the reference's.
+    The texts are left empty (`add_texts` fills them where the tokenizer is loaded)."""
     max_new_tokens = reference["max_new_tokens"]
     prompts = reference["generation"]
     if prompts and timed:  # one untimed run first: one-time costs (allocations, kernel selection) are no one's speed
@@ -86,43 +97,37 @@ def compare_generation(onnx_dir: Path, reference: Mapping[str, Any], decode: Cal
     for prompt in prompts:
         got = onnx_greedy(model, prompt["prompt_ids"], max_new_tokens, timing)
         expected = list(prompt["tokens"])
-        results.append(PromptResult(
-            line=prompt["line"], prompt=prompt["prompt"], reference_tokens=expected, onnx_tokens=got,
-            first_divergence=first_divergence(expected, got), reference_text=decode(expected), onnx_text=decode(got),
-        ))
-    del model
+        results.append(PromptResult(line=prompt["line"], prompt=prompt["prompt"], reference_tokens=expected,
+                                    onnx_tokens=got, first_divergence=first_divergence(expected, got)))
     return results, timing
 
 
-def _session(onnx_dir: Path, execution_provider: str):
-    import onnxruntime as ort
-
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if execution_provider == "cuda" else ["CPUExecutionProvider"]
-    config = json.loads((onnx_dir / "genai_config.json").read_text(encoding="utf-8"))["model"]["decoder"]
-    session = ort.InferenceSession(str(onnx_dir / config["filename"]), providers=providers)
-    return session, int(config["head_size"])
+def add_texts(results: Sequence[PromptResult], decode: Callable[[list[int]], str]) -> Sequence[PromptResult]:
+    for result in results:
+        result.reference_text, result.onnx_text = decode(result.reference_tokens), decode(result.onnx_tokens)
+    return results
 
 
-def onnx_logits(session, head_size: int, ids: list[int]):
-    """Logits at every position of `ids`, from the exported graph with an empty KV cache."""
+def onnx_logits(model, ids: list[int]):
+    """Logits at every position of `ids`: the whole sequence in one run of the exported graph (empty KV cache)."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids), do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    logits = np.asarray(generator.get_output("logits"))
+    if logits.shape[:2] != (1, len(ids)):
+        raise RuntimeError(f"the exported model gave logits of shape {logits.shape} for {len(ids)} ids, not one row per id")
+    return logits[0].astype(np.float32)
+
+
+def compare_teacher_forced(model, reference: Mapping[str, Any]) -> dict[str, Any]:
+    """Top-1 agreement and reference-token loss of the export against the reference, teacher-forced
+    (`with_interval` adds the agreement's interval)."""
     import numpy as np
 
-    dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-    input_ids = np.array([ids], dtype=np.int64)
-    feeds: dict[str, Any] = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}
-    for spec in session.get_inputs():
-        if spec.name.startswith("past_key_values"):
-            feeds[spec.name] = np.zeros((1, spec.shape[1], 0, head_size), dtype=dtypes[spec.type])
-        elif spec.name not in feeds:
-            raise RuntimeError(f"the exported model has an input this check does not feed: {spec.name}")
-    return session.run(["logits"], feeds)[0][0].astype(np.float32)
-
-
-def compare_teacher_forced(onnx_dir: Path, reference: Mapping[str, Any], execution_provider: str) -> dict[str, Any]:
-    """Top-1 agreement and reference-token loss of the export against the reference, teacher-forced."""
-    import numpy as np
-
-    session, head_size = _session(onnx_dir, execution_provider)
     agree = scored = 0
     nll = {"pytorch": 0.0, "onnx": 0.0}
     max_nll_delta = 0.0
@@ -130,7 +135,7 @@ def compare_teacher_forced(onnx_dir: Path, reference: Mapping[str, Any], executi
         ids, start = entry["ids"], entry["start"]
         if start >= len(ids):
             continue
-        rows = onnx_logits(session, head_size, ids)[start - 1 : len(ids) - 1].astype(np.float64)  # i predicts i + 1
+        rows = onnx_logits(model, ids)[start - 1 : len(ids) - 1].astype(np.float64)  # i predicts i + 1
         targets = np.array(ids[start:])
         log_z = np.log(np.exp(rows - rows.max(-1, keepdims=True)).sum(-1)) + rows.max(-1)
         got_nll = log_z - rows[np.arange(len(targets)), targets]
@@ -139,18 +144,13 @@ def compare_teacher_forced(onnx_dir: Path, reference: Mapping[str, Any], executi
         nll["pytorch"] += float(np.sum(entry["nll"]))
         nll["onnx"] += float(got_nll.sum())
         max_nll_delta = max(max_nll_delta, float(np.abs(got_nll - np.array(entry["nll"])).max()))
-    del session
     if not scored:
         return {"scored_tokens": 0, "top1_agreement": None, "loss_pytorch": None, "loss_onnx": None, "loss_delta": None}
     loss_pt, loss_ox = nll["pytorch"] / scored, nll["onnx"] / scored
-    from scipy.stats import binomtest
-
-    interval = binomtest(agree, scored).proportion_ci(confidence_level=0.95, method="wilson")
     return {
         "scored_tokens": scored,
         "agreeing_tokens": agree,
         "top1_agreement": agree / scored,
-        "top1_agreement_ci95": [float(interval.low), float(interval.high)],
         "loss_pytorch": loss_pt,
         "loss_onnx": loss_ox,
         "loss_delta": loss_ox - loss_pt,
@@ -158,6 +158,31 @@ def compare_teacher_forced(onnx_dir: Path, reference: Mapping[str, Any], executi
         "perplexity_pytorch": math.exp(min(loss_pt, 700)),
         "perplexity_onnx": math.exp(min(loss_ox, 700)),
     }
+
+
+def with_interval(teacher_forced: Mapping[str, Any]) -> dict[str, Any]:
+    """`teacher_forced` with the top-1 agreement's 95% Wilson interval. Apart from `compare_teacher_forced`,
+    so that scipy's import (1.4 s) is paid in the parent, beside the comparisons' child, not in it."""
+    if not teacher_forced.get("scored_tokens"):
+        return dict(teacher_forced)
+    from scipy.stats import binomtest
+
+    interval = binomtest(teacher_forced["agreeing_tokens"], teacher_forced["scored_tokens"]).proportion_ci(
+        confidence_level=0.95, method="wilson")
+    return {**teacher_forced, "top1_agreement_ci95": [float(interval.low), float(interval.high)]}
+
+
+def compare(onnx_dir: Path, reference: Mapping[str, Any], timed: bool = True,
+            threads: int | None = None) -> dict[str, Any]:
+    """Greedy generation and the teacher-forced comparison of one exported folder, loaded once (see `load`
+    for `threads`); picklable (the export runs it in a child process, see `checks.check_export`)."""
+    start = time.perf_counter()
+    model = load(onnx_dir, threads)
+    results, timing = compare_generation(model, reference, timed)
+    teacher_forced = compare_teacher_forced(model, reference)
+    del model
+    return {"results": results, "timing": timing, "teacher_forced": teacher_forced,
+            "seconds": time.perf_counter() - start}
 
 
 def generation_summary(results: Sequence[PromptResult]) -> dict[str, Any]:
