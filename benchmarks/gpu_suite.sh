@@ -3,7 +3,8 @@
 # One call, carry [".whl/gpu"] (tools/gpu_wheels.sh makes it, 53 MiB):
 #   bash benchmarks/gpu_suite.sh throughput zero3 quant     (budget: <= 8 min on one H200)
 #   bash benchmarks/gpu_suite.sh grpo                       (GRPO, bf16 LoRA on Phi-3-mini, vLLM colocate when a
-#                                                            vllm in TRL's range imports; not yet run. The device
+#                                                            vllm in TRL's range imports; not yet run. Azure ML runs
+#                                                            grpo in environments/rft-gpu (vllm 0.30.0); the device
 #                                                            image has no vllm (and torch 2.11; vllm 0.30.0 pins
 #                                                            torch 2.13, and its 315 MB wheel exceeds the carry), so
 #                                                            there it generates with transformers; the result's

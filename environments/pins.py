@@ -8,6 +8,7 @@ anything: `pip install --dry-run --ignore-installed --report` against the packag
 
     python environments/pins.py check              # pins vs pyproject ranges, tags, base images
     python environments/pins.py resolve train-gpu  # pip dry-run resolution (needs the index)
+    python environments/pins.py resolve rft-gpu
     python environments/pins.py resolve cpu
 
 DeepSpeed and flash-attn ship only source distributions, which pip cannot use for a foreign
@@ -83,6 +84,13 @@ ENVIRONMENTS: dict[str, EnvironmentSpec] = {
         requirement_files=("requirements.txt",),
         project_groups=("dependencies", "gpu"),
         extra_pins=("azureml-inference-server-http", *LM_EVAL_SOURCE_DEPS),
+    ),
+    # GRPO's Fine-Tune image: train-gpu's stack plus vllm, without the inference server (they cannot share one)
+    "rft-gpu": EnvironmentSpec(
+        name="rft-gpu",
+        requirement_files=("requirements.txt",),
+        project_groups=("dependencies", "gpu"),
+        extra_pins=("vllm", *LM_EVAL_SOURCE_DEPS),
     ),
     "cpu": EnvironmentSpec(name="cpu", requirement_files=("requirements.txt",), project_groups=("dependencies",),
                            extra_pins=LM_EVAL_SOURCE_DEPS),

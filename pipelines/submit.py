@@ -228,6 +228,10 @@ def lint(args: argparse.Namespace) -> int:
             print(f"  - {problem}", file=sys.stderr)
         return 1
     print(f"ok: {len(checks.component_files())} components and the pipeline are valid")
+    from pipelines.definition.build import build_pipeline
+    from pipelines.definition.environments import environments_line
+
+    print(environments_line(build_pipeline(settings)))  # grpo's Fine-Tune runs in rft-gpu
     return 0
 
 
@@ -248,11 +252,13 @@ def submit(args: argparse.Namespace) -> int:
     from maap_finetune.common.errors import ConfigErrors, UserError
     from pipelines.capacity import check_capacity
     from pipelines.definition.build import build_pipeline, job_problems, pipeline_yaml
+    from pipelines.definition.environments import environments_line
 
     if args.dry_run:
         settings = with_default_base_model(with_sample_data(settings_from_args(args), args), sys.stderr)
         job = build_pipeline(settings)
         print(pipeline_yaml(job), end="")
+        print(environments_line(job), file=sys.stderr)  # grpo's Fine-Tune runs in rft-gpu
         check_capacity(job, settings, force=args.force)  # infra/main.bicep's VM sizes; prints the table
         return 0
     if not args.compute:

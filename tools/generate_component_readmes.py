@@ -21,7 +21,8 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
-from pipelines.definition.inputs import PATH_TYPES  # noqa: E402  (the one list of path-valued input types)
+from pipelines.definition.environments import FINETUNE_ENVIRONMENT_BY_METHOD  # noqa: E402
+from pipelines.definition.inputs import FINETUNE_STEP, PATH_TYPES  # noqa: E402  (the one list of path-valued input types)
 
 COMPONENTS_DIR = REPO_ROOT / "components"
 HEADER = "<!-- Generated from spec.yaml by tools/generate_component_readmes.py; do not edit by hand. -->"
@@ -140,6 +141,10 @@ def render(folder: Path) -> str:
         f"- **Type:** {spec.get('type', 'command')} component",
         f"- **Environment:** {_environment(folder, str(spec.get('environment', '')))}",
     ]
+    if step == FINETUNE_STEP:  # the pipeline's per-method override (pipelines/definition/environments.py)
+        facts += [f"- **Environment with training_method {method}:** "
+                  f"{_environment(folder, f'file:../../environments/{env}/environment.yaml')}; pipelines/submit.py "
+                  "runs the step there" for method, env in FINETUNE_ENVIRONMENT_BY_METHOD.items()]
     if spec.get("distribution"):
         facts.append(f"- **Distribution:** {spec['distribution'].get('type', '')} (set nodes and processes per node when you use it)")
     if "is_deterministic" in spec:

@@ -19,6 +19,7 @@ from typing import Any
 
 from maap_finetune.common.identity import IDENTITY_ENV
 from maap_finetune.common.secrets import HF_TOKEN_SECRET_ENV
+from pipelines.definition.environments import finetune_environment, step_component_in
 from pipelines.definition.inputs import (
     FINETUNE_STEP,
     HUB_MODEL_STEPS,
@@ -95,6 +96,8 @@ def _dsl_pipeline(resolved: ResolvedPipeline):
 
     settings, export = resolved.settings, resolved.export_onnx
     components = {step: load_step_component(step) for step in STEP_NAMES if export or step != "export_onnx"}
+    if (environment := finetune_environment(resolved.values)) is not None:  # grpo: the image with vLLM
+        components[FINETUNE_STEP] = step_component_in(FINETUNE_STEP, environment)
     gpu_compute, cpu_compute = settings.compute, settings.cpu_compute or settings.compute
     identity = settings.register_identity
 

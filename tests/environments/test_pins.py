@@ -28,18 +28,35 @@ def test_every_environment_pins_the_whole_stack():
     assert {n: gpu[n].version for n in shared} == {n: cpu[n].version for n in shared}
 
 
-def test_no_image_pins_vllm_as_the_refusals_say():
-    """vllm 0.30.0, the one in TRL's range that fits the image's torch, cannot join the train-gpu set (its
-    requirements.txt says why), and use_vllm's refusals say so: pinning one must change them too."""
+def test_rft_gpu_pins_the_vllm_the_refusals_name_and_train_gpu_none():
+    """use_vllm's refusals send GRPO to rft-gpu's vllm 0.30.0, and the pipeline runs grpo's Fine-Tune there:
+    the pin, the refusal text and the pipeline's choice of environment must move together."""
     from maap_finetune.training.environment import Environment
-    from maap_finetune.training.plan import VLLM_FITS, vllm_problem
+    from maap_finetune.training.plan import RFT_ENVIRONMENT, VLLM_FITS, vllm_problem
+    from pipelines.definition.environments import FINETUNE_ENVIRONMENT_BY_METHOD
 
-    for name in pins.ENVIRONMENTS:
+    rft = pins.environment_pins(pins.ENVIRONMENTS[RFT_ENVIRONMENT])
+    assert str(rft["vllm"].version) == VLLM_FITS
+    assert FINETUNE_ENVIRONMENT_BY_METHOD == {"grpo": RFT_ENVIRONMENT}
+    for name in set(pins.ENVIRONMENTS) - {RFT_ENVIRONMENT}:
         assert "vllm" not in pins.environment_pins(pins.ENVIRONMENTS[name]), name
     notes = (pins.ENVIRONMENTS["train-gpu"].context / "requirements.txt").read_text()
-    assert f"{VLLM_FITS} (torch==2.13.0" in notes and "ResolutionImpossible" in notes
+    assert "ResolutionImpossible" in notes and f"rft-gpu, which pins vllm {VLLM_FITS}" in notes
     gpu = Environment(cuda=True, bf16_supported=True, bitsandbytes=False, deepspeed=False, flash_attn=False)
-    assert "the train-gpu environment has no vllm" in vllm_problem(gpu)
+    assert f"use the {RFT_ENVIRONMENT} environment, which pins vllm {VLLM_FITS}" in vllm_problem(gpu)
+
+
+def test_rft_gpu_is_train_gpus_stack_plus_vllm_without_the_inference_server():
+    """Same pins for everything both hold; rft-gpu drops only the server and adds only vllm."""
+    gpu = pins.environment_pins(pins.ENVIRONMENTS["train-gpu"])
+    rft = pins.environment_pins(pins.ENVIRONMENTS["rft-gpu"])
+    assert set(gpu) - set(rft) == {"azureml-inference-server-http"}
+    assert set(rft) - set(gpu) == {"vllm"}
+    assert {n: rft[n].version for n in set(gpu) & set(rft)} == {n: gpu[n].version for n in set(gpu) & set(rft)}
+    gpu_yaml, rft_yaml = (pins.load_environment_yaml(pins.ENVIRONMENTS[n]) for n in ("train-gpu", "rft-gpu"))
+    assert rft_yaml["tags"] == {**gpu_yaml["tags"], "vllm": str(rft["vllm"].version)}
+    images = [[image for _, image in pins.dockerfile_base_images(pins.ENVIRONMENTS[n])] for n in ("train-gpu", "rft-gpu")]
+    assert images[0] == images[1]
 
 
 @pytest.mark.parametrize("name", sorted(pins.ENVIRONMENTS))
@@ -133,7 +150,7 @@ def test_tag_and_image_and_python_drift_are_reported(sandbox):
 def test_pyproject_range_change_is_caught(sandbox):
     _edit(sandbox / "pyproject.toml", '"torch>=2.4,<2.15"', '"torch>=2.14,<2.15"')
     problems = pins.check_agreement()
-    assert sum("torch==2.13.0 is outside pyproject.toml's range" in p for p in problems) == 2, problems
+    assert sum("torch==2.13.0 is outside pyproject.toml's range" in p for p in problems) == len(pins.ENVIRONMENTS), problems
 
 
 @pytest.mark.parametrize("name", sorted(pins.ENVIRONMENTS))

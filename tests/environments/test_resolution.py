@@ -20,6 +20,7 @@ from tests.environments.pins_loader import load_pins
 pins = load_pins()
 
 pytestmark = pytest.mark.network
+ENVIRONMENTS = ("train-gpu", "rft-gpu", "cpu")
 
 
 def _index_reachable() -> tuple[bool, str]:
@@ -40,13 +41,13 @@ def resolutions():
         if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
             pytest.fail(f"package index needed for the resolution test: {detail}")
         pytest.skip(f"package index not reachable: {detail}")
-    # The two resolutions are mostly waiting on the index: run them side by side.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(pins.resolve, name) for name in ("train-gpu", "cpu")}
+    # The resolutions are mostly waiting on the index: run them side by side.
+    with ThreadPoolExecutor(max_workers=len(ENVIRONMENTS)) as pool:
+        futures = {name: pool.submit(pins.resolve, name) for name in ENVIRONMENTS}
         return {name: future.result() for name, future in futures.items()}
 
 
-@pytest.mark.parametrize("name", ["train-gpu", "cpu"])
+@pytest.mark.parametrize("name", ENVIRONMENTS)
 def test_pins_resolve_together(resolutions, name):
     result = resolutions[name]
     env_pins = pins.environment_pins(pins.ENVIRONMENTS[name])
@@ -56,11 +57,14 @@ def test_pins_resolve_together(resolutions, name):
             continue
         assert result.installed[pin.name] == str(pin.version), pin
     # Source-only packages' own requirements were part of the resolution.
-    if name == "train-gpu":
+    if name in {"train-gpu", "rft-gpu"}:
         assert "hjson" in result.installed and "einops" in result.installed  # deepspeed's deps
         assert any(line.startswith("torch") for line in result.requirements)
         # PyPI's torch 2.13.0 for CPython 3.11 manylinux_2_28 is the CUDA 13.0 build (the Dockerfile relies on it).
         assert result.installed["nvidia-cudnn-cu13"] and result.installed["cuda-toolkit"].startswith("13.0")
+    if name == "rft-gpu":  # vllm's own stack came along, with the opentelemetry that train-gpu's server pins out
+        assert result.installed["vllm"] == "0.30.0" and "xgrammar" in result.installed
+        assert int(result.installed["protobuf"].split(".")[0]) >= 6  # onnx 1.23.2's protobuf>=6.31.1 holds
 
 
 def test_resolved_versions_respect_project_ranges(resolutions):

@@ -90,7 +90,7 @@ def test_use_vllm_auto_is_on_only_with_cuda_and_a_vllm_in_trls_range(tmp_path, p
         assert resolve_vllm(config, env) is on
         assert (vllm_problem(env) is None) if why is None else why in vllm_problem(env)
     missing = vllm_problem(Environment(**gpu))
-    assert "vllm 0.30.0 fits torch 2.13.0, but the train-gpu environment has no vllm" in missing
+    assert "use the rft-gpu environment, which pins vllm 0.30.0" in missing
     sft = load_entry("finetune").parse_args(_grpo_argv(tmp_path, prepared_rft, tmp_path, training_method="sft",
                                                        graders=None))
     assert resolve_vllm(sft, Environment(**gpu, vllm_version="0.30.0")) is False  # sft generates nothing

@@ -242,6 +242,25 @@ def test_dry_run_prints_the_complete_yaml_without_network(azure, capsys):
     azure.cls.from_config.assert_not_called()
 
 
+GRPO = ["--set", "task=rft", "--set", "training_method=grpo", "--set", f"graders={SAMPLE_DATA.parent / 'graders.json'}",
+        "--set", f"train_data={SAMPLE_DATA.parent / 'rft.jsonl'}"]
+
+
+@pytest.mark.parametrize("method_args, finetune_env", [([], "train-gpu"), (GRPO, "rft-gpu")])
+def test_dry_run_and_validate_name_the_environment_grpo_runs_in(azure, monkeypatch, capsys, method_args, finetune_env):
+    """grpo's Fine-Tune runs in rft-gpu (vllm), every other method's in train-gpu; both commands say which."""
+    sample = [] if method_args else ["--sample-data"]
+    assert submit.main(["--dry-run", "--compute", "gpu-cluster", *sample, "--set", PHI3, *method_args]) == 0
+    captured = capsys.readouterr()
+    build = yaml.safe_load(captured.out)["jobs"]["finetune"]["component"]["environment"]["build"]
+    assert Path(build["path"]).parent.name == finetune_env
+    assert f"finetune environments/{finetune_env}, evaluate environments/train-gpu" in captured.err
+    monkeypatch.setattr("pipelines.definition.lint.lint_repo", lambda settings: [])
+    assert submit.main(["--validate", "--set", PHI3, *method_args]) == 0
+    assert f"finetune environments/{finetune_env}," in capsys.readouterr().out
+    azure.cls.assert_not_called()
+
+
 def test_validate_lists_every_problem(monkeypatch, capsys):
     monkeypatch.setattr("pipelines.definition.lint.lint_repo", lambda settings: ["a.yaml:3: inputs.x: missing description", "pipeline: jobs.y: bad"])
     assert submit.main(["--validate"]) == 1

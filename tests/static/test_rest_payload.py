@@ -131,3 +131,23 @@ def test_input_types(payload):
     for step, node in data["job"]["properties"]["jobs"].items():
         for input_name, value in node["inputs"].items():
             assert value["value"].startswith(("${{parent.inputs.", "${{parent.jobs.")), (step, input_name)
+
+
+@pytest.mark.parametrize("method, inputs, finetune_env", [
+    ("sft", {}, "environments/train-gpu"),
+    ("grpo", {"task": "rft", "graders": str(REPO_ROOT / "data" / "sample" / "graders.json"),
+              "train_data": str(REPO_ROOT / "data" / "sample" / "rft.jsonl")}, "environments/rft-gpu"),
+])
+def test_finetune_runs_in_rft_gpu_for_grpo_only(method, inputs, finetune_env):
+    """grpo's Fine-Tune needs vllm, which only rft-gpu holds; every other step keeps its spec's environment."""
+    settings = PipelineSettings(compute="gpu-cluster", cpu_compute="cpu-cluster", inputs={
+        "model_name": "microsoft/Phi-3-mini-4k-instruct", "train_data": str(SAMPLE_DATA), "training_method": method,
+        **inputs})
+    data = rest_payload(build_pipeline(settings))
+    assert {step: c["environment_folder"] for step, c in data["components"].items()} == {
+        **STEP_ENVIRONMENT, "finetune": finetune_env}
+    build = data["components"]["finetune"]["environment"]["properties"]["build"]
+    assert build == {"contextUri": "./context", "dockerfilePath": "Dockerfile"}
+    # The anonymous environment Azure ML builds is rft-gpu's Docker context, the one that pins vllm.
+    tags = data["components"]["finetune"]["environment"]["properties"]["tags"]
+    assert ("vllm" in tags) == (method == "grpo"), tags

@@ -81,11 +81,13 @@ def resolve_liger(config: FinetuneConfig, env: Environment) -> bool:
 
 # trl 1.16's supported vLLM range (trl.import_utils.is_vllm_available; a test reads it from the installed trl).
 VLLM_RANGE = ("0.22.0", "0.31.0")
-# The vllm in TRL's range that fits the train-gpu image's torch 2.13.0 and transformers. The image cannot hold it
-# (its requirements.txt says why), so no environment pins it; a test checks that this stays said.
+# The vllm in TRL's range that fits the images' torch 2.13.0 and transformers: the rft-gpu environment pins it and
+# the pipeline runs grpo's Fine-Tune there. train-gpu cannot hold it (its requirements.txt says why). A test checks
+# that rft-gpu pins this version and train-gpu none.
 VLLM_FITS = "0.30.0"
-_WHERE = (f"vllm {VLLM_FITS} fits torch 2.13.0, but the train-gpu environment has no vllm: it conflicts with "
-          "azureml-inference-server-http's opentelemetry pins")
+RFT_ENVIRONMENT = "rft-gpu"
+_WHERE = (f"use the {RFT_ENVIRONMENT} environment, which pins vllm {VLLM_FITS} (the pipeline runs training_method "
+          "grpo there; train-gpu has no vllm: it conflicts with azureml-inference-server-http's opentelemetry pins)")
 
 
 def vllm_problem(env: Environment) -> str | None:
