@@ -56,7 +56,9 @@ def test_dry_run_prints_the_table_and_the_default_clusters_hold_phi3_mini(phi3_m
     err = captured.err
     assert "base model: 3.82 B parameters, from config.json (phi3 shapes)" in err
     assert "infra/main.bicep defaults" in err
-    rows = {line.split()[0]: line for line in err.splitlines()[2:7]}
+    lines = err.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["step", "compute"])
+    rows = {line.split()[0]: line for line in lines[header + 1:header + 6]}
     assert set(rows) == {"data_prep", "finetune", "evaluate", "register", "export_onnx"}
     assert "cpu-cluster  Standard_E8ds_v5" in rows["export_onnx"] and rows["export_onnx"].endswith("fits")
     assert "gpu-cluster  Standard_NC24ads_A100_v4" in rows["finetune"] and rows["finetune"].endswith("fits")
