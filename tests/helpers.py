@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -90,3 +92,17 @@ def write_prepared_splits(folder: Path, rows: list[dict], held_out: int, task: s
                    splits={n: {"file": f"{n}.jsonl", "rows": len(s)} for n, s in splits.items()},
                    label_set=None, templates={}, source={})
     return folder
+
+
+def run_local_pipeline(workdir: Path, *sets: str, timeout: int = 900) -> str:
+    """`python pipelines/submit.py --local [--set ...]` in `workdir`, offline and outside any MLflow run, as a user
+    runs it; its stdout (the run summary) once it has exited 0."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLFLOW_RUN_ID", None)
+    command = [sys.executable, str(REPO_ROOT / "pipelines" / "submit.py"), "--local"]
+    for setting in sets:
+        command += ["--set", setting]
+    proc = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"local run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout

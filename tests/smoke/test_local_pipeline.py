@@ -8,15 +8,12 @@ ONNX Runtime GenAI (int4, fp32 parity checked). Then the registered model is loa
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import run_local_pipeline
 
 pytestmark = pytest.mark.smoke
 
@@ -24,19 +21,7 @@ pytestmark = pytest.mark.smoke
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("local-run")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("MLFLOW_RUN_ID", None)
-    proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "pipelines" / "submit.py"), "--local"],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, f"local run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return workdir, proc.stdout
+    return workdir, run_local_pipeline(workdir)
 
 
 def _summary_value(stdout: str, key: str) -> str:

@@ -8,15 +8,13 @@ model's greedy tokens, and Export ONNX's teacher-forced agreement and loss are c
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from maap_finetune.evaluation.parity_reference import ON_GREEDY_TOKENS, REFERENCE_FILE
+from tests.helpers import run_local_pipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = REPO_ROOT / "data" / "sample"
@@ -27,17 +25,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def rft_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("local-rft")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("MLFLOW_RUN_ID", None)
-    command = [sys.executable, str(REPO_ROOT / "pipelines" / "submit.py"), "--local", "--set", "task=rft",
-               "--set", "training_method=grpo", "--set", f"train_data={SAMPLE / 'rft.jsonl'}",
-               "--set", f"graders={SAMPLE / 'graders.json'}"]
-    proc = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"local run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    match = re.search(r"^run_dir: (\S+)$", proc.stdout, flags=re.MULTILINE)
-    assert match, proc.stdout[-2000:]
-    return Path(match.group(1)), proc.stdout
+    stdout = run_local_pipeline(workdir, "task=rft", "training_method=grpo", f"train_data={SAMPLE / 'rft.jsonl'}",
+                                f"graders={SAMPLE / 'graders.json'}")
+    match = re.search(r"^run_dir: (\S+)$", stdout, flags=re.MULTILINE)
+    assert match, stdout[-2000:]
+    return Path(match.group(1)), stdout
 
 
 def test_rft_run_registers_the_merged_and_the_onnx_model(rft_run):
