@@ -190,3 +190,14 @@ def build_sft_config(config: FinetuneConfig, plan: TrainingPlan):
         # never materializes the [tokens x vocab] logits) in place of Liger's fused linear cross-entropy.
         use_liger_kernel=plan.use_liger_kernel,
     )
+
+
+def training_arguments(config: FinetuneConfig, plan: TrainingPlan) -> dict[str, Any]:
+    """The SFT run's TrainingArguments as keyword arguments, for another TRL method's config (DPOConfig,
+    GRPOConfig): one builder decides checkpoints, precision, logging and evaluation for every method."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    sft = build_sft_config(config, plan)
+    return {f.name: getattr(sft, f.name) for f in fields(TrainingArguments) if f.init}

@@ -15,7 +15,7 @@ precision, DeepSpeed config, checkpoints with COMPLETE markers and resume, valid
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from maap_finetune.common import tracking
@@ -182,13 +182,11 @@ def _check_prompt_room(config: FinetuneConfig, stats: PromptStats, where) -> Non
 
 def grpo_config(config: FinetuneConfig, plan):
     """GRPOConfig: the SFT run's TrainingArguments (one builder for every method) plus GRPO's own fields."""
-    from transformers import TrainingArguments
     from trl import GRPOConfig
 
     from maap_finetune.training import builders
 
-    sft = builders.build_sft_config(config, plan)
-    common = {f.name: getattr(sft, f.name) for f in fields(TrainingArguments) if f.init}
+    common = builders.training_arguments(config, plan)
     common["remove_unused_columns"] = False  # the row's fields are the graders' `item`
     return GRPOConfig(
         **common,

@@ -19,7 +19,7 @@ change or be removed in any release without deprecation"; its stable API has DPO
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from maap_finetune.common import tracking
@@ -199,15 +199,12 @@ class PreferenceMetricsCallback(MlflowMetricsCallback):
 
 def dpo_config(config: FinetuneConfig, plan):
     """DPOConfig: the SFT run's TrainingArguments (one builder for both) plus DPO's own fields."""
-    from transformers import TrainingArguments
     from trl import DPOConfig
 
     from maap_finetune.training import builders
 
-    sft = builders.build_sft_config(config, plan)
-    common = {f.name: getattr(sft, f.name) for f in fields(TrainingArguments) if f.init}
     return DPOConfig(
-        **common,
+        **builders.training_arguments(config, plan),
         beta=config.beta,
         loss_type=[config.loss_type],
         max_length=config.max_seq_length,  # the collator cuts prompt + answer here (keeping the start)
