@@ -14,10 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from maap_finetune.training.plan import RFT_ENVIRONMENT  # the folder Fine-Tune's vLLM refusals name
 from pipelines.definition.inputs import COMPONENTS_DIR, REPO_ROOT
 
-ENVIRONMENTS_DIR = REPO_ROOT / "environments"
-RFT_ENVIRONMENT = "rft-gpu"
 # training_method -> the environment folder Fine-Tune runs in instead of its spec.yaml's
 FINETUNE_ENVIRONMENT_BY_METHOD = {"grpo": RFT_ENVIRONMENT}
 
