@@ -330,18 +330,6 @@ def rust_threads(enabled: bool):
             os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
-def _encode_flat(batch: list[dict[str, Any]], tokenizer, train_on_prompt: bool, parallel: bool):
-    """A batch's rows as (lengths, ids, labels), three flat int64 arrays."""
-    with rust_threads(parallel):
-        encoded = _encode_batch(tokenizer, batch, train_on_prompt)
-    lengths = np.fromiter((len(ids) for ids, _ in encoded), dtype=np.int64, count=len(encoded))
-    if not len(encoded):
-        return lengths, np.zeros(0, np.int64), np.zeros(0, np.int64)
-    ids = np.concatenate([np.asarray(ids, dtype=np.int64) for ids, _ in encoded])
-    labels = np.concatenate([np.asarray(labels, dtype=np.int64) for _, labels in encoded])
-    return lengths, ids, labels
-
-
 def iter_tokenized(
     tokenizer, rows: Iterable[dict[str, Any]], max_seq_length: int, train_on_prompt: bool, stats: TokenizeStats,
     parallel: bool = False,
@@ -351,14 +339,14 @@ def iter_tokenized(
     batch on every core (see `rust_threads`)."""
     iterator = iter(rows)
     for batch in iter(lambda: list(islice(iterator, BATCH_ROWS)), []):
-        lengths, flat_ids, flat_labels = _encode_flat(batch, tokenizer, train_on_prompt, parallel)
-        bounds = np.concatenate(([0], np.cumsum(lengths))).tolist()
-        for start, stop in zip(bounds[:-1], bounds[1:]):
+        with rust_threads(parallel):
+            encoded = _encode_batch(tokenizer, batch, train_on_prompt)
+        for ids, labels in encoded:
+            ids, labels = np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)
             stats.rows += 1
-            if stop - start > max_seq_length:
+            if len(ids) > max_seq_length:
                 stats.truncated += 1
-                stop = start + max_seq_length
-            ids, labels = flat_ids[start:stop], flat_labels[start:stop]
+                ids, labels = ids[:max_seq_length], labels[:max_seq_length]
             learned = int(np.count_nonzero(labels != IGNORE_INDEX))
             if not learned:
                 stats.dropped_no_target += 1
