@@ -34,7 +34,8 @@ import export_onnx_memory  # noqa: E402  (benchmarks/: its evaluation folder and
 import scale  # noqa: E402  (benchmarks/: the model shapes)
 
 # Lines the step prints at the start of each phase -> the phase's name.
-MARKERS = {"building": "builder child", "comparing the export": "int4 parity", "fp32 graph check": "fp32 graph check",
+MARKERS = {"building": "builder child", "timing the export": "int4 speed, timed alone",
+           "comparing the export": "int4 parity", "fp32 graph check": "fp32 graph check",
            "comparing the fp32": "fp32 graph check, comparing the cut copy", "registering": "report + registration"}
 # Lines the builder prints -> the phase that starts there (create_model, then save_model's to_nbits and ir.save).
 BUILDER_MARKERS = {"Reading embedding layer": "graph from the loaded weights",

@@ -10,8 +10,9 @@ Order: the gate (Evaluate's decision.json; a failed gate writes the reason and e
 before any weight is read (architecture, precision x provider, Evaluate's parity reference computed for
 these weights and settings, tokenizer and chat template) -> in one child process, the fp32 graph check's
 cut copy (built as fp32 and run by PyTorch), then the full build with onnxruntime-genai's model builder ->
-in a second child process, the cut copy's fp32 graph against its PyTorch run (MLflow imported here
-meanwhile), then the int4 export's agreement, loss and speed against the reference -> export_report.json/.md -> register as <registered_model_name>-onnx when every check passed.
+in a second child process, the export's speed timed alone, then (the tokenizer, scipy and MLflow imported
+here meanwhile) its agreement and loss against the reference and the cut copy's fp32 graph against its PyTorch
+run -> export_report.json/.md -> register as <registered_model_name>-onnx when every check passed.
 
 The full PyTorch model is never loaded here: the PyTorch side of the comparison is Evaluate's
 parity_reference.json (maap_finetune.evaluation.parity_reference), and the fp32 graph check loads only

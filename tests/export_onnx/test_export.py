@@ -81,8 +81,8 @@ def test_a_diverging_fp32_token_registers_nothing_and_the_report_shows_where(
         # The cut copy's PyTorch side, as the build child returns it (the ONNX side runs in another child)
         cut = real(*args)
         for prompt in cut["reference"]["generation"]:
-            if len(prompt["tokens"]) > 2:
-                prompt["tokens"][2] = (prompt["tokens"][2] + 1) % 700
+            if len(prompt["top1"]) > 2:
+                prompt["top1"][2] = (prompt["top1"][2] + 1) % 700
         return cut
 
     monkeypatch.setattr(entry, "prepare_graph_check", pytorch_off_by_one_at_token_2)

@@ -142,46 +142,38 @@ def teacher_forced(loaded, ids: list[int], start: int) -> tuple[list[int], list[
         return logits.argmax(-1).tolist(), [float(x) for x in nll.double().cpu()]
 
 
-def cached_greedy(loaded, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-    """Greedy tokens from the model's forward and its KV cache, one token a step: argmax, ending after a stop
-    id of the generation config, as `generate` picks them greedily, without its per-step machinery (logits
-    processors, stopping criteria), which costs more than a step of a few layers. Untimed."""
+def predictions(loaded, prompt_ids: list[int], tokens: list[int]) -> list[int]:
+    """Top-1 next token after `prompt_ids` and after each of `tokens` (len(tokens) + 1 ids), teacher-forced: one
+    forward over both (the fp32 graph check's PyTorch side, `export/graph_check.py`)."""
     import torch
 
-    from maap_finetune.evaluation.generation import _greedy_config
-
-    stops = _greedy_config(loaded.model, loaded.tokenizer, max_new_tokens).eos_token_id
-    stops = set(stops if isinstance(stops, list) else [stops])
-    ids, past, out = torch.tensor([prompt_ids], device=loaded.device), None, []
+    ids = [*prompt_ids, *tokens]
     with torch.no_grad():
-        while len(out) < max_new_tokens and (not out or out[-1] not in stops):
-            step = loaded.model(input_ids=ids, past_key_values=past, use_cache=True)
-            past = step.past_key_values
-            out.append(int(step.logits[0, -1].argmax()))
-            ids = torch.tensor([[out[-1]]], device=loaded.device)
-    return out
+        logits = loaded.model(input_ids=torch.tensor([ids], device=loaded.device)).logits[0, len(prompt_ids) - 1:]
+    return logits.argmax(-1).tolist()
 
 
-def compute(loaded, inputs: Sequence[Mapping[str, Any]], max_new_tokens: int,
-            timed: bool = True) -> tuple[dict[str, Any], Timing | None]:
-    """The reference's generation and teacher-forced entries for `inputs` (see `parity_inputs`); `timed` False
-    generates each prompt once, untimed, with `cached_greedy` (the fp32 graph check needs the tokens only).
-    A row whose "ids" is None (rft) is teacher-forced on its prompt followed by the greedy tokens generated
-    here."""
-    if inputs and timed:  # one untimed run first: one-time costs (allocations, kernel selection) are no one's speed
+def compute(loaded, inputs: Sequence[Mapping[str, Any]], max_new_tokens: int) -> tuple[dict[str, Any], Timing]:
+    """The reference's generation and teacher-forced entries for `inputs` (see `parity_inputs`), greedy
+    generation timed. A row whose "ids" is None (rft) is teacher-forced on its prompt followed by the greedy
+    tokens generated here."""
+    if inputs:  # one untimed run first: one-time costs (allocations, kernel selection) are no one's speed
         torch_greedy(loaded, list(inputs[0]["prompt_ids"]), 2, Timing())
-    timing, generation, forced = Timing() if timed else None, [], []
+    timing, generation, forced = Timing(), [], []
     for row in inputs:
-        tokens = (torch_greedy(loaded, list(row["prompt_ids"]), max_new_tokens, timing) if timed
-                  else cached_greedy(loaded, list(row["prompt_ids"]), max_new_tokens))
+        tokens = torch_greedy(loaded, list(row["prompt_ids"]), max_new_tokens, timing)
         generation.append({"line": row["line"], "prompt": row["prompt"], "prompt_ids": list(row["prompt_ids"]),
                            "tokens": tokens})
         ids = list(row["ids"]) if row["ids"] is not None else [*row["prompt_ids"], *tokens]
-        entry = {"line": row["line"], "ids": ids, "start": row["start"], "top1": [], "nll": []}
-        if row["start"] < len(ids):
-            entry["top1"], entry["nll"] = teacher_forced(loaded, ids, row["start"])
-        forced.append(entry)
+        forced.append(teacher_forced_entry(loaded, row["line"], ids, row["start"]))
     return {"generation": generation, "teacher_forced": forced}, timing
+
+
+def teacher_forced_entry(loaded, line: int, ids: list[int], start: int) -> dict[str, Any]:
+    entry = {"line": line, "ids": ids, "start": start, "top1": [], "nll": []}
+    if start < len(ids):
+        entry["top1"], entry["nll"] = teacher_forced(loaded, ids, start)
+    return entry
 
 
 def weights_dtype(model_dir: str | Path) -> str | None:

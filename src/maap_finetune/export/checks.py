@@ -61,24 +61,39 @@ def speed(reference: dict[str, Any], onnx_timing, precision: str, execution_prov
     return {"pytorch": {"engine": reference["engine"], "measured_on": there, **torch_speed},
             "onnx_genai": {"engine": f"onnxruntime-genai, {precision} on {execution_provider}", "measured_on": here,
                            **onnx_speed},
-            "decode_speedup": ratio, "same_machine": same, "note": note, "prompts": len(reference["generation"])}
+            "decode_speedup": ratio, "same_machine": same, "note": note,
+            # Evaluate times PyTorch on every parity prompt; the export is timed on the first (`parity.speed`)
+            "prompts": {"pytorch": len(reference["generation"]), "onnx_genai": min(1, len(reference["generation"]))}}
+
+
+# The export's onnxruntime_genai.Model, kept in the checks' child from its timed job to its compared one.
+_LOADED: dict[str, Any] = {}
+
+
+def time_export_in_child(onnx_model: str, reference: dict[str, Any]):
+    """The checks' child's first job, with nothing else of the step beside it: the export's speed."""
+    from maap_finetune.export import parity
+
+    print("[export_onnx] timing the export's greedy generation on the first parity prompt", flush=True)
+    model = _LOADED[onnx_model] = parity.load(Path(onnx_model))
+    return parity.speed(model, reference)
+
+
+def compare_export_in_child(onnx_model: str, reference: dict[str, Any]) -> dict:
+    """The checks' child's second job: the export against Evaluate's reference (untimed)."""
+    from maap_finetune.export import parity
+
+    print(f"[export_onnx] comparing the export's tokens with Evaluate's on {len(reference['generation'])} prompts",
+          flush=True)
+    return parity.compare(Path(onnx_model), reference, model=_LOADED.pop(onnx_model, None))
 
 
 def compare_cut_in_child(cut: dict[str, Any], scratch: str) -> dict:
-    """The checks' child's first job: the cut copy's fp32 graph against its PyTorch run (untimed)."""
+    """The checks' child's last job: the cut copy's fp32 graph against its PyTorch run (untimed)."""
     from maap_finetune.export import graph_check
 
     print("[export_onnx] comparing the fp32 graph check's cut copy with its PyTorch run", flush=True)
     return graph_check.compare_cut(cut, scratch)
-
-
-def compare_export_in_child(onnx_model: str, reference: dict[str, Any]) -> dict:
-    """The checks' child's second job: the export against Evaluate's reference (timed)."""
-    from maap_finetune.export import parity
-
-    print(f"[export_onnx] comparing the export with Evaluate's reference on {len(reference['generation'])} prompts",
-          flush=True)
-    return parity.compare(Path(onnx_model), reference)
 
 
 def check_export(config, source, architecture: str, hf_folder: Path, scratch: Path, build_seconds: float,
@@ -86,29 +101,33 @@ def check_export(config, source, architecture: str, hf_folder: Path, scratch: Pa
     """The parity checks of the built export; `cut` is the fp32 graph check's prepared cut copy
     (graph_check.prepare, run in the build child), None when the check is off.
 
-    Both comparisons run in a child process of their own (onnxruntime_genai holds the GIL while it
-    generates, so a thread could not overlap them). While the child compares the cut copy (on one thread),
-    this process loads the tokenizer and runs `meanwhile` (the registration's imports); the timed
-    comparison of the export is submitted only then, so that nothing else of this step runs beside it."""
+    The comparisons run in a child process of their own (onnxruntime_genai holds the GIL while it runs, so a
+    thread could not overlap them). Its first job times the export's generation while this process waits, so
+    that nothing else of this step runs beside it. Then, while the child compares the export and the cut copy
+    (untimed), this process imports and loads what the report and the registration need: the tokenizer,
+    scipy (`parity.with_interval`) and `meanwhile` (the registration's imports)."""
     from maap_finetune.export import builder, graph_check, parity
     from maap_finetune.export.report import threshold_failures
 
     with builder.BuildChild() as child:
+        onnx_timing = child.submit(time_export_in_child, str(config.onnx_model), reference).result()
+        exported_job = child.submit(compare_export_in_child, str(config.onnx_model), reference)
         fp32_job = None if cut is None else child.submit(
             compare_cut_in_child, {"layers": cut["layers"], "reference": cut["reference"]}, str(scratch))
-        from transformers import AutoTokenizer  # after the child's start: its import is seconds
+        import scipy.stats  # noqa: F401  (parity.with_interval's import, paid here beside the child's work)
+        from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(source.tokenizer)
         if meanwhile is not None:
             meanwhile()
-        exported = child.submit(compare_export_in_child, str(config.onnx_model), reference).result()
+        exported = exported_job.result()
         compared_fp32 = None if fp32_job is None else fp32_job.result()
 
     def decode(tokens):
         return tokenizer.decode(tokens, skip_special_tokens=True)
 
     generation = parity.generation_summary(parity.add_texts(exported["results"], decode))
-    teacher_forced, onnx_timing = parity.with_interval(exported["teacher_forced"]), exported["timing"]
+    teacher_forced = parity.with_interval(exported["teacher_forced"])
     timings = {"build_s": build_seconds, "compare_s": exported["seconds"]}
     fp32 = None
     if cut is not None:

@@ -2,23 +2,32 @@
 
 The reference (`maap_finetune.evaluation.parity_reference`) holds, per parity prompt, the prompt ids and
 PyTorch's greedy tokens, and per teacher-forced position PyTorch's top-1 token and the reference token's NLL.
-This side runs the exported model on the very same ids:
+This side runs the exported model on the very same ids, one prompt at a time (no padding, so nothing but the
+engines differ), with `onnxruntime_genai.Generator`s:
 
-- greedy generation, one prompt at a time (no padding, so nothing but the engines differ), with an
-  `onnxruntime_genai.Generator`: the tokens, the first position where they differ from PyTorch's, time to
-  first token and decode tokens/s;
-- teacher-forced: the same loaded model, fed the whole sequence at once by a Generator (an empty KV
-  cache), its logits at every position (`Generator.get_output("logits")`): its top-1 and reference-token
-  NLL at every scored position beside PyTorch's: top-1 agreement (with its 95% Wilson interval), the
-  loss of each and the largest per-position NLL difference.
+- greedy agreement, teacher-forced on PyTorch's greedy tokens (`onnx_predictions`): the export's top-1 after
+  the prompt and after each greedy token, in three runs of the graph (the prompt on an empty KV cache, one
+  token over the cache, the rest in one run over it) instead of one run per token. Up to the first position
+  where they differ from PyTorch's tokens, they are the very tokens the export's own greedy generation picks
+  (it sees the same ids there), and the stop ids of its genai_config end it where generation would: so the
+  first divergence, the prompts identical and the greedy agreement are generation's, at about a tenth of the
+  graph runs (measured below in benchmarks/export_phases.py);
+- speed (`speed`): time to first token and decode tokens/s of real greedy generation on the first prompt,
+  run apart, with nothing else of the step beside it;
+- teacher-forced: the export's logits at every position of each test row's sequence (its prompt's run
+  continued over the cache when the sequence starts with the prompt, else the sequence run whole): its
+  top-1 and reference-token NLL at every scored position beside PyTorch's: top-1 agreement (with its 95%
+  Wilson interval), the loss of each and the largest per-position NLL difference.
 
-One `onnxruntime_genai.Model` serves both (`load`): the model is read and its session made once.
+The runs themselves are `maap_finetune.export.prompt_runs`.
+
+One `onnxruntime_genai.Model` serves all three (`load`, `compare`'s `model`): the model is read and its session
+made once.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -26,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from maap_finetune.evaluation.parity_reference import Timing
+from maap_finetune.export.prompt_runs import (PromptRuns, TeacherForcedTally, onnx_logits, onnx_predictions, scored,
+                                              sequence_logits)
 
 
 @dataclass
@@ -86,20 +97,59 @@ def load(onnx_dir: Path, threads: int | None = None):
     return og.Model(config)
 
 
-def compare_generation(model, reference: Mapping[str, Any], timed: bool = True):
-    """(per-prompt results, ONNX Runtime GenAI timing): greedy tokens of the export against the reference's.
-    The texts are left empty (`add_texts` fills them where the tokenizer is loaded)."""
-    max_new_tokens = reference["max_new_tokens"]
-    prompts = reference["generation"]
-    if prompts and timed:  # one untimed run first: one-time costs (allocations, kernel selection) are no one's speed
-        onnx_greedy(model, prompts[0]["prompt_ids"], 2, Timing())
-    timing, results = Timing(), []
-    for prompt in prompts:
-        got = onnx_greedy(model, prompt["prompt_ids"], max_new_tokens, timing)
-        expected = list(prompt["tokens"])
-        results.append(PromptResult(line=prompt["line"], prompt=prompt["prompt"], reference_tokens=expected,
-                                    onnx_tokens=got, first_divergence=first_divergence(expected, got)))
-    return results, timing
+def stop_ids(onnx_dir: Path) -> set[int]:
+    """The ids the export's greedy generation stops at: its genai_config's eos_token_id (one id or a list)."""
+    eos = json.loads((Path(onnx_dir) / "genai_config.json").read_text(encoding="utf-8"))["model"]["eos_token_id"]
+    return {int(i) for i in (eos if isinstance(eos, list) else [eos])}
+
+
+def greedy_from_predictions(tokens: list[int], predictions: list[int], stops: set[int],
+                            max_new_tokens: int) -> list[int]:
+    """The export's greedy tokens, from its teacher-forced `predictions` along PyTorch's `tokens`: PyTorch's
+    tokens while they agree, the export's own token where they first differ, cut where the export stops
+    (a stop id of its own, or `max_new_tokens`); past PyTorch's last token, the export's next one when it
+    would go on (PyTorch stopped on an id the export does not stop at)."""
+    out = []
+    for expected, predicted in zip([*tokens, None], predictions):
+        out.append(predicted)
+        if predicted != expected or predicted in stops or len(out) == max_new_tokens:
+            break
+    return out
+
+
+def generation_result(prompt: Mapping[str, Any], predictions: list[int], stops: set[int],
+                      max_new_tokens: int) -> PromptResult:
+    """One prompt's result: the export's greedy tokens (`greedy_from_predictions`) against the reference's; for a
+    reference row with "top1" (the fp32 graph check's), the export's top-1 against that one, position by
+    position. The texts are left empty (`add_texts` fills them where the tokenizer is loaded)."""
+    tokens = list(prompt["tokens"])
+    if "top1" in prompt:  # the fp32 graph check's cut model: PyTorch's top-1 along the same tokens
+        expected, got = list(prompt["top1"]), predictions
+    else:
+        expected, got = tokens, greedy_from_predictions(tokens, predictions, stops, max_new_tokens)
+    return PromptResult(line=prompt["line"], prompt=prompt["prompt"], reference_tokens=expected, onnx_tokens=got,
+                        first_divergence=first_divergence(expected, got))
+
+
+def compare_generation(model, reference: Mapping[str, Any], stops: set[int]) -> list[PromptResult]:
+    """`generation_result` of every parity prompt, on its own `PromptRuns`."""
+    results = []
+    for prompt in reference["generation"]:
+        runs = PromptRuns(model, prompt["prompt_ids"], len(prompt["tokens"]) + 1)
+        predictions, _ = onnx_predictions(runs, list(prompt["tokens"]))
+        results.append(generation_result(prompt, predictions, stops, reference["max_new_tokens"]))
+    return results
+
+
+def speed(model, reference: Mapping[str, Any]) -> Timing:
+    """Time to first token and decode tokens/s of the export's greedy generation on the first parity prompt,
+    after one untimed run (one-time costs, allocations and kernel selection, are no one's speed)."""
+    timing = Timing()
+    if reference["generation"]:
+        prompt_ids = reference["generation"][0]["prompt_ids"]
+        onnx_greedy(model, prompt_ids, 2, Timing())
+        onnx_greedy(model, prompt_ids, reference["max_new_tokens"], timing)
+    return timing
 
 
 def add_texts(results: Sequence[PromptResult], decode: Callable[[list[int]], str]) -> Sequence[PromptResult]:
@@ -108,56 +158,13 @@ def add_texts(results: Sequence[PromptResult], decode: Callable[[list[int]], str
     return results
 
 
-def onnx_logits(model, ids: list[int]):
-    """Logits at every position of `ids`: the whole sequence in one run of the exported graph (empty KV cache)."""
-    import numpy as np
-    import onnxruntime_genai as og
-
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids), do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(ids)
-    logits = np.asarray(generator.get_output("logits"))
-    if logits.shape[:2] != (1, len(ids)):
-        raise RuntimeError(f"the exported model gave logits of shape {logits.shape} for {len(ids)} ids, not one row per id")
-    return logits[0].astype(np.float32)
-
-
 def compare_teacher_forced(model, reference: Mapping[str, Any]) -> dict[str, Any]:
-    """Top-1 agreement and reference-token loss of the export against the reference, teacher-forced
-    (`with_interval` adds the agreement's interval)."""
-    import numpy as np
-
-    agree = scored = 0
-    nll = {"pytorch": 0.0, "onnx": 0.0}
-    max_nll_delta = 0.0
-    for entry in reference["teacher_forced"]:
-        ids, start = entry["ids"], entry["start"]
-        if start >= len(ids):
-            continue
-        rows = onnx_logits(model, ids)[start - 1 : len(ids) - 1].astype(np.float64)  # i predicts i + 1
-        targets = np.array(ids[start:])
-        log_z = np.log(np.exp(rows - rows.max(-1, keepdims=True)).sum(-1)) + rows.max(-1)
-        got_nll = log_z - rows[np.arange(len(targets)), targets]
-        agree += int((rows.argmax(-1) == np.array(entry["top1"])).sum())
-        scored += len(targets)
-        nll["pytorch"] += float(np.sum(entry["nll"]))
-        nll["onnx"] += float(got_nll.sum())
-        max_nll_delta = max(max_nll_delta, float(np.abs(got_nll - np.array(entry["nll"])).max()))
-    if not scored:
-        return {"scored_tokens": 0, "top1_agreement": None, "loss_pytorch": None, "loss_onnx": None, "loss_delta": None}
-    loss_pt, loss_ox = nll["pytorch"] / scored, nll["onnx"] / scored
-    return {
-        "scored_tokens": scored,
-        "agreeing_tokens": agree,
-        "top1_agreement": agree / scored,
-        "loss_pytorch": loss_pt,
-        "loss_onnx": loss_ox,
-        "loss_delta": loss_ox - loss_pt,
-        "max_token_nll_delta": max_nll_delta,
-        "perplexity_pytorch": math.exp(min(loss_pt, 700)),
-        "perplexity_onnx": math.exp(min(loss_ox, 700)),
-    }
+    """Top-1 agreement and reference-token loss of the export against the reference, teacher-forced, each
+    sequence run whole (`with_interval` adds the agreement's interval)."""
+    tally = TeacherForcedTally()
+    for entry in filter(scored, reference["teacher_forced"]):
+        tally.add(entry, onnx_logits(model, entry["ids"]))
+    return tally.summary()
 
 
 def with_interval(teacher_forced: Mapping[str, Any]) -> dict[str, Any]:
@@ -172,17 +179,34 @@ def with_interval(teacher_forced: Mapping[str, Any]) -> dict[str, Any]:
     return {**teacher_forced, "top1_agreement_ci95": [float(interval.low), float(interval.high)]}
 
 
-def compare(onnx_dir: Path, reference: Mapping[str, Any], timed: bool = True,
-            threads: int | None = None) -> dict[str, Any]:
-    """Greedy generation and the teacher-forced comparison of one exported folder, loaded once (see `load`
-    for `threads`); picklable (the export runs it in a child process, see `checks.check_export`)."""
+def compare(onnx_dir: Path, reference: Mapping[str, Any], threads: int | None = None, model=None) -> dict[str, Any]:
+    """Greedy agreement and the teacher-forced comparison of one exported folder, untimed, on `model` (its
+    `load`ed folder) or loaded here (see `load` for `threads`); picklable (the export runs it in a child
+    process, see `checks.check_export`). Each prompt's `PromptRuns` also gives the logits of its test row's
+    teacher-forced sequence when that starts with the prompt (Evaluate builds both from the same row); the
+    other sequences run whole."""
     start = time.perf_counter()
-    model = load(onnx_dir, threads)
-    results, timing = compare_generation(model, reference, timed)
-    teacher_forced = compare_teacher_forced(model, reference)
+    model = load(onnx_dir, threads) if model is None else model
+    stops, forced = stop_ids(onnx_dir), reference["teacher_forced"]
+    results, tally, done = [], TeacherForcedTally(), set()
+    for index, prompt in enumerate(reference["generation"]):
+        prompt_ids, tokens = list(prompt["prompt_ids"]), list(prompt["tokens"])
+        entry = forced[index] if index < len(forced) and forced[index]["line"] == prompt["line"] else None
+        rest = 0 if entry is None else len(entry["ids"]) - len(prompt_ids)
+        runs = PromptRuns(model, prompt_ids, max(len(tokens) + 1, rest))
+        predictions, after_tokens = onnx_predictions(runs, tokens)
+        results.append(generation_result(prompt, predictions, stops, reference["max_new_tokens"]))
+        if entry is not None and scored(entry):
+            logits = sequence_logits(runs, prompt_ids, tokens, after_tokens, list(entry["ids"]))
+            if logits is not None:
+                tally.add(entry, logits)
+                done.add(index)
+        del runs
+    for index, entry in enumerate(forced):
+        if index not in done and scored(entry):
+            tally.add(entry, onnx_logits(model, entry["ids"]))
     del model
-    return {"results": results, "timing": timing, "teacher_forced": teacher_forced,
-            "seconds": time.perf_counter() - start}
+    return {"results": results, "teacher_forced": tally.summary(), "seconds": time.perf_counter() - start}
 
 
 def generation_summary(results: Sequence[PromptResult]) -> dict[str, Any]:

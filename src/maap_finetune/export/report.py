@@ -109,8 +109,10 @@ def markdown(report: Mapping[str, Any]) -> str:
                   f"PyTorch fp32 on the same cut model: top-1 identical at {ctf.get('agreeing_tokens')} of "
                   f"{ctf.get('scored_tokens')} positions, NLL within {_num(ctf.get('max_token_nll_delta'), 6)} nats "
                   f"(tolerance {check['nll_tolerance']}).", ""]
-    for title, parity in (("fp32 graph check: greedy tokens of the cut model (must be identical)", report.get("fp32_parity")),
-                          (f"{report['precision']} greedy generation", report["agreement"]["generation"])):
+    for title, parity in (("fp32 graph check: the cut model's top-1 after the prompt and after each greedy token (must "
+                           "be identical)", report.get("fp32_parity")),
+                          (f"{report['precision']} greedy generation (ONNX Runtime GenAI's tokens up to the first that "
+                           "differs)", report["agreement"]["generation"])):
         if not parity:
             continue
         lines += [f"## {title}", "", f"{parity['identical_prompts']} of {parity['prompts']} prompts identical; "
