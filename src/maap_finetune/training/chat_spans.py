@@ -126,8 +126,13 @@ class PiecewiseForm:
     prompt_tail: str
 
 
-# Probe conversations: the plain alternation every template accepts (required), then tool calls and results
-# (learned where the template renders them piecewise, else rows with tool results take the exact method).
+def _tool_call(call_id: str, city: str) -> dict:
+    return {"role": "assistant", "content": "", "tool_calls": [{"id": call_id, "type": "function", "function": {
+        "name": "get_weather", "arguments": json.dumps({"city": city})}}]}
+
+
+# Probe conversations: the plain alternation nearly every template accepts (required to fit), then tool calls and
+# results (their roles' heads learned where they fit, else rows with tool results take the exact method).
 _PROBE_CHAT = [
     {"role": "user", "content": "Which bikes do you sell?"},
     {"role": "assistant", "content": "Road and mountain bikes."},
@@ -136,11 +141,6 @@ _PROBE_CHAT = [
     {"role": "user", "content": "Thanks!"},
     {"role": "assistant", "content": "You are welcome."},
 ]
-def _tool_call(call_id: str, city: str) -> dict:
-    return {"role": "assistant", "content": "", "tool_calls": [{"id": call_id, "type": "function", "function": {
-        "name": "get_weather", "arguments": json.dumps({"city": city})}}]}
-
-
 _PROBE_TOOL_CHAT = [
     {"role": "user", "content": "Weather in Oslo?"},
     _tool_call("call_1", "Oslo"),
