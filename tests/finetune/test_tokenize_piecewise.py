@@ -1,6 +1,7 @@
 """The piecewise method (`training.chat_spans`) gives the exact method's texts and spans: on the equivalence test's
-random conversations for five templates (tools on the tiny one), by falling back where a template or a row is not
-piecewise, and with a number of rendered messages linear in the turns where the exact method's is quadratic."""
+random conversations for five templates (tools on the tiny one) and for every template trl ships, by falling back
+where a template or a row is not piecewise, and with a number of rendered messages linear in the turns where the
+exact method's is quadratic."""
 
 from __future__ import annotations
 
@@ -163,3 +164,31 @@ def test_rows_with_their_own_tools_and_few_turns_pay_no_probe(tokenizer, fresh):
     chats = [(turn * 2, [{**TOOLS[0], "function": {**TOOLS[0]["function"], "name": f"tool_{k}"}}]) for k in range(20)]
     assert chat_spans.spans_of_chats(tokenizer, chats, 1) == _exact(tokenizer, chats, 1)
     assert fresh.ROWS_BY_METHOD == {"piecewise": 0, "exact": 20} and not fresh._FORMS
+
+
+def _shipped_templates() -> list:
+    from pathlib import Path
+
+    import trl
+
+    return sorted(Path(trl.__file__).parent.glob("chat_templates/*.jinja"))
+
+
+def _outcome(compute):
+    try:
+        return compute()
+    except Exception as error:  # noqa: BLE001 - a row both methods refuse must be refused by both, alike
+        return type(error).__name__
+
+
+@pytest.mark.parametrize("path", _shipped_templates(), ids=lambda path: path.stem)
+def test_every_template_trl_ships_gives_the_exact_spans(tokenizer, fresh, every_row, path):
+    tokenizer.chat_template = path.read_text(encoding="utf-8")
+    rng = random.Random(path.stem)
+    rows = [_conversation(rng, with_tools=k % 2 == 1) for k in range(24)]
+    for row in rows:
+        chat = [(row["messages"], row.get("tools"))]
+        assert _outcome(lambda: chat_spans.spans_of_chats(tokenizer, chat, 1)) == _outcome(
+            lambda: _exact(tokenizer, chat, 1))
+    if path.stem in {"phi3", "qwen2_5", "llama3"}:  # piecewise, tools included: every row took the fast path
+        assert fresh.ROWS_BY_METHOD == {"piecewise": len(rows), "exact": 0}
