@@ -218,7 +218,7 @@ def markdown(report: dict) -> str:
     m, contenders = report["machine"], report["contenders"]
     out = [
         f"# Tokenization throughput: tokenize_rows at {report['baseline_ref']} (main) against "
-        + ", ".join(f"{name}" for name in contenders[1:]),
+        + ", ".join(contenders[1:]),
         "",
         f"Machine: {m['cpus']} CPUs, {m['platform']}, Python {m['python']}; load average "
         f"{m['load_average_before']} before, {m['load_average_after']} after (shared machine).",
