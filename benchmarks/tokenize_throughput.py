@@ -14,6 +14,12 @@ prompt) and 8-turn chats.
     python benchmarks/tokenize_throughput.py                       # prints a table, writes nothing
     python benchmarks/tokenize_throughput.py --out benchmarks/results/tokenize-cpu2-2026-12-01
     python benchmarks/tokenize_throughput.py --out benchmarks/results/tokenize-threads-cpu2-2026-12-02
+    python benchmarks/tokenize_throughput.py --baseline_ref main --contenders main batched --turns 1 8 32
+
+`--turns` replaces the two data sets with chats of each many turns (60-word questions, 300-word answers,
+`--turn_total` turns in each data set) and reports milliseconds per turn, which stays flat where tokenization is
+linear in the turns: the exact span method's prefix renders grow it, the piecewise method's do not
+(`training.chat_spans`; the rows each method took are reported for the checkout).
 
 Contenders: `main` (baseline), `workers` (the batched algorithm at `--workers_ref`, spread over one forked
 process per usable core: how rank 0 tokenized until the Rust threads replaced it), `batched` (this checkout,
@@ -132,57 +138,74 @@ def main(argv=None) -> dict:
     parser.add_argument("--single_rows", type=int, default=1000)
     parser.add_argument("--multi_rows", type=int, default=30)
     parser.add_argument("--vocab_size", type=int, default=32000)
+    parser.add_argument("--turns", type=int, nargs="+", default=None,
+                        help="data sets of chats with each many turns instead of single-turn and 8-turn")
+    parser.add_argument("--turn_total", type=int, default=320, help="turns in each --turns data set")
+    parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS),
+                        help="which to run; main (the baseline) always runs")
     parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
     args = parser.parse_args(argv)
 
     from maap_finetune.models.tiny import SAMPLE_DATA, build_tokenizer
     from maap_finetune.training import data as batched
+    from maap_finetune.training.chat_spans import ROWS_BY_METHOD as rows_by_method
 
+    contenders = ("main",) + tuple(name for name in CONTENDERS[1:] if name in args.contenders)
     baseline = module_at(args.baseline_ref, "baseline_data")
-    forked = module_at(args.workers_ref, "workers_data")
+    forked = module_at(args.workers_ref, "workers_data") if "workers" in contenders else None
     lines = stdlib_lines(8_000_000)
     started = time.perf_counter()
     tokenizers = {"tiny (1,024)": build_tokenizer([SAMPLE_DATA]),
                   f"real-size ({args.vocab_size:,})": real_size_tokenizer(lines, args.vocab_size)}
     print(f"tokenizers built in {time.perf_counter() - started:.0f} s", flush=True)
-    datasets = {"single-turn": chats(lines, args.single_rows, 1, 40, 150, seed=1),
-                "8-turn": chats(lines, args.multi_rows, 8, 60, 300, seed=2)}
+    if args.turns:
+        datasets = {f"{t}-turn": chats(lines, max(1, args.turn_total // t), t, 60, 300, seed=t) for t in args.turns}
+    else:
+        datasets = {"single-turn": chats(lines, args.single_rows, 1, 40, 150, seed=1),
+                    "8-turn": chats(lines, args.multi_rows, 8, 60, 300, seed=2)}
     workers = len(os.sched_getaffinity(0))
-    functions = {"main": (baseline.tokenize_rows, {}), "workers": (forked.tokenize_rows, {"workers": workers}),
-                 "batched": (batched.tokenize_rows, {}), "batched-parallel": (batched.tokenize_rows, {"parallel": True})}
+    functions = {"main": (baseline.tokenize_rows, {}), "batched": (batched.tokenize_rows, {}),
+                 "batched-parallel": (batched.tokenize_rows, {"parallel": True})}
+    if forked is not None:
+        functions["workers"] = (forked.tokenize_rows, {"workers": workers})
     load_before = os.getloadavg()
     results = []
     for tok_name, tokenizer in tokenizers.items():
         for data_name, rows in datasets.items():
-            rounds = {name: [] for name in CONTENDERS}
+            rounds = {name: [] for name in contenders}
+            turns = sum(sum(m["role"] == "assistant" for m in row["messages"]) for row in rows)
+            rows_by_method.clear()
             for r in range(args.rounds):
-                order = CONTENDERS if r % 2 == 0 else tuple(reversed(CONTENDERS))
+                order = contenders if r % 2 == 0 else tuple(reversed(contenders))
                 outputs = {}
                 for name in order:
                     fn, kwargs = functions[name]
                     outputs[name], numbers = measure(fn, tokenizer, rows, kwargs)
+                    numbers["ms_per_turn"] = round(numbers["wall_s"] * 1000 / turns, 3)
                     rounds[name].append(numbers)
-                assert all(outputs[name] == outputs["main"] for name in CONTENDERS), "outputs differ"
+                assert all(outputs[name] == outputs["main"] for name in contenders), "outputs differ"
                 del outputs
             tokens = rounds["main"][0]["tokens"]
-            entry = {"tokenizer": tok_name, "data": data_name, "rows": len(rows), "tokens": tokens,
+            entry = {"tokenizer": tok_name, "data": data_name, "rows": len(rows), "turns": turns, "tokens": tokens,
                      "tokens_per_row": round(tokens / len(rows)), "rounds": rounds}
-            for name in CONTENDERS:
-                entry[name] = {"tokens_per_s": statistics.median(x["tokens_per_s"] for x in rounds[name]),
-                               "tokens_per_cpu_s": statistics.median(x["tokens_per_cpu_s"] for x in rounds[name])}
+            entry["checkout_rows_by_span_method"] = dict(rows_by_method)  # every round of the checkout's contenders
+            for name in contenders:
+                entry[name] = {key: statistics.median(x[key] for x in rounds[name])
+                               for key in ("tokens_per_s", "tokens_per_cpu_s", "ms_per_turn")}
             entry["speedup"] = {name: round(entry[name]["tokens_per_s"] / entry["main"]["tokens_per_s"], 2)
-                                for name in CONTENDERS[1:]}
+                                for name in contenders[1:]}
             results.append(entry)
             print(f"{tok_name:>20} {data_name:>12} {tokens / len(rows):>7.0f} tok/row  " + "  ".join(
-                f"{name} {entry[name]['tokens_per_s']:>9,.0f}/s ({entry[name]['tokens_per_cpu_s']:,.0f}/cpu-s)"
-                for name in CONTENDERS), flush=True)
+                f"{name} {entry[name]['tokens_per_s']:>9,.0f}/s ({entry[name]['tokens_per_cpu_s']:,.0f}/cpu-s, "
+                f"{entry[name]['ms_per_turn']:.3f} ms/turn)" for name in contenders)
+                + f"  checkout rows by span method {entry['checkout_rows_by_span_method']}", flush=True)
     report = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_average_before": [round(x, 2) for x in load_before],
                     "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "command": "python benchmarks/tokenize_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "baseline_ref": args.baseline_ref, "workers_ref": args.workers_ref, "rounds": args.rounds,
-        "workers": workers, "results": results,
+        "workers": workers, "contenders": list(contenders), "results": results,
     }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -192,10 +215,10 @@ def main(argv=None) -> dict:
 
 
 def markdown(report: dict) -> str:
-    m = report["machine"]
+    m, contenders = report["machine"], report["contenders"]
     out = [
-        f"# Tokenization throughput: tokenize_rows at {report['baseline_ref']} (main), at {report['workers_ref']} with "
-        "forked workers (workers), and this checkout's (batched, batched-parallel)",
+        f"# Tokenization throughput: tokenize_rows at {report['baseline_ref']} (main) against "
+        + ", ".join(contenders[1:]),
         "",
         f"Machine: {m['cpus']} CPUs, {m['platform']}, Python {m['python']}; load average "
         f"{m['load_average_before']} before, {m['load_average_after']} after (shared machine).",
@@ -206,17 +229,18 @@ def markdown(report: dict) -> str:
         f"{report['workers_ref']}); batched-parallel: the Rust tokenizer's threads on every core (how rank 0 "
         "tokenizes now); batched: one thread.",
         "",
-        "| tokenizer | data | rows | tokens/row | main tok/s | workers tok/s | batched tok/s | "
-        "batched-parallel tok/s | main tok/cpu-s | batched tok/cpu-s | speedup over main (workers, batched, parallel) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| tokenizer | data | rows | tokens/row | " + " | ".join(f"{name} tok/s" for name in contenders)
+        + " | " + " | ".join(f"{name} ms/turn" for name in contenders) + " | main tok/cpu-s | "
+        + " | ".join(f"{name} tok/cpu-s" for name in contenders[1:]) + " | speedup over main |",
+        "|---|---|---:|---:|" + "---:|" * (3 * len(contenders) + 1),
     ]
     for e in report["results"]:
         out.append(
             f"| {e['tokenizer']} | {e['data']} | {e['rows']} | {e['tokens_per_row']:,} | "
-            f"{e['main']['tokens_per_s']:,.0f} | {e['workers']['tokens_per_s']:,.0f} | "
-            f"{e['batched']['tokens_per_s']:,.0f} | {e['batched-parallel']['tokens_per_s']:,.0f} | "
-            f"{e['main']['tokens_per_cpu_s']:,.0f} | {e['batched']['tokens_per_cpu_s']:,.0f} | "
-            f"{e['speedup']['workers']}x, {e['speedup']['batched']}x, {e['speedup']['batched-parallel']}x |"
+            + " | ".join(f"{e[name]['tokens_per_s']:,.0f}" for name in contenders) + " | "
+            + " | ".join(f"{e[name]['ms_per_turn']:.3f}" for name in contenders) + " | "
+            + " | ".join(f"{e[name]['tokens_per_cpu_s']:,.0f}" for name in contenders) + " | "
+            + ", ".join(f"{name} {e['speedup'][name]}x" for name in contenders[1:]) + " |"
         )
     return "\n".join(out) + "\n"
 

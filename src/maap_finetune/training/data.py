@@ -8,6 +8,15 @@ learned when it lies inside such a span. The end-of-turn token (`<|end|>`) and, 
 the EOS the template appends, fall inside the span. The result goes to SFTTrainer as a
 pre-tokenized dataset (`input_ids`, `labels`), so TRL does no second tokenization.
 
+Rendering those prefixes for every turn costs the square of the turns, so `training.chat_spans` renders each
+message alone instead where the template is piecewise (nearly all released ones are: a prefix's render is the
+first message, each later message's own piece, then a tail such as the generation prompt). A probe of every
+prefix of a few conversations decides that once per template and tools, each row's whole render must equal its
+pieces joined, and any template or row that fails takes the prefix renders above (the exact method). Both give
+the same spans wherever the template renders the row's prefixes piecewise; the probe and the row check test that
+(no check short of the prefix renders proves it for every Jinja template), and
+tests/finetune/test_tokenize_piecewise.py compares the two methods on five templates.
+
 Rows go in batches of BATCH_ROWS: every render of a batch is one `apply_chat_template` call, every text one
 tokenizer call (the Rust tokenizer encodes a batch at once), and each span's first and last token are found by
 bisection over the Rust Encoding (`token_to_chars`), so no token's offsets become Python objects;
@@ -31,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from maap_finetune.common.errors import UserError
+from maap_finetune.training.chat_spans import _common_prefix, spans_of_chats  # noqa: F401 (tests import _common_prefix)
 
 log = logging.getLogger(__name__)
 
@@ -65,107 +75,19 @@ def ensure_chat_template(tokenizer) -> bool:
     return True
 
 
-def _render_many(tokenizer, conversations: list[Sequence[dict]], add_generation_prompt: bool, tools) -> list[str]:
-    """One batched `apply_chat_template` call: each conversation renders as it would alone."""
-    if not conversations:
-        return []
-    return tokenizer.apply_chat_template(
-        [list(c) for c in conversations], tools=tools or None, tokenize=False,
-        add_generation_prompt=add_generation_prompt,
-    )
-
-
-def _common_prefix(a: str, b: str) -> int:
-    """Length of the longest common prefix, by bisection over C-speed `startswith` (no per-character loop)."""
-    n = min(len(a), len(b))
-    if b.startswith(a[:n] if n < len(a) else a):
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if b.startswith(a[lo:mid], lo):
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-_PREFIX_ERROR = (
-    "the chat template renders a conversation differently from its own prefix (the turns before an "
-    "assistant message plus the generation prompt), so assistant tokens cannot be located; "
-    "use a prefix-preserving template, or set train_on_prompt true (and drop weight 0 from the rows: "
-    "its turns must be located too)"
-)
-
-
-def _turns(messages: Sequence[dict], weight: int) -> list[int]:
-    return [i for i, m in enumerate(messages) if m.get("role") == "assistant" and m.get("weight", 1) == weight]
-
-
-def _tools_key(tools) -> str | None:
-    import json
-
-    return json.dumps(tools, default=str) if tools else None
-
-
-def _spans_of_chats(tokenizer, chats: Sequence[tuple[Sequence[dict], list | None]], weight: int):
-    """For each (messages, tools): the rendered text and the character spans of its assistant turns of `weight`.
-
-    The span of turn i starts where "the turns before it plus the generation prompt" ends (that render must be a
-    prefix of the whole conversation) and ends where "the conversation up to and including it" stops agreeing
-    with the whole (the last turn owns everything the template appends: end-of-turn, EOS). Every render is one
-    batched `apply_chat_template` call per distinct `tools` (two: with and without the generation prompt)."""
-    groups: dict[str | None, list[int]] = {}
-    for index, (_, tools) in enumerate(chats):
-        groups.setdefault(_tools_key(tools), []).append(index)
-    results: list[tuple[str, list[tuple[int, int]]]] = [("", [])] * len(chats)
-    for members in groups.values():
-        tools = chats[members[0]][1]
-        plain, prompted, plans = [], [], []
-        for index in members:
-            messages = chats[index][0]
-            if not messages:
-                raise UserError("a prepared row has an empty messages list")
-            plan = [len(plain)]
-            plain.append(messages)
-            for i in _turns(messages, weight):
-                prompt_at = cut_at = None
-                if i:
-                    prompt_at = len(prompted)
-                    prompted.append(messages[:i])
-                if i != len(messages) - 1:
-                    cut_at = len(plain)
-                    plain.append(messages[: i + 1])
-                plan.append((prompt_at, cut_at))
-            plans.append(plan)
-        plain_text = _render_many(tokenizer, plain, False, tools)
-        prompt_text = _render_many(tokenizer, prompted, True, tools)
-        for index, (full_at, *turns) in zip(members, plans):
-            full = plain_text[full_at]
-            spans = []
-            for prompt_at, cut_at in turns:
-                prompt = "" if prompt_at is None else prompt_text[prompt_at]
-                if not full.startswith(prompt):
-                    raise UserError(_PREFIX_ERROR)
-                end = len(full) if cut_at is None else _common_prefix(plain_text[cut_at], full)
-                spans.append((len(prompt), end))
-            results[index] = (full, spans)
-    return results
-
-
 def assistant_spans(
     tokenizer, messages: Sequence[dict], tools: list | None = None, weight: int = 1
 ) -> tuple[str, list[tuple[int, int]]]:
     """Render `messages` and return the text and the character spans of every assistant turn of `weight`:
     1 (absent counts as 1) for the turns learned, 0 for those kept as context only."""
-    return _spans_of_chats(tokenizer, [(messages, tools)], weight)[0]
+    return spans_of_chats(tokenizer, [(messages, tools)], weight)[0]
 
 
 def _encode_chats(tokenizer, chats, train_on_prompt: bool) -> list[tuple[np.ndarray, np.ndarray]]:
     """Token ids and labels of many conversations: one batched render, one batched (Rust) tokenizer call, and
     the mask from each span's two boundary tokens. A token is inside a span (s, e) when s <= start < e and
     end <= e; learned inside learned turns, or, with `train_on_prompt`, everywhere but weight-0 turns."""
-    rendered = _spans_of_chats(tokenizer, chats, weight=0 if train_on_prompt else 1)
+    rendered = spans_of_chats(tokenizer, chats, weight=0 if train_on_prompt else 1)
     texts = [text for text, _ in rendered]
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:  # a Python tokenizer: no Encoding objects, so the mask comes from the offsets
