@@ -37,3 +37,26 @@ def test_the_first_divergence_is_where_generation_would_leave_pytorchs_tokens():
     assert first_divergence([5, 3, 7], greedy_from_predictions([5, 3, 7], [5, 3, 7, 8], {3}, 3)) == 2
     assert first_divergence([5, 4], greedy_from_predictions([5, 4], [5, 4, 8], {EOS}, 3)) == 2
     assert first_divergence(tokens, greedy_from_predictions(tokens, [5, 6, 7, 8], {EOS}, 3)) is None
+
+
+def test_the_reports_decoder_is_transformers_decode(tiny_model_dir):
+    """`checks.text_decoder` decodes with the tokenizers library where transformers' fast tokenizer would give
+    the same text: every id, special ones skipped, in random sequences of the tiny tokenizer."""
+    import random
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from maap_finetune.export.checks import text_decoder
+
+    from tokenizers import Tokenizer
+
+    assert type(Tokenizer.from_file(str(Path(tiny_model_dir) / "tokenizer.json")).model).__name__ == "BPE"  # its path
+    auto = AutoTokenizer.from_pretrained(tiny_model_dir)
+    decode = text_decoder(Path(tiny_model_dir))
+    rng = random.Random(0)
+    special = list(auto.all_special_ids)
+    for _ in range(50):
+        ids = [rng.randrange(len(auto)) for _ in range(rng.randint(1, 40))] + rng.sample(special, min(2, len(special)))
+        rng.shuffle(ids)
+        assert decode(ids) == auto.decode(ids, skip_special_tokens=True)
