@@ -233,12 +233,25 @@ def peak_cell(entry: dict) -> str:
 
 
 def ratios(runs: dict[str, list[dict]]) -> list[str]:
-    """One row per run and size that has both the builder alone and the step: the step's wall time and peak
-    over the builder's, measured back to back."""
-    rows = [f"| {label} | {r['size']} | {r['builder_alone']['wall_s']:.1f} | {r['step']['wall_s']:.1f} | "
-            f"{r['step']['wall_s'] / r['builder_alone']['wall_s']:.2f}x | "
-            f"{r['step']['peak_rss_bytes'] / r['builder_alone']['peak_rss_bytes']:.2f}x |"
-            for label, results in runs.items() for r in results if "builder_alone" in r and "step" in r]
+    """One row per run and size with a builder-alone time: its own, or, for a run made without one
+    (--no-builder), that of the run of the same round ("round N: ..." labels) that has it, measured back to
+    back. The step's wall time and peak over the builder's."""
+    alone = {}
+    for label, results in runs.items():
+        for r in results:
+            if "builder_alone" in r:
+                alone.setdefault((label.split(":")[0], r["size"]), (r["builder_alone"], label))
+    rows = []
+    for label, results in runs.items():
+        for r in results:
+            found = (r["builder_alone"], label) if "builder_alone" in r else alone.get((label.split(":")[0], r["size"]))
+            if found is None or "step" not in r:
+                continue
+            builder, source = found
+            note = "" if source == label else f" (builder of {source.split(':')[0]})"
+            rows.append(f"| {label}{note} | {r['size']} | {builder['wall_s']:.1f} | {r['step']['wall_s']:.1f} | "
+                        f"{r['step']['wall_s'] / builder['wall_s']:.2f}x | "
+                        f"{r['step']['peak_rss_bytes'] / builder['peak_rss_bytes']:.2f}x |")
     if not rows:
         return []
     return ["## step / builder alone, per run", "", "| run | size | builder alone (s) | step (s) | wall time | peak RSS |",
