@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import pytest
 
 from maap_finetune.common.errors import UserError
-from maap_finetune.training.data import DEFAULT_CHAT_TEMPLATE, IGNORE_INDEX, _common_prefix, rust_threads, tokenize_rows
+from maap_finetune.training.chat_spans import _common_prefix
+from maap_finetune.training.data import DEFAULT_CHAT_TEMPLATE, IGNORE_INDEX, rust_threads, tokenize_rows
 
 # ---- the reference: the row-by-row algorithm as it was (two renders per turn, a character loop) ----
 

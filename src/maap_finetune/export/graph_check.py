@@ -7,7 +7,7 @@ PyTorch running the same cut model in fp32 on the parity ids:
 
 - along each parity prompt's greedy tokens (Evaluate's), the top-1 after the prompt and after every token
   identical: ONNX Runtime runs the prompt on an empty KV cache, then one token over the cache, then the rest
-  in one run over it (`parity.onnx_predictions`: the decode path generation takes), PyTorch runs one
+  in one run over it (`prompt_runs.onnx_predictions`: the decode path generation takes), PyTorch runs one
   forward. Both teacher-forced, so neither side generates token by token (256 steps of the cut model cost
   more than the rest of the check: measured 4.8 s of PyTorch's 5.8 s at 443M parameters on 2 cores);
 - teacher-forced top-1 identical at every scored position, and the reference token's NLL within

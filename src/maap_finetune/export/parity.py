@@ -10,8 +10,8 @@ engines differ), with `onnxruntime_genai.Generator`s:
   token over the cache, the rest in one run over it) instead of one run per token. Up to the first position
   where they differ from PyTorch's tokens, they are the very tokens the export's own greedy generation picks
   (it sees the same ids there), and the stop ids of its genai_config end it where generation would: so the
-  first divergence, the prompts identical and the greedy agreement are generation's, at about a tenth of the
-  graph runs (measured below in benchmarks/export_phases.py);
+  first divergence, the prompts identical and the greedy agreement are generation's, in three runs of the
+  graph instead of 33 at the default 32 new tokens (the step's time: benchmarks/export_phases.py);
 - speed (`speed`): time to first token and decode tokens/s of real greedy generation on the first prompt,
   run apart, with nothing else of the step beside it;
 - teacher-forced: the export's logits at every position of each test row's sequence (its prompt's run
@@ -158,12 +158,15 @@ def add_texts(results: Sequence[PromptResult], decode: Callable[[list[int]], str
     return results
 
 
-def compare_teacher_forced(model, reference: Mapping[str, Any]) -> dict[str, Any]:
+def compare_teacher_forced(model, reference: Mapping[str, Any], tally: TeacherForcedTally | None = None,
+                           done: set[int] = frozenset()) -> dict[str, Any]:
     """Top-1 agreement and reference-token loss of the export against the reference, teacher-forced, each
-    sequence run whole (`with_interval` adds the agreement's interval)."""
-    tally = TeacherForcedTally()
-    for entry in filter(scored, reference["teacher_forced"]):
-        tally.add(entry, onnx_logits(model, entry["ids"]))
+    sequence run whole (`with_interval` adds the agreement's interval); added to `tally`, which already holds
+    the entries `done` (by index)."""
+    tally = TeacherForcedTally() if tally is None else tally
+    for index, entry in enumerate(reference["teacher_forced"]):
+        if index not in done and scored(entry):
+            tally.add(entry, onnx_logits(model, entry["ids"]))
     return tally.summary()
 
 
@@ -202,11 +205,9 @@ def compare(onnx_dir: Path, reference: Mapping[str, Any], threads: int | None = 
                 tally.add(entry, logits)
                 done.add(index)
         del runs
-    for index, entry in enumerate(forced):
-        if index not in done and scored(entry):
-            tally.add(entry, onnx_logits(model, entry["ids"]))
+    teacher_forced = compare_teacher_forced(model, reference, tally, done)
     del model
-    return {"results": results, "teacher_forced": tally.summary(), "seconds": time.perf_counter() - start}
+    return {"results": results, "teacher_forced": teacher_forced, "seconds": time.perf_counter() - start}
 
 
 def generation_summary(results: Sequence[PromptResult]) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from maap_finetune.common.errors import UserError
-from maap_finetune.training.chat_spans import _common_prefix, spans_of_chats  # noqa: F401 (tests import _common_prefix)
+from maap_finetune.training.chat_spans import spans_of_chats
 
 log = logging.getLogger(__name__)
 
